@@ -1,0 +1,104 @@
+/*
+ * fetch: the HTTP engine. libcurl's multi interface driven by the libuv loop (one uv_poll per
+ * curl socket, one timer for curl's timeout), every request gated by its API's token bucket,
+ * with retries that a rate-limited public API will thank us for.
+ *
+ * An API (struct api) is one remote service: base URL, plan and key header, token bucket,
+ * retry policy, limits, all from a struct cfg_source. A request is a GET of base_url + path.
+ * The engine retries (full-jitter backoff, up to max_retries) connection errors, timeouts,
+ * 5xx, 408, 429 (honouring Retry-After by pausing the API's whole bucket), truncated bodies,
+ * 2xx bodies that are not JSON, and 2xx bodies the caller's parse callback rejects. Other 4xx
+ * are final. The done callback runs exactly once per request, on the loop thread, with the
+ * final outcome.
+ *
+ * API keys go in a header (x-cg-demo-api-key / x-cg-pro-api-key), never in the URL, and never
+ * appear in logs, metrics or error messages.
+ *
+ * Thread: loop thread only.
+ */
+#ifndef COINGEST_FETCH_H
+#define COINGEST_FETCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "coingest/config.h"
+#include "coingest/tbucket.h"
+#include "coingest/timers.h"
+
+struct fetcher;
+struct api;
+struct fetch_req;
+
+enum fetch_outcome {
+    FETCH_OK = 0,        /* 2xx, body accepted by the parse callback (if any) */
+    FETCH_HTTP_ERROR,    /* a final HTTP error (4xx other than 408/429), or retries exhausted */
+    FETCH_NETWORK_ERROR, /* connection/timeout/truncation and retries exhausted */
+    FETCH_BAD_BODY,      /* 2xx whose body was not JSON or failed to parse, retries exhausted */
+    FETCH_TOO_LARGE,     /* body exceeded max_body_bytes */
+    FETCH_CANCELLED      /* fetch_cancel / api_cancel_all / fetcher shutdown */
+};
+
+struct fetch_result {
+    enum fetch_outcome outcome;
+    long status;          /* last HTTP status, 0 when none */
+    const char *body;     /* last body, NUL-terminated; valid during the callback only */
+    size_t len;
+    unsigned attempts;    /* requests sent, including the first */
+    double seconds;       /* from first send to done, including waits */
+    const char *error;    /* human-readable reason when outcome != FETCH_OK: the API's own
+                             message ({"error":...} or {"status":{"error_message":...}}) when
+                             it sent one, else curl's or the engine's; never contains a key */
+};
+
+/* Called on a 2xx JSON-looking body before it counts as success. Returns 0 to accept, or a
+ * negative value to reject (the request is retried like a bad body); writes why into err.
+ * It must have no lasting effect when it rejects (parse into a temporary, keep on accept). */
+typedef int (*fetch_parse_cb)(const char *body, size_t len, void *arg, char *err, size_t errlen);
+typedef void (*fetch_done_cb)(const struct fetch_result *res, void *arg);
+
+/* The engine on `loop`, using `timers` for backoff waits and bucket wake-ups.
+ * Calls curl_global_init once. NULL on failure. */
+struct fetcher *fetcher_new(uv_loop_t *loop, struct timers *timers);
+
+/* Cancels every request (done callbacks run with FETCH_CANCELLED), closes handles and frees
+ * the engine once they are closed; `cb` (may be NULL) runs then. APIs must be freed first. */
+void fetcher_free(struct fetcher *f, void (*cb)(void *arg), void *arg);
+
+/* An API from its config section (copied). NULL on failure. */
+struct api *api_new(struct fetcher *f, const struct cfg_source *src);
+/* Applies a reloaded section: rate/burst resize the bucket keeping earned tokens; other keys
+ * apply to requests sent after this call. */
+void api_update(struct api *a, const struct cfg_source *src);
+/* Cancels the API's requests and frees it. */
+void api_free(struct api *a);
+
+/* Starts GET base_url + path_query (path_query starts with '/', already URL-encoded).
+ * `prio` is a tbucket priority class. Returns the request, or NULL on OOM (no callback).
+ * The request is freed by the engine after `done` returns. */
+struct fetch_req *api_get(struct api *a, const char *path_query, int prio, fetch_parse_cb parse,
+                          fetch_done_cb done, void *arg);
+
+/* Cancels a request still in flight or waiting; its done callback runs (FETCH_CANCELLED)
+ * before this returns. */
+void fetch_cancel(struct fetch_req *r);
+/* Cancels every request of the API. */
+void api_cancel_all(struct api *a);
+
+/* Requests in flight or waiting (bucket, backoff) for the API. */
+size_t api_pending(const struct api *a);
+
+/* The API's bucket (statistics, tests). */
+struct tbucket *api_bucket(struct api *a);
+
+/* Parses a Retry-After value (delta seconds or an HTTP date) into a delay in ms from
+ * `now_wall_ms`. Returns 0 or -EINVAL. Exported for tests. */
+int fetch_parse_retry_after(const char *value, uint64_t now_wall_ms, uint64_t *delay_ms);
+
+/* Extracts the API's own error message from a JSON error body into buf; returns 0 when one
+ * was found. Exported for tests. */
+int fetch_api_error_message(const char *body, size_t len, char *buf, size_t cap);
+
+#endif

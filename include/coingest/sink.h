@@ -1,0 +1,77 @@
+/*
+ * sink: where rows go. Batches handed to the sink on the loop thread are coalesced per spec,
+ * written by a pool of writer threads (one MariaDB/MySQL connection each, one transaction per
+ * batch, multi-row INSERT ... ON DUPLICATE KEY UPDATE), and kept in a durable spool on disk
+ * while the database is away or too many rows are pending. A batch the sink accepted is never
+ * lost: it is committed, or it is in the spool and replayed (in order) when the database is
+ * back, including after a restart.
+ *
+ * Lifecycle (loop thread): sink_new -> sink_start -> sink_submit... -> sink_shutdown -> the
+ * shutdown callback -> sink_free. Writer threads never touch loop objects; results come back
+ * through a mutex-protected queue and uv_async_send.
+ *
+ * Thread: every function here is for the loop thread.
+ */
+#ifndef COINGEST_SINK_H
+#define COINGEST_SINK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "coingest/batch.h"
+#include "coingest/config.h"
+#include "coingest/timers.h"
+
+struct sink;
+
+struct sink_stats {
+    uint64_t rows_accepted;   /* submitted and accepted (memory or spool) */
+    uint64_t rows_committed;  /* committed to the database */
+    uint64_t rows_pending;    /* accepted, not yet committed (memory + spool) */
+    uint64_t rows_spooled;    /* currently in the spool */
+    uint64_t spool_bytes;
+    uint64_t rows_rejected;   /* rejected by the server for good (to rejected_rows) */
+    uint64_t batches_committed;
+    bool db_up;               /* the last connection attempt succeeded */
+    bool schema_ready;        /* migrations are current */
+    uint64_t last_db_ok_mono_ms; /* last successful statement (monotonic ms), 0 never */
+};
+
+/* Creates the sink; reads cfg->database and cfg->daemon.spool_dir (copied). No thread and no
+ * connection yet. NULL on failure. */
+struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct config *cfg);
+
+/* Opens the spool (creating spool_dir), starts the writer threads, which connect, apply
+ * migrations when auto_migrate is on, and then replay the spool. The database may be down:
+ * the sink keeps trying with backoff. Returns 0 or -errno (spool dir unusable: fatal). */
+int sink_start(struct sink *s);
+
+/* Hands a batch to the sink, which takes ownership (also on error). Returns 0 when accepted
+ * (held in memory, or written to the spool with fsync), or -errno when it could not be kept
+ * (spool write failed); then the rows were logged as lost and counted. */
+int sink_submit(struct sink *s, struct batch *b);
+
+/* Calls cb once, the first time the database has been reached and the schema is current
+ * (immediately on the next loop iteration if that already happened). For READY=1. */
+void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg);
+
+/* Calls cb once when no row is pending (memory and spool both empty); immediately (next
+ * iteration) if already so. Used by --once. */
+void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg);
+
+/* Applies a reloaded config: if [database] changed the writers reconnect with the new
+ * settings after their current batch; batch sizes and limits apply to the next batch. */
+void sink_reconfigure(struct sink *s, const struct config *cfg);
+
+/* Graceful stop: flush what is in memory to the database within timeout_ms, spool whatever
+ * is left, stop the threads, then call cb on the loop thread. Calling it again (second
+ * SIGTERM) cuts the wait short: everything not yet committed is spooled at once. */
+void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), void *arg);
+
+/* Frees the sink after its shutdown callback ran. NULL is a no-op. */
+void sink_free(struct sink *s);
+
+void sink_get_stats(const struct sink *s, struct sink_stats *out);
+
+#endif

@@ -1,0 +1,41 @@
+/*
+ * util: small helpers every module uses: clocks, a seedable random source, checked allocation
+ * and string lists. Nothing here keeps global state.
+ */
+#ifndef COINGEST_UTIL_H
+#define COINGEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Milliseconds since the Unix epoch (CLOCK_REALTIME). Thread: any. */
+uint64_t util_wall_ms(void);
+/* Milliseconds from an arbitrary origin (CLOCK_MONOTONIC). Thread: any. */
+uint64_t util_mono_ms(void);
+
+/* A small, fast, seedable random source (splitmix64). Not for secrets.
+ * Tests seed it to make jitter deterministic. */
+struct rng {
+    uint64_t state;
+};
+void rng_seed(struct rng *r, uint64_t seed);
+uint64_t rng_next(struct rng *r);
+/* Uniform in [0, bound); 0 when bound is 0. */
+uint64_t rng_below(struct rng *r, uint64_t bound);
+
+/* Formats ms since the epoch as 2026-11-23T13:20:01.123Z into buf (at least 25 bytes). */
+void util_format_iso8601(uint64_t wall_ms, char *buf, size_t cap);
+
+/* Parses ISO-8601 UTC times as the APIs send them: 2025-02-09T17:44:07.123Z, with or without
+ * fraction (any digits, truncated to ms), with Z or +00:00. Returns 0 or -EINVAL. */
+int util_parse_iso8601(const char *s, int64_t *wall_ms);
+
+/* strdup that returns NULL for NULL. */
+char *util_strdup0(const char *s);
+
+/* CRC-32C (Castagnoli) of a buffer, continuing from `crc` (start with 0). */
+uint32_t util_crc32c(uint32_t crc, const void *buf, size_t len);
+
+#endif

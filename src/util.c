@@ -1,0 +1,155 @@
+/*
+ * util: clocks, a seedable random source, ISO-8601 times and CRC-32C.
+ *
+ * The CRC is the bitwise-table form of CRC-32C; it guards spool records, where a few hundred
+ * MB/s is far more than the disk gives, so no hardware path is needed.
+ */
+#include "coingest/util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t util_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t util_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void rng_seed(struct rng *r, uint64_t seed)
+{
+    r->state = seed;
+}
+
+uint64_t rng_next(struct rng *r)
+{
+    uint64_t z = (r->state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t rng_below(struct rng *r, uint64_t bound)
+{
+    if (bound == 0)
+        return 0;
+    /* Rejection sampling keeps the result uniform for any bound. */
+    uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
+    uint64_t x;
+    do {
+        x = rng_next(r);
+    } while (x >= limit);
+    return x % bound;
+}
+
+void util_format_iso8601(uint64_t wall_ms, char *buf, size_t cap)
+{
+    time_t secs = (time_t)(wall_ms / 1000u);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(wall_ms % 1000u));
+}
+
+static int digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        char c = (*p)[i];
+        if (c < '0' || c > '9')
+            return -EINVAL;
+        v = v * 10 + (c - '0');
+    }
+    *p += n;
+    *out = v;
+    return 0;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (Howard Hinnant's
+ * days_from_civil), so no timegm() or TZ is involved. */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+int util_parse_iso8601(const char *s, int64_t *wall_ms)
+{
+    const char *p = s;
+    int y, mo, d, h, mi, sec, ms = 0;
+    if (!s || digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
+        digits(&p, 2, &d) || (*p != 'T' && *p != ' '))
+        return -EINVAL;
+    p++;
+    if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' ||
+        digits(&p, 2, &sec))
+        return -EINVAL;
+    if (*p == '.') {
+        p++;
+        int n = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (n < 3)
+                ms = ms * 10 + (*p - '0');
+            n++;
+            p++;
+        }
+        if (n == 0)
+            return -EINVAL;
+        for (; n < 3; n++)
+            ms *= 10;
+    }
+    if (*p == 'Z')
+        p++;
+    else if (strncmp(p, "+00:00", 6) == 0)
+        p += 6;
+    else
+        return -EINVAL;
+    if (*p != '\0' || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return -EINVAL;
+    int64_t days = days_from_civil(y, (unsigned)mo, (unsigned)d);
+    *wall_ms = ((days * 86400 + h * 3600 + mi * 60 + sec) * 1000) + ms;
+    return 0;
+}
+
+char *util_strdup0(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+uint32_t util_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+    pthread_once(&crc_once, crc_init);
+    const unsigned char *p = buf;
+    crc = ~crc;
+    while (len--)
+        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
