@@ -1,0 +1,805 @@
+/*
+ * test_server: the /metrics and /healthz endpoint on a real libuv loop with real TCP clients.
+ *
+ * Most tests drive raw uv_tcp clients on the same loop as the server: each client connects,
+ * writes a request (possibly incomplete or oversized on purpose), reads until the server closes
+ * and records the bytes. A round runs the loop until every client of the round is done; a
+ * guard timer fails the test instead of hanging if one never finishes. One test uses libcurl
+ * from a second thread, to check the answers against a real HTTP client. Every test ends by
+ * closing the server and checking uv_loop_close() == 0, so a leaked handle fails it.
+ *
+ * The promtool test registers a series of every metric described in src/metrics.c (read from
+ * the source tree, so a new metric is covered without touching this file) and runs
+ * `promtool check metrics` on what /metrics serves.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "coingest/metrics.h"
+#include "coingest/server.h"
+
+#define GUARD_MS 20000
+
+/* ---- a raw HTTP client on the loop ---- */
+
+struct client {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    const char *req;
+    size_t reqlen;
+    char *resp;
+    size_t len, cap;
+    int read_err; /* the error that ended reading: UV_EOF normally */
+    bool done;
+    struct round *round;
+};
+
+struct round {
+    uv_loop_t *loop;
+    int remaining;
+};
+
+static void client_closed(uv_handle_t *h)
+{
+    struct client *c = h->data;
+    c->done = true;
+    if (--c->round->remaining == 0)
+        uv_stop(c->round->loop);
+}
+
+static void client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct client *c = h->data;
+    if (c->cap - c->len < suggested) {
+        c->cap = c->len + suggested;
+        c->resp = realloc(c->resp, c->cap + 1);
+        assert_non_null(c->resp);
+    }
+    *buf = uv_buf_init(c->resp + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    struct client *c = s->data;
+    if (nread < 0) {
+        c->read_err = (int)nread;
+        uv_close((uv_handle_t *)&c->tcp, client_closed);
+        return;
+    }
+    c->len += (size_t)nread;
+    c->resp[c->len] = '\0';
+}
+
+static void client_written(uv_write_t *w, int status)
+{
+    (void)w;
+    (void)status; /* the server may close before taking everything (oversized request) */
+}
+
+static void client_connected(uv_connect_t *req, int status)
+{
+    struct client *c = req->data;
+    assert_int_equal(status, 0);
+    assert_int_equal(uv_read_start((uv_stream_t *)&c->tcp, client_alloc, client_read), 0);
+    if (c->reqlen) {
+        uv_buf_t b = uv_buf_init((char *)c->req, (unsigned)c->reqlen);
+        assert_int_equal(uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, client_written), 0);
+    }
+}
+
+static void client_start(struct round *r, struct client *c, int port, const char *req)
+{
+    memset(c, 0, sizeof(*c));
+    c->round = r;
+    c->req = req;
+    c->reqlen = strlen(req);
+    c->resp = malloc(1);
+    assert_non_null(c->resp);
+    c->resp[0] = '\0';
+    assert_int_equal(uv_tcp_init(r->loop, &c->tcp), 0);
+    c->tcp.data = c;
+    c->creq.data = c;
+    struct sockaddr_in sa;
+    assert_int_equal(uv_ip4_addr("127.0.0.1", port, &sa), 0);
+    assert_int_equal(uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&sa, client_connected),
+                     0);
+    r->remaining++;
+}
+
+static void client_free(struct client *c)
+{
+    free(c->resp);
+    c->resp = NULL;
+}
+
+static void guard_fired(uv_timer_t *t)
+{
+    (void)t;
+    fail_msg("a round did not finish within %d ms", GUARD_MS);
+}
+
+/* Runs the loop until every client started on r is done. */
+static void round_run(struct round *r)
+{
+    uv_timer_t guard;
+    assert_int_equal(uv_timer_init(r->loop, &guard), 0);
+    assert_int_equal(uv_timer_start(&guard, guard_fired, GUARD_MS, 0), 0);
+    while (r->remaining > 0)
+        uv_run(r->loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(r->loop, UV_RUN_NOWAIT);
+}
+
+/* The status code of a response, or -1 when it has none. */
+static int resp_status(const struct client *c)
+{
+    int status;
+    if (c->len < 12 || sscanf(c->resp, "HTTP/1.1 %d ", &status) != 1)
+        return -1;
+    return status;
+}
+
+/* A header's value (copied into out), or NULL. */
+static const char *resp_header(const struct client *c, const char *name, char *out, size_t cap)
+{
+    const char *end = strstr(c->resp, "\r\n\r\n");
+    size_t nlen = strlen(name);
+    if (!end)
+        return NULL;
+    for (const char *p = strstr(c->resp, "\r\n"); p && p < end; p = strstr(p + 2, "\r\n")) {
+        const char *h = p + 2;
+        if (strncasecmp(h, name, nlen) == 0 && h[nlen] == ':') {
+            const char *v = h + nlen + 1;
+            while (*v == ' ')
+                v++;
+            size_t vlen = (size_t)(strstr(v, "\r\n") - v);
+            if (vlen >= cap)
+                vlen = cap - 1;
+            memcpy(out, v, vlen);
+            out[vlen] = '\0';
+            return out;
+        }
+    }
+    return NULL;
+}
+
+static const char *resp_body(const struct client *c)
+{
+    const char *end = strstr(c->resp, "\r\n\r\n");
+    assert_non_null(end);
+    return end + 4;
+}
+
+/* Checks Content-Length against the body actually received. */
+static void assert_length_matches(const struct client *c)
+{
+    char v[32];
+    assert_non_null(resp_header(c, "Content-Length", v, sizeof(v)));
+    assert_int_equal(strtoul(v, NULL, 10), strlen(resp_body(c)));
+    assert_non_null(resp_header(c, "Connection", v, sizeof(v)));
+    assert_string_equal(v, "close");
+}
+
+/* ---- fixture: a loop and a server on 127.0.0.1:<free port> ---- */
+
+struct health {
+    int status;
+    const char *json;
+    int calls;
+};
+
+static int health_cb(void *arg, char *json, size_t cap)
+{
+    struct health *h = arg;
+    h->calls++;
+    snprintf(json, cap, "%s", h->json);
+    return h->status;
+}
+
+struct fx {
+    uv_loop_t loop;
+    struct server *srv;
+    int port;
+    struct health health;
+    struct round round;
+    bool closed;
+};
+
+static void on_server_closed(void *arg)
+{
+    ((struct fx *)arg)->closed = true;
+}
+
+static void fx_open(struct fx *f, server_health_cb cb)
+{
+    memset(f, 0, sizeof(*f));
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    char err[256] = "";
+    f->health.status = 200;
+    f->health.json = "{\"status\":\"ok\"}";
+    f->srv = server_new(&f->loop, "127.0.0.1:0", cb, &f->health, err, sizeof(err));
+    if (!f->srv)
+        fail_msg("server_new: %s", err);
+    f->port = server_port(f->srv);
+    assert_true(f->port > 0);
+    f->round.loop = &f->loop;
+}
+
+/* Closes the server, runs the loop dry and checks nothing leaked. */
+static void fx_close(struct fx *f)
+{
+    server_close(f->srv, on_server_closed, f);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_true(f->closed);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+/* One request in its own round. */
+static void fx_get(struct fx *f, struct client *c, const char *req)
+{
+    client_start(&f->round, c, f->port, req);
+    round_run(&f->round);
+    assert_true(c->done);
+}
+
+/* ---- tests ---- */
+
+static void test_metrics(void **state)
+{
+    (void)state;
+    metrics_reset();
+    metrics_add("coingest_http_requests_total", "api=\"coingecko\",status=\"200\"", 3);
+    metrics_set("coingest_db_up", "", 1);
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client c;
+    fx_get(&f, &c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_int_equal(c.read_err, UV_EOF);
+    assert_int_equal(resp_status(&c), 200);
+    char v[128];
+    assert_non_null(resp_header(&c, "Content-Type", v, sizeof(v)));
+    assert_string_equal(v, "text/plain; version=0.0.4; charset=utf-8");
+    assert_length_matches(&c);
+    size_t len;
+    char *expect = metrics_render(&len);
+    assert_non_null(expect);
+    assert_string_equal(resp_body(&c), expect);
+    assert_non_null(
+        strstr(expect, "coingest_http_requests_total{api=\"coingecko\",status=\"200\"} 3"));
+    free(expect);
+    client_free(&c);
+
+    /* A query string is ignored; HTTP/1.0 and bare-LF clients are served. */
+    fx_get(&f, &c, "GET /metrics?name[]=x HTTP/1.0\n\n");
+    assert_int_equal(resp_status(&c), 200);
+    client_free(&c);
+
+    /* HEAD: the same headers, no body. */
+    fx_get(&f, &c, "HEAD /metrics HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 200);
+    assert_non_null(resp_header(&c, "Content-Length", v, sizeof(v)));
+    assert_true(strtoul(v, NULL, 10) > 0);
+    assert_string_equal(resp_body(&c), "");
+    client_free(&c);
+
+    assert_int_equal(f.health.calls, 0);
+    fx_close(&f);
+    metrics_reset();
+}
+
+static void test_healthz(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client c;
+    char v[128];
+
+    fx_get(&f, &c, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 200);
+    assert_non_null(resp_header(&c, "Content-Type", v, sizeof(v)));
+    assert_string_equal(v, "application/json");
+    assert_string_equal(resp_body(&c), "{\"status\":\"ok\"}\n");
+    assert_length_matches(&c);
+    client_free(&c);
+
+    f.health.status = 503;
+    f.health.json = "{\"status\":\"unhealthy\",\"reason\":\"database unreachable for 95s\"}";
+    fx_get(&f, &c, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 503);
+    assert_string_equal(resp_body(&c),
+                        "{\"status\":\"unhealthy\",\"reason\":\"database unreachable for 95s\"}\n");
+    assert_length_matches(&c);
+    client_free(&c);
+
+    /* No body from the callback: a default one; a nonsense status: 500. */
+    f.health.json = "";
+    fx_get(&f, &c, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 503);
+    assert_string_equal(resp_body(&c), "{\"status\":\"unhealthy\"}\n");
+    client_free(&c);
+    f.health.status = 42;
+    fx_get(&f, &c, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 500);
+    client_free(&c);
+
+    assert_int_equal(f.health.calls, 4);
+    fx_close(&f);
+
+    /* Without a callback /healthz is always 200. */
+    fx_open(&f, NULL);
+    fx_get(&f, &c, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 200);
+    assert_string_equal(resp_body(&c), "{\"status\":\"ok\"}\n");
+    client_free(&c);
+    fx_close(&f);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client c;
+    char v[64];
+
+    fx_get(&f, &c, "GET /nope HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 404);
+    assert_length_matches(&c);
+    client_free(&c);
+    fx_get(&f, &c, "GET /metricsx HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 404);
+    client_free(&c);
+
+    fx_get(&f, &c, "POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+    assert_int_equal(resp_status(&c), 405);
+    assert_non_null(resp_header(&c, "Allow", v, sizeof(v)));
+    assert_string_equal(v, "GET, HEAD");
+    client_free(&c);
+    fx_get(&f, &c, "DELETE /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 405);
+    client_free(&c);
+
+    static const char *const bad[] = {
+        "garbage\r\n\r\n",
+        "GET /metrics\r\n\r\n",
+        "GET  /metrics HTTP/1.1\r\n\r\n",
+        "GET /metrics SPDY/3\r\n\r\n",
+        "GET /metrics HTTP/1.1 extra\r\n\r\n",
+        "\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        fx_get(&f, &c, bad[i]);
+        if (resp_status(&c) != 400)
+            fail_msg("request %zu: expected 400, got: %s", i, c.resp);
+        client_free(&c);
+    }
+    assert_int_equal(f.health.calls, 0);
+    fx_close(&f);
+}
+
+static void test_request_size(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client c;
+
+    /* Just under the cap: served. */
+    size_t n = SERVER_MAX_REQUEST;
+    char *req = malloc(4 * n);
+    assert_non_null(req);
+    static const char head[] = "GET /healthz HTTP/1.1\r\nX-Pad: ";
+    memcpy(req, head, sizeof(head) - 1);
+    size_t pad = n - (sizeof(head) - 1) - 4;
+    memset(req + sizeof(head) - 1, 'a', pad);
+    memcpy(req + sizeof(head) - 1 + pad, "\r\n\r\n", 5);
+    assert_int_equal(strlen(req), SERVER_MAX_REQUEST);
+    fx_get(&f, &c, req);
+    assert_int_equal(resp_status(&c), 200);
+    client_free(&c);
+
+    /* One byte more: 431, and the response survives the unread rest of the request. */
+    memset(req + sizeof(head) - 1, 'a', 4 * n - 5 - (sizeof(head) - 1));
+    memcpy(req + 4 * n - 5, "\r\n\r\n", 5);
+    assert_int_equal(strlen(req), 4 * n - 1);
+    fx_get(&f, &c, req);
+    assert_int_equal(resp_status(&c), 431);
+    assert_length_matches(&c);
+    client_free(&c);
+    free(req);
+    assert_int_equal(f.health.calls, 1);
+    fx_close(&f);
+}
+
+static void test_slow_client_cut_off(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    server_set_limits(f.srv, 50, 0);
+    struct client slow, fast;
+    /* Never finishes its request: the deadline closes it without an answer... */
+    client_start(&f.round, &slow, f.port, "GET /healthz HTTP/1.1\r\nX-Slow: ");
+    /* ...while a client in the same round is served. */
+    client_start(&f.round, &fast, f.port, "GET /healthz HTTP/1.1\r\n\r\n");
+    round_run(&f.round);
+    assert_int_equal(slow.len, 0);
+    assert_int_equal(slow.read_err, UV_EOF);
+    assert_int_equal(resp_status(&fast), 200);
+    client_free(&slow);
+    client_free(&fast);
+
+    /* A client that connects and sends nothing at all. */
+    fx_get(&f, &slow, "");
+    assert_int_equal(slow.len, 0);
+    client_free(&slow);
+    fx_close(&f);
+}
+
+static void test_many_clients(void **state)
+{
+    (void)state;
+    enum { N = 48 };
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client *c = calloc(N, sizeof(*c));
+    assert_non_null(c);
+    for (int i = 0; i < N; i++)
+        client_start(&f.round, &c[i], f.port,
+                     i % 2 ? "GET /healthz HTTP/1.1\r\n\r\n" : "GET /metrics HTTP/1.1\r\n\r\n");
+    round_run(&f.round);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(resp_status(&c[i]), 200);
+        assert_length_matches(&c[i]);
+        client_free(&c[i]);
+    }
+    assert_int_equal(f.health.calls, N / 2);
+    free(c);
+    fx_close(&f);
+}
+
+static void test_client_limit(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    server_set_limits(f.srv, 200, 2);
+    struct client hold[2], extra, later;
+    /* Two clients hold both slots with requests they never finish... */
+    client_start(&f.round, &hold[0], f.port, "GET /healthz");
+    client_start(&f.round, &hold[1], f.port, "GET /healthz");
+    /* ...so a third is closed without an answer. */
+    client_start(&f.round, &extra, f.port, "GET /healthz HTTP/1.1\r\n\r\n");
+    round_run(&f.round);
+    assert_int_equal(extra.len, 0);
+    assert_int_equal(hold[0].len, 0);
+    assert_int_equal(hold[1].len, 0);
+    assert_int_equal(f.health.calls, 0);
+    /* Once the holders are cut off by the deadline, the slots are free again. */
+    fx_get(&f, &later, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&later), 200);
+    client_free(&hold[0]);
+    client_free(&hold[1]);
+    client_free(&extra);
+    client_free(&later);
+    fx_close(&f);
+}
+
+/* server_close() while clients are connected: everything is closed, nothing leaks. */
+static struct server *closing_srv;
+
+static void close_server_now(uv_timer_t *t)
+{
+    server_close(closing_srv, on_server_closed, t->data);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_close_with_clients(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client idle[3];
+    for (int i = 0; i < 3; i++)
+        client_start(&f.round, &idle[i], f.port, "GET /metr");
+    /* Close the server once the clients are connected and waiting. */
+    uv_timer_t t;
+    assert_int_equal(uv_timer_init(&f.loop, &t), 0);
+    t.data = &f;
+    closing_srv = f.srv;
+    assert_int_equal(uv_timer_start(&t, close_server_now, 20, 0), 0);
+    round_run(&f.round);
+    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    assert_true(f.closed);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(idle[i].len, 0);
+        client_free(&idle[i]);
+    }
+    assert_int_equal(uv_loop_close(&f.loop), 0);
+
+    /* server_close(NULL) calls back at once. */
+    f.closed = false;
+    server_close(NULL, on_server_closed, &f);
+    assert_true(f.closed);
+}
+
+static void test_listen_addresses(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    char err[256];
+    static const char *const bad[] = {
+        "",         "nonsense",        "127.0.0.1",     "::1:9464",      "[::1]9464",
+        "[::1]:",   "127.0.0.1:99999", "127.0.0.1:abc", "999.1.1.1:80",  "127.0.0.1:-1",
+        ":9464",    "[nothost]:80",    "a b:80",        "127.0.0.1:+80", "1.2.3:80",
+        "host!:80",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        if (server_new(&loop, bad[i], NULL, NULL, err, sizeof(err)))
+            fail_msg("accepted listen address '%s'", bad[i]);
+        assert_non_null(strstr(err, "not a listen address"));
+    }
+    assert_null(server_new(&loop, NULL, NULL, NULL, err, sizeof(err)));
+
+    /* The port is taken: a clear error, and the failed listener is released by the loop. */
+    struct server *a = server_new(&loop, "localhost:0", NULL, NULL, err, sizeof(err));
+    assert_non_null(a);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", server_port(a));
+    err[0] = '\0';
+    assert_null(server_new(&loop, addr, NULL, NULL, err, sizeof(err)));
+    assert_non_null(strstr(err, addr));
+    assert_non_null(strstr(err, "address already in use"));
+    server_close(a, NULL, NULL);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+
+    /* IPv6 loopback, where the machine has it. */
+    struct server *b = server_new(&loop, "[::1]:0", NULL, NULL, err, sizeof(err));
+    if (b) {
+        assert_true(server_port(b) > 0);
+        server_close(b, NULL, NULL);
+    } else {
+        print_message("no IPv6 loopback here (%s); skipping that part\n", err);
+    }
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- libcurl from another thread ---- */
+
+struct curl_job {
+    int port;
+    const char *path;
+    uv_async_t *done;
+    long code;
+    char ctype[128];
+    char *body;
+    size_t len;
+    CURLcode rc;
+};
+
+static atomic_int curl_finished;
+
+static size_t curl_sink(char *p, size_t size, size_t n, void *arg)
+{
+    struct curl_job *j = arg;
+    char *nb = realloc(j->body, j->len + size * n + 1);
+    if (!nb)
+        return 0;
+    j->body = nb;
+    memcpy(j->body + j->len, p, size * n);
+    j->len += size * n;
+    j->body[j->len] = '\0';
+    return size * n;
+}
+
+static void *curl_thread(void *arg)
+{
+    struct curl_job *j = arg;
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", j->port, j->path);
+    CURL *h = curl_easy_init();
+    if (h) {
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, curl_sink);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, j);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        j->rc = curl_easy_perform(h);
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &j->code);
+        char *ct = NULL;
+        curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ct);
+        snprintf(j->ctype, sizeof(j->ctype), "%s", ct ? ct : "");
+        curl_easy_cleanup(h);
+    } else {
+        j->rc = CURLE_FAILED_INIT;
+    }
+    atomic_fetch_add(&curl_finished, 1);
+    uv_async_send(j->done);
+    return NULL;
+}
+
+static struct server *curl_srv;
+
+static void curl_done(uv_async_t *a)
+{
+    /* uv_async_send may coalesce wake-ups: count finished jobs instead. */
+    if (atomic_load(&curl_finished) < 2)
+        return;
+    server_close(curl_srv, NULL, NULL);
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+static void test_libcurl_client(void **state)
+{
+    (void)state;
+    metrics_reset();
+    metrics_set("coingest_spool_rows", "", 12);
+    struct fx f;
+    fx_open(&f, health_cb);
+    f.health.status = 503;
+    f.health.json = "{\"status\":\"unhealthy\",\"reason\":\"loop stalled\"}";
+    uv_async_t done;
+    struct curl_job jobs[2] = {
+        {.port = f.port, .path = "/metrics", .done = &done},
+        {.port = f.port, .path = "/healthz", .done = &done},
+    };
+    assert_int_equal(uv_async_init(&f.loop, &done, curl_done), 0);
+    atomic_store(&curl_finished, 0);
+    curl_srv = f.srv;
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, curl_thread, &jobs[i]), 0);
+    /* Runs until curl_done has closed the server and the async handle. */
+    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(uv_loop_close(&f.loop), 0);
+
+    assert_int_equal(jobs[0].rc, CURLE_OK);
+    assert_int_equal(jobs[0].code, 200);
+    assert_string_equal(jobs[0].ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert_non_null(jobs[0].body);
+    assert_non_null(strstr(jobs[0].body, "\ncoingest_spool_rows 12\n"));
+    assert_int_equal(jobs[1].rc, CURLE_OK);
+    assert_int_equal(jobs[1].code, 503);
+    assert_string_equal(jobs[1].body, "{\"status\":\"unhealthy\",\"reason\":\"loop stalled\"}\n");
+    free(jobs[0].body);
+    free(jobs[1].body);
+    metrics_reset();
+}
+
+/* ---- promtool on every described metric ---- */
+
+/* Registers one series (or two) of every metric in metrics.c's table; returns how many
+ * metrics it found, and their names, newline-separated, in *names. */
+static int register_every_metric(char **names)
+{
+    const char *srcdir = getenv("COINGEST_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/src/metrics.c", srcdir ? srcdir : "..");
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        fail_msg("cannot read %s (set COINGEST_SOURCE_DIR)", path);
+    char line[512];
+    int found = 0;
+    size_t nlen = 0;
+    *names = calloc(1, 1);
+    while (fgets(line, sizeof(line), fp)) {
+        char name[128], type[32];
+        if (sscanf(line, " {\"%127[a-z0-9_:]\", %31[A-Z_],", name, type) != 2)
+            continue;
+        if (strcmp(type, "M_COUNTER") == 0) {
+            metrics_add(name, "", 2);
+            metrics_add(name, "job=\"prices\",status=\"ok\"", 1);
+        } else if (strcmp(type, "M_GAUGE") == 0) {
+            metrics_set(name, "", 1.5);
+            metrics_set(name, "job=\"assets\"", 1761000000);
+        } else if (strcmp(type, "M_SUMMARY") == 0) {
+            metrics_observe(name, "", 0.25);
+            metrics_observe(name, "table=\"quotes\"", 0.125);
+        } else {
+            fail_msg("unknown metric type %s for %s", type, name);
+        }
+        *names = realloc(*names, nlen + strlen(name) + 2);
+        assert_non_null(*names);
+        nlen += (size_t)sprintf(*names + nlen, "%s\n", name);
+        found++;
+    }
+    fclose(fp);
+    return found;
+}
+
+static void test_promtool_accepts_metrics(void **state)
+{
+    (void)state;
+    metrics_reset();
+    char *names;
+    int n = register_every_metric(&names);
+    /* The table has two dozen entries; far fewer means the parse above broke. */
+    assert_true(n >= 20);
+
+    struct fx f;
+    fx_open(&f, health_cb);
+    struct client c;
+    fx_get(&f, &c, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 200);
+    const char *body = resp_body(&c);
+
+    /* Every metric is described (typed, with its own help), not rendered as untyped. */
+    for (char *name = strtok(names, "\n"); name; name = strtok(NULL, "\n")) {
+        char want[256];
+        snprintf(want, sizeof(want), "# TYPE %s ", name);
+        const char *t = strstr(body, want);
+        if (!t)
+            fail_msg("no TYPE line for %s", name);
+        assert_true(strncmp(t + strlen(want), "untyped", 7) != 0);
+    }
+    assert_null(strstr(body, "coingest metric\n"));
+
+    if (access("/usr/bin/promtool", X_OK) != 0) {
+        print_message("promtool not installed: skipping `promtool check metrics`\n");
+    } else {
+        char tmp[] = "/tmp/test_server_metrics.XXXXXX";
+        int fd = mkstemp(tmp);
+        assert_true(fd >= 0);
+        size_t blen = strlen(body);
+        assert_int_equal(write(fd, body, blen), (ssize_t)blen);
+        close(fd);
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "/usr/bin/promtool check metrics < %s 2>&1", tmp);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        char out[4096];
+        size_t olen = fread(out, 1, sizeof(out) - 1, p);
+        out[olen] = '\0';
+        int rc = pclose(p);
+        unlink(tmp);
+        if (rc != 0)
+            fail_msg("promtool check metrics failed (%d):\n%s\n--- served:\n%s", rc, out, body);
+    }
+    client_free(&c);
+    free(names);
+    fx_close(&f);
+    metrics_reset();
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_healthz),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_request_size),
+        cmocka_unit_test(test_slow_client_cut_off),
+        cmocka_unit_test(test_many_clients),
+        cmocka_unit_test(test_client_limit),
+        cmocka_unit_test(test_close_with_clients),
+        cmocka_unit_test(test_listen_addresses),
+        cmocka_unit_test(test_libcurl_client),
+        cmocka_unit_test(test_promtool_accepts_metrics),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    return rc;
+}
