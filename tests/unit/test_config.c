@@ -1,0 +1,1185 @@
+/*
+ * test_config: the configuration parser. Value parsers (valid, invalid, edge cases, overflow),
+ * defaults, plan defaults and key-order independence, every error message with its line
+ * (exact strings), environment and *_file overrides, config_dump masking and round trip,
+ * config_diff, and the shipped etc/coingest.conf.
+ *
+ * Config text is written to a file in a private temporary directory, so messages carry a known
+ * path; expect_error() compares the whole message.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "coingest/config.h"
+#include "coingest/version.h"
+
+static char tmpdir[256];
+static char conf_path[PATH_MAX];
+
+static const char *const env_names[] = {
+    "COINGEST_DB_PASSWORD",       "COINGEST_DB_PASSWORD_FILE",
+    "COINGEST_COINGECKO_API_KEY", "COINGEST_COINGECKO_API_KEY_FILE",
+    "COINGEST_DB_HOST",           "COINGEST_DB_PORT",
+    "COINGEST_DB_SOCKET",         "COINGEST_DB_USER",
+    "COINGEST_DB_NAME",
+};
+
+static void clear_env(void)
+{
+    for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++)
+        unsetenv(env_names[i]);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *base = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof(tmpdir), "%.200s/test_config.XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(conf_path, sizeof(conf_path), "%s/x.conf", tmpdir);
+    clear_env();
+    return 0;
+}
+
+static void tmp_path(char *buf, size_t cap, const char *name)
+{
+    snprintf(buf, cap, "%s/%s", tmpdir, name);
+}
+
+static const char *const tmp_files[] = {"x.conf", "pw", "key", "pw_crlf", "empty", "dump.conf"};
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    char p[PATH_MAX + 32];
+    for (size_t i = 0; i < sizeof(tmp_files) / sizeof(tmp_files[0]); i++) {
+        tmp_path(p, sizeof(p), tmp_files[i]);
+        unlink(p);
+    }
+    rmdir(tmpdir);
+    return 0;
+}
+
+static int test_teardown(void **state)
+{
+    (void)state;
+    clear_env();
+    return 0;
+}
+
+static void write_bytes(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    write_bytes(path, text, strlen(text));
+}
+
+static int load_text(const char *text, struct config **cfg, char *err, size_t cap)
+{
+    write_file(conf_path, text);
+    return config_load(conf_path, cfg, err, cap);
+}
+
+static struct config *load_ok(const char *text)
+{
+    struct config *cfg = NULL;
+    char err[1024];
+    int r = load_text(text, &cfg, err, sizeof(err));
+    if (r != 0)
+        fail_msg("unexpected error %d: %s", r, err);
+    assert_non_null(cfg);
+    return cfg;
+}
+
+/* Loads `text` and checks the whole message: "<conf_path>:" followed by `suffix`. */
+static void expect_error(const char *text, const char *suffix)
+{
+    struct config *cfg = (struct config *)1;
+    char err[1024] = "";
+    char want[1024 + PATH_MAX];
+    int r = load_text(text, &cfg, err, sizeof(err));
+    snprintf(want, sizeof(want), "%s:%s", conf_path, suffix);
+    assert_string_equal(err, want);
+    assert_int_equal(r, -EINVAL);
+    assert_null(cfg);
+}
+
+/* ---- value parsers ----------------------------------------------------------------------- */
+
+static void test_parse_duration(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        uint64_t ms;
+    } ok[] = {
+        {"0", 0},
+        {"0s", 0},
+        {"500ms", 500},
+        {"30s", 30000},
+        {"5m", 300000},
+        {"1h", 3600000},
+        {"24h", 86400000},
+        {"7d", 604800000},
+        {"007s", 7000},
+        {"18446744073709551615ms", UINT64_MAX},
+        {"213503982334d", 213503982334ull * 86400000ull},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint64_t ms = 12345;
+        if (config_parse_duration(ok[i].s, &ms) != 0)
+            fail_msg("\"%s\" rejected", ok[i].s);
+        assert_int_equal(ms, ok[i].ms);
+    }
+    static const char *const bad[] = {
+        "",
+        "5",
+        "5 m",
+        " 5m",
+        "5m ",
+        "-5s",
+        "+5s",
+        "5M",
+        "5min",
+        "1.5s",
+        "s",
+        "5ms5",
+        "0x10s",
+        "5s5m",
+        "1h30m",
+        "00",
+        "5\n",
+        "5ss",
+        "1w",
+        "213503982335d",
+        "18446744073709551616ms",
+        "99999999999999999999999s",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t ms = 12345;
+        if (config_parse_duration(bad[i], &ms) != -EINVAL)
+            fail_msg("\"%s\" accepted", bad[i]);
+        assert_int_equal(ms, 12345); /* untouched on error */
+    }
+    uint64_t ms;
+    assert_int_equal(config_parse_duration(NULL, &ms), -EINVAL);
+}
+
+static void test_parse_rate(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        uint32_t count;
+        uint64_t period;
+    } ok[] = {
+        {"30/min", 30, 60000},   {"5/s", 5, 1000},
+        {"100/h", 100, 3600000}, {"1/sec", 1, 1000},
+        {"2/second", 2, 1000},   {"3/minute", 3, 60000},
+        {"4/hour", 4, 3600000},  {"10/m", 10, 60000},
+        {"7/day", 7, 86400000},  {"4294967295/s", UINT32_MAX, 1000},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct rate r = {0, 0};
+        if (config_parse_rate(ok[i].s, &r) != 0)
+            fail_msg("\"%s\" rejected", ok[i].s);
+        assert_int_equal(r.count, ok[i].count);
+        assert_int_equal(r.period_ms, ok[i].period);
+    }
+    static const char *const bad[] = {
+        "",        "30",       "30/",     "/min",
+        "30/min ", "30 /min",  "30/ min", "-1/s",
+        "30/week", "0/min",    "30/MIN",  "4294967296/s",
+        "1.5/s",   "30/min/s", "30//s",   "99999999999999999999999/s",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct rate r = {77, 77};
+        if (config_parse_rate(bad[i], &r) != -EINVAL)
+            fail_msg("\"%s\" accepted", bad[i]);
+        assert_int_equal(r.count, 77);
+    }
+}
+
+static void test_parse_size(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        uint64_t bytes;
+    } ok[] = {
+        {"0", 0},
+        {"512", 512},
+        {"10B", 10},
+        {"64KiB", 65536},
+        {"4MiB", 4194304},
+        {"1GiB", 1073741824},
+        {"1TiB", 1099511627776ull},
+        {"18446744073709551615", UINT64_MAX},
+        {"16777215TiB", 16777215ull << 40},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint64_t b = 1;
+        if (config_parse_size(ok[i].s, &b) != 0)
+            fail_msg("\"%s\" rejected", ok[i].s);
+        assert_int_equal(b, ok[i].bytes);
+    }
+    static const char *const bad[] = {
+        "",
+        "4MB",
+        "4 MiB",
+        "4mib",
+        "-1",
+        "1.5MiB",
+        "MiB",
+        "4K",
+        "4KiB ",
+        " 4KiB",
+        "4Ki",
+        "16777216TiB",
+        "18446744073709551616",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t b = 1;
+        if (config_parse_size(bad[i], &b) != -EINVAL)
+            fail_msg("\"%s\" accepted", bad[i]);
+        assert_int_equal(b, 1);
+    }
+}
+
+static void test_parse_bool(void **state)
+{
+    (void)state;
+    static const char *const yes[] = {"true", "yes", "on", "1", "TRUE", "Yes"};
+    static const char *const no[] = {"false", "no", "off", "0", "False", "OFF"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        bool b = false;
+        assert_int_equal(config_parse_bool(yes[i], &b), 0);
+        assert_true(b);
+        b = true;
+        assert_int_equal(config_parse_bool(no[i], &b), 0);
+        assert_false(b);
+    }
+    static const char *const bad[] = {"", "2", "yess", "tru", "y", "n", " true", "true ", "01"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        bool b = true;
+        if (config_parse_bool(bad[i], &b) != -EINVAL)
+            fail_msg("\"%s\" accepted", bad[i]);
+        assert_true(b);
+    }
+}
+
+static void test_parse_uint(void **state)
+{
+    (void)state;
+    uint64_t v = 0;
+    assert_int_equal(config_parse_uint("0", 10, &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(config_parse_uint("42", 100, &v), 0);
+    assert_int_equal(v, 42);
+    assert_int_equal(config_parse_uint("0042", 100, &v), 0);
+    assert_int_equal(v, 42);
+    assert_int_equal(config_parse_uint("65535", 65535, &v), 0);
+    assert_int_equal(v, 65535);
+    assert_int_equal(config_parse_uint("18446744073709551615", UINT64_MAX, &v), 0);
+    assert_int_equal(v, UINT64_MAX);
+    v = 7;
+    static const char *const bad[] = {
+        "65536", "-1", "+1", " 1", "1 ", "0x10", "", "1e3", "18446744073709551616", "1.0"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t max = i == 8 ? UINT64_MAX : 65535;
+        if (config_parse_uint(bad[i], max, &v) != -EINVAL)
+            fail_msg("\"%s\" accepted", bad[i]);
+        assert_int_equal(v, 7);
+    }
+}
+
+/* ---- defaults ---------------------------------------------------------------------------- */
+
+static void check_defaults(const struct config *c)
+{
+    assert_int_equal(c->daemon.log_level, LOG_INFO);
+    assert_int_equal(c->daemon.log_format, LOG_FORMAT_TEXT);
+    assert_string_equal(c->daemon.metrics_listen, "127.0.0.1:9464");
+    assert_string_equal(c->daemon.spool_dir, "/var/lib/coingest/spool");
+    assert_int_equal(c->daemon.shutdown_timeout_ms, 30000);
+
+    assert_string_equal(c->database.host, "127.0.0.1");
+    assert_int_equal(c->database.port, 3306);
+    assert_null(c->database.socket);
+    assert_string_equal(c->database.user, "coingest");
+    assert_null(c->database.password);
+    assert_string_equal(c->database.database, "coingest");
+    assert_int_equal(c->database.workers, 2);
+    assert_int_equal(c->database.batch_rows, 1000);
+    assert_int_equal(c->database.batch_bytes, 4 << 20);
+    assert_int_equal(c->database.flush_interval_ms, 1000);
+    assert_int_equal(c->database.max_pending_rows, 200000);
+    assert_int_equal(c->database.connect_timeout_ms, 5000);
+    assert_true(c->database.auto_migrate);
+    assert_string_equal(c->database.migrations_dir, COINGEST_DEFAULT_SQL_DIR);
+
+    const struct cfg_source *s = &c->coingecko;
+    assert_string_equal(s->name, "coingecko");
+    assert_string_equal(s->base_url, "https://api.coingecko.com/api/v3");
+    assert_int_equal(s->plan, PLAN_PUBLIC);
+    assert_null(s->api_key);
+    assert_int_equal(s->rate_limit.count, 10);
+    assert_int_equal(s->rate_limit.period_ms, 60000);
+    assert_int_equal(s->burst, 1);
+    assert_int_equal(s->timeout_ms, 30000);
+    assert_int_equal(s->connect_timeout_ms, 10000);
+    assert_int_equal(s->max_retries, 5);
+    assert_int_equal(s->backoff_base_ms, 1000);
+    assert_int_equal(s->backoff_cap_ms, 300000);
+    assert_int_equal(s->max_body_bytes, 64 << 20);
+    assert_int_equal(s->max_url_bytes, 8000);
+    assert_int_equal(s->per_page, 250);
+    assert_null(s->ca_file);
+    assert_int_equal(s->monthly_credits, 0);
+    assert_int_equal(s->plan_limit.count, 10);
+    assert_int_equal(s->plan_limit.period_ms, 60000);
+
+    assert_true(c->universe.all);
+    assert_int_equal(c->universe.ids.n, 0);
+    assert_int_equal(c->universe.top, 0);
+    assert_int_equal(c->universe.categories.n, 0);
+    assert_int_equal(c->universe.vs_currencies.n, 1);
+    assert_string_equal(c->universe.vs_currencies.items[0], "usd");
+
+    static const char *const names[] = {"assets", "prices", "market_caps"};
+    static const uint64_t every[] = {86400000, 300000, 3600000};
+    for (int i = 0; i < JOB_COUNT; i++) {
+        const struct cfg_job *j = &c->jobs[i];
+        assert_string_equal(j->name, names[i]);
+        assert_true(j->enabled);
+        assert_int_equal(j->every_ms, every[i]);
+        assert_true(j->align);
+        assert_int_equal(j->offset_ms, 0);
+        assert_int_equal(j->jitter_ms, 0);
+        assert_true(j->run_at_start);
+    }
+}
+
+static bool diff_empty(const struct config_diff *d)
+{
+    bool any = d->daemon_log || d->restart_needed || d->database || d->source_rate ||
+               d->source_other || d->universe;
+    for (int i = 0; i < JOB_COUNT; i++)
+        any = any || d->job[i];
+    return !any;
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    struct config *c = config_defaults();
+    assert_non_null(c);
+    check_defaults(c);
+    config_free(c);
+    config_free(NULL);
+}
+
+static void test_minimal_and_empty_files(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("");
+    check_defaults(c);
+    assert_string_equal(c->path, conf_path);
+    config_free(c);
+
+    c = load_ok("; only comments\n# and more\n\n[daemon]\n");
+    check_defaults(c);
+    config_free(c);
+
+    char path[PATH_MAX];
+    const char *fx = getenv("COINGEST_FIXTURES");
+    assert_non_null(fx);
+    snprintf(path, sizeof(path), "%s/config/minimal.conf", fx);
+    char err[512];
+    assert_int_equal(config_load(path, &c, err, sizeof(err)), 0);
+    check_defaults(c);
+    config_free(c);
+}
+
+static void test_job_index(void **state)
+{
+    (void)state;
+    assert_int_equal(config_job_index("assets"), JOB_ASSETS);
+    assert_int_equal(config_job_index("prices"), JOB_PRICES);
+    assert_int_equal(config_job_index("market_caps"), JOB_MARKET_CAPS);
+    assert_int_equal(config_job_index("price"), -1);
+    assert_int_equal(config_job_index(""), -1);
+    assert_int_equal(config_job_index(NULL), -1);
+}
+
+/* The shipped example must parse, and it describes exactly the built-in defaults. */
+static void test_example_file(void **state)
+{
+    (void)state;
+    const char *src = getenv("COINGEST_SOURCE_DIR");
+    assert_non_null(src);
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/etc/coingest.conf", src);
+    struct config *c = NULL;
+    char err[1024] = "";
+    int r = config_load(path, &c, err, sizeof(err));
+    if (r)
+        fail_msg("etc/coingest.conf: %s", err);
+    check_defaults(c);
+    struct config *d = config_defaults();
+    struct config_diff diff;
+    config_diff(c, d, &diff);
+    assert_true(diff_empty(&diff));
+    config_free(d);
+    config_free(c);
+}
+
+static void test_full_file(void **state)
+{
+    (void)state;
+    const char *fx = getenv("COINGEST_FIXTURES");
+    assert_non_null(fx);
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/config/full.conf", fx);
+    struct config *c = NULL;
+    char err[1024] = "";
+    if (config_load(path, &c, err, sizeof(err)))
+        fail_msg("%s", err);
+
+    assert_int_equal(c->daemon.log_level, LOG_DEBUG);
+    assert_int_equal(c->daemon.log_format, LOG_FORMAT_JSON);
+    assert_string_equal(c->daemon.metrics_listen, "[::1]:9100");
+    assert_string_equal(c->daemon.spool_dir, "/tmp/coingest-spool");
+    assert_int_equal(c->daemon.shutdown_timeout_ms, 45000);
+
+    assert_string_equal(c->database.host, "db.example.internal");
+    assert_int_equal(c->database.port, 3307);
+    assert_string_equal(c->database.socket, "/run/mysqld/mysqld.sock");
+    assert_string_equal(c->database.user, "ingest");
+    assert_string_equal(c->database.password, "s3cret-pw");
+    assert_string_equal(c->database.database, "market");
+    assert_int_equal(c->database.workers, 4);
+    assert_int_equal(c->database.batch_rows, 500);
+    assert_int_equal(c->database.batch_bytes, 8 << 20);
+    assert_int_equal(c->database.flush_interval_ms, 250);
+    assert_int_equal(c->database.max_pending_rows, 50000);
+    assert_int_equal(c->database.connect_timeout_ms, 7000);
+    assert_false(c->database.auto_migrate);
+    assert_string_equal(c->database.migrations_dir, "/opt/coingest/sql");
+
+    const struct cfg_source *s = &c->coingecko;
+    assert_int_equal(s->plan, PLAN_PRO);
+    assert_string_equal(s->base_url, "https://proxy.example.com/cg/v3");
+    assert_string_equal(s->api_key, "CG-prokey123");
+    /* rate_limit comes before plan in the file and still wins over the pro default. */
+    assert_int_equal(s->rate_limit.count, 250);
+    assert_int_equal(s->rate_limit.period_ms, 60000);
+    assert_int_equal(s->burst, 5);
+    assert_int_equal(s->timeout_ms, 20000);
+    assert_int_equal(s->connect_timeout_ms, 3000);
+    assert_int_equal(s->max_retries, 7);
+    assert_int_equal(s->backoff_base_ms, 500);
+    assert_int_equal(s->backoff_cap_ms, 120000);
+    assert_int_equal(s->max_body_bytes, 32 << 20);
+    assert_int_equal(s->max_url_bytes, 4000);
+    assert_int_equal(s->per_page, 100);
+    assert_string_equal(s->ca_file, "/etc/ssl/certs/ca-certificates.crt");
+    assert_int_equal(s->monthly_credits, 1000000);
+    assert_int_equal(s->plan_limit.count, 1000);
+
+    assert_false(c->universe.all);
+    assert_int_equal(c->universe.ids.n, 3);
+    assert_string_equal(c->universe.ids.items[0], "bitcoin");
+    assert_string_equal(c->universe.ids.items[1], "ethereum");
+    assert_string_equal(c->universe.ids.items[2], "solana");
+    assert_int_equal(c->universe.top, 100);
+    assert_int_equal(c->universe.categories.n, 2);
+    assert_string_equal(c->universe.categories.items[0], "smart-contract-platform");
+    assert_string_equal(c->universe.categories.items[1], "meme-token");
+    assert_int_equal(c->universe.vs_currencies.n, 3);
+    assert_string_equal(c->universe.vs_currencies.items[0], "usd");
+    assert_string_equal(c->universe.vs_currencies.items[1], "eur");
+    assert_string_equal(c->universe.vs_currencies.items[2], "btc");
+
+    const struct cfg_job *a = &c->jobs[JOB_ASSETS];
+    assert_false(a->enabled);
+    assert_int_equal(a->every_ms, 12 * 3600000);
+    assert_false(a->align);
+    assert_int_equal(a->offset_ms, 30 * 60000);
+    assert_int_equal(a->jitter_ms, 5 * 60000);
+    assert_false(a->run_at_start);
+    const struct cfg_job *p = &c->jobs[JOB_PRICES];
+    assert_true(p->enabled);
+    assert_int_equal(p->every_ms, 60000);
+    assert_int_equal(p->offset_ms, 10000);
+    assert_int_equal(p->jitter_ms, 5000);
+    const struct cfg_job *m = &c->jobs[JOB_MARKET_CAPS];
+    assert_int_equal(m->every_ms, 7200000);
+    assert_false(m->run_at_start);
+    assert_true(m->align);
+    config_free(c);
+}
+
+/* ---- plan defaults ------------------------------------------------------------------------ */
+
+static void test_plan_defaults(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[source.coingecko]\nplan = demo\napi_key = CG-demo\n");
+    assert_int_equal(c->coingecko.plan, PLAN_DEMO);
+    assert_string_equal(c->coingecko.base_url, "https://api.coingecko.com/api/v3");
+    assert_int_equal(c->coingecko.rate_limit.count, 30);
+    assert_int_equal(c->coingecko.rate_limit.period_ms, 60000);
+    assert_int_equal(c->coingecko.plan_limit.count, 30);
+    assert_int_equal(c->coingecko.monthly_credits, 10000);
+    config_free(c);
+
+    c = load_ok("[source.coingecko]\napi_key = CG-pro\nplan = pro\n");
+    assert_string_equal(c->coingecko.base_url, "https://pro-api.coingecko.com/api/v3");
+    assert_int_equal(c->coingecko.rate_limit.count, 500);
+    assert_int_equal(c->coingecko.plan_limit.count, 500);
+    assert_int_equal(c->coingecko.monthly_credits, 500000);
+    config_free(c);
+
+    /* An explicit value wins whatever the order of keys. */
+    static const char *const orders[] = {
+        "[source.coingecko]\nplan = pro\napi_key = k\nrate_limit = 5/s\n"
+        "base_url = https://api.coingecko.com/api/v3\nmonthly_credits = 7\nplan_limit = 9/s\n",
+        "[source.coingecko]\nrate_limit = 5/s\nbase_url = https://api.coingecko.com/api/v3\n"
+        "monthly_credits = 7\nplan_limit = 9/s\napi_key = k\nplan = pro\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        c = load_ok(orders[i]);
+        assert_int_equal(c->coingecko.plan, PLAN_PRO);
+        assert_string_equal(c->coingecko.base_url, "https://api.coingecko.com/api/v3");
+        assert_int_equal(c->coingecko.rate_limit.count, 5);
+        assert_int_equal(c->coingecko.rate_limit.period_ms, 1000);
+        assert_int_equal(c->coingecko.monthly_credits, 7);
+        assert_int_equal(c->coingecko.plan_limit.count, 9);
+        config_free(c);
+    }
+
+    /* An empty base_url is "not set": the plan's default applies. */
+    c = load_ok("[source.coingecko]\nbase_url =\nplan = pro\napi_key = k\n");
+    assert_string_equal(c->coingecko.base_url, "https://pro-api.coingecko.com/api/v3");
+    config_free(c);
+}
+
+/* ---- error messages ------------------------------------------------------------------------ */
+
+static void test_errors_structure(void **state)
+{
+    (void)state;
+    expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
+                 "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
+                 "[universe], [job.assets], [job.prices], [job.market_caps])");
+    expect_error("[source.coinmarketcap]\n",
+                 "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko)");
+    expect_error("\n[job.price]\nevery = 5m\n",
+                 "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps)");
+    expect_error("[daemon]\nlog_levl = info\n",
+                 "2: [daemon] log_levl: unknown key (known: log_level, log_format, "
+                 "metrics_listen, spool_dir, shutdown_timeout)");
+    expect_error("[job.prices]\nevry = 5m\n",
+                 "2: [job.prices] evry: unknown key (known: enabled, every, align, offset, "
+                 "jitter, run_at_start)");
+    expect_error("[daemon]\nlog_level = info\n; comment\nlog_level = debug\n",
+                 "4: [daemon] log_level: duplicate key (first set at line 2)");
+    /* An empty value still counts as the key being given. */
+    expect_error("[database]\nsocket =\nsocket = /x\n",
+                 "3: [database] socket: duplicate key (first set at line 2)");
+    expect_error("[daemon]\n[database]\n[daemon]\n",
+                 "3: [daemon]: section appears twice (first at line 1)");
+    expect_error("log_level = info\n[daemon]\n", "1: log_level: key outside any [section]");
+    expect_error("[daemon]\nlog_level\n",
+                 "2: syntax error (expected \"key = value\", \"[section]\" or a comment)");
+    expect_error("[daemon\n", "1: section header without a closing \"]\"");
+    expect_error("[daemon] extra\n", "1: [daemon]: unexpected text after \"]\"");
+    expect_error("[daemon]\n= info\n", "2: [daemon] missing key name before \"=\"");
+    expect_error("[daemon]\nspool_dir = /a\n    /b\n",
+                 "3: [daemon] spool_dir: indented continuation line (only ids, categories and "
+                 "vs_currencies may span lines)");
+    expect_error("[universe]\nids = bitcoin,\n\n[daemon]\n",
+                 "2: [universe] ids: list ends with a comma but no indented continuation line "
+                 "follows");
+    expect_error("[universe]\nids = bitcoin,\n",
+                 "2: [universe] ids: list ends with a comma but no indented continuation line "
+                 "follows");
+
+    char longline[400];
+    snprintf(longline, sizeof(longline), "[universe]\nids = %0300d\n", 0);
+    expect_error(longline, "2: line is longer than 198 characters (split long lists over "
+                           "indented continuation lines)");
+
+    /* The error on the earliest line wins, even when noticed later. */
+    expect_error("[universe]\nids = a,\n[bogus]\n",
+                 "2: [universe] ids: list ends with a comma but no indented continuation line "
+                 "follows");
+    expect_error("[daemon]\nlog_level = loud\nlog_format = xml\n",
+                 "2: [daemon] log_level: \"loud\" is not a log level (error, warn, info, debug)");
+    expect_error("[daemon]\nlog_level = info\nbogus\nlog_format = xml\n",
+                 "3: syntax error (expected \"key = value\", \"[section]\" or a comment)");
+
+    /* A NUL byte. */
+    static const char nul[] = "[daemon]\nlog_level = in\0fo\n";
+    write_bytes(conf_path, nul, sizeof(nul) - 1);
+    struct config *c = NULL;
+    char err[512], want[PATH_MAX + 64];
+    assert_int_equal(config_load(conf_path, &c, err, sizeof(err)), -EINVAL);
+    snprintf(want, sizeof(want), "%s:2: NUL byte in the file", conf_path);
+    assert_string_equal(err, want);
+}
+
+static void test_errors_values(void **state)
+{
+    (void)state;
+    expect_error("[job.assets]\nevery = 24h\n[job.prices]\nevery = 5 minutes\n",
+                 "4: [job.prices] every: \"5 minutes\" is not a duration (e.g. 30s, 5m, 1h)");
+    expect_error("[job.prices]\nevery = 0\n",
+                 "2: [job.prices] every: \"0\" is too short (at least 1ms)");
+    expect_error("[daemon]\nshutdown_timeout = 213503982335d\n",
+                 "2: [daemon] shutdown_timeout: \"213503982335d\" is too large");
+    expect_error("[database]\nconnect_timeout = 500ms\n",
+                 "2: [database] connect_timeout: \"500ms\" is too short (at least 1s)");
+    expect_error("[source.coingecko]\nrate_limit = 30/week\n",
+                 "2: [source.coingecko] rate_limit: \"30/week\" is not a rate (e.g. 30/min, "
+                 "5/s, 100/h)");
+    expect_error("[source.coingecko]\nrate_limit = 0/min\n",
+                 "2: [source.coingecko] rate_limit: \"0/min\" is not a rate (e.g. 30/min, 5/s, "
+                 "100/h)");
+    expect_error("[source.coingecko]\nplan_limit = 4294967296/s\n",
+                 "2: [source.coingecko] plan_limit: \"4294967296/s\" is too large a rate (at "
+                 "most 4294967295 per period)");
+    expect_error("[database]\nbatch_bytes = 4MB\n",
+                 "2: [database] batch_bytes: \"4MB\" is not a size (e.g. 65536, 64KiB, 4MiB, "
+                 "1GiB)");
+    expect_error("[database]\nbatch_bytes = 2GiB\n",
+                 "2: [database] batch_bytes: \"2GiB\" is out of range (1KiB to 1GiB)");
+    expect_error("[source.coingecko]\nmax_body_size = 512\n",
+                 "2: [source.coingecko] max_body_size: \"512\" is out of range (at least 1KiB)");
+    expect_error("[source.coingecko]\nmax_body_size = 99999999999TiB\n",
+                 "2: [source.coingecko] max_body_size: \"99999999999TiB\" is out of range (at "
+                 "least 1KiB)");
+    expect_error("[database]\nauto_migrate = maybe\n",
+                 "2: [database] auto_migrate: \"maybe\" is not a boolean (true/false, yes/no, "
+                 "on/off, 1/0)");
+    expect_error("[database]\nport = 70000\n",
+                 "2: [database] port: \"70000\" is not an integer in 1..65535");
+    expect_error("[database]\nport = 0\n",
+                 "2: [database] port: \"0\" is not an integer in 1..65535");
+    expect_error("[database]\nworkers = -1\n",
+                 "2: [database] workers: \"-1\" is not an integer in 1..64");
+    expect_error("[universe]\ntop = 99999999999999999999999\n",
+                 "2: [universe] top: \"99999999999999999999999\" is not an integer in "
+                 "0..4294967295");
+    expect_error("[source.coingecko]\nper_page = 251\n",
+                 "2: [source.coingecko] per_page: \"251\" is not an integer in 1..250");
+    expect_error("[daemon]\nlog_format = xml\n",
+                 "2: [daemon] log_format: \"xml\" is not a log format (text, json)");
+    expect_error("[source.coingecko]\nplan = enterprise\n",
+                 "2: [source.coingecko] plan: \"enterprise\" is not a plan (public, demo, pro)");
+    expect_error("[daemon]\nmetrics_listen = 9464\n",
+                 "2: [daemon] metrics_listen: \"9464\" is not HOST:PORT (e.g. 127.0.0.1:9464 or "
+                 "[::1]:9464; empty disables)");
+    expect_error("[daemon]\nmetrics_listen = localhost:0\n",
+                 "2: [daemon] metrics_listen: \"localhost:0\" is not HOST:PORT (e.g. "
+                 "127.0.0.1:9464 or [::1]:9464; empty disables)");
+    expect_error("[source.coingecko]\nbase_url = ftp://x\n",
+                 "2: [source.coingecko] base_url: \"ftp://x\" is not an http:// or https:// URL "
+                 "without query or fragment");
+    expect_error("[universe]\nvs_currencies = usd, us-dollar\n",
+                 "2: [universe] vs_currencies: \"us-dollar\" is not a currency code (letters and "
+                 "digits, e.g. usd, eur, btc)");
+    expect_error("[universe]\nids = bitcoin,,ethereum\n",
+                 "2: [universe] ids: empty item in list \"bitcoin,,ethereum\" (items are "
+                 "separated by single commas)");
+    expect_error("[universe]\ncategories = , gaming\n",
+                 "2: [universe] categories: empty item in list \", gaming\" (items are "
+                 "separated by single commas)");
+    expect_error("[universe]\nids = bitcoin,\n   ethereum, bitcoin\n",
+                 "3: [universe] ids: \"bitcoin\" is listed twice");
+    expect_error("[universe]\nvs_currencies = usd, USD\n",
+                 "2: [universe] vs_currencies: \"usd\" is listed twice");
+    expect_error("[universe]\nids = all, bitcoin\n",
+                 "2: [universe] ids: \"all\" cannot be combined with other ids");
+}
+
+static void test_errors_cross_field(void **state)
+{
+    (void)state;
+    expect_error("[source.coingecko]\nplan = demo\n",
+                 "2: [source.coingecko] plan: plan \"demo\" needs an API key (set api_key or "
+                 "api_key_file, or COINGEST_COINGECKO_API_KEY or "
+                 "COINGEST_COINGECKO_API_KEY_FILE)");
+    expect_error("[source.coingecko]\nplan = pro\napi_key =\n",
+                 "2: [source.coingecko] plan: plan \"pro\" needs an API key (set api_key or "
+                 "api_key_file, or COINGEST_COINGECKO_API_KEY or "
+                 "COINGEST_COINGECKO_API_KEY_FILE)");
+    expect_error("[source.coingecko]\n\napi_key = CG-x\n",
+                 "3: [source.coingecko] api_key: an API key is set but plan is public (set plan "
+                 "= demo or plan = pro)");
+    expect_error("[source.coingecko]\nbackoff_cap = 500ms\n",
+                 "2: [source.coingecko] backoff_cap: backoff_cap (500ms) is less than "
+                 "backoff_base (1s)");
+    expect_error("[source.coingecko]\nbackoff_base = 10m\n",
+                 "2: [source.coingecko] backoff_base: backoff_cap (5m) is less than "
+                 "backoff_base (10m)");
+    expect_error("[job.prices]\nevery = 5m\noffset = 5m\n",
+                 "3: [job.prices] offset: offset (5m) must be less than every (5m)");
+    expect_error("[job.market_caps]\njitter = 2h\n",
+                 "2: [job.market_caps] jitter: jitter (2h) must be less than every (1h)");
+    expect_error("[job.assets]\noffset = 1h\n\nevery = 30m\n",
+                 "2: [job.assets] offset: offset (1h) must be less than every (30m)");
+    expect_error("[database]\npassword = a\npassword_file = /nonexistent/pw\n",
+                 "3: [database] password_file: set password or password_file, not both");
+    expect_error("[database]\npassword_file = /nonexistent/pw\npassword = a\n",
+                 "3: [database] password: set password or password_file, not both");
+    expect_error("[database]\npassword_file = /nonexistent/pw\n",
+                 "2: [database] password_file: cannot read \"/nonexistent/pw\": No such file or "
+                 "directory");
+
+    char empty[PATH_MAX + 16], text[2 * PATH_MAX], want[3 * PATH_MAX];
+    tmp_path(empty, sizeof(empty), "empty");
+    write_file(empty, "\nsecond line\n");
+    snprintf(text, sizeof(text), "[source.coingecko]\nplan = demo\napi_key_file = %s\n", empty);
+    snprintf(want, sizeof(want),
+             "3: [source.coingecko] api_key_file: \"%s\" is empty (expected the secret on its "
+             "first line)",
+             empty);
+    expect_error(text, want);
+    snprintf(text, sizeof(text), "[database]\npassword_file = %s\n", tmpdir);
+    snprintf(want, sizeof(want), "2: [database] password_file: cannot read \"%s\": Is a directory",
+             tmpdir);
+    expect_error(text, want);
+}
+
+static void test_missing_file(void **state)
+{
+    (void)state;
+    struct config *c = (struct config *)1;
+    char err[512], want[PATH_MAX + 64], path[PATH_MAX + 16];
+    tmp_path(path, sizeof(path), "does-not-exist.conf");
+    assert_int_equal(config_load(path, &c, err, sizeof(err)), -ENOENT);
+    assert_null(c);
+    snprintf(want, sizeof(want), "%s: cannot read: No such file or directory", path);
+    assert_string_equal(err, want);
+    /* A NULL or zero-sized err buffer is allowed. */
+    assert_int_equal(config_load(path, &c, NULL, 0), -ENOENT);
+    write_file(conf_path, "[daemon]\nbogus = 1\n");
+    assert_int_equal(config_load(conf_path, &c, NULL, 0), -EINVAL);
+    assert_null(c);
+}
+
+/* ---- syntax details ---------------------------------------------------------------------- */
+
+static void test_syntax_details(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("\xEF\xBB\xBF[daemon]\r\n"
+                               "  log_level = debug ; inline comment\r\n"
+                               "spool_dir = /var/spool;x   \n"
+                               "# hash comment\n"
+                               "\t; indented comment\n"
+                               "metrics_listen =\n"
+                               "[database]\n"
+                               "host =\n"
+                               "socket =   \n"
+                               "password = p#w;rd\n"
+                               "[universe]\n"
+                               "ids =\n"
+                               "    bitcoin, usd-coin,\n"
+                               "; a comment between continuation lines\n"
+                               "    1move token ,  boringdao-[old]\n"
+                               "    hive_dollar\n"
+                               "vs_currencies = USD\n"
+                               "categories = gaming\n");
+    assert_int_equal(c->daemon.log_level, LOG_DEBUG);
+    assert_string_equal(c->daemon.spool_dir, "/var/spool;x");
+    assert_string_equal(c->daemon.metrics_listen, "");  /* empty disables */
+    assert_string_equal(c->database.host, "127.0.0.1"); /* empty: the default */
+    assert_null(c->database.socket);
+    assert_string_equal(c->database.password, "p#w;rd");
+    assert_false(c->universe.all);
+    assert_int_equal(c->universe.ids.n, 5);
+    assert_string_equal(c->universe.ids.items[0], "bitcoin");
+    assert_string_equal(c->universe.ids.items[1], "usd-coin");
+    assert_string_equal(c->universe.ids.items[2], "1move token");
+    assert_string_equal(c->universe.ids.items[3], "boringdao-[old]");
+    assert_string_equal(c->universe.ids.items[4], "hive_dollar");
+    assert_int_equal(c->universe.vs_currencies.n, 1);
+    assert_string_equal(c->universe.vs_currencies.items[0], "usd");
+    assert_int_equal(c->universe.categories.n, 1);
+    config_free(c);
+
+    c = load_ok("[universe]\nids = all\n");
+    assert_true(c->universe.all);
+    assert_int_equal(c->universe.ids.n, 0);
+    config_free(c);
+
+    /* Sections and keys may be indented; "key: value" is inih's alternative syntax. */
+    c = load_ok("  [daemon]\n    log_level: warn\n\t[ database ]\n\tport = 3310\n");
+    assert_int_equal(c->daemon.log_level, LOG_WARN);
+    assert_int_equal(c->database.port, 3310);
+    config_free(c);
+
+    /* A 198-character line is fine. */
+    char text[512];
+    int n = snprintf(text, sizeof(text), "[daemon]\nspool_dir = /");
+    memset(text + n, 'a', 198 - 13);
+    snprintf(text + n + 198 - 13, sizeof(text) - (size_t)n - 198 + 13, "\n");
+    c = load_ok(text);
+    assert_int_equal(strlen(c->daemon.spool_dir), 198 - 12);
+    config_free(c);
+}
+
+/* ---- environment and secret files ---------------------------------------------------------- */
+
+static void test_env_overrides(void **state)
+{
+    (void)state;
+    setenv("COINGEST_DB_HOST", "db.internal", 1);
+    setenv("COINGEST_DB_PORT", "3310", 1);
+    setenv("COINGEST_DB_SOCKET", "/run/db.sock", 1);
+    setenv("COINGEST_DB_USER", "envuser", 1);
+    setenv("COINGEST_DB_NAME", "envdb", 1);
+    setenv("COINGEST_DB_PASSWORD", "envpw", 1);
+    setenv("COINGEST_COINGECKO_API_KEY", "CG-env", 1);
+    struct config *c = load_ok("[database]\nhost = filehost\nport = 1\nuser = fileuser\n"
+                               "password = filepw\ndatabase = filedb\n"
+                               "[source.coingecko]\nplan = demo\napi_key = CG-file\n");
+    assert_string_equal(c->database.host, "db.internal");
+    assert_int_equal(c->database.port, 3310);
+    assert_string_equal(c->database.socket, "/run/db.sock");
+    assert_string_equal(c->database.user, "envuser");
+    assert_string_equal(c->database.database, "envdb");
+    assert_string_equal(c->database.password, "envpw");
+    assert_string_equal(c->coingecko.api_key, "CG-env");
+    config_free(c);
+
+    /* The environment's key satisfies plan = demo; empty variables count as unset. */
+    clear_env();
+    setenv("COINGEST_COINGECKO_API_KEY", "CG-env", 1);
+    setenv("COINGEST_DB_HOST", "", 1);
+    c = load_ok("[source.coingecko]\nplan = demo\n");
+    assert_string_equal(c->coingecko.api_key, "CG-env");
+    assert_string_equal(c->database.host, "127.0.0.1");
+    config_free(c);
+
+    /* An env key with plan public is reported against the variable. */
+    expect_error("[source.coingecko]\nplan = public\n",
+                 "0: [source.coingecko] api_key (COINGEST_COINGECKO_API_KEY): an API key is set "
+                 "but plan is public (set plan = demo or plan = pro)");
+
+    clear_env();
+    setenv("COINGEST_DB_PORT", "http", 1);
+    expect_error("[database]\n",
+                 "0: [database] port (COINGEST_DB_PORT): \"http\" is not an integer in 1..65535");
+
+    clear_env();
+    setenv("COINGEST_DB_PASSWORD", "a", 1);
+    setenv("COINGEST_DB_PASSWORD_FILE", "/nonexistent", 1);
+    expect_error("[database]\n", "0: [database] password: COINGEST_DB_PASSWORD and "
+                                 "COINGEST_DB_PASSWORD_FILE are both set (set one)");
+
+    clear_env();
+    setenv("COINGEST_DB_PASSWORD_FILE", "/nonexistent", 1);
+    expect_error("[database]\npassword = filepw\n",
+                 "0: [database] password_file (COINGEST_DB_PASSWORD_FILE): cannot read "
+                 "\"/nonexistent\": No such file or directory");
+}
+
+static void test_secret_files(void **state)
+{
+    (void)state;
+    char pw[PATH_MAX + 16], key[PATH_MAX + 16], crlf[PATH_MAX + 16], text[4 * PATH_MAX];
+    tmp_path(pw, sizeof(pw), "pw");
+    tmp_path(key, sizeof(key), "key");
+    tmp_path(crlf, sizeof(crlf), "pw_crlf");
+    write_file(pw, "file-pw\nsecond line is ignored\n");
+    write_file(key, "CG-keyfromfile");
+    write_file(crlf, "crlf-pw\r\n");
+
+    snprintf(text, sizeof(text),
+             "[database]\npassword_file = %s\n[source.coingecko]\nplan = pro\napi_key_file = %s\n",
+             pw, key);
+    struct config *c = load_ok(text);
+    assert_string_equal(c->database.password, "file-pw");
+    assert_string_equal(c->coingecko.api_key, "CG-keyfromfile");
+    config_free(c);
+
+    /* The env file wins over the file's key; the env value wins over both. */
+    setenv("COINGEST_DB_PASSWORD_FILE", crlf, 1);
+    c = load_ok(text);
+    assert_string_equal(c->database.password, "crlf-pw");
+    config_free(c);
+    setenv("COINGEST_COINGECKO_API_KEY_FILE", pw, 1);
+    c = load_ok(text);
+    assert_string_equal(c->coingecko.api_key, "file-pw");
+    config_free(c);
+    unsetenv("COINGEST_COINGECKO_API_KEY_FILE");
+    setenv("COINGEST_COINGECKO_API_KEY", "CG-direct", 1);
+    c = load_ok(text);
+    assert_string_equal(c->coingecko.api_key, "CG-direct");
+    config_free(c);
+
+    /* An env file makes the file's "both set" conflict moot: the environment wins. */
+    clear_env();
+    setenv("COINGEST_DB_PASSWORD", "envpw", 1);
+    c = load_ok("[database]\npassword = a\npassword_file = /nonexistent\n");
+    assert_string_equal(c->database.password, "envpw");
+    config_free(c);
+}
+
+/* ---- dump and diff ---------------------------------------------------------------------- */
+
+static char *dump_string(const struct config *c)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    config_dump(c, f);
+    assert_int_equal(fclose(f), 0);
+    return buf;
+}
+
+static void test_dump_masks_secrets(void **state)
+{
+    (void)state;
+    const char *fx = getenv("COINGEST_FIXTURES");
+    assert_non_null(fx);
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/config/full.conf", fx);
+    struct config *c = NULL;
+    char err[512];
+    assert_int_equal(config_load(path, &c, err, sizeof(err)), 0);
+    char *text = dump_string(c);
+    assert_null(strstr(text, "s3cret-pw"));
+    assert_null(strstr(text, "CG-prokey123"));
+    assert_non_null(strstr(text, "\npassword = ********\n"));
+    assert_non_null(strstr(text, "\napi_key = ********\n"));
+    assert_non_null(strstr(text, "\n[database]\n"));
+    assert_non_null(strstr(text, "\nrate_limit = 250/min\n"));
+    assert_non_null(strstr(text, "\nbatch_bytes = 8MiB\n"));
+    assert_non_null(strstr(text, "\nflush_interval = 250ms\n"));
+    assert_non_null(strstr(text, "\nids = bitcoin, ethereum, solana\n"));
+    assert_non_null(strstr(text, "\nvs_currencies = usd, eur, btc\n"));
+    assert_non_null(strstr(text, "\nsocket = /run/mysqld/mysqld.sock\n"));
+    assert_null(strstr(text, "password_file"));
+
+    /* The dump is a valid config: reading it back changes nothing but the masked secrets. */
+    write_file(conf_path, text);
+    struct config *back = NULL;
+    if (config_load(conf_path, &back, err, sizeof(err)))
+        fail_msg("%s", err);
+    struct config_diff d;
+    config_diff(c, back, &d);
+    assert_true(d.database);     /* password is now "********" */
+    assert_true(d.source_other); /* and so is api_key */
+    d.database = d.source_other = false;
+    assert_true(diff_empty(&d));
+    assert_string_equal(back->database.password, "********");
+    config_free(back);
+    free(text);
+    config_free(c);
+
+    /* Unset secrets print empty; defaults dump and read back unchanged. */
+    c = config_defaults();
+    text = dump_string(c);
+    assert_non_null(strstr(text, "\npassword =\n"));
+    assert_non_null(strstr(text, "\napi_key =\n"));
+    assert_non_null(strstr(text, "\nids = all\n"));
+    assert_non_null(strstr(text, "\ncategories =\n"));
+    assert_non_null(strstr(text, "built-in defaults"));
+    back = load_ok(text);
+    config_diff(c, back, &d);
+    assert_true(diff_empty(&d));
+    config_free(back);
+    free(text);
+    config_free(c);
+}
+
+static void test_dump_long_list_round_trip(void **state)
+{
+    (void)state;
+    char text[8192];
+    size_t n = (size_t)snprintf(text, sizeof(text), "[universe]\nids = coin-number-0");
+    for (int i = 1; i < 60; i++) {
+        n += (size_t)snprintf(text + n, sizeof(text) - n, ",\n  coin-number-%d", i);
+    }
+    snprintf(text + n, sizeof(text) - n, "\n");
+    struct config *c = load_ok(text);
+    assert_int_equal(c->universe.ids.n, 60);
+    char *dump = dump_string(c);
+    struct config *back = load_ok(dump);
+    assert_int_equal(back->universe.ids.n, 60);
+    assert_string_equal(back->universe.ids.items[59], "coin-number-59");
+    struct config_diff d;
+    config_diff(c, back, &d);
+    assert_true(diff_empty(&d));
+    free(dump);
+    config_free(back);
+    config_free(c);
+}
+
+static void set(char **slot, const char *v)
+{
+    free(*slot);
+    *slot = v ? strdup(v) : NULL;
+}
+
+static void test_diff(void **state)
+{
+    (void)state;
+    struct config *a = config_defaults(), *b;
+    struct config_diff d;
+
+    b = config_defaults();
+    config_diff(a, b, &d);
+    assert_true(diff_empty(&d));
+
+    b->daemon.log_level = LOG_DEBUG;
+    config_diff(a, b, &d);
+    assert_true(d.daemon_log);
+    d.daemon_log = false;
+    assert_true(diff_empty(&d));
+    config_free(b);
+
+    b = config_defaults();
+    b->daemon.log_format = LOG_FORMAT_JSON;
+    b->daemon.shutdown_timeout_ms = 1; /* read at shutdown: nothing to do */
+    config_diff(a, b, &d);
+    assert_true(d.daemon_log);
+    d.daemon_log = false;
+    assert_true(diff_empty(&d));
+    config_free(b);
+
+    b = config_defaults();
+    set(&b->daemon.metrics_listen, "");
+    config_diff(a, b, &d);
+    assert_true(d.restart_needed);
+    d.restart_needed = false;
+    assert_true(diff_empty(&d));
+    config_free(b);
+
+    b = config_defaults();
+    set(&b->daemon.spool_dir, "/elsewhere");
+    config_diff(a, b, &d);
+    assert_true(d.restart_needed);
+    config_free(b);
+
+    b = config_defaults();
+    set(&b->database.password, "x");
+    config_diff(a, b, &d);
+    assert_true(d.database);
+    d.database = false;
+    assert_true(diff_empty(&d));
+    b->database.port = 1;
+    set(&b->database.password, NULL);
+    config_diff(a, b, &d);
+    assert_true(d.database);
+    config_free(b);
+
+    b = config_defaults();
+    b->coingecko.rate_limit.count = 11;
+    config_diff(a, b, &d);
+    assert_true(d.source_rate);
+    d.source_rate = false;
+    assert_true(diff_empty(&d));
+    b->coingecko.rate_limit.count = 10;
+    b->coingecko.burst = 3;
+    config_diff(a, b, &d);
+    assert_true(d.source_rate);
+    assert_false(d.source_other);
+    config_free(b);
+
+    b = config_defaults();
+    b->coingecko.timeout_ms = 1;
+    set(&b->coingecko.api_key, "k");
+    config_diff(a, b, &d);
+    assert_true(d.source_other);
+    d.source_other = false;
+    assert_true(diff_empty(&d));
+    config_free(b);
+
+    b = load_ok("[universe]\ntop = 10\n");
+    config_diff(a, b, &d);
+    assert_true(d.universe);
+    d.universe = false;
+    assert_true(diff_empty(&d));
+    config_free(b);
+
+    b = load_ok("[universe]\nids = bitcoin\n");
+    config_diff(a, b, &d);
+    assert_true(d.universe);
+    config_free(b);
+
+    b = load_ok("[universe]\nvs_currencies = usd, eur\n");
+    config_diff(a, b, &d);
+    assert_true(d.universe);
+    config_free(b);
+
+    b = load_ok("[job.prices]\nevery = 1m\n");
+    config_diff(a, b, &d);
+    assert_true(d.job[JOB_PRICES]);
+    assert_false(d.job[JOB_ASSETS]);
+    assert_false(d.job[JOB_MARKET_CAPS]);
+    d.job[JOB_PRICES] = false;
+    assert_true(diff_empty(&d));
+    config_free(b);
+
+    b = load_ok("[job.market_caps]\nrun_at_start = false\n[job.assets]\njitter = 1s\n");
+    config_diff(a, b, &d);
+    assert_true(d.job[JOB_ASSETS]);
+    assert_false(d.job[JOB_PRICES]);
+    assert_true(d.job[JOB_MARKET_CAPS]);
+    config_free(b);
+
+    config_free(a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_parse_rate),
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_parse_bool),
+        cmocka_unit_test(test_parse_uint),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test_teardown(test_minimal_and_empty_files, test_teardown),
+        cmocka_unit_test(test_job_index),
+        cmocka_unit_test_teardown(test_example_file, test_teardown),
+        cmocka_unit_test_teardown(test_full_file, test_teardown),
+        cmocka_unit_test_teardown(test_plan_defaults, test_teardown),
+        cmocka_unit_test_teardown(test_errors_structure, test_teardown),
+        cmocka_unit_test_teardown(test_errors_values, test_teardown),
+        cmocka_unit_test_teardown(test_errors_cross_field, test_teardown),
+        cmocka_unit_test_teardown(test_missing_file, test_teardown),
+        cmocka_unit_test_teardown(test_syntax_details, test_teardown),
+        cmocka_unit_test_teardown(test_env_overrides, test_teardown),
+        cmocka_unit_test_teardown(test_secret_files, test_teardown),
+        cmocka_unit_test_teardown(test_dump_masks_secrets, test_teardown),
+        cmocka_unit_test_teardown(test_dump_long_list_round_trip, test_teardown),
+        cmocka_unit_test_teardown(test_diff, test_teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
