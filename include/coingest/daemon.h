@@ -22,7 +22,7 @@
 
 struct daemon_opts {
     const char *config_path;
-    bool once;                 /* run once_jobs, wait for their rows, exit */
+    bool once; /* run once_jobs, wait for their rows, exit */
     bool once_jobs[JOB_COUNT];
     const enum job_id *once_order; /* order of --once, once_count entries */
     int once_count;

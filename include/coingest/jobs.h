@@ -31,11 +31,11 @@ enum job_status { JOB_STATUS_OK = 0, JOB_STATUS_PARTIAL = 1, JOB_STATUS_FAILED =
 struct job_summary {
     enum job_id job;
     enum job_status status;
-    uint64_t requests;   /* HTTP requests the run made (attempts, including retries) */
-    uint64_t rows;       /* rows handed to the sink and accepted */
-    uint64_t counted;    /* anomalies counted, not errors: coins left out, bad fields */
+    uint64_t requests; /* HTTP requests the run made (attempts, including retries) */
+    uint64_t rows;     /* rows handed to the sink and accepted */
+    uint64_t counted;  /* anomalies counted, not errors: coins left out, bad fields */
     uint64_t started_wall_ms, finished_wall_ms;
-    char error[512];     /* first error, "" when none */
+    char error[512]; /* first error, "" when none */
 };
 
 typedef void (*jobs_done_cb)(const struct job_summary *sum, void *arg);

@@ -1,0 +1,577 @@
+/*
+ * daemon: the running daemon on one libuv loop.
+ *
+ * daemon_run() sets the modules up in the order daemon.h gives and tears them down in reverse
+ * through one chain of close steps. Everything here runs on the loop thread; the writer
+ * threads inside the sink are the only other threads, and signals reach the loop through
+ * uv_signal (they were blocked in main() until the handlers existed, so an early SIGHUP waits
+ * instead of killing the process).
+ *
+ * Stopping: SIGTERM/SIGINT (or the end of a --once run) stops the scheduler, lets running jobs
+ * finish within shutdown_timeout (then cancels them), then asks the sink to flush, which
+ * spools whatever it cannot commit in the time left. A second signal cuts both waits short.
+ * Only then are the HTTP endpoint, the APIs, the fetch engine and the timers closed, and the
+ * loop runs until every handle is closed, so uv_loop_close() succeeds.
+ */
+#include "coingest/daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coingest/db.h"
+#include "coingest/fetch.h"
+#include "coingest/jobs.h"
+#include "coingest/log.h"
+#include "coingest/metrics.h"
+#include "coingest/notify.h"
+#include "coingest/sched.h"
+#include "coingest/server.h"
+#include "coingest/sink.h"
+#include "coingest/timers.h"
+#include "coingest/util.h"
+
+#define EX_SOFTWARE_ 70
+#define EX_OSERR_    71
+
+struct daemon;
+
+struct jobslot {
+    struct daemon *d;
+    enum job_id id;
+    struct job *sched_job;
+};
+
+struct daemon {
+    uv_loop_t loop;
+    struct config *cfg;
+    const struct daemon_opts *opts;
+
+    struct timers *timers;
+    struct sink *sink;
+    struct fetcher *fetcher;
+    struct api *api;
+    struct jobs *jobs;
+    struct sched *sched;
+    struct server *server;
+    struct jobslot slots[JOB_COUNT];
+
+    uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
+    struct wheel_timer watchdog_timer;
+    struct wheel_timer stop_timer;
+    struct wheel_timer once_timer;
+    uint64_t watchdog_ms;
+    uint64_t stop_deadline; /* monotonic ms */
+
+    int stopping;       /* 0 running, 1 graceful stop, 2 hurry */
+    bool sink_stopping; /* sink_shutdown was called */
+    bool closing;       /* handles are being closed */
+    int exit_code;
+
+    int once_next; /* index into opts->once_order */
+    bool once_failed;
+    bool once_waiting; /* all --once jobs done, waiting for the sink to be idle */
+};
+
+void daemon_block_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* A peer closing a socket must be an error return, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static void unblock_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+/* --- status ------------------------------------------------------------------------------- */
+
+static void send_status(struct daemon *d)
+{
+    char buf[512];
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < JOB_COUNT; i++) {
+        const struct job_summary *s = jobs_last(d->jobs, (enum job_id)i);
+        if (!s || s->started_wall_ms == 0)
+            continue;
+        char when[32];
+        util_format_iso8601(s->finished_wall_ms, when, sizeof(when));
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%s %s %llu rows at %s", n ? "; " : "",
+                              config_job_name((enum job_id)i), jobs_status_name(s->status),
+                              (unsigned long long)s->rows, when);
+        if (n >= sizeof(buf))
+            break;
+    }
+    notify_status("%s", n ? buf : "running, no job finished yet");
+}
+
+static void log_stats(struct daemon *d)
+{
+    struct sink_stats st;
+    sink_get_stats(d->sink, &st);
+    log_info("stats", LOG_B("db_up", st.db_up), LOG_U("rows_committed", st.rows_committed),
+             LOG_U("rows_pending", st.rows_pending), LOG_U("rows_spooled", st.rows_spooled),
+             LOG_U("spool_bytes", st.spool_bytes), LOG_U("rows_rejected", st.rows_rejected),
+             LOG_U("requests_queued", api_pending(d->api)),
+             LOG_F("bucket_tokens", tbucket_tokens(api_bucket(d->api), timers_now(d->timers))));
+}
+
+static int health(void *arg, char *json, size_t cap)
+{
+    struct daemon *d = arg;
+    struct sink_stats st;
+    sink_get_stats(d->sink, &st);
+    if (!st.db_up) {
+        snprintf(json, cap,
+                 "{\"status\":\"unhealthy\",\"reason\":\"database unreachable\","
+                 "\"spool_rows\":%llu}",
+                 (unsigned long long)st.rows_spooled);
+        return 503;
+    }
+    snprintf(json, cap,
+             "{\"status\":\"ok\",\"db\":\"up\",\"pending_rows\":%llu,\"spool_rows\":%llu}",
+             (unsigned long long)st.rows_pending, (unsigned long long)st.rows_spooled);
+    return 200;
+}
+
+/* --- teardown ----------------------------------------------------------------------------- */
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void fetcher_closed(void *arg)
+{
+    struct daemon *d = arg;
+    d->fetcher = NULL;
+    timers_free(d->timers);
+    d->timers = NULL;
+    uv_close((uv_handle_t *)&d->sig_hup, NULL);
+    uv_close((uv_handle_t *)&d->sig_term, NULL);
+    uv_close((uv_handle_t *)&d->sig_int, NULL);
+    uv_close((uv_handle_t *)&d->sig_usr1, NULL);
+}
+
+static void server_closed(void *arg)
+{
+    struct daemon *d = arg;
+    d->server = NULL;
+    jobs_free(d->jobs);
+    d->jobs = NULL;
+    sched_free(d->sched);
+    d->sched = NULL;
+    api_free(d->api);
+    d->api = NULL;
+    fetcher_free(d->fetcher, fetcher_closed, d);
+}
+
+static void sink_done(void *arg)
+{
+    struct daemon *d = arg;
+    struct sink_stats st;
+    sink_get_stats(d->sink, &st);
+    log_info("stopped", LOG_U("rows_committed", st.rows_committed),
+             LOG_U("rows_in_spool", st.rows_spooled));
+    if (d->opts->once && st.rows_pending > 0 && d->exit_code == 0)
+        d->exit_code = 1;
+    d->closing = true;
+    timers_stop(d->timers, &d->watchdog_timer);
+    timers_stop(d->timers, &d->stop_timer);
+    timers_stop(d->timers, &d->once_timer);
+    if (d->server)
+        server_close(d->server, server_closed, d);
+    else
+        server_closed(d);
+}
+
+static bool any_job_running(struct daemon *d)
+{
+    for (int i = 0; i < JOB_COUNT; i++)
+        if (jobs_running(d->jobs, (enum job_id)i))
+            return true;
+    return false;
+}
+
+/* Moves the stop along: once no job runs, the sink flushes in the time that is left. */
+static void stop_progress(struct daemon *d)
+{
+    if (!d->stopping || d->sink_stopping || any_job_running(d))
+        return;
+    d->sink_stopping = true;
+    uint64_t now = timers_now(d->timers);
+    uint64_t left = d->stopping >= 2 || now >= d->stop_deadline ? 0 : d->stop_deadline - now;
+    sink_shutdown(d->sink, left, sink_done, d);
+}
+
+static void stop_timeout(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct daemon *d = arg;
+    if (any_job_running(d)) {
+        log_warn("shutdown_timeout reached: cancelling running jobs");
+        jobs_cancel(d->jobs);
+    }
+    if (d->sink_stopping)
+        sink_shutdown(d->sink, 0, sink_done, d);
+    stop_progress(d);
+}
+
+static void begin_stop(struct daemon *d, bool hurry)
+{
+    if (d->closing)
+        return;
+    if (d->stopping && hurry) {
+        log_warn("second stop signal: cutting the wait short, pending rows go to the spool");
+        d->stopping = 2;
+        jobs_cancel(d->jobs);
+        if (d->sink_stopping)
+            sink_shutdown(d->sink, 0, sink_done, d);
+        stop_progress(d);
+        return;
+    }
+    if (d->stopping)
+        return;
+    d->stopping = 1;
+    notify_stopping();
+    sched_stop(d->sched);
+    d->stop_deadline = timers_now(d->timers) + d->cfg->daemon.shutdown_timeout_ms;
+    timers_start(d->timers, &d->stop_timer, d->cfg->daemon.shutdown_timeout_ms);
+    log_info("stopping", LOG_U("shutdown_timeout_ms", d->cfg->daemon.shutdown_timeout_ms));
+    stop_progress(d);
+}
+
+/* --- jobs --------------------------------------------------------------------------------- */
+
+static void print_summary(const struct job_summary *s)
+{
+    double secs = (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0;
+    printf("job=%s status=%s requests=%llu rows=%llu counted=%llu seconds=%.3f",
+           config_job_name(s->job), jobs_status_name(s->status), (unsigned long long)s->requests,
+           (unsigned long long)s->rows, (unsigned long long)s->counted, secs);
+    if (s->error[0])
+        printf(" error=\"%s\"", s->error);
+    printf("\n");
+    fflush(stdout);
+}
+
+static void once_next(struct daemon *d);
+
+static void once_idle(void *arg)
+{
+    struct daemon *d = arg;
+    if (!d->once_waiting)
+        return;
+    d->once_waiting = false;
+    timers_stop(d->timers, &d->once_timer);
+    d->exit_code = d->once_failed ? 1 : 0;
+    log_info("every row is committed");
+    begin_stop(d, false);
+}
+
+static void once_wait_timeout(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct daemon *d = arg;
+    if (!d->once_waiting)
+        return;
+    d->once_waiting = false;
+    struct sink_stats st;
+    sink_get_stats(d->sink, &st);
+    log_error("rows not committed within shutdown_timeout; they are safe in the spool",
+              LOG_U("rows_pending", st.rows_pending), LOG_B("db_up", st.db_up));
+    d->exit_code = 1;
+    begin_stop(d, false);
+}
+
+static void once_job_done(const struct job_summary *s, void *arg)
+{
+    struct daemon *d = arg;
+    print_summary(s);
+    if (s->status == JOB_STATUS_FAILED)
+        d->once_failed = true;
+    send_status(d);
+    if (d->stopping) {
+        stop_progress(d);
+        return;
+    }
+    once_next(d);
+}
+
+static void once_next(struct daemon *d)
+{
+    if (d->once_next < d->opts->once_count) {
+        enum job_id id = d->opts->once_order[d->once_next++];
+        int rc = jobs_run(d->jobs, id, once_job_done, d);
+        if (rc < 0) {
+            log_error("cannot start job", LOG_S("job", config_job_name(id)), LOG_I("rc", rc));
+            d->once_failed = true;
+            once_next(d);
+        }
+        return;
+    }
+    /* Every job ran: wait until their rows are committed (the database may be down, so at
+     * most shutdown_timeout). */
+    d->once_waiting = true;
+    timers_start(d->timers, &d->once_timer, d->cfg->daemon.shutdown_timeout_ms);
+    sink_on_idle(d->sink, once_idle, d);
+}
+
+static void tick_done(const struct job_summary *s, void *arg)
+{
+    struct jobslot *slot = arg;
+    struct daemon *d = slot->d;
+    sched_job_done(slot->sched_job);
+    log_info("job finished", LOG_S("job", config_job_name(s->job)),
+             LOG_S("status", jobs_status_name(s->status)), LOG_U("requests", s->requests),
+             LOG_U("rows", s->rows), LOG_U("counted", s->counted),
+             LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
+             LOG_S("error", s->error[0] ? s->error : NULL));
+    send_status(d);
+    stop_progress(d);
+}
+
+static void tick(struct job *job, void *arg)
+{
+    struct jobslot *slot = arg;
+    struct daemon *d = slot->d;
+    if (d->stopping || !d->cfg->jobs[slot->id].enabled) {
+        sched_job_done(job);
+        return;
+    }
+    int rc = jobs_run(d->jobs, slot->id, tick_done, slot);
+    if (rc < 0) {
+        log_error("cannot start job", LOG_S("job", config_job_name(slot->id)), LOG_I("rc", rc));
+        sched_job_done(job);
+    }
+}
+
+/* --- signals and reload ------------------------------------------------------------------- */
+
+static void register_secrets(const struct config *cfg)
+{
+    log_clear_secrets();
+    log_add_secret(cfg->database.password);
+    log_add_secret(cfg->coingecko.api_key);
+}
+
+static void reload(struct daemon *d)
+{
+    notify_reloading();
+    char err[2048];
+    struct config *next = NULL;
+    if (config_load(d->opts->config_path, &next, err, sizeof(err)) != 0) {
+        log_error("reload refused; keeping the running configuration", LOG_S("error", err));
+        metrics_add("coingest_reload_failures_total", "", 1);
+        notify_ready();
+        return;
+    }
+    struct config_diff diff;
+    config_diff(d->cfg, next, &diff);
+    if (diff.restart_needed)
+        log_warn("some changed keys apply only after a restart",
+                 LOG_S("keys", "[daemon] metrics_listen, spool_dir"));
+    log_setup(next->daemon.log_level, next->daemon.log_format);
+    register_secrets(next);
+    api_update(d->api, &next->coingecko);
+    if (diff.database)
+        log_info("[database] changed: writers reconnect after their current batch");
+    sink_reconfigure(d->sink, next);
+    jobs_set_config(d->jobs, next);
+    for (int i = 0; i < JOB_COUNT; i++) {
+        if (diff.job[i]) {
+            sched_job_update(d->slots[i].sched_job, &next->jobs[i]);
+            log_info("job rescheduled", LOG_S("job", config_job_name((enum job_id)i)),
+                     LOG_U("every_ms", next->jobs[i].every_ms));
+        }
+    }
+    struct config *old = d->cfg;
+    d->cfg = next;
+    config_free(old);
+    metrics_add("coingest_reloads_total", "", 1);
+    log_info("configuration reloaded", LOG_S("path", d->opts->config_path),
+             LOG_B("database", diff.database), LOG_B("rate", diff.source_rate),
+             LOG_B("universe", diff.universe));
+    notify_ready();
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon *d = h->data;
+    switch (signum) {
+    case SIGHUP:
+        if (d->stopping)
+            log_info("SIGHUP ignored while stopping");
+        else
+            reload(d);
+        break;
+    case SIGTERM:
+    case SIGINT:
+        log_info("stop signal", LOG_S("signal", signum == SIGTERM ? "TERM" : "INT"));
+        begin_stop(d, true);
+        break;
+    case SIGUSR1:
+        log_stats(d);
+        break;
+    default:
+        break;
+    }
+}
+
+static void watchdog(struct wheel_timer *tm, void *arg)
+{
+    struct daemon *d = arg;
+    notify_watchdog();
+    timers_start(d->timers, tm, d->watchdog_ms);
+}
+
+static void on_ready(void *arg)
+{
+    struct daemon *d = arg;
+    log_info("database reached and schema current: ready");
+    notify_ready();
+    send_status(d);
+}
+
+/* --- run ---------------------------------------------------------------------------------- */
+
+static int start_signal(struct daemon *d, uv_signal_t *h, int signum)
+{
+    int rc = uv_signal_init(&d->loop, h);
+    if (rc)
+        return rc;
+    h->data = d;
+    return uv_signal_start(h, on_signal, signum);
+}
+
+int daemon_run(struct config *cfg, const struct daemon_opts *opts)
+{
+    struct daemon *d = calloc(1, sizeof(*d));
+    if (!d) {
+        config_free(cfg);
+        return EX_OSERR_;
+    }
+    d->cfg = cfg;
+    d->opts = opts;
+    int status = EX_SOFTWARE_;
+    char err[512];
+
+    if (db_library_init() != 0) {
+        log_error("cannot initialise the MySQL client library");
+        goto fail_lib;
+    }
+    if (uv_loop_init(&d->loop) != 0)
+        goto fail_loop;
+    if (start_signal(d, &d->sig_hup, SIGHUP) || start_signal(d, &d->sig_term, SIGTERM) ||
+        start_signal(d, &d->sig_int, SIGINT) || start_signal(d, &d->sig_usr1, SIGUSR1)) {
+        log_error("cannot install signal handlers");
+        goto fail_setup;
+    }
+    /* Handlers exist: a signal that came during startup is delivered now. */
+    unblock_signals();
+
+    d->timers = timers_new(&d->loop);
+    if (!d->timers)
+        goto fail_setup;
+    wheel_timer_init(&d->watchdog_timer, watchdog, d);
+    wheel_timer_init(&d->stop_timer, stop_timeout, d);
+    wheel_timer_init(&d->once_timer, once_wait_timeout, d);
+
+    d->sink = sink_new(&d->loop, d->timers, cfg);
+    if (!d->sink)
+        goto fail_setup;
+    int rc = sink_start(d->sink);
+    if (rc < 0) {
+        log_error("cannot start the sink (spool_dir unusable?)",
+                  LOG_S("spool_dir", cfg->daemon.spool_dir), LOG_S("error", strerror(-rc)));
+        status = EX_OSERR_;
+        goto fail_setup;
+    }
+    sink_on_ready(d->sink, on_ready, d);
+
+    d->fetcher = fetcher_new(&d->loop, d->timers);
+    if (!d->fetcher)
+        goto fail_setup;
+    d->api = api_new(d->fetcher, &cfg->coingecko);
+    if (!d->api)
+        goto fail_setup;
+    d->jobs = jobs_new(d->api, d->sink, cfg);
+    d->sched = sched_new(d->timers);
+    if (!d->jobs || !d->sched)
+        goto fail_setup;
+
+    if (cfg->daemon.metrics_listen && cfg->daemon.metrics_listen[0] && !opts->once) {
+        d->server = server_new(&d->loop, cfg->daemon.metrics_listen, health, d, err, sizeof(err));
+        if (!d->server) {
+            log_error("cannot serve metrics", LOG_S("metrics_listen", cfg->daemon.metrics_listen),
+                      LOG_S("error", err));
+            status = EX_OSERR_;
+            goto fail_setup;
+        }
+    }
+
+    d->watchdog_ms = notify_watchdog_interval_ms();
+    if (d->watchdog_ms)
+        timers_start(d->timers, &d->watchdog_timer, d->watchdog_ms);
+
+    log_info("coingestd started", LOG_S("config", opts->config_path), LOG_B("once", opts->once),
+             LOG_U("workers", cfg->database.workers));
+    if (opts->once) {
+        once_next(d);
+    } else {
+        jobs_print_budget(cfg, 0, NULL);
+        for (int i = 0; i < JOB_COUNT; i++) {
+            d->slots[i].d = d;
+            d->slots[i].id = (enum job_id)i;
+            d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
+            if (!d->slots[i].sched_job)
+                goto fail_setup;
+        }
+    }
+
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    status = d->exit_code;
+    goto done;
+
+fail_setup:
+    /* A failed start: close what exists without flushing anything through it. */
+    if (d->sink && !d->sink_stopping) {
+        d->stopping = 2;
+        d->sink_stopping = true;
+        sink_shutdown(d->sink, 0, sink_done, d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+    }
+    uv_walk(&d->loop, close_walk, NULL);
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+done:
+    sink_free(d->sink);
+    if (uv_loop_close(&d->loop) != 0) {
+        uv_walk(&d->loop, close_walk, NULL);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&d->loop);
+    }
+fail_loop:
+    db_library_end();
+fail_lib:
+    config_free(d->cfg);
+    free(d);
+    return status;
+}
