@@ -1,11 +1,13 @@
 /*
  * db: one MariaDB/MySQL connection as coingest uses it, and schema migrations.
  *
- * db_connect() opens a connection with utf8mb4, time_zone '+00:00', a connect timeout, and
- * reads max_allowed_packet. db_migrate() applies sql/NNN_name.sql files in order, recording
+ * db_connect() opens a connection with utf8mb4, time_zone '+00:00', strict sql_mode (so a
+ * value that does not fit is an error, not a silent truncation), connect/read/write timeouts,
+ * and reads max_allowed_packet. db_migrate() applies sql/NNN_name.sql files in order, recording
  * each in schema_migrations(version, name, checksum, applied_at); a file already applied
- * whose checksum changed is refused. Errors are converted here, at the module edge, from
- * mysql_errno into -errno-style codes plus the server's message.
+ * whose checksum (SHA-256 of the file) changed is refused. Concurrent migrators (several
+ * writers, several daemons) are serialised with GET_LOCK. Errors are converted here, at the
+ * module edge, from mysql_errno into classes and -errno-style codes plus the server's message.
  *
  * Thread: a connection belongs to one thread at a time. mysql_library_init must have been
  * called (db_library_init) before any thread uses the client library.
@@ -13,28 +15,66 @@
 #ifndef COINGEST_DB_H
 #define COINGEST_DB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <mysql.h>
 
 #include "coingest/config.h"
 
-/* Calls mysql_library_init once; call on the main thread before starting any thread. */
+/* Calls mysql_library_init once; call on the main thread before starting any thread.
+ * Returns 0 or -EIO. db_library_end() undoes it (at exit). */
 int db_library_init(void);
 void db_library_end(void);
 
-/* Connects per cfg->database. Returns the connection or NULL with the reason in err. */
+/* Connects per cfg->database (socket when set, else host:port), sets the session up and
+ * reads max_allowed_packet. Returns the connection (the caller closes it with mysql_close)
+ * or NULL with the reason in err. Thread: any thread that called mysql_thread_init or the
+ * main thread. */
 MYSQL *db_connect(const struct config *cfg, char *err, size_t errlen);
 
 /* Applies pending migrations from `dir`. Returns the number applied (>= 0) or a negative
- * code with the reason in err (a changed checksum names the file). */
+ * code with the reason in err: -EBADMSG when an applied file's checksum changed (the message
+ * names the file), -ENOENT/-EINVAL for an unreadable directory or a malformed file name,
+ * -EIO (or the db_error_code of the server error) when a statement failed. */
 int db_migrate(MYSQL *conn, const char *dir, char *err, size_t errlen);
 
-/* max_allowed_packet read at connect (bytes). */
+/* Like db_migrate but applies nothing: returns the number of files not yet applied (>= 0),
+ * or the same negative codes (a changed checksum is reported here too). */
+int db_migrations_pending(MYSQL *conn, const char *dir, char *err, size_t errlen);
+
+/* max_allowed_packet of the server, read by db_connect (bytes); 0 if unknown. */
 uint64_t db_max_packet(MYSQL *conn);
 
+/* What a failed statement means for the batch it carried. */
+enum db_err_class {
+    DB_ERR_CONNECTION = 0, /* the connection is gone or unusable: reconnect, retry the batch */
+    DB_ERR_TRANSIENT = 1,  /* deadlock, lock wait timeout, read-only failover...: retry */
+    DB_ERR_SCHEMA = 2,     /* missing table/column, no privilege: retry later, never blame rows */
+    DB_ERR_PACKET = 3,     /* statement larger than max_allowed_packet: split it */
+    DB_ERR_ROW = 4,        /* some row's value is refused for good (too long, bad JSON...) */
+};
+
+/* The class of a mysql_errno (unknown codes count as DB_ERR_ROW: bisecting then finds out). */
+enum db_err_class db_error_class(unsigned int err);
+
 /* Is this mysql_errno a lost-connection/server-gone/deadlock/lock-wait error worth retrying
- * (as opposed to a row the server rejects for good)? */
+ * (as opposed to a row the server rejects for good)? True for the CONNECTION, TRANSIENT and
+ * SCHEMA classes. */
 int db_error_is_transient(unsigned int err);
+
+/* A negative errno for a mysql_errno: -ECONNREFUSED (connection), -EDEADLK (deadlock),
+ * -ETIMEDOUT (lock wait), -EACCES (privileges), -ENOENT (schema), -EMSGSIZE (packet),
+ * -EINVAL (row), -EIO (anything else). */
+int db_error_code(unsigned int err);
+
+/* A short label for metrics: "connection", "deadlock", "lock_wait", "schema", "packet",
+ * "row" or "other". */
+const char *db_error_reason(unsigned int err);
+
+/* Formats ms since the epoch as a DATETIME(3) literal body, 2025-02-09 17:44:07.123 (UTC),
+ * into buf (at least 32 bytes). Years outside 0..9999 are printed as they are (the server
+ * refuses them). Thread: any. */
+void db_format_time(int64_t wall_ms, char *buf, size_t cap);
 
 #endif
