@@ -344,7 +344,7 @@ static void tick_done(const struct job_summary *s, void *arg)
              LOG_S("status", jobs_status_name(s->status)), LOG_U("requests", s->requests),
              LOG_U("rows", s->rows), LOG_U("counted", s->counted),
              LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
-             LOG_S("error", s->error[0] ? s->error : NULL));
+             LOG_S("error", s->error));
     send_status(d);
     stop_progress(d);
 }
