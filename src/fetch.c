@@ -1,0 +1,1335 @@
+/*
+ * fetch: the HTTP engine. libcurl's multi interface on the libuv loop, every attempt gated by
+ * its API's token bucket, retries with full-jitter backoff.
+ *
+ * How curl rides the loop (the pattern of curl's docs/examples/multi-uv.c). curl tells us
+ * which sockets to watch through CURLMOPT_SOCKETFUNCTION: each socket gets one uv_poll
+ * (struct sock, attached to curl's socket with curl_multi_assign), started for the events curl
+ * asks for and stopped when curl says CURL_POLL_REMOVE, which curl does before it closes the
+ * socket, so a socket is never closed while polled. The uv_poll memory is freed in its close
+ * callback. curl's single timeout (CURLMOPT_TIMERFUNCTION) is one non-repeating uv_timer: -1
+ * stops it, 0 starts it with a zero timeout so that curl is entered from the loop and never
+ * from inside its own callback. Readiness and timeouts are handed to curl_multi_socket_action
+ * (a poll error as CURL_CSELECT_ERR); finished transfers are then collected with
+ * curl_multi_info_read, outside any curl callback, and handed to their callbacks.
+ *
+ * A request's life. api_get() creates a struct fetch_req and asks the API's bucket for a
+ * token: granted at once (tbucket_try_take) or queued (tbucket_enqueue) and granted later by
+ * tbucket_dispatch(), which the API's bucket timer (a wheel timer, armed for the time
+ * dispatch returns) calls. A granted request builds its easy handle (one per request, reused
+ * for its retries) with the API's current settings and joins the multi. When it completes,
+ * the outcome is classified: 2xx with a JSON-looking body that the parse callback accepts is
+ * success; connection errors, timeouts, truncated bodies, 5xx, 408, 429, non-JSON 2xx bodies
+ * and parse rejections are retried after a full-jitter backoff (a wheel timer) and go through
+ * the bucket again; everything else is final. A 429 pauses the whole bucket: until the time
+ * Retry-After advises (delta seconds or an HTTP date, capped at an hour) or, without the
+ * header, for a backoff delay; the request goes straight back to the paused bucket. The
+ * advised wait is logged once per episode (an episode ends with the first non-429 answer to a
+ * request sent after the pause).
+ *
+ * Every attempt takes a token, because the server counts every request. A body is buffered in
+ * memory up to max_body_bytes: curl refuses a larger Content-Length up front
+ * (CURLOPT_MAXFILESIZE_LARGE) and the write callback aborts a body that grows past the limit
+ * (chunked or compressed), so memory is never used unbounded.
+ *
+ * Reentrancy. User code (done callbacks) runs only from the engine's entry points: after
+ * curl_multi_socket_action returned, from a request's own wheel timer, or synchronously in
+ * fetch_cancel/api_cancel_all/api_free/fetcher_free. It may start, cancel and free anything,
+ * including the fetcher: while an engine callback is on the stack (`depth`), fetcher_free
+ * only cancels and marks; the multi handle is torn down when the outermost callback returns.
+ * Parse callbacks run between an attempt and its classification and must not free the API or
+ * the fetcher (they may cancel their own request: it is finished once the parse returns).
+ *
+ * Secrets. The API key goes in a request header only; it is never logged, counted or copied
+ * into an error message (messages derived from the network are scrubbed of it besides).
+ */
+#include "coingest/fetch.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coingest/backoff.h"
+#include "coingest/log.h"
+#include "coingest/metrics.h"
+#include "coingest/util.h"
+#include "coingest/version.h"
+
+#if LIBCURL_VERSION_NUM < 0x075400
+#error "fetch.c needs libcurl >= 7.84 (curl_easy_header)"
+#endif
+
+#define FETCH_USER_AGENT "coingest/" COINGEST_VERSION
+#define FETCH_URL_PUBLIC "https://api.coingecko.com/api/v3"
+#define FETCH_URL_PRO    "https://pro-api.coingecko.com/api/v3"
+
+/* A server may ask for a long pause; more than an hour is treated as an hour. */
+#define FETCH_RETRY_AFTER_MAX_MS (3600u * 1000u)
+/* Low-speed abort: less than this many bytes/s for FETCH_LOW_SPEED_SECS. */
+#define FETCH_LOW_SPEED_BYTES 1
+#define FETCH_LOW_SPEED_SECS  30
+/* Connections curl may open: per host, and in all. Further transfers wait inside curl for a
+ * free connection (that wait counts towards the request's timeout). */
+#define FETCH_MAX_HOST_CONNS     8
+#define FETCH_MAX_TOTAL_CONNS    32
+#define FETCH_DEFAULT_TIMEOUT_MS (30u * 1000u)
+#define FETCH_DEFAULT_CONNECT_MS (10u * 1000u)
+#define FETCH_DEFAULT_BODY_MAX   (64ull << 20)
+#define FETCH_ERR_MAX            256
+/* Zero-timeout re-arms of curl's timer in a row before a millisecond is given to I/O. */
+#define FETCH_TIMER_SPIN_MAX 64
+
+/* ---- intrusive lists -------------------------------------------------------------------- */
+
+struct link {
+    struct link *prev, *next;
+};
+
+#define FETCH_CONTAINER(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+static void list_init(struct link *h)
+{
+    h->prev = h->next = h;
+}
+
+static void list_append(struct link *h, struct link *n)
+{
+    n->prev = h->prev;
+    n->next = h;
+    h->prev->next = n;
+    h->prev = n;
+}
+
+static void list_remove(struct link *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+
+/* ---- types ------------------------------------------------------------------------------ */
+
+struct fetcher {
+    uv_loop_t *loop;
+    struct timers *timers;
+    CURLM *multi;
+    uv_timer_t curl_timer;
+    uint64_t spin_time; /* loop time of the last zero-timeout re-arm of curl_timer */
+    unsigned spin_count;
+    struct link apis;
+    struct link socks; /* polled sockets */
+    struct rng rng;
+    uint64_t next_seq;
+    unsigned depth;           /* engine callbacks on the stack */
+    unsigned closing_handles; /* uv handles whose close callback is pending */
+    bool closing;             /* fetcher_free was called */
+    bool torn_down;           /* the multi is gone and curl_timer is closing */
+    void (*free_cb)(void *arg);
+    void *free_arg;
+};
+
+/* One polled curl socket. */
+struct sock {
+    uv_poll_t poll;
+    struct link link; /* in fetcher->socks */
+    struct fetcher *f;
+    curl_socket_t fd;
+};
+
+struct api {
+    struct link link; /* in fetcher->apis */
+    struct fetcher *f;
+    struct cfg_source cfg; /* deep copy; base_url defaulted by plan, no trailing '/' */
+    char label[128];       /* api="name" for metrics */
+    struct tbucket *bucket;
+    struct wheel_timer bucket_timer;
+    struct link reqs; /* in order of creation (seq) */
+    size_t pending;
+    bool rl_episode;   /* a 429 was logged and no answer since has ended the episode */
+    uint64_t rl_until; /* monotonic ms at which the latest 429 pause ends */
+    bool closing;
+};
+
+enum req_state {
+    REQ_IDLE,     /* between steps */
+    REQ_BUCKET,   /* queued in the bucket */
+    REQ_BACKOFF,  /* waiting on its timer before going back to the bucket */
+    REQ_FLIGHT,   /* easy handle in the multi */
+    REQ_PARSING,  /* inside the parse callback */
+    REQ_DEFERRED, /* to be finished from its timer (failures found while sending) */
+    REQ_DONE      /* its done callback is running */
+};
+
+struct fetch_req {
+    struct link link; /* in api->reqs */
+    struct api *api;
+    uint64_t seq;
+    char *path;
+    int prio;
+    fetch_parse_cb parse;
+    fetch_done_cb done;
+    void *arg;
+    enum req_state state;
+    bool cancel_requested; /* fetch_cancel during the parse callback */
+    struct tbucket_waiter waiter;
+    struct wheel_timer timer;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body; /* NUL-terminated */
+    size_t len, cap, max_body;
+    bool too_large, oom;
+    unsigned attempts;
+    uint64_t start_ns; /* uv_hrtime at api_get */
+    uint64_t sent_at;  /* monotonic ms of the last send */
+    long status;
+    enum fetch_outcome fin_outcome; /* for REQ_DEFERRED */
+    char err[FETCH_ERR_MAX];
+    char curl_err[CURL_ERROR_SIZE];
+};
+
+static void req_wait_bucket(struct fetch_req *r);
+static void req_finish(struct fetch_req *r, enum fetch_outcome oc, const char *msg);
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+static void curl_init_once(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* Copies src into buf, replacing control characters with spaces and never cutting a UTF-8
+ * sequence in half. */
+static void copy_clean(char *buf, size_t cap, const char *src, size_t n)
+{
+    if (cap == 0)
+        return;
+    if (n > cap - 1) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--; /* src[n] continues a sequence: cut before its lead byte */
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)src[i];
+        buf[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    buf[n] = '\0';
+}
+
+/* Replaces every occurrence of the key in buf (cap bytes) with "********". */
+static void scrub_key(char *buf, size_t cap, const char *key)
+{
+    static const char mask[] = "********";
+    size_t klen = key ? strlen(key) : 0;
+    if (klen == 0)
+        return;
+    char *p = buf;
+    while ((p = strstr(p, key)) != NULL) {
+        size_t tail = strlen(p + klen);
+        size_t at = (size_t)(p - buf);
+        size_t room = cap - 1 - at; /* bytes available from p on */
+        size_t mlen = sizeof(mask) - 1 < room ? sizeof(mask) - 1 : room;
+        if (mlen + tail > room)
+            tail = room - mlen;
+        memmove(p + mlen, p + klen, tail);
+        memcpy(p, mask, mlen);
+        p[mlen + tail] = '\0';
+        p += mlen; /* never search the mask itself */
+    }
+}
+
+static void set_error(struct fetch_req *r, const char *msg)
+{
+    if (msg != r->err)
+        copy_clean(r->err, sizeof(r->err), msg, strlen(msg));
+    scrub_key(r->err, sizeof(r->err), r->api->cfg.api_key);
+}
+
+static bool looks_like_json(const char *body, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+            continue;
+        return c == '{' || c == '[';
+    }
+    return false;
+}
+
+/* Counts one metric for the API with an optional second label. */
+static void api_count(const struct api *a, const char *name, const char *key, const char *value,
+                      double v)
+{
+    char labels[256];
+    if (key)
+        snprintf(labels, sizeof(labels), "%s,%s=\"%s\"", a->label, key, value);
+    else
+        snprintf(labels, sizeof(labels), "%s", a->label);
+    metrics_add(name, labels, v);
+}
+
+/* ---- exported parsers ------------------------------------------------------------------- */
+
+int fetch_parse_retry_after(const char *value, uint64_t now_wall_ms, uint64_t *delay_ms)
+{
+    if (!value || !delay_ms)
+        return -EINVAL;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    size_t n = strlen(value);
+    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t' || value[n - 1] == '\r' ||
+                     value[n - 1] == '\n'))
+        n--;
+    char buf[128];
+    if (n == 0 || n >= sizeof(buf))
+        return -EINVAL;
+    memcpy(buf, value, n);
+    buf[n] = '\0';
+
+    if (buf[0] >= '0' && buf[0] <= '9') {
+        /* delta-seconds: digits only */
+        uint64_t secs = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (buf[i] < '0' || buf[i] > '9')
+                return -EINVAL;
+            unsigned d = (unsigned)(buf[i] - '0');
+            if (secs > (UINT64_MAX / 1000u - d) / 10u)
+                return -EINVAL;
+            secs = secs * 10u + d;
+        }
+        *delay_ms = secs * 1000u;
+        return 0;
+    }
+    /* An HTTP-date always starts with a day name. */
+    if (!((buf[0] >= 'A' && buf[0] <= 'Z') || (buf[0] >= 'a' && buf[0] <= 'z')))
+        return -EINVAL;
+    time_t t = curl_getdate(buf, NULL);
+    if (t < 0)
+        return -EINVAL;
+    uint64_t at = (uint64_t)t * 1000u;
+    *delay_ms = at > now_wall_ms ? at - now_wall_ms : 0;
+    return 0;
+}
+
+/* Finds the message in one JSON object; depth bounds {"error":{"error":...}} nesting. */
+static const char *error_in(json_t *o, long long *code, int depth)
+{
+    json_t *st = json_object_get(o, "status");
+    if (json_is_object(st)) {
+        json_t *m = json_object_get(st, "error_message");
+        if (json_is_string(m)) {
+            json_t *c = json_object_get(st, "error_code");
+            if (json_is_integer(c))
+                *code = json_integer_value(c);
+            return json_string_value(m);
+        }
+    }
+    json_t *e = json_object_get(o, "error");
+    if (json_is_string(e))
+        return json_string_value(e);
+    if (json_is_object(e) && depth < 3) {
+        const char *m = error_in(e, code, depth + 1);
+        if (m)
+            return m;
+    }
+    static const char *const keys[] = {"error_message", "message"};
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+        json_t *m = json_object_get(o, keys[i]);
+        if (json_is_string(m))
+            return json_string_value(m);
+    }
+    return NULL;
+}
+
+int fetch_api_error_message(const char *body, size_t len, char *buf, size_t cap)
+{
+    if (!buf || cap == 0)
+        return -EINVAL;
+    buf[0] = '\0';
+    if (!body || len == 0 || !looks_like_json(body, len))
+        return -ENOENT;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    if (!root)
+        return -ENOENT;
+    int rc = -ENOENT;
+    long long code = -1;
+    const char *msg = json_is_object(root) ? error_in(root, &code, 0) : NULL;
+    if (msg && *msg) {
+        char tmp[1024];
+        if (code >= 0)
+            snprintf(tmp, sizeof(tmp), "%s (error_code %lld)", msg, code);
+        else
+            snprintf(tmp, sizeof(tmp), "%s", msg);
+        copy_clean(buf, cap, tmp, strlen(tmp));
+        rc = 0;
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* ---- curl on the loop ------------------------------------------------------------------- */
+
+static void teardown(struct fetcher *f);
+
+static void enter(struct fetcher *f)
+{
+    f->depth++;
+}
+
+static void leave(struct fetcher *f)
+{
+    if (--f->depth == 0 && f->closing && !f->torn_down)
+        teardown(f);
+}
+
+static void maybe_free(struct fetcher *f)
+{
+    if (!f->torn_down || f->closing_handles > 0)
+        return;
+    void (*cb)(void *) = f->free_cb;
+    void *arg = f->free_arg;
+    free(f);
+    if (cb)
+        cb(arg);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct fetcher *f;
+    if (h->type == UV_POLL) {
+        struct sock *s = h->data;
+        f = s->f;
+        free(s);
+    } else {
+        f = h->data;
+    }
+    f->closing_handles--;
+    maybe_free(f);
+}
+
+static void check_multi_info(struct fetcher *f);
+static void on_transfer_done(struct fetch_req *r, CURLcode rc);
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct sock *s = h->data;
+    struct fetcher *f = s->f;
+    if (f->torn_down)
+        return;
+    int flags = 0;
+    if (status < 0) {
+        flags = CURL_CSELECT_ERR;
+    } else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    int running;
+    enter(f);
+    curl_multi_socket_action(f->multi, s->fd, flags, &running);
+    check_multi_info(f);
+    leave(f);
+}
+
+static void on_curl_timeout(uv_timer_t *t)
+{
+    struct fetcher *f = t->data;
+    if (f->torn_down)
+        return;
+    int running;
+    enter(f);
+    curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(f);
+    leave(f);
+}
+
+/* CURLMOPT_TIMERFUNCTION: only (re)arms curl_timer, never calls into curl. */
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct fetcher *f = userp;
+    (void)multi;
+    if (f->torn_down)
+        return 0;
+    if (timeout_ms < 0) {
+        uv_timer_stop(&f->curl_timer);
+        return 0;
+    }
+    uint64_t timeout = (uint64_t)timeout_ms;
+    if (timeout == 0) {
+        /* libuv runs a zero timer started from a timer callback in the same pass; give I/O a
+         * turn if curl keeps asking for "now". */
+        uint64_t now = uv_now(f->loop);
+        if (f->spin_time != now) {
+            f->spin_time = now;
+            f->spin_count = 0;
+        }
+        if (++f->spin_count > FETCH_TIMER_SPIN_MAX)
+            timeout = 1;
+    }
+    uv_timer_start(&f->curl_timer, on_curl_timeout, timeout, 0);
+    return 0;
+}
+
+static void sock_close(struct fetcher *f, struct sock *s)
+{
+    list_remove(&s->link);
+    uv_poll_stop(&s->poll);
+    f->closing_handles++;
+    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch, change or forget one socket. */
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct fetcher *f = userp;
+    struct sock *s = socketp;
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            if (!f->torn_down)
+                curl_multi_assign(f->multi, fd, NULL);
+            sock_close(f, s);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        if (!s)
+            return -1;
+        if (uv_poll_init_socket(f->loop, &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        s->f = f;
+        s->fd = fd;
+        list_append(&f->socks, &s->link);
+        curl_multi_assign(f->multi, fd, s);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    return uv_poll_start(&s->poll, events, on_poll) == 0 ? 0 : -1;
+}
+
+static void check_multi_info(struct fetcher *f)
+{
+    CURLMsg *m;
+    int left;
+    while (!f->closing && (m = curl_multi_info_read(f->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURLcode rc = m->data.result; /* m is invalid once the handle is removed */
+        char *priv = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
+        if (priv)
+            on_transfer_done((struct fetch_req *)priv, rc);
+    }
+}
+
+/* ---- requests --------------------------------------------------------------------------- */
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct fetch_req *r = userdata;
+    size_t n = size * nmemb;
+    if (n > r->max_body || r->len > r->max_body - n) {
+        r->too_large = true;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    if (r->len + n + 1 > r->cap) {
+        size_t want = r->cap ? r->cap : 16384;
+        while (want < r->len + n + 1)
+            want = want > SIZE_MAX / 2 ? r->len + n + 1 : want * 2;
+        if (want > r->max_body + 1)
+            want = r->max_body + 1;
+        char *nb = realloc(r->body, want);
+        if (!nb) {
+            r->oom = true;
+            return 0;
+        }
+        r->body = nb;
+        r->cap = want;
+    }
+    memcpy(r->body + r->len, ptr, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return n;
+}
+
+static int build_headers(struct fetch_req *r)
+{
+    const struct cfg_source *c = &r->api->cfg;
+    struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
+    if (!h)
+        return -ENOMEM;
+    const char *name = c->plan == PLAN_DEMO  ? "x-cg-demo-api-key"
+                       : c->plan == PLAN_PRO ? "x-cg-pro-api-key"
+                                             : NULL;
+    if (name && c->api_key && *c->api_key) {
+        size_t len = strlen(name) + 2 + strlen(c->api_key) + 1;
+        char *line = malloc(len);
+        if (!line)
+            goto fail;
+        snprintf(line, len, "%s: %s", name, c->api_key);
+        struct curl_slist *nh = curl_slist_append(h, line);
+        explicit_bzero(line, len);
+        free(line);
+        if (!nh)
+            goto fail;
+        h = nh;
+    }
+    curl_slist_free_all(r->headers);
+    r->headers = h;
+    return 0;
+fail:
+    curl_slist_free_all(h);
+    return -ENOMEM;
+}
+
+/* Sets every option of the easy handle for one attempt. */
+static CURLcode setup_easy(struct fetch_req *r, const char *url)
+{
+    const struct cfg_source *c = &r->api->cfg;
+    CURL *e = r->easy;
+    CURLcode rc;
+    long timeout = (long)c->timeout_ms;
+    long low_speed_secs = timeout > 0 && timeout / 1000 < FETCH_LOW_SPEED_SECS
+                              ? (timeout / 1000 > 0 ? timeout / 1000 : 1)
+                              : FETCH_LOW_SPEED_SECS;
+
+#define SET(opt, val)                                                                              \
+    do {                                                                                           \
+        if ((rc = curl_easy_setopt(e, opt, val)) != CURLE_OK)                                      \
+            return rc;                                                                             \
+    } while (0)
+    SET(CURLOPT_URL, url);
+    SET(CURLOPT_PRIVATE, r);
+    SET(CURLOPT_HTTPHEADER, r->headers);
+    SET(CURLOPT_USERAGENT, FETCH_USER_AGENT);
+    SET(CURLOPT_ACCEPT_ENCODING, "");
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+    SET(CURLOPT_TIMEOUT_MS, timeout);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
+    SET(CURLOPT_LOW_SPEED_LIMIT, (long)FETCH_LOW_SPEED_BYTES);
+    SET(CURLOPT_LOW_SPEED_TIME, low_speed_secs);
+    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, r);
+    SET(CURLOPT_ERRORBUFFER, r->curl_err);
+    SET(CURLOPT_SSL_VERIFYPEER, 1L);
+    SET(CURLOPT_SSL_VERIFYHOST, 2L);
+    SET(CURLOPT_CAINFO, c->ca_file); /* NULL: the default store */
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_PIPEWAIT, 1L);
+#undef SET
+    /* HTTP/2 when the server offers it over TLS; a curl without HTTP/2 still works. */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    return CURLE_OK;
+}
+
+static void on_req_timer(struct wheel_timer *tm, void *arg);
+
+/* Finishes the request from its own timer: for failures found while sending, where the
+ * done callback must not run inside tbucket_dispatch or api_get. */
+static void req_defer_finish(struct fetch_req *r, enum fetch_outcome oc, const char *msg)
+{
+    set_error(r, msg);
+    r->fin_outcome = oc;
+    r->state = REQ_DEFERRED;
+    wheel_timer_init(&r->timer, on_req_timer, r);
+    timers_start(r->api->f->timers, &r->timer, 0);
+}
+
+static void req_send(struct fetch_req *r, uint64_t now)
+{
+    struct api *a = r->api;
+    struct fetcher *f = a->f;
+    const struct cfg_source *c = &a->cfg;
+    char msg[FETCH_ERR_MAX];
+
+    r->state = REQ_IDLE;
+    size_t blen = strlen(c->base_url), plen = strlen(r->path);
+    if (c->max_url_bytes && blen + plen > c->max_url_bytes) {
+        snprintf(msg, sizeof(msg), "URL of %zu bytes is longer than max_url_bytes (%u)",
+                 blen + plen, (unsigned)c->max_url_bytes);
+        req_defer_finish(r, FETCH_HTTP_ERROR, msg);
+        return;
+    }
+    char *url = malloc(blen + plen + 1);
+    if (!url)
+        goto oom;
+    memcpy(url, c->base_url, blen);
+    memcpy(url + blen, r->path, plen + 1);
+    if (!r->easy && !(r->easy = curl_easy_init()))
+        goto oom_url;
+    if (build_headers(r) != 0)
+        goto oom_url;
+    r->max_body = c->max_body_bytes > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)c->max_body_bytes;
+    CURLcode rc = setup_easy(r, url);
+    free(url);
+    if (rc != CURLE_OK) {
+        snprintf(msg, sizeof(msg), "curl setup: %s", curl_easy_strerror(rc));
+        req_defer_finish(r, FETCH_NETWORK_ERROR, msg);
+        return;
+    }
+    r->len = 0;
+    r->too_large = r->oom = false;
+    r->curl_err[0] = '\0';
+    if (r->body)
+        r->body[0] = '\0';
+    CURLMcode mc = curl_multi_add_handle(f->multi, r->easy);
+    if (mc != CURLM_OK) {
+        snprintf(msg, sizeof(msg), "curl: %s", curl_multi_strerror(mc));
+        req_defer_finish(r, FETCH_NETWORK_ERROR, msg);
+        return;
+    }
+    r->attempts++;
+    r->sent_at = now;
+    r->state = REQ_FLIGHT;
+    return;
+
+oom_url:
+    free(url);
+oom:
+    req_defer_finish(r, FETCH_NETWORK_ERROR, "out of memory");
+}
+
+static void api_kick(struct api *a)
+{
+    struct fetcher *f = a->f;
+    uint64_t next = tbucket_dispatch(a->bucket, timers_now(f->timers));
+    metrics_set("coingest_bucket_queued", a->label, (double)tbucket_queued(a->bucket));
+    if (next == UINT64_MAX)
+        timers_stop(f->timers, &a->bucket_timer);
+    else
+        timers_start_at(f->timers, &a->bucket_timer, next);
+}
+
+static void on_grant(struct tbucket_waiter *w, void *arg)
+{
+    struct fetch_req *r = arg;
+    struct api *a = r->api;
+    uint64_t now = timers_now(a->f->timers);
+    if (now > w->enqueued_at)
+        metrics_add("coingest_bucket_wait_seconds_total", a->label,
+                    (double)(now - w->enqueued_at) / 1000.0);
+    req_send(r, now);
+}
+
+static void req_wait_bucket(struct fetch_req *r)
+{
+    struct api *a = r->api;
+    uint64_t now = timers_now(a->f->timers);
+    if (tbucket_try_take(a->bucket, now)) {
+        req_send(r, now);
+        return;
+    }
+    r->state = REQ_BUCKET;
+    tbucket_enqueue(a->bucket, &r->waiter, r->prio, on_grant, r, now);
+    api_kick(a);
+}
+
+static void on_req_timer(struct wheel_timer *tm, void *arg)
+{
+    struct fetch_req *r = arg;
+    struct fetcher *f = r->api->f;
+    (void)tm;
+    enter(f);
+    if (r->state == REQ_DEFERRED)
+        req_finish(r, r->fin_outcome, r->err);
+    else if (r->state == REQ_BACKOFF)
+        req_wait_bucket(r);
+    leave(f);
+}
+
+static void on_bucket_timer(struct wheel_timer *tm, void *arg)
+{
+    struct api *a = arg;
+    struct fetcher *f = a->f;
+    (void)tm;
+    enter(f);
+    api_kick(a);
+    leave(f);
+}
+
+/* Takes the request out of whatever it waits in. */
+static void req_detach(struct fetch_req *r)
+{
+    struct api *a = r->api;
+    switch (r->state) {
+    case REQ_BUCKET:
+        tbucket_cancel(a->bucket, &r->waiter);
+        metrics_set("coingest_bucket_queued", a->label, (double)tbucket_queued(a->bucket));
+        break;
+    case REQ_BACKOFF:
+    case REQ_DEFERRED:
+        timers_stop(a->f->timers, &r->timer);
+        break;
+    case REQ_FLIGHT:
+        curl_multi_remove_handle(a->f->multi, r->easy);
+        break;
+    default:
+        break;
+    }
+    r->state = REQ_IDLE;
+}
+
+static void req_free(struct fetch_req *r)
+{
+    if (r->easy)
+        curl_easy_cleanup(r->easy);
+    curl_slist_free_all(r->headers);
+    free(r->body);
+    free(r->path);
+    free(r);
+}
+
+static const char *outcome_reason(enum fetch_outcome oc)
+{
+    switch (oc) {
+    case FETCH_HTTP_ERROR:
+        return "http";
+    case FETCH_NETWORK_ERROR:
+        return "network";
+    case FETCH_BAD_BODY:
+        return "bad_body";
+    case FETCH_TOO_LARGE:
+        return "too_large";
+    default:
+        return "other";
+    }
+}
+
+/* Runs the done callback once and frees the request. Nothing may touch the API after the
+ * callback: it may have been freed there. */
+static void req_finish(struct fetch_req *r, enum fetch_outcome oc, const char *msg)
+{
+    struct api *a = r->api;
+    req_detach(r);
+    list_remove(&r->link);
+    a->pending--;
+    if (oc != FETCH_OK && msg)
+        set_error(r, msg);
+    if (oc != FETCH_OK && oc != FETCH_CANCELLED) {
+        api_count(a, "coingest_http_errors_total", "reason", outcome_reason(oc), 1);
+        log_warn("request failed", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
+                 LOG_I("status", r->status), LOG_U("attempts", r->attempts),
+                 LOG_S("error", r->err));
+    }
+    struct fetch_result res = {
+        .outcome = oc,
+        .status = r->status,
+        .body = r->body ? r->body : "",
+        .len = r->len,
+        .attempts = r->attempts,
+        .seconds = (double)(uv_hrtime() - r->start_ns) / 1e9,
+        .error = oc == FETCH_OK ? NULL : r->err,
+    };
+    r->state = REQ_DONE;
+    r->done(&res, r->arg);
+    req_free(r);
+}
+
+/* Retries after a backoff (or `min_delay_ms` if longer; straight to the bucket when
+ * `no_backoff`), or finishes with `fail` when the retries are used up. */
+static void req_retry(struct fetch_req *r, const char *reason, enum fetch_outcome fail,
+                      const char *msg, uint64_t min_delay_ms, bool no_backoff)
+{
+    struct api *a = r->api;
+    struct fetcher *f = a->f;
+    set_error(r, msg);
+    if (r->attempts > a->cfg.max_retries) {
+        req_finish(r, fail, r->err);
+        return;
+    }
+    api_count(a, "coingest_http_retries_total", "reason", reason, 1);
+    uint64_t delay = no_backoff ? 0
+                                : backoff_full_jitter(&f->rng, a->cfg.backoff_base_ms,
+                                                      a->cfg.backoff_cap_ms, r->attempts - 1);
+    if (delay < min_delay_ms)
+        delay = min_delay_ms;
+    log_debug("retrying request", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
+              LOG_S("reason", reason), LOG_U("attempt", r->attempts), LOG_U("delay_ms", delay),
+              LOG_S("error", r->err));
+    if (delay == 0) {
+        req_wait_bucket(r);
+        return;
+    }
+    r->state = REQ_BACKOFF;
+    wheel_timer_init(&r->timer, on_req_timer, r);
+    timers_start(f->timers, &r->timer, delay);
+}
+
+static bool retryable_curl(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_HTTP3:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_AGAIN:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static const char *curl_reason(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_PARTIAL_FILE:
+    case CURLE_BAD_CONTENT_ENCODING:
+        return "truncated";
+    default:
+        return "network";
+    }
+}
+
+static void handle_429(struct fetch_req *r, const char *retry_after, const char *msg)
+{
+    struct api *a = r->api;
+    struct fetcher *f = a->f;
+    uint64_t delay = 0;
+    bool advised = retry_after &&
+                   fetch_parse_retry_after(retry_after, util_wall_ms(), &delay) == 0 && delay > 0;
+    if (!advised)
+        delay = backoff_full_jitter(&f->rng, a->cfg.backoff_base_ms, a->cfg.backoff_cap_ms,
+                                    r->attempts > 0 ? r->attempts - 1 : 0);
+    if (delay > FETCH_RETRY_AFTER_MAX_MS)
+        delay = FETCH_RETRY_AFTER_MAX_MS;
+    api_count(a, "coingest_http_429_total", NULL, NULL, 1);
+    uint64_t until = timers_now(f->timers) + delay;
+    tbucket_pause_until(a->bucket, until);
+    if (until > a->rl_until)
+        a->rl_until = until;
+    if (!a->rl_episode) {
+        a->rl_episode = true;
+        log_warn(advised ? "rate limited, pausing" : "rate limited, backing off",
+                 LOG_S("api", a->cfg.name), LOG_F("wait_s", (double)delay / 1000.0),
+                 LOG_B("retry_after", advised));
+    }
+    /* The paused bucket is the wait: the request queues there like any other. */
+    req_retry(r, "429", FETCH_HTTP_ERROR, msg, 0, true);
+}
+
+static void on_transfer_done(struct fetch_req *r, CURLcode rc)
+{
+    struct api *a = r->api;
+    struct fetcher *f = a->f;
+    char msg[FETCH_ERR_MAX];
+    char retry_after[128] = "";
+    long status = 0;
+    struct curl_header *h;
+
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (curl_easy_header(r->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+        snprintf(retry_after, sizeof(retry_after), "%s", h->value);
+    curl_multi_remove_handle(f->multi, r->easy);
+    r->state = REQ_IDLE;
+    r->status = status;
+
+    char st[24] = "none";
+    if (status > 0)
+        snprintf(st, sizeof(st), "%ld", status);
+    api_count(a, "coingest_http_requests_total", "status", st, 1);
+    if (r->len > 0)
+        api_count(a, "coingest_http_bytes_total", NULL, NULL, (double)r->len);
+
+    if (r->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+        log_warn("response too large, aborted", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
+                 LOG_U("max_body_bytes", r->max_body));
+        snprintf(msg, sizeof(msg), "response body larger than max_body_bytes (%zu)", r->max_body);
+        req_finish(r, FETCH_TOO_LARGE, msg);
+        return;
+    }
+    if (r->oom) {
+        req_finish(r, FETCH_NETWORK_ERROR, "out of memory for the response body");
+        return;
+    }
+    if (rc != CURLE_OK) {
+        snprintf(msg, sizeof(msg), "%s", r->curl_err[0] ? r->curl_err : curl_easy_strerror(rc));
+        if (retryable_curl(rc))
+            req_retry(r, curl_reason(rc), FETCH_NETWORK_ERROR, msg, 0, false);
+        else
+            req_finish(r, FETCH_NETWORK_ERROR, msg);
+        return;
+    }
+    if (status != 429 && r->sent_at >= a->rl_until)
+        a->rl_episode = false;
+
+    if (status >= 200 && status < 300) {
+        if (!looks_like_json(r->body, r->len)) {
+            char snippet[64];
+            copy_clean(snippet, sizeof(snippet), r->body ? r->body : "", r->len);
+            snprintf(msg, sizeof(msg), "response is not JSON: \"%s\"", snippet);
+            req_retry(r, "bad_body", FETCH_BAD_BODY, msg, 0, false);
+            return;
+        }
+        if (r->parse) {
+            char perr[FETCH_ERR_MAX - 8] = "";
+            r->state = REQ_PARSING;
+            int prc = r->parse(r->body, r->len, r->arg, perr, sizeof(perr));
+            r->state = REQ_IDLE;
+            if (r->cancel_requested) {
+                req_finish(r, FETCH_CANCELLED, "cancelled");
+                return;
+            }
+            if (prc < 0) {
+                snprintf(msg, sizeof(msg), "parse: %s", perr[0] ? perr : "rejected");
+                req_retry(r, "parse", FETCH_BAD_BODY, msg, 0, false);
+                return;
+            }
+        }
+        req_finish(r, FETCH_OK, NULL);
+        return;
+    }
+
+    if (fetch_api_error_message(r->body, r->len, msg, sizeof(msg)) != 0)
+        snprintf(msg, sizeof(msg), "HTTP %ld", status);
+    if (status == 429) {
+        handle_429(r, retry_after, msg);
+        return;
+    }
+    if (status == 408 || status >= 500) {
+        uint64_t advised = 0;
+        if (status == 503 && retry_after[0] &&
+            fetch_parse_retry_after(retry_after, util_wall_ms(), &advised) != 0)
+            advised = 0;
+        if (advised > FETCH_RETRY_AFTER_MAX_MS)
+            advised = FETCH_RETRY_AFTER_MAX_MS;
+        req_retry(r, status == 408 ? "408" : "5xx", FETCH_HTTP_ERROR, msg, advised, false);
+        return;
+    }
+    req_finish(r, FETCH_HTTP_ERROR, msg);
+}
+
+/* ---- APIs ------------------------------------------------------------------------------- */
+
+static void source_clear(struct cfg_source *c)
+{
+    free(c->name);
+    free(c->base_url);
+    if (c->api_key) {
+        explicit_bzero(c->api_key, strlen(c->api_key));
+        free(c->api_key);
+    }
+    free(c->ca_file);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Deep copy with the engine's defaults for unset values. */
+static int source_copy(struct cfg_source *dst, const struct cfg_source *src)
+{
+    struct cfg_source c = *src;
+    const char *base = src->base_url && *src->base_url ? src->base_url
+                       : src->plan == PLAN_PRO         ? FETCH_URL_PRO
+                                                       : FETCH_URL_PUBLIC;
+    c.name = strdup(src->name && *src->name ? src->name : "api");
+    c.base_url = strdup(base);
+    c.api_key = util_strdup0(src->api_key);
+    c.ca_file = util_strdup0(src->ca_file && *src->ca_file ? src->ca_file : NULL);
+    if (!c.name || !c.base_url || (src->api_key && !c.api_key) ||
+        (src->ca_file && *src->ca_file && !c.ca_file)) {
+        source_clear(&c);
+        return -ENOMEM;
+    }
+    size_t n = strlen(c.base_url);
+    while (n > 0 && c.base_url[n - 1] == '/')
+        c.base_url[--n] = '\0';
+    if (c.timeout_ms == 0)
+        c.timeout_ms = FETCH_DEFAULT_TIMEOUT_MS;
+    if (c.connect_timeout_ms == 0)
+        c.connect_timeout_ms = FETCH_DEFAULT_CONNECT_MS;
+    if (c.max_body_bytes == 0)
+        c.max_body_bytes = FETCH_DEFAULT_BODY_MAX;
+    if (c.burst == 0)
+        c.burst = 1;
+    *dst = c;
+    return 0;
+}
+
+/* The bucket's rate: a zero rate means "no limit" (a million per second). */
+static struct rate api_rate(const struct cfg_source *c, uint32_t *burst)
+{
+    *burst = c->burst ? c->burst : 1;
+    if (c->rate_limit.count == 0 || c->rate_limit.period_ms == 0) {
+        if (*burst < 1000)
+            *burst = 1000;
+        return (struct rate){.count = 1000, .period_ms = 1};
+    }
+    return c->rate_limit;
+}
+
+static void api_set_label(struct api *a)
+{
+    char name[64];
+    size_t j = 0;
+    /* Label values are quoted; keep the name to characters that need no escaping. */
+    for (const char *p = a->cfg.name; *p && j < sizeof(name) - 1; p++)
+        name[j++] = (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) ? '_' : *p;
+    name[j] = '\0';
+    snprintf(a->label, sizeof(a->label), "api=\"%s\"", name);
+}
+
+struct api *api_new(struct fetcher *f, const struct cfg_source *src)
+{
+    if (!f || !src || f->closing)
+        return NULL;
+    struct api *a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    if (source_copy(&a->cfg, src) != 0)
+        goto fail_copy;
+    uint32_t burst;
+    struct rate rate = api_rate(&a->cfg, &burst);
+    a->bucket = tbucket_new(rate, burst, timers_now(f->timers));
+    if (!a->bucket)
+        goto fail_bucket;
+    a->f = f;
+    api_set_label(a);
+    wheel_timer_init(&a->bucket_timer, on_bucket_timer, a);
+    list_init(&a->reqs);
+    list_append(&f->apis, &a->link);
+    if (a->cfg.plan != PLAN_PUBLIC && !(a->cfg.api_key && *a->cfg.api_key))
+        log_warn("no API key for a keyed plan; requests go without one", LOG_S("api", a->cfg.name),
+                 LOG_S("plan", a->cfg.plan == PLAN_PRO ? "pro" : "demo"));
+    metrics_set("coingest_bucket_queued", a->label, 0);
+    return a;
+
+fail_bucket:
+    source_clear(&a->cfg);
+fail_copy:
+    free(a);
+    return NULL;
+}
+
+void api_update(struct api *a, const struct cfg_source *src)
+{
+    if (!a || !src)
+        return;
+    struct cfg_source c;
+    if (source_copy(&c, src) != 0) {
+        log_warn("api update failed: out of memory; keeping the old settings",
+                 LOG_S("api", a->cfg.name));
+        return;
+    }
+    bool rate_changed = c.rate_limit.count != a->cfg.rate_limit.count ||
+                        c.rate_limit.period_ms != a->cfg.rate_limit.period_ms ||
+                        c.burst != a->cfg.burst;
+    /* In-flight transfers do not point into the old strings: curl copies string options and
+     * each request owns its header list. */
+    source_clear(&a->cfg);
+    a->cfg = c;
+    api_set_label(a);
+    if (rate_changed) {
+        uint32_t burst;
+        struct rate rate = api_rate(&a->cfg, &burst);
+        tbucket_resize(a->bucket, rate, burst, timers_now(a->f->timers));
+        api_kick(a);
+    }
+}
+
+/* Cancels the API's requests created before `limit` (all of them for UINT64_MAX). A request
+ * inside its parse callback is only marked; it finishes when the parse returns. */
+static void cancel_reqs(struct api *a, uint64_t limit)
+{
+    for (;;) {
+        struct fetch_req *victim = NULL;
+        for (struct link *l = a->reqs.next; l != &a->reqs; l = l->next) {
+            struct fetch_req *r = FETCH_CONTAINER(l, struct fetch_req, link);
+            if (r->seq >= limit)
+                break;
+            if (r->state == REQ_PARSING) {
+                r->cancel_requested = true;
+                continue;
+            }
+            victim = r;
+            break;
+        }
+        if (!victim)
+            return;
+        req_finish(victim, FETCH_CANCELLED, "cancelled");
+    }
+}
+
+void api_cancel_all(struct api *a)
+{
+    if (a)
+        cancel_reqs(a, a->f->next_seq);
+}
+
+void api_free(struct api *a)
+{
+    if (!a)
+        return;
+    struct fetcher *f = a->f;
+    a->closing = true;
+    cancel_reqs(a, UINT64_MAX);
+    timers_stop(f->timers, &a->bucket_timer);
+    list_remove(&a->link);
+    metrics_set("coingest_bucket_queued", a->label, 0);
+    tbucket_free(a->bucket);
+    source_clear(&a->cfg);
+    free(a);
+}
+
+struct fetch_req *api_get(struct api *a, const char *path_query, int prio, fetch_parse_cb parse,
+                          fetch_done_cb done, void *arg)
+{
+    if (!a || !path_query || !done || a->closing || a->f->closing)
+        return NULL;
+    struct fetcher *f = a->f;
+    struct fetch_req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->path = strdup(path_query);
+    if (!r->path) {
+        free(r);
+        return NULL;
+    }
+    r->api = a;
+    r->seq = f->next_seq++;
+    r->prio = prio < 0 ? 0 : prio >= TBUCKET_PRIO_COUNT ? TBUCKET_PRIO_COUNT - 1 : prio;
+    r->parse = parse;
+    r->done = done;
+    r->arg = arg;
+    r->start_ns = uv_hrtime();
+    wheel_timer_init(&r->timer, on_req_timer, r);
+    list_append(&a->reqs, &r->link);
+    a->pending++;
+    if (path_query[0] != '/') {
+        req_defer_finish(r, FETCH_HTTP_ERROR, "path must start with '/'");
+        return r;
+    }
+    req_wait_bucket(r);
+    return r;
+}
+
+void fetch_cancel(struct fetch_req *r)
+{
+    if (!r || r->state == REQ_DONE)
+        return;
+    if (r->state == REQ_PARSING) {
+        r->cancel_requested = true;
+        return;
+    }
+    req_finish(r, FETCH_CANCELLED, "cancelled");
+}
+
+size_t api_pending(const struct api *a)
+{
+    return a ? a->pending : 0;
+}
+
+struct tbucket *api_bucket(struct api *a)
+{
+    return a ? a->bucket : NULL;
+}
+
+/* ---- the engine ------------------------------------------------------------------------- */
+
+struct fetcher *fetcher_new(uv_loop_t *loop, struct timers *timers)
+{
+    if (!loop || !timers)
+        return NULL;
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return NULL;
+    struct fetcher *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->loop = loop;
+    f->timers = timers;
+    list_init(&f->apis);
+    list_init(&f->socks);
+    rng_seed(&f->rng, uv_hrtime() ^ (uint64_t)(uintptr_t)f);
+    f->multi = curl_multi_init();
+    if (!f->multi)
+        goto fail_multi;
+    if (uv_timer_init(loop, &f->curl_timer) != 0)
+        goto fail_timer;
+    f->curl_timer.data = f;
+    curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
+    curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f);
+    curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(f->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)FETCH_MAX_HOST_CONNS);
+    curl_multi_setopt(f->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)FETCH_MAX_TOTAL_CONNS);
+    return f;
+
+fail_timer:
+    curl_multi_cleanup(f->multi);
+fail_multi:
+    free(f);
+    return NULL;
+}
+
+/* Destroys the multi (curl closes its cached connections, telling us to stop polling their
+ * sockets first) and closes the timer; the memory goes when the last close callback ran. */
+static void teardown(struct fetcher *f)
+{
+    f->torn_down = true;
+    uv_timer_stop(&f->curl_timer);
+    curl_multi_cleanup(f->multi);
+    f->multi = NULL;
+    /* curl removes every socket it watched before closing it; anything left is closed here
+     * rather than left polling for a freed fetcher. */
+    while (f->socks.next != &f->socks)
+        sock_close(f, FETCH_CONTAINER(f->socks.next, struct sock, link));
+    f->closing_handles++;
+    uv_close((uv_handle_t *)&f->curl_timer, on_handle_closed);
+}
+
+/* An API with a request that cancel_reqs would cancel (one not inside its parse callback). */
+static struct api *api_with_cancellable(struct fetcher *f)
+{
+    for (struct link *l = f->apis.next; l != &f->apis; l = l->next) {
+        struct api *a = FETCH_CONTAINER(l, struct api, link);
+        for (struct link *k = a->reqs.next; k != &a->reqs; k = k->next)
+            if (FETCH_CONTAINER(k, struct fetch_req, link)->state != REQ_PARSING)
+                return a;
+    }
+    return NULL;
+}
+
+void fetcher_free(struct fetcher *f, void (*cb)(void *arg), void *arg)
+{
+    if (!f || f->closing)
+        return;
+    f->closing = true;
+    f->free_cb = cb;
+    f->free_arg = arg;
+    /* Done callbacks may free APIs, so the list is searched again after every API. */
+    struct api *busy;
+    while ((busy = api_with_cancellable(f)) != NULL)
+        cancel_reqs(busy, UINT64_MAX);
+    if (f->depth == 0)
+        teardown(f);
+}
