@@ -1,5 +1,5 @@
 /*
-/* ctest-labels: slow */
+ * ctest-labels: slow
  * The token bucket against a real server-side limit: 60 requests under rate_limit = 30/min,
  * burst = 1, to a fake API that enforces 30 requests per sliding minute. None may trip the
  * server's limit, and the run takes at least the 59 x 2 s the limit implies (the bucket
