@@ -66,7 +66,9 @@ struct daemon {
     uint64_t stop_deadline; /* monotonic ms */
 
     int stopping;       /* 0 running, 1 graceful stop, 2 hurry */
+    bool sink_started;  /* sink_start succeeded: it must be shut down */
     bool sink_stopping; /* sink_shutdown was called */
+    size_t nsignals;    /* signal handles initialised, in sig_hup..sig_usr1 order */
     bool closing;       /* handles are being closed */
     int exit_code;
 
@@ -165,10 +167,9 @@ static void fetcher_closed(void *arg)
     d->fetcher = NULL;
     timers_free(d->timers);
     d->timers = NULL;
-    uv_close((uv_handle_t *)&d->sig_hup, NULL);
-    uv_close((uv_handle_t *)&d->sig_term, NULL);
-    uv_close((uv_handle_t *)&d->sig_int, NULL);
-    uv_close((uv_handle_t *)&d->sig_usr1, NULL);
+    uv_signal_t *sigs[] = {&d->sig_hup, &d->sig_term, &d->sig_int, &d->sig_usr1};
+    for (size_t i = 0; i < d->nsignals; i++)
+        uv_close((uv_handle_t *)sigs[i], NULL);
 }
 
 static void server_closed(void *arg)
@@ -181,7 +182,25 @@ static void server_closed(void *arg)
     d->sched = NULL;
     api_free(d->api);
     d->api = NULL;
-    fetcher_free(d->fetcher, fetcher_closed, d);
+    if (d->fetcher)
+        fetcher_free(d->fetcher, fetcher_closed, d);
+    else
+        fetcher_closed(d);
+}
+
+/* Closes everything but the sink, in reverse order of setup; the loop then runs dry. */
+static void teardown(struct daemon *d)
+{
+    d->closing = true;
+    if (d->timers) {
+        timers_stop(d->timers, &d->watchdog_timer);
+        timers_stop(d->timers, &d->stop_timer);
+        timers_stop(d->timers, &d->once_timer);
+    }
+    if (d->server)
+        server_close(d->server, server_closed, d);
+    else
+        server_closed(d);
 }
 
 static void sink_done(void *arg)
@@ -193,14 +212,7 @@ static void sink_done(void *arg)
              LOG_U("rows_in_spool", st.rows_spooled));
     if (d->opts->once && st.rows_pending > 0 && d->exit_code == 0)
         d->exit_code = 1;
-    d->closing = true;
-    timers_stop(d->timers, &d->watchdog_timer);
-    timers_stop(d->timers, &d->stop_timer);
-    timers_stop(d->timers, &d->once_timer);
-    if (d->server)
-        server_close(d->server, server_closed, d);
-    else
-        server_closed(d);
+    teardown(d);
 }
 
 static bool any_job_running(struct daemon *d)
@@ -458,6 +470,7 @@ static int start_signal(struct daemon *d, uv_signal_t *h, int signum)
     int rc = uv_signal_init(&d->loop, h);
     if (rc)
         return rc;
+    d->nsignals++;
     h->data = d;
     return uv_signal_start(h, on_signal, signum);
 }
@@ -505,6 +518,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         status = EX_OSERR_;
         goto fail_setup;
     }
+    d->sink_started = true;
     sink_on_ready(d->sink, on_ready, d);
 
     d->fetcher = fetcher_new(&d->loop, d->timers);
@@ -552,14 +566,14 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     goto done;
 
 fail_setup:
-    /* A failed start: close what exists without flushing anything through it. */
-    if (d->sink && !d->sink_stopping) {
-        d->stopping = 2;
+    /* A failed start: close what exists, in reverse order, flushing nothing new. */
+    d->stopping = 2;
+    if (d->sink_started) {
         d->sink_stopping = true;
         sink_shutdown(d->sink, 0, sink_done, d);
-        uv_run(&d->loop, UV_RUN_DEFAULT);
+    } else {
+        teardown(d);
     }
-    uv_walk(&d->loop, close_walk, NULL);
     uv_run(&d->loop, UV_RUN_DEFAULT);
 done:
     sink_free(d->sink);

@@ -159,6 +159,16 @@ def main():
                 if key in m:
                     order.append(key)
         check("WATCHDOG=1" in order, "WATCHDOG=1 keep-alives sent")
+
+        # A SIGHUP during startup is not fatal: signals are blocked until the loop handles them.
+        write(jobs_slow)
+        d2 = h.start_daemon(conf, stderr_path=os.path.join(work, "early.log"))
+        for _ in range(5):
+            d2.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        check(d2.poll() is None, "SIGHUPs during startup do not kill the daemon")
+        d2.send_signal(signal.SIGTERM)
+        check.eq(d2.wait(30), 0, "and it still stops cleanly")
         check(any("MONOTONIC_USEC=" in m for m in messages if "RELOADING=1" in m),
               "RELOADING=1 carries MONOTONIC_USEC")
         first_reload = order.index("RELOADING=1") if "RELOADING=1" in order else -1
