@@ -163,6 +163,18 @@ def main():
         # A SIGHUP during startup is not fatal: signals are blocked until the loop handles them.
         write(jobs_slow)
         d2 = h.start_daemon(conf, stderr_path=os.path.join(work, "early.log"))
+
+        # The first thing main() does is block the signals; before that (between exec and
+        # main) the kernel's default action applies to any process. Wait for the block, then
+        # signal while the daemon is still connecting and setting up.
+        def hup_blocked():
+            try:
+                for line in open(f"/proc/{d2.pid}/status"):
+                    if line.startswith("SigBlk:"):
+                        return int(line.split()[1], 16) & 1
+            except OSError:
+                return False
+        h.wait_for(hup_blocked, 10, step=0.001, what="SIGHUP blocked")
         for _ in range(5):
             d2.send_signal(signal.SIGHUP)
         time.sleep(1.5)
