@@ -1,0 +1,96 @@
+/*
+ * spool: the sink's durable, append-only store for batches that are accepted but cannot be
+ * written to the database yet (database away, too many rows pending, shutdown).
+ *
+ * The spool is a directory of segment files, spool-NNNNNNNNNNNN.seg, each a sequence of
+ * records:
+ *
+ *   u32 magic "CGSP" | u32 len | u32 crc32c(len bytes || payload) | payload (len bytes)
+ *   payload = u64 seq | batch_encode() of one batch
+ *
+ * (all integers little-endian). `seq` is the sink's submission order; the spool replays records
+ * by ascending seq, whatever the file they sit in, so a batch the sink spools late (an older
+ * batch a writer gave back) still replays before newer ones. Appends go to the newest segment,
+ * which rotates past a size limit; a new file is made durable by an fsync of the directory.
+ *
+ * spool_open() reads every segment once, checks every record's checksum and keeps a small
+ * index entry (seq, segment, offset, length, rows) per valid record, about 64 bytes per record
+ * (a record is a whole batch), so memory does not grow with the rows in the spool. A record
+ * that fails its checksum, or a torn tail after a crash, is reported with a warning, counted
+ * in coingest_spool_corrupt_records_total and skipped: the scan resumes at the next magic.
+ * Records are loaded (read, checked again, decoded) a few at a time as the sink replays them,
+ * and forgotten once committed; a segment whose records are all committed is deleted.
+ *
+ * A lock file (flock) keeps two processes from sharing one spool directory.
+ *
+ * Thread: a spool is used from one thread (the sink's loop thread).
+ */
+#ifndef COINGEST_SPOOL_H
+#define COINGEST_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coingest/batch.h"
+
+#define SPOOL_SEGMENT_BYTES_DEFAULT (64u * 1024u * 1024u)
+/* A record larger than this is refused on append and treated as corrupt on read. */
+#define SPOOL_RECORD_MAX (1024u * 1024u * 1024u)
+
+struct spool;
+/* One record in the index. Owned by the spool; valid until spool_commit() or spool_close(). */
+struct spool_rec;
+
+struct spool_stats {
+    uint64_t rows;     /* rows in live records (unread and loaded) */
+    uint64_t records;  /* live records */
+    uint64_t unread;   /* live records not loaded */
+    uint64_t bytes;    /* bytes of the segment files on disk */
+    uint64_t segments; /* segment files on disk */
+    uint64_t corrupt;  /* records skipped as corrupt since open */
+    uint64_t max_seq;  /* highest seq ever seen (0 when none) */
+};
+
+/* Opens (creating it with mode 0700 if needed) the spool in `dir`, takes its lock and indexes
+ * every valid record. `segment_bytes` is the rotation size (0: the default). Returns 0 and the
+ * spool in *out, or -errno: -EBUSY when another process holds the directory's lock. */
+int spool_open(const char *dir, uint64_t segment_bytes, struct spool **out);
+
+/* Closes files and frees the index; records stay on disk. NULL is a no-op. */
+void spool_close(struct spool *sp);
+
+/* Appends batch `b` (not taken) as a record with order `seq`. The record is written but not
+ * yet durable: call spool_sync() before reporting the batch as accepted. Returns 0 or -errno
+ * (the segment is truncated back, so a failed append leaves no partial record). */
+int spool_append(struct spool *sp, uint64_t seq, const struct batch *b);
+
+/* Makes every append so far durable (fdatasync of the segment, and an fsync of the directory
+ * when a segment was created). 0 or -errno. */
+int spool_sync(struct spool *sp);
+
+/* The unread record with the lowest seq, or NULL when none. */
+struct spool_rec *spool_peek(struct spool *sp);
+
+/* Reads, checks and decodes an unread record into a new batch (*out, owned by the caller) and
+ * marks it loaded. Returns 0, or -EBADMSG when the record no longer checks out (it is warned
+ * about, counted and dropped from the index), or another -errno (I/O; the record stays
+ * unread). */
+int spool_load(struct spool *sp, struct spool_rec *rec, struct batch **out);
+
+/* Puts a loaded record back to unread (its batch was dropped from memory). */
+void spool_unload(struct spool *sp, struct spool_rec *rec);
+
+/* Forgets a loaded record whose rows are committed; deletes its segment when that was the
+ * segment's last live record (and the segment is not being appended to). `rec` is freed. */
+void spool_commit(struct spool *sp, struct spool_rec *rec);
+
+uint64_t spool_rec_seq(const struct spool_rec *rec);
+uint32_t spool_rec_rows(const struct spool_rec *rec);
+
+void spool_get_stats(const struct spool *sp, struct spool_stats *out);
+
+/* The directory (for the dead-letter file and messages). */
+const char *spool_dir(const struct spool *sp);
+
+#endif

@@ -1,0 +1,1981 @@
+/*
+ * sink: batches from the loop thread to MariaDB/MySQL through a pool of writer threads, with
+ * a durable spool for whatever cannot be written now. docs/sink.md has the full design; in
+ * short:
+ *
+ * LOOP THREAD. Every submitted batch gets a sequence number (its place in submission order)
+ * and becomes, after coalescing, one or more jobs of at most batch_rows rows. A job is first
+ * "open" (one per spec, still taking rows) until it is full or flush_interval has passed,
+ * then "ready" (a list sorted by seq), then "in flight" (handed to the writers). The loop
+ * hands a ready job to the writers only if nothing it could overtake touches the same rows:
+ * each job carries the sorted hashes of its rows' primary keys, and a job waits while an
+ * earlier job for the same table with a common key is ready or in flight. So rows of one key
+ * are written in submission order, while unrelated jobs (even of one table) run in parallel.
+ * A STATEMENT job is a full barrier: it runs alone, after everything before it.
+ *
+ * THE SPOOL. A batch goes to the spool instead of memory when the database is known to be
+ * down (after a short grace period), when memory already holds max_pending_rows, when the
+ * spool still holds unread records (so new rows queue behind old ones), and during shutdown.
+ * When the database has been down for the grace period, everything in memory that is not in
+ * flight is spilled to the spool, so memory stays bounded whatever the outage length. Spool
+ * records keep their seq, and the spool replays by seq; replayed jobs go through the same
+ * ready list and key checks, a few records at a time. A memory job never overtakes an unread
+ * spool record with a smaller seq.
+ *
+ * WRITER THREADS. Each owns one connection and loops: connect (with full-jitter backoff; the
+ * first one to connect runs the migrations), take a job from the shared work queue, write it
+ * in one transaction of multi-row INSERT ... ON DUPLICATE KEY UPDATE statements (each under
+ * batch_bytes and max_allowed_packet), and put it on the done queue with uv_async_send. A row
+ * the server refuses for good is isolated by bisecting the job; the good rows are committed
+ * and each bad one goes to rejected_rows (or a dead-letter file). A lost connection gives the
+ * job back (RETRY) and the writer reconnects; deadlocks and lock waits are retried in place.
+ * Writers never touch loop objects; everything shared sits under `mu`.
+ */
+#include "coingest/sink.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <mysqld_error.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coingest/backoff.h"
+#include "coingest/db.h"
+#include "coingest/log.h"
+#include "coingest/metrics.h"
+#include "coingest/spool.h"
+#include "coingest/util.h"
+
+/* How long the database may be unreachable before memory is spilled to the spool. */
+#define SINK_DOWN_GRACE_MS 1000
+/* Room left in a statement for the protocol header and our own slack. */
+#define PACKET_SLACK 1024
+/* How far down the ready list dispatch looks for a job that may overtake blocked ones. */
+#define DISPATCH_LOOKAHEAD 64
+/* Writers' reconnect backoff. */
+#define CONNECT_BACKOFF_BASE_MS 200
+#define CONNECT_BACKOFF_CAP_MS  5000
+/* In-place retries of deadlocks and lock wait timeouts before the job goes back. */
+#define TRANSIENT_RETRIES 6
+/* A row that alone exceeds max_allowed_packet: not a server code, counted as a row error. */
+#define ERR_ROW_TOO_BIG 1u
+/* Out of memory while building SQL: retried like a transient error. */
+#define ERR_NOMEM ER_OUT_OF_RESOURCES
+
+/* --- primary keys ------------------------------------------------------------------------- */
+
+/* How many leading columns of each spec form the table's primary (or unique) key. The column
+ * order in batch.c puts them first. 0: no key known, the job conflicts with every job of its
+ * table (safe for a spec added later). */
+_Static_assert(BATCH_SPEC_COUNT == 9, "give the new spec its key width below");
+static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
+    [BATCH_ASSETS_LIST] = 1,      [BATCH_ASSETS_MARKET] = 1,    [BATCH_PRICES] = 4,
+    [BATCH_MARKET_SNAPSHOTS] = 4, [BATCH_GLOBAL_SNAPSHOTS] = 2, [BATCH_CATEGORIES] = 1,
+    [BATCH_ASSET_CATEGORIES] = 2, [BATCH_JOB_RUNS] = 2,         [BATCH_ASSETS_DELIST] = 0,
+};
+
+/* --- jobs --------------------------------------------------------------------------------- */
+
+enum job_result { JOB_OK = 0, JOB_RETRY = 1 };
+
+struct job {
+    struct job *next, *prev;
+    struct batch *b;
+    uint64_t seq;
+    const char *table;
+    bool barrier;
+    bool keyed; /* keys computed */
+    uint64_t *keys;
+    uint32_t nkeys;
+    struct spool_rec *rec; /* loaded from the spool */
+    uint64_t opened_ms;    /* open jobs: when the first rows came */
+    uint64_t stmt_cap;     /* bytes per statement (batch_bytes at dispatch) */
+    /* Set by the writer. */
+    enum job_result result;
+    bool conn_lost;
+    uint32_t committed, rejected;
+};
+
+struct jlist {
+    struct job head;
+    size_t n;
+};
+
+static void jl_init(struct jlist *l)
+{
+    l->head.next = l->head.prev = &l->head;
+    l->n = 0;
+}
+
+static bool jl_empty(const struct jlist *l)
+{
+    return l->head.next == &l->head;
+}
+
+static struct job *jl_first(struct jlist *l)
+{
+    return jl_empty(l) ? NULL : l->head.next;
+}
+
+static void jl_insert_after(struct jlist *l, struct job *pos, struct job *j)
+{
+    j->prev = pos;
+    j->next = pos->next;
+    pos->next->prev = j;
+    pos->next = j;
+    l->n++;
+}
+
+static void jl_push(struct jlist *l, struct job *j)
+{
+    jl_insert_after(l, l->head.prev, j);
+}
+
+static void jl_remove(struct jlist *l, struct job *j)
+{
+    j->prev->next = j->next;
+    j->next->prev = j->prev;
+    j->next = j->prev = NULL;
+    l->n--;
+}
+
+/* Inserts by ascending seq, searching from the tail (new jobs usually go last). */
+static void jl_insert_sorted(struct jlist *l, struct job *j)
+{
+    struct job *p = l->head.prev;
+    while (p != &l->head && p->seq > j->seq)
+        p = p->prev;
+    jl_insert_after(l, p, j);
+}
+
+static struct job *job_new(struct batch *b, uint64_t seq)
+{
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return NULL;
+    j->b = b;
+    j->seq = seq;
+    j->table = b->spec->table;
+    j->barrier = b->spec->kind == BATCH_KIND_STATEMENT;
+    return j;
+}
+
+static void job_free(struct job *j)
+{
+    if (!j)
+        return;
+    batch_free(j->b);
+    free(j->keys);
+    free(j);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Hashes each row's key columns (sorted, unique). Strings lose trailing spaces first: the
+ * tables' PAD SPACE collation makes 'a' and 'a ' the same key. */
+static void job_keys(struct job *j)
+{
+    if (j->keyed)
+        return;
+    j->keyed = true;
+    const struct batch *b = j->b;
+    uint8_t k = key_cols[b->spec->id];
+    if (k == 0 || b->nrows == 0)
+        return;
+    j->keys = malloc((size_t)b->nrows * sizeof(uint64_t));
+    if (!j->keys)
+        return; /* no keys: conflicts with everything of its table */
+    for (uint32_t r = 0; r < b->nrows; r++) {
+        uint64_t h = fnv(1469598103934665603ull, j->table, strlen(j->table));
+        for (uint16_t c = 0; c < k; c++) {
+            const struct val *v = batch_val(b, r, c);
+            h = fnv(h, &v->type, 1);
+            if (v->type == VAL_STR || v->type == VAL_JSON) {
+                size_t n = v->len;
+                while (n > 0 && v->u.s[n - 1] == ' ')
+                    n--;
+                h = fnv(h, v->u.s, n);
+            } else if (v->type != VAL_NULL) {
+                h = fnv(h, &v->u.i, sizeof(v->u.i));
+            }
+            h = fnv(h, "\x1f", 1);
+        }
+        j->keys[r] = h;
+    }
+    qsort(j->keys, b->nrows, sizeof(uint64_t), cmp_u64);
+    uint32_t n = 1;
+    for (uint32_t i = 1; i < b->nrows; i++)
+        if (j->keys[i] != j->keys[n - 1])
+            j->keys[n++] = j->keys[i];
+    j->nkeys = n;
+}
+
+/* May a and b not run in either order? */
+static bool jobs_conflict(struct job *a, struct job *b)
+{
+    if (a->barrier || b->barrier)
+        return true;
+    if (strcmp(a->table, b->table) != 0)
+        return false;
+    job_keys(a);
+    job_keys(b);
+    if (!a->keys || !b->keys)
+        return true;
+    uint32_t i = 0, k = 0;
+    while (i < a->nkeys && k < b->nkeys) {
+        if (a->keys[i] == b->keys[k])
+            return true;
+        if (a->keys[i] < b->keys[k])
+            i++;
+        else
+            k++;
+    }
+    return false;
+}
+
+/* --- shared state ------------------------------------------------------------------------- */
+
+/* The [database] settings a writer connects with; replaced as a whole on reload. */
+struct dbconf {
+    unsigned refs;
+    uint64_t gen;
+    struct config cfg; /* only cfg.database is filled */
+};
+
+enum schema_state { SCHEMA_NONE = 0, SCHEMA_RUNNING, SCHEMA_READY };
+
+enum shut_state { SHUT_NONE = 0, SHUT_GRACEFUL, SHUT_HARD, SHUT_STOPPING, SHUT_DONE };
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+struct writer {
+    struct sink *s;
+    unsigned idx;
+    pthread_t tid;
+    bool started;
+    /* Writer-thread only. */
+    MYSQL *conn;
+    uint64_t max_packet;
+    uint64_t gen;
+    struct rng rng;
+    struct sbuf stmt, row, prefix;
+    unsigned err_no;
+    char err_msg[512];
+    /* Under mu. */
+    int sockfd; /* while a job runs, for an abort */
+    bool exited;
+};
+
+struct sink {
+    uv_loop_t *loop;
+    struct timers *timers;
+
+    /* Loop thread. */
+    uint32_t batch_rows;
+    uint64_t batch_bytes;
+    uint64_t flush_ms;
+    uint64_t max_pending;
+    char *spool_path;
+    struct spool *spool;
+    bool started;
+    uint64_t next_seq;
+    struct job *open[BATCH_SPEC_COUNT];
+    struct jlist ready;
+    struct job **inflight;
+    unsigned ninflight, inflight_cap;
+    bool barrier_inflight;
+    uint64_t mem_rows;    /* rows of jobs not from the spool, wherever they are */
+    uint64_t replay_rows; /* rows of jobs loaded from the spool */
+    unsigned replay_jobs;
+    bool db_up, db_down, spilled, ever_ready;
+    int shut;
+    struct wheel_timer flush_timer, grace_timer, shut_timer, cb_timer, replay_timer;
+    void (*ready_cb)(void *);
+    void *ready_arg;
+    bool ready_due;
+    void (*idle_cb)(void *);
+    void *idle_arg;
+    bool idle_due;
+    void (*shut_cb)(void *);
+    void *shut_arg;
+    uv_async_t async;
+    bool async_init;
+    struct sink_stats st;
+
+    /* Shared with the writers, under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct jlist work, done;
+    struct writer **w;
+    unsigned nw;        /* threads started */
+    unsigned nworkers;  /* wanted; writers with idx >= nworkers retire */
+    unsigned connected; /* writers with a usable connection */
+    bool connect_failed;
+    char last_err[512];
+    int schema;
+    bool stop, abort;
+    struct dbconf *conf;
+    unsigned exited;
+    bool down_logged;
+    uint64_t last_ok_mono;
+    pthread_mutex_t dl_mu; /* the dead-letter file */
+};
+
+/* --- dbconf ------------------------------------------------------------------------------- */
+
+static void dbconf_unref(struct dbconf *c)
+{
+    if (!c || --c->refs > 0)
+        return;
+    free(c->cfg.database.host);
+    free(c->cfg.database.socket);
+    free(c->cfg.database.user);
+    free(c->cfg.database.password);
+    free(c->cfg.database.database);
+    free(c->cfg.database.migrations_dir);
+    free(c);
+}
+
+static struct dbconf *dbconf_new(const struct config *cfg, uint64_t gen)
+{
+    struct dbconf *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->refs = 1;
+    c->gen = gen;
+    c->cfg.database = cfg->database;
+    c->cfg.database.host = util_strdup0(cfg->database.host);
+    c->cfg.database.socket = util_strdup0(cfg->database.socket);
+    c->cfg.database.user = util_strdup0(cfg->database.user);
+    c->cfg.database.password = util_strdup0(cfg->database.password);
+    c->cfg.database.database = util_strdup0(cfg->database.database);
+    c->cfg.database.migrations_dir = util_strdup0(cfg->database.migrations_dir);
+    if ((cfg->database.host && !c->cfg.database.host) ||
+        (cfg->database.socket && !c->cfg.database.socket) ||
+        (cfg->database.user && !c->cfg.database.user) ||
+        (cfg->database.password && !c->cfg.database.password) ||
+        (cfg->database.database && !c->cfg.database.database) ||
+        (cfg->database.migrations_dir && !c->cfg.database.migrations_dir)) {
+        dbconf_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static bool dbconf_same(const struct dbconf *c, const struct config *cfg)
+{
+    const struct config *a = &c->cfg;
+    return str_eq(a->database.host, cfg->database.host) && a->database.port == cfg->database.port &&
+           str_eq(a->database.socket, cfg->database.socket) &&
+           str_eq(a->database.user, cfg->database.user) &&
+           str_eq(a->database.password, cfg->database.password) &&
+           str_eq(a->database.database, cfg->database.database) &&
+           a->database.connect_timeout_ms == cfg->database.connect_timeout_ms &&
+           a->database.auto_migrate == cfg->database.auto_migrate &&
+           str_eq(a->database.migrations_dir, cfg->database.migrations_dir);
+}
+
+/* --- small helpers ------------------------------------------------------------------------ */
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void table_labels(char *buf, size_t cap, const char *table)
+{
+    snprintf(buf, cap, "table=\"%s\"", table);
+}
+
+static void sb_reserve(struct sbuf *sb, size_t n)
+{
+    if (sb->oom || sb->cap - sb->len >= n)
+        return;
+    size_t cap = sb->cap ? sb->cap : 4096;
+    while (cap - sb->len < n)
+        cap *= 2;
+    char *p = realloc(sb->p, cap);
+    if (!p) {
+        sb->oom = true;
+        return;
+    }
+    sb->p = p;
+    sb->cap = cap;
+}
+
+static void sb_put(struct sbuf *sb, const char *s, size_t n)
+{
+    sb_reserve(sb, n + 1);
+    if (sb->oom)
+        return;
+    memcpy(sb->p + sb->len, s, n);
+    sb->len += n;
+    sb->p[sb->len] = '\0';
+}
+
+static void sb_puts(struct sbuf *sb, const char *s)
+{
+    sb_put(sb, s, strlen(s));
+}
+
+static void sb_reset(struct sbuf *sb)
+{
+    sb->len = 0;
+    sb->oom = false;
+}
+
+static void sb_free(struct sbuf *sb)
+{
+    free(sb->p);
+    sb->p = NULL;
+    sb->len = sb->cap = 0;
+}
+
+/* --- SQL text (writer threads) ------------------------------------------------------------ */
+
+/* One value as an SQL literal. Doubles print with 17 significant digits and always as an
+ * approximate-value literal (with an exponent), so the server parses them as DOUBLE and the
+ * stored value is bit-identical to ours. */
+static void put_val(struct sbuf *sb, MYSQL *conn, const struct val *v)
+{
+    char tmp[64];
+    int n;
+    switch (v->type) {
+    case VAL_INT:
+        n = snprintf(tmp, sizeof(tmp), "%" PRId64, v->u.i);
+        sb_put(sb, tmp, (size_t)n);
+        break;
+    case VAL_DBL:
+        n = snprintf(tmp, sizeof(tmp), "%.17g", v->u.d);
+        sb_put(sb, tmp, (size_t)n);
+        if (!strpbrk(tmp, "eE"))
+            sb_put(sb, "e0", 2);
+        break;
+    case VAL_TIME:
+        db_format_time(v->u.i, tmp + 1, sizeof(tmp) - 2);
+        tmp[0] = '\'';
+        n = (int)strlen(tmp);
+        tmp[n++] = '\'';
+        sb_put(sb, tmp, (size_t)n);
+        break;
+    case VAL_STR:
+    case VAL_JSON:
+        sb_reserve(sb, 2 * (size_t)v->len + 4);
+        if (sb->oom)
+            return;
+        sb->p[sb->len++] = '\'';
+        if (v->len)
+            sb->len += mysql_real_escape_string(conn, sb->p + sb->len, v->u.s, v->len);
+        sb->p[sb->len++] = '\'';
+        sb->p[sb->len] = '\0';
+        break;
+    default:
+        sb_put(sb, "NULL", 4);
+        break;
+    }
+}
+
+static void put_row(struct sbuf *sb, MYSQL *conn, const struct batch *b, uint32_t r)
+{
+    sb_put(sb, "(", 1);
+    for (uint16_t c = 0; c < b->spec->ncols; c++) {
+        if (c)
+            sb_put(sb, ",", 1);
+        put_val(sb, conn, batch_val(b, r, c));
+    }
+    sb_put(sb, ")", 1);
+}
+
+/* A row as a JSON object, for rejected_rows and the dead-letter file. */
+static char *row_json(const struct batch *b, uint32_t r)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    for (uint16_t c = 0; c < b->spec->ncols; c++) {
+        const struct val *v = batch_val(b, r, c);
+        json_t *x = NULL;
+        char tmp[40];
+        switch (v->type) {
+        case VAL_INT:
+            x = json_integer(v->u.i);
+            break;
+        case VAL_DBL:
+            x = json_real(v->u.d);
+            break;
+        case VAL_TIME:
+            util_format_iso8601((uint64_t)v->u.i, tmp, sizeof(tmp));
+            x = json_string(tmp);
+            break;
+        case VAL_JSON:
+            x = json_loadb(v->u.s ? v->u.s : "", v->len, JSON_DECODE_ANY, NULL);
+            if (x)
+                break;
+            /* Invalid JSON is kept as its text. */
+            /* fall through */
+        case VAL_STR:
+            x = json_stringn(v->u.s ? v->u.s : "", v->len);
+            if (!x) {
+                /* Not UTF-8: keep the bytes in hex. */
+                char *hex = malloc(2 * (size_t)v->len + 1);
+                if (hex) {
+                    for (uint32_t i = 0; i < v->len; i++)
+                        sprintf(hex + 2 * i, "%02x", (unsigned char)v->u.s[i]);
+                    hex[2 * (size_t)v->len] = '\0';
+                    x = json_pack("{s:s}", "hex", hex);
+                    free(hex);
+                }
+            }
+            break;
+        default:
+            x = json_null();
+            break;
+        }
+        json_object_set_new(o, b->spec->cols[c], x ? x : json_null());
+    }
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+/* --- writer: statements ------------------------------------------------------------------- */
+
+static void werr(struct writer *w, unsigned no, const char *msg)
+{
+    w->err_no = no;
+    snprintf(w->err_msg, sizeof(w->err_msg), "%s", msg);
+}
+
+/* Runs one statement; on failure records the error and rolls back. */
+static int wexec(struct writer *w, const char *sql, size_t len)
+{
+    if (mysql_real_query(w->conn, sql, (unsigned long)len) == 0)
+        return 0;
+    werr(w, mysql_errno(w->conn), mysql_error(w->conn));
+    if (db_error_class(w->err_no) != DB_ERR_CONNECTION)
+        mysql_rollback(w->conn);
+    return -1;
+}
+
+static int wcommit(struct writer *w)
+{
+    if (mysql_commit(w->conn) == 0)
+        return 0;
+    werr(w, mysql_errno(w->conn), mysql_error(w->conn));
+    if (db_error_class(w->err_no) != DB_ERR_CONNECTION)
+        mysql_rollback(w->conn);
+    return -1;
+}
+
+static uint64_t stmt_limit(const struct writer *w, const struct job *j)
+{
+    uint64_t hard = w->max_packet > 2 * PACKET_SLACK ? w->max_packet - PACKET_SLACK : 0;
+    uint64_t cap = j->stmt_cap ? j->stmt_cap : hard;
+    if (hard && cap > hard)
+        cap = hard;
+    return cap;
+}
+
+/* Rows [lo, hi) of an UPSERT job in one transaction, as few statements as the byte cap
+ * allows. 0, or -1 with the error in w. */
+static int try_upsert(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+{
+    const struct batch *b = j->b;
+    const struct batch_spec *spec = b->spec;
+    uint64_t cap = stmt_limit(w, j);
+    uint64_t hard = w->max_packet > 2 * PACKET_SLACK ? w->max_packet - PACKET_SLACK : UINT64_MAX;
+    sb_reset(&w->prefix);
+    sb_puts(&w->prefix, "INSERT INTO `");
+    sb_puts(&w->prefix, spec->table);
+    sb_puts(&w->prefix, "` (");
+    for (uint16_t c = 0; c < spec->ncols; c++) {
+        sb_puts(&w->prefix, c ? ",`" : "`");
+        sb_puts(&w->prefix, spec->cols[c]);
+        sb_puts(&w->prefix, "`");
+    }
+    sb_puts(&w->prefix, ") VALUES ");
+    const char *upd = " ON DUPLICATE KEY UPDATE ";
+    size_t tail = strlen(upd) + strlen(spec->sql);
+    uint32_t in_stmt = 0;
+    sb_reset(&w->stmt);
+    sb_put(&w->stmt, w->prefix.p, w->prefix.len);
+    for (uint32_t r = lo; r < hi; r++) {
+        sb_reset(&w->row);
+        put_row(&w->row, w->conn, b, r);
+        if (w->row.oom || w->stmt.oom || w->prefix.oom) {
+            werr(w, ERR_NOMEM, "out of memory building a statement");
+            mysql_rollback(w->conn);
+            return -1;
+        }
+        if (in_stmt && w->stmt.len + 1 + w->row.len + tail > cap) {
+            sb_puts(&w->stmt, upd);
+            sb_puts(&w->stmt, spec->sql);
+            if (w->stmt.oom) {
+                werr(w, ERR_NOMEM, "out of memory building a statement");
+                mysql_rollback(w->conn);
+                return -1;
+            }
+            if (wexec(w, w->stmt.p, w->stmt.len))
+                return -1;
+            sb_reset(&w->stmt);
+            sb_put(&w->stmt, w->prefix.p, w->prefix.len);
+            in_stmt = 0;
+        }
+        if (!in_stmt && w->prefix.len + w->row.len + tail > hard) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "row of %zu bytes exceeds max_allowed_packet (%" PRIu64 ")",
+                     w->row.len, w->max_packet);
+            werr(w, ERR_ROW_TOO_BIG, msg);
+            mysql_rollback(w->conn);
+            return -1;
+        }
+        if (in_stmt)
+            sb_put(&w->stmt, ",", 1);
+        sb_put(&w->stmt, w->row.p, w->row.len);
+        in_stmt++;
+    }
+    if (in_stmt) {
+        sb_puts(&w->stmt, upd);
+        sb_puts(&w->stmt, spec->sql);
+        if (w->stmt.oom) {
+            werr(w, ERR_NOMEM, "out of memory building a statement");
+            mysql_rollback(w->conn);
+            return -1;
+        }
+        if (wexec(w, w->stmt.p, w->stmt.len))
+            return -1;
+    }
+    return wcommit(w);
+}
+
+/* Rows [lo, hi) of a STATEMENT job: the spec's statement once per row, with the row's values
+ * in place of the `?` placeholders (outside quotes), in one transaction. */
+static int try_statement(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+{
+    const struct batch *b = j->b;
+    const char *sql = b->spec->sql;
+    for (uint32_t r = lo; r < hi; r++) {
+        sb_reset(&w->stmt);
+        uint16_t col = 0;
+        char quote = 0;
+        for (const char *p = sql; *p; p++) {
+            if (quote) {
+                if (*p == quote)
+                    quote = 0;
+                sb_put(&w->stmt, p, 1);
+            } else if (*p == '\'' || *p == '"' || *p == '`') {
+                quote = *p;
+                sb_put(&w->stmt, p, 1);
+            } else if (*p == '?' && col < b->spec->ncols) {
+                put_val(&w->stmt, w->conn, batch_val(b, r, col++));
+            } else {
+                sb_put(&w->stmt, p, 1);
+            }
+        }
+        if (w->stmt.oom) {
+            werr(w, ERR_NOMEM, "out of memory building a statement");
+            mysql_rollback(w->conn);
+            return -1;
+        }
+        if (wexec(w, w->stmt.p, w->stmt.len))
+            return -1;
+    }
+    return wcommit(w);
+}
+
+static int try_rows(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+{
+    if (j->b->spec->kind == BATCH_KIND_STATEMENT)
+        return try_statement(w, j, lo, hi);
+    return try_upsert(w, j, lo, hi);
+}
+
+/* --- writer: rejected rows ---------------------------------------------------------------- */
+
+static void dead_letter(struct writer *w, const char *table, const char *json, const char *error)
+{
+    struct sink *s = w->s;
+    json_t *o = json_pack("{s:s, s:s, s:s}", "table", table, "error", error, "row_json",
+                          json ? json : "null");
+    char ts[40];
+    util_format_iso8601(util_wall_ms(), ts, sizeof(ts));
+    if (o)
+        json_object_set_new(o, "rejected_at", json_string(ts));
+    char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/dead-letter.jsonl", s->spool_path);
+    int ok = 0;
+    pthread_mutex_lock(&s->dl_mu);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0 && line) {
+        size_t n = strlen(line);
+        line[n] = '\n'; /* in place of the NUL, restored below */
+        ssize_t wr = write(fd, line, n + 1);
+        line[n] = '\0';
+        ok = wr == (ssize_t)(n + 1) && fdatasync(fd) == 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    pthread_mutex_unlock(&s->dl_mu);
+    if (ok)
+        log_error("rejected row could not be stored in rejected_rows; written to the dead-letter "
+                  "file",
+                  LOG_S("table", table), LOG_S("file", path), LOG_S("error", error));
+    else
+        log_error("rejected row lost: neither rejected_rows nor the dead-letter file took it",
+                  LOG_S("table", table), LOG_S("row", json ? json : "?"), LOG_S("error", error));
+    free(line);
+}
+
+/* Stores row r of j in rejected_rows with the server's reason (w->err_msg). 0, or -1 when
+ * the database failed in a way that is not about this row (the job is retried). */
+static int reject_row(struct writer *w, struct job *j, uint32_t r)
+{
+    const char *table = j->b->spec->table;
+    char reason[sizeof(w->err_msg) + 16];
+    snprintf(reason, sizeof(reason), "%s (%u)", w->err_msg, w->err_no);
+    char *json = row_json(j->b, r);
+    char lbl[128];
+    table_labels(lbl, sizeof(lbl), table);
+    log_warn("row rejected by the database", LOG_S("table", table), LOG_S("error", reason));
+    metrics_add("coingest_rejected_rows_total", lbl, 1);
+    j->rejected++;
+    struct val vals[3] = {
+        {.type = VAL_STR, .len = (uint32_t)strlen(table), .u.s = table},
+        {.type = VAL_STR, .len = json ? (uint32_t)strlen(json) : 4, .u.s = json ? json : "null"},
+        {.type = VAL_STR, .len = (uint32_t)strlen(reason), .u.s = reason},
+    };
+    sb_reset(&w->stmt);
+    sb_puts(&w->stmt,
+            "INSERT INTO rejected_rows (table_name, row_json, error, rejected_at) VALUES (");
+    for (int i = 0; i < 3; i++) {
+        put_val(&w->stmt, w->conn, &vals[i]);
+        sb_puts(&w->stmt, ", ");
+    }
+    sb_puts(&w->stmt, "UTC_TIMESTAMP(3))");
+    int rc = 0;
+    if (w->stmt.oom) {
+        dead_letter(w, table, json, reason);
+    } else if (wexec(w, w->stmt.p, w->stmt.len) || wcommit(w)) {
+        if (db_error_is_transient(w->err_no) || w->err_no == ERR_NOMEM) {
+            rc = -1;
+            j->rejected--;
+        } else {
+            dead_letter(w, table, json, reason);
+        }
+    }
+    free(json);
+    return rc;
+}
+
+/* Writes rows [lo, hi); a range the server refuses for a row's sake is halved until the bad
+ * rows are alone, and those are rejected. 0, or -1 with a non-row error in w. */
+static int write_range(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+{
+    if (try_rows(w, j, lo, hi) == 0) {
+        j->committed += hi - lo;
+        return 0;
+    }
+    if (db_error_class(w->err_no) != DB_ERR_ROW)
+        return -1;
+    if (hi - lo == 1)
+        return reject_row(w, j, lo);
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (write_range(w, j, lo, mid))
+        return -1;
+    return write_range(w, j, mid, hi);
+}
+
+/* --- writer: thread ----------------------------------------------------------------------- */
+
+/* Sleeps up to ms on the shared condition variable; returns early on stop/abort, and when the
+ * [database] settings move past generation `gen` (0: ignore). mu held. */
+static void wait_ms_locked(struct sink *s, uint64_t ms, uint64_t gen)
+{
+    uint64_t deadline = util_mono_ms() + ms;
+    while (!s->stop && !s->abort && (gen == 0 || s->conf->gen == gen)) {
+        uint64_t now = util_mono_ms();
+        if (now >= deadline)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t left = deadline - now;
+        ts.tv_sec += (time_t)(left / 1000);
+        ts.tv_nsec += (long)(left % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+}
+
+static void run_job(struct writer *w, struct job *j)
+{
+    struct sink *s = w->s;
+    char lbl[128];
+    uint64_t t0 = mono_ns();
+    for (unsigned attempt = 0;; attempt++) {
+        j->committed = j->rejected = 0;
+        if (write_range(w, j, 0, j->b->nrows) == 0) {
+            j->result = JOB_OK;
+            table_labels(lbl, sizeof(lbl), j->table);
+            metrics_add("coingest_rows_written_total", lbl, j->committed);
+            metrics_add("coingest_batches_total", lbl, 1);
+            metrics_observe("coingest_write_seconds", "", (double)(mono_ns() - t0) / 1e9);
+            pthread_mutex_lock(&s->mu);
+            s->last_ok_mono = util_mono_ms();
+            pthread_mutex_unlock(&s->mu);
+            return;
+        }
+        snprintf(lbl, sizeof(lbl), "reason=\"%s\"",
+                 w->err_no == ERR_NOMEM ? "memory" : db_error_reason(w->err_no));
+        metrics_add("coingest_write_errors_total", lbl, 1);
+        enum db_err_class cls = db_error_class(w->err_no);
+        j->result = JOB_RETRY;
+        if (cls == DB_ERR_CONNECTION || cls == DB_ERR_PACKET) {
+            log_debug("write failed; reconnecting", LOG_S("table", j->table),
+                      LOG_S("error", w->err_msg), LOG_U("code", w->err_no));
+            if (cls == DB_ERR_PACKET && w->max_packet > 4 * PACKET_SLACK)
+                w->max_packet /= 2; /* until the reconnect reads it again */
+            j->conn_lost = true;
+            return;
+        }
+        pthread_mutex_lock(&s->mu);
+        bool give_up = s->stop || s->abort || w->gen != s->conf->gen;
+        if (!give_up) {
+            uint64_t delay;
+            if (cls == DB_ERR_TRANSIENT || w->err_no == ERR_NOMEM) {
+                give_up = attempt + 1 >= TRANSIENT_RETRIES;
+                delay = backoff_full_jitter(&w->rng, 50, 2000, attempt);
+            } else {
+                /* Schema trouble: nothing a row did. Keep the rows, wait, try again. */
+                if (attempt == 0)
+                    log_error("database refuses writes to a table; rows are kept and retried",
+                              LOG_S("table", j->table), LOG_S("error", w->err_msg),
+                              LOG_U("code", w->err_no));
+                delay = backoff_full_jitter(&w->rng, 1000, 30000, attempt);
+            }
+            if (!give_up)
+                wait_ms_locked(s, delay, w->gen);
+        }
+        give_up = give_up || s->stop || s->abort;
+        pthread_mutex_unlock(&s->mu);
+        if (give_up)
+            return;
+    }
+}
+
+static void notify_loop(struct sink *s)
+{
+    uv_async_send(&s->async);
+}
+
+/* Closes the writer's connection; mu held. */
+static void drop_conn_locked(struct writer *w)
+{
+    struct sink *s = w->s;
+    if (!w->conn)
+        return;
+    w->sockfd = -1;
+    MYSQL *c = w->conn;
+    w->conn = NULL;
+    s->connected--;
+    pthread_mutex_unlock(&s->mu);
+    mysql_close(c);
+    pthread_mutex_lock(&s->mu);
+}
+
+/* Connects and brings the schema up to date (the first writer migrates, the others wait).
+ * mu held on entry and exit. 0, or -1 after logging why (then backoff). */
+static int writer_connect_locked(struct writer *w)
+{
+    struct sink *s = w->s;
+    struct dbconf *conf = s->conf;
+    conf->refs++;
+    pthread_mutex_unlock(&s->mu);
+    char err[512];
+    MYSQL *conn = db_connect(&conf->cfg, err, sizeof(err));
+    bool ok = conn != NULL;
+    pthread_mutex_lock(&s->mu);
+    while (ok && s->schema == SCHEMA_RUNNING && !s->stop)
+        pthread_cond_wait(&s->cv, &s->mu);
+    if (ok && s->schema == SCHEMA_NONE && conf->gen == s->conf->gen) {
+        s->schema = SCHEMA_RUNNING;
+        pthread_mutex_unlock(&s->mu);
+        const char *dir = conf->cfg.database.migrations_dir;
+        int n;
+        if (conf->cfg.database.auto_migrate) {
+            n = db_migrate(conn, dir, err, sizeof(err));
+        } else {
+            n = db_migrations_pending(conn, dir, err, sizeof(err));
+            if (n > 0) {
+                snprintf(err, sizeof(err),
+                         "%d migration(s) in %s not applied and auto_migrate is off: run "
+                         "coingestd --migrate",
+                         n, dir);
+                n = -EAGAIN;
+            }
+        }
+        if (n < 0)
+            log_error("schema migration failed; rows are spooled until it succeeds",
+                      LOG_S("error", err), LOG_S("dir", dir));
+        pthread_mutex_lock(&s->mu);
+        if (n < 0) {
+            snprintf(s->last_err, sizeof(s->last_err), "%s", err);
+            s->schema = SCHEMA_NONE;
+            ok = false;
+        } else {
+            s->schema = SCHEMA_READY;
+        }
+        pthread_cond_broadcast(&s->cv);
+    } else if (!ok) {
+        snprintf(s->last_err, sizeof(s->last_err), "%s", err);
+    }
+    if (ok && (s->schema != SCHEMA_READY || conf->gen != s->conf->gen))
+        ok = false; /* someone else's migration failed, or the config moved on: try again */
+    if (!ok) {
+        s->connect_failed = true;
+        dbconf_unref(conf);
+        notify_loop(s);
+        pthread_mutex_unlock(&s->mu);
+        if (conn)
+            mysql_close(conn);
+        pthread_mutex_lock(&s->mu);
+        return -1;
+    }
+    mysql_autocommit(conn, 0);
+    w->conn = conn;
+    w->max_packet = db_max_packet(conn);
+    w->gen = conf->gen;
+    dbconf_unref(conf);
+    s->connected++;
+    s->connect_failed = false;
+    notify_loop(s);
+    return 0;
+}
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    struct sink *s = w->s;
+    mysql_thread_init();
+    unsigned attempt = 0;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        if (w->idx >= s->nworkers)
+            break; /* retired by a reload */
+        if (w->conn && w->gen != s->conf->gen)
+            drop_conn_locked(w);
+        if (!w->conn) {
+            if (writer_connect_locked(w) == 0) {
+                attempt = 0;
+                continue;
+            }
+            wait_ms_locked(s,
+                           backoff_full_jitter(&w->rng, CONNECT_BACKOFF_BASE_MS,
+                                               CONNECT_BACKOFF_CAP_MS, attempt++),
+                           s->conf->gen);
+            continue;
+        }
+        struct job *j = jl_first(&s->work);
+        if (!j) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        jl_remove(&s->work, j);
+        w->sockfd = (int)mysql_get_socket(w->conn);
+        pthread_mutex_unlock(&s->mu);
+        run_job(w, j);
+        bool lost = j->conn_lost;
+        pthread_mutex_lock(&s->mu);
+        w->sockfd = -1;
+        jl_push(&s->done, j);
+        notify_loop(s);
+        if (lost)
+            drop_conn_locked(w);
+    }
+    drop_conn_locked(w);
+    w->exited = true;
+    s->exited++;
+    notify_loop(s);
+    pthread_mutex_unlock(&s->mu);
+    sb_free(&w->stmt);
+    sb_free(&w->row);
+    sb_free(&w->prefix);
+    mysql_thread_end();
+    return NULL;
+}
+
+static int start_writer(struct sink *s, unsigned idx)
+{
+    struct writer *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    w->s = s;
+    w->idx = idx;
+    w->sockfd = -1;
+    rng_seed(&w->rng, util_mono_ms() ^ ((uint64_t)(idx + 1) * 0x9e3779b97f4a7c15ull));
+    struct writer **arr = realloc(s->w, (s->nw + 1) * sizeof(*arr));
+    if (!arr) {
+        free(w);
+        return -ENOMEM;
+    }
+    s->w = arr;
+    s->w[s->nw] = w;
+    /* Writers read s->w only through their own pointer; the array is the loop's. */
+    int rc = pthread_create(&w->tid, NULL, writer_main, w);
+    if (rc) {
+        free(w);
+        return -rc;
+    }
+    w->started = true;
+    pthread_mutex_lock(&s->mu);
+    s->nw++;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* --- loop: bookkeeping -------------------------------------------------------------------- */
+
+static void pump(struct sink *s);
+
+static void update_gauges(struct sink *s)
+{
+    struct spool_stats ss = {0};
+    if (s->spool)
+        spool_get_stats(s->spool, &ss);
+    metrics_set("coingest_pending_rows", "", (double)(s->mem_rows + ss.rows));
+    metrics_set("coingest_spool_rows", "", (double)ss.rows);
+    metrics_set("coingest_spool_bytes", "", (double)ss.bytes);
+}
+
+static uint64_t spool_unread(struct sink *s)
+{
+    if (!s->spool)
+        return 0;
+    struct spool_stats ss;
+    spool_get_stats(s->spool, &ss);
+    return ss.unread;
+}
+
+static void arm_flush(struct sink *s)
+{
+    uint64_t due = UINT64_MAX;
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+        if (s->open[i] && s->open[i]->opened_ms + s->flush_ms < due)
+            due = s->open[i]->opened_ms + s->flush_ms;
+    if (due == UINT64_MAX)
+        timers_stop(s->timers, &s->flush_timer);
+    else
+        timers_start_at(s->timers, &s->flush_timer, due);
+}
+
+static void close_open(struct sink *s, int spec)
+{
+    struct job *j = s->open[spec];
+    if (!j)
+        return;
+    s->open[spec] = NULL;
+    jl_insert_sorted(&s->ready, j);
+}
+
+static void close_all_open(struct sink *s)
+{
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+        close_open(s, i);
+    timers_stop(s->timers, &s->flush_timer);
+}
+
+/* Appends a job's batch to the spool (not synced) and frees the job. A job loaded from the
+ * spool is only unloaded: it is still there. 0, or -errno (the job is untouched). */
+static int job_to_spool(struct sink *s, struct job *j)
+{
+    if (j->rec) {
+        spool_unload(s->spool, j->rec);
+        s->replay_rows -= j->b->nrows;
+        s->replay_jobs--;
+        job_free(j);
+        return 0;
+    }
+    int rc = spool_append(s->spool, j->seq, j->b);
+    if (rc)
+        return rc;
+    s->mem_rows -= j->b->nrows;
+    job_free(j);
+    return 0;
+}
+
+/* Takes back the jobs no writer has picked up yet. */
+static void reclaim_work(struct sink *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct job *j;
+    while ((j = jl_first(&s->work)) != NULL) {
+        jl_remove(&s->work, j);
+        for (unsigned i = 0; i < s->ninflight; i++) {
+            if (s->inflight[i] == j) {
+                s->inflight[i] = s->inflight[--s->ninflight];
+                break;
+            }
+        }
+        if (j->barrier)
+            s->barrier_inflight = false;
+        jl_insert_sorted(&s->ready, j);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Moves everything in memory that no writer holds to the spool. */
+static void spill(struct sink *s)
+{
+    if (!s->spool)
+        return;
+    reclaim_work(s);
+    close_all_open(s);
+    uint64_t rows = 0;
+    struct job *j = jl_first(&s->ready);
+    while (j) {
+        struct job *next = j->next == &s->ready.head ? NULL : j->next;
+        uint32_t n = j->b->nrows;
+        bool from_spool = j->rec != NULL;
+        jl_remove(&s->ready, j);
+        int rc = job_to_spool(s, j);
+        if (rc) {
+            jl_insert_sorted(&s->ready, j);
+            log_error("spool write failed; rows stay in memory", LOG_S("dir", s->spool_path),
+                      LOG_S("error", strerror(-rc)));
+            break;
+        }
+        if (!from_spool)
+            rows += n;
+        j = next;
+    }
+    int rc = spool_sync(s->spool);
+    if (rc)
+        log_error("spool fsync failed", LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
+    if (rows)
+        log_info("rows spooled while the database is away", LOG_U("rows", rows));
+}
+
+static void handle_done(struct sink *s, struct job *j)
+{
+    for (unsigned i = 0; i < s->ninflight; i++) {
+        if (s->inflight[i] == j) {
+            s->inflight[i] = s->inflight[--s->ninflight];
+            break;
+        }
+    }
+    if (j->barrier)
+        s->barrier_inflight = false;
+    uint32_t n = j->b->nrows;
+    if (j->result == JOB_OK) {
+        s->st.rows_committed += j->committed;
+        s->st.rows_rejected += j->rejected;
+        s->st.batches_committed++;
+        if (j->rec) {
+            spool_commit(s->spool, j->rec);
+            s->replay_rows -= n;
+            s->replay_jobs--;
+        } else {
+            s->mem_rows -= n;
+        }
+        job_free(j);
+        return;
+    }
+    j->conn_lost = false;
+    if ((s->spilled || s->shut >= SHUT_HARD) && s->spool) {
+        int rc = job_to_spool(s, j);
+        if (rc == 0)
+            rc = spool_sync(s->spool);
+        if (rc == 0)
+            return;
+        log_error("spool write failed; rows stay in memory", LOG_S("dir", s->spool_path),
+                  LOG_S("error", strerror(-rc)));
+    }
+    jl_insert_sorted(&s->ready, j);
+}
+
+/* Loads spool records into the ready list, a few at a time. */
+static void load_replay(struct sink *s)
+{
+    if (!s->spool)
+        return;
+    unsigned max_jobs = 2 * s->nworkers + 2;
+    uint64_t max_rows = (uint64_t)s->batch_rows * (s->nworkers + 1);
+    while (s->replay_jobs == 0 || (s->replay_jobs < max_jobs && s->replay_rows < max_rows)) {
+        struct spool_rec *rec = spool_peek(s->spool);
+        if (!rec)
+            break;
+        struct batch *b = NULL;
+        int rc = spool_load(s->spool, rec, &b);
+        if (rc == -EBADMSG)
+            continue;
+        if (rc) {
+            log_error("spool read failed; retrying", LOG_S("dir", s->spool_path),
+                      LOG_S("error", strerror(-rc)));
+            timers_start(s->timers, &s->replay_timer, 1000);
+            break;
+        }
+        struct job *j = job_new(b, spool_rec_seq(rec));
+        if (!j) {
+            batch_free(b);
+            spool_unload(s->spool, rec);
+            timers_start(s->timers, &s->replay_timer, 1000);
+            break;
+        }
+        j->rec = rec;
+        s->replay_rows += b->nrows;
+        s->replay_jobs++;
+        jl_insert_sorted(&s->ready, j);
+    }
+}
+
+static bool open_before(struct sink *s, uint64_t seq)
+{
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+        if (s->open[i] && s->open[i]->seq < seq)
+            return true;
+    return false;
+}
+
+static void dispatch(struct sink *s)
+{
+    if (!s->db_up || s->shut >= SHUT_HARD || s->barrier_inflight)
+        return;
+    struct spool_rec *head = s->spool ? spool_peek(s->spool) : NULL;
+    uint64_t min_unread = head ? spool_rec_seq(head) : UINT64_MAX;
+    struct job *skipped[DISPATCH_LOOKAHEAD];
+    unsigned nskipped = 0, scanned = 0, sent = 0;
+    struct job *j = jl_first(&s->ready);
+    while (j && s->ninflight < s->nworkers && scanned++ < DISPATCH_LOOKAHEAD) {
+        struct job *next = j->next == &s->ready.head ? NULL : j->next;
+        if (j->seq > min_unread)
+            break;
+        if (j->barrier) {
+            if (open_before(s, j->seq)) {
+                /* Rows submitted before the barrier must be written before it. */
+                for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+                    if (s->open[i] && s->open[i]->seq < j->seq)
+                        close_open(s, i);
+                arm_flush(s);
+                break; /* the closed jobs sort in front; the next pass sends them */
+            }
+            if (s->ninflight > 0 || nskipped > 0)
+                break;
+        }
+        bool blocked = false;
+        for (unsigned i = 0; i < s->ninflight && !blocked; i++)
+            blocked = jobs_conflict(j, s->inflight[i]);
+        for (unsigned i = 0; i < nskipped && !blocked; i++)
+            blocked = jobs_conflict(j, skipped[i]);
+        if (blocked) {
+            skipped[nskipped++] = j;
+            j = next;
+            continue;
+        }
+        jl_remove(&s->ready, j);
+        if (s->ninflight == s->inflight_cap) {
+            unsigned cap = s->inflight_cap ? s->inflight_cap * 2 : 8;
+            struct job **arr = realloc(s->inflight, cap * sizeof(*arr));
+            if (!arr) {
+                jl_insert_sorted(&s->ready, j);
+                break;
+            }
+            s->inflight = arr;
+            s->inflight_cap = cap;
+        }
+        job_keys(j); /* computed on the loop: writers never touch the keys */
+        j->stmt_cap = s->batch_bytes;
+        j->result = JOB_RETRY;
+        s->inflight[s->ninflight++] = j;
+        pthread_mutex_lock(&s->mu);
+        jl_push(&s->work, j);
+        pthread_mutex_unlock(&s->mu);
+        sent++;
+        if (j->barrier) {
+            s->barrier_inflight = true;
+            break;
+        }
+        j = next;
+    }
+    if (sent) {
+        pthread_mutex_lock(&s->mu);
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
+static bool is_idle(struct sink *s)
+{
+    struct spool_stats ss = {0};
+    if (s->spool)
+        spool_get_stats(s->spool, &ss);
+    return s->mem_rows == 0 && ss.records == 0 && s->ninflight == 0;
+}
+
+static void stop_threads(struct sink *s)
+{
+    s->shut = SHUT_STOPPING;
+    timers_stop(s->timers, &s->shut_timer);
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->cv);
+    bool all = s->exited == s->nw;
+    pthread_mutex_unlock(&s->mu);
+    if (all)
+        notify_loop(s);
+}
+
+static void check_shutdown(struct sink *s)
+{
+    if (s->shut == SHUT_GRACEFUL) {
+        /* Loaded spool records are safe where they are: give them back. */
+        if (s->ninflight == 0) {
+            struct job *j = jl_first(&s->ready);
+            while (j) {
+                struct job *next = j->next == &s->ready.head ? NULL : j->next;
+                if (j->rec) {
+                    jl_remove(&s->ready, j);
+                    job_to_spool(s, j);
+                }
+                j = next;
+            }
+        }
+        bool open = false;
+        for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+            open = open || s->open[i];
+        if (!open && jl_empty(&s->ready) && s->ninflight == 0)
+            stop_threads(s);
+    } else if (s->shut == SHUT_HARD) {
+        if (s->ninflight == 0)
+            stop_threads(s);
+    }
+}
+
+static void go_hard(struct sink *s)
+{
+    if (s->shut >= SHUT_HARD)
+        return;
+    s->shut = SHUT_HARD;
+    timers_stop(s->timers, &s->shut_timer);
+    reclaim_work(s);
+    pthread_mutex_lock(&s->mu);
+    s->abort = true;
+    /* Writers blocked in a statement get an error right away; what they held is spooled
+     * (a commit that raced this is harmless: writing a row twice changes nothing). */
+    for (unsigned i = 0; i < s->nw; i++)
+        if (s->w[i]->sockfd >= 0)
+            shutdown(s->w[i]->sockfd, SHUT_RDWR);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    spill(s);
+    check_shutdown(s);
+}
+
+static void pump(struct sink *s)
+{
+    if (s->shut >= SHUT_STOPPING)
+        return;
+    if (s->db_up && s->shut == SHUT_NONE && !s->spilled)
+        load_replay(s);
+    dispatch(s);
+    update_gauges(s);
+    if (s->idle_cb && !s->idle_due && is_idle(s)) {
+        s->idle_due = true;
+        timers_start(s->timers, &s->cb_timer, 0);
+    }
+    check_shutdown(s);
+}
+
+/* --- loop: callbacks ---------------------------------------------------------------------- */
+
+static void on_cb_timer(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct sink *s = arg;
+    if (s->ready_due) {
+        s->ready_due = false;
+        void (*cb)(void *) = s->ready_cb;
+        s->ready_cb = NULL;
+        if (cb)
+            cb(s->ready_arg);
+    }
+    if (s->idle_due) {
+        s->idle_due = false;
+        void (*cb)(void *) = s->idle_cb;
+        s->idle_cb = NULL;
+        if (cb)
+            cb(s->idle_arg);
+    }
+}
+
+static void on_flush_timer(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct sink *s = arg;
+    uint64_t now = timers_now(s->timers);
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+        if (s->open[i] && s->open[i]->opened_ms + s->flush_ms <= now)
+            close_open(s, i);
+    arm_flush(s);
+    pump(s);
+}
+
+static void on_grace_timer(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct sink *s = arg;
+    if (!s->db_down || s->spilled)
+        return;
+    s->spilled = true;
+    spill(s);
+    pump(s);
+}
+
+static void on_shut_timer(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct sink *s = arg;
+    log_warn("shutdown timeout: spooling what is not written yet");
+    go_hard(s);
+}
+
+static void on_replay_timer(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    pump(arg);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    struct sink *s = h->data;
+    s->shut = SHUT_DONE;
+    if (s->shut_cb)
+        s->shut_cb(s->shut_arg);
+}
+
+static void finish_shutdown(struct sink *s)
+{
+    for (unsigned i = 0; i < s->nw; i++) {
+        if (s->w[i]->started) {
+            pthread_join(s->w[i]->tid, NULL);
+            s->w[i]->started = false;
+        }
+    }
+    timers_stop(s->timers, &s->flush_timer);
+    timers_stop(s->timers, &s->grace_timer);
+    timers_stop(s->timers, &s->shut_timer);
+    timers_stop(s->timers, &s->replay_timer);
+    if (s->spool) {
+        int rc = spool_sync(s->spool);
+        if (rc)
+            log_error("spool fsync failed at shutdown", LOG_S("error", strerror(-rc)));
+    }
+    struct sink_stats st;
+    sink_get_stats(s, &st);
+    log_info("sink stopped", LOG_U("rows_committed", st.rows_committed),
+             LOG_U("rows_spooled", st.rows_spooled));
+    uv_close((uv_handle_t *)&s->async, on_async_closed);
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct sink *s = h->data;
+    struct jlist done;
+    jl_init(&done);
+    pthread_mutex_lock(&s->mu);
+    while (!jl_empty(&s->done)) {
+        struct job *j = jl_first(&s->done);
+        jl_remove(&s->done, j);
+        jl_push(&done, j);
+    }
+    bool up = s->connected > 0 && s->schema == SCHEMA_READY;
+    bool down = s->connected == 0 && s->connect_failed;
+    char err[sizeof(s->last_err)];
+    memcpy(err, s->last_err, sizeof(err));
+    bool all_exited = s->exited == s->nw;
+    s->st.last_db_ok_mono_ms = s->last_ok_mono;
+    pthread_mutex_unlock(&s->mu);
+
+    struct job *j;
+    while ((j = jl_first(&done)) != NULL) {
+        jl_remove(&done, j);
+        handle_done(s, j);
+    }
+    if (up && !s->db_up) {
+        log_info("database reachable", LOG_U("spooled_rows", s->st.rows_spooled));
+        metrics_set("coingest_db_up", "", 1);
+        s->spilled = false;
+        timers_stop(s->timers, &s->grace_timer);
+        if (!s->ever_ready) {
+            s->ever_ready = true;
+            if (s->ready_cb) {
+                s->ready_due = true;
+                timers_start(s->timers, &s->cb_timer, 0);
+            }
+        }
+    }
+    if (down && !s->db_down) {
+        log_warn("database unreachable; rows go to the spool", LOG_S("error", err));
+        metrics_set("coingest_db_up", "", 0);
+        timers_start(s->timers, &s->grace_timer, SINK_DOWN_GRACE_MS);
+    }
+    s->db_up = up;
+    s->db_down = down;
+    s->st.db_up = up;
+    s->st.schema_ready = s->schema == SCHEMA_READY;
+    if (s->shut == SHUT_STOPPING) {
+        if (all_exited)
+            finish_shutdown(s);
+        return;
+    }
+    pump(s);
+}
+
+/* --- API ---------------------------------------------------------------------------------- */
+
+struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct config *cfg)
+{
+    struct sink *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->loop = loop;
+    s->timers = timers;
+    jl_init(&s->ready);
+    jl_init(&s->work);
+    jl_init(&s->done);
+    s->batch_rows = cfg->database.batch_rows ? cfg->database.batch_rows : 1;
+    s->batch_bytes = cfg->database.batch_bytes;
+    s->flush_ms = cfg->database.flush_interval_ms;
+    s->max_pending = cfg->database.max_pending_rows;
+    s->nworkers = cfg->database.workers ? cfg->database.workers : 1;
+    s->next_seq = 1;
+    s->spool_path = util_strdup0(cfg->daemon.spool_dir);
+    s->conf = dbconf_new(cfg, 1);
+    if (!s->spool_path || !s->conf)
+        goto fail;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc)
+        goto fail;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->dl_mu, NULL);
+    wheel_timer_init(&s->flush_timer, on_flush_timer, s);
+    wheel_timer_init(&s->grace_timer, on_grace_timer, s);
+    wheel_timer_init(&s->shut_timer, on_shut_timer, s);
+    wheel_timer_init(&s->cb_timer, on_cb_timer, s);
+    wheel_timer_init(&s->replay_timer, on_replay_timer, s);
+    return s;
+fail:
+    dbconf_unref(s->conf);
+    free(s->spool_path);
+    free(s);
+    return NULL;
+}
+
+int sink_start(struct sink *s)
+{
+    if (s->started)
+        return -EALREADY;
+    int rc = db_library_init();
+    if (rc) {
+        log_error("cannot initialise the MariaDB client library");
+        return rc;
+    }
+    rc = spool_open(s->spool_path, 0, &s->spool);
+    if (rc) {
+        log_error("cannot open the spool directory", LOG_S("dir", s->spool_path),
+                  LOG_S("error", rc == -EBUSY ? "in use by another process" : strerror(-rc)));
+        return rc;
+    }
+    struct spool_stats ss;
+    spool_get_stats(s->spool, &ss);
+    if (ss.max_seq >= s->next_seq)
+        s->next_seq = ss.max_seq + 1;
+    if (ss.records)
+        log_info("spool holds rows from before; replaying once the database is reachable",
+                 LOG_U("rows", ss.rows), LOG_U("records", ss.records), LOG_U("bytes", ss.bytes));
+    rc = uv_async_init(s->loop, &s->async, on_async);
+    if (rc) {
+        spool_close(s->spool);
+        s->spool = NULL;
+        return rc;
+    }
+    s->async.data = s;
+    s->async_init = true;
+    s->started = true;
+    metrics_set("coingest_db_up", "", 0);
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        rc = start_writer(s, i);
+        if (rc) {
+            log_error("cannot start a writer thread", LOG_S("error", strerror(-rc)));
+            if (i == 0)
+                return rc; /* no thread runs: the caller may still shut down and free */
+            break;
+        }
+    }
+    update_gauges(s);
+    return 0;
+}
+
+/* Splits b into jobs of at most batch_rows rows, in order, each with its own seq. Returns
+ * the number of jobs in out (at most cap), or -ENOMEM (b untouched). */
+static int split_rows(struct sink *s, struct batch *b, struct batch **out, size_t cap)
+{
+    uint32_t per = s->batch_rows;
+    size_t n = (b->nrows + per - 1) / per;
+    if (n > cap)
+        return -E2BIG;
+    /* Cut tails off from the end, so each row is copied once. */
+    for (size_t i = n - 1; i > 0; i--) {
+        struct batch *t = batch_split_tail(b, (uint32_t)(i * per));
+        if (!t) {
+            for (size_t k = i + 1; k < n; k++) {
+                batch_append(b, out[k]);
+                batch_free(out[k]);
+            }
+            return -ENOMEM;
+        }
+        out[i] = t;
+    }
+    out[0] = b;
+    return (int)n;
+}
+
+static int submit_to_spool(struct sink *s, struct batch *b)
+{
+    close_all_open(s);
+    uint32_t rows = b->nrows;
+    int rc = 0;
+    /* Records of at most batch_rows rows, so a replay never loads a giant job. */
+    uint32_t per = s->batch_rows;
+    while (b && rc == 0) {
+        struct batch *rest = NULL;
+        if (b->nrows > per)
+            rest = batch_split_tail(b, per); /* NULL (out of memory): spool it whole */
+        rc = spool_append(s->spool, s->next_seq++, b);
+        batch_free(b);
+        b = rest;
+    }
+    batch_free(b);
+    int rc2 = spool_sync(s->spool);
+    if (!rc)
+        rc = rc2;
+    if (rc) {
+        log_error("rows could not be spooled and may be lost", LOG_U("rows", rows),
+                  LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
+        return rc;
+    }
+    return 0;
+}
+
+/* Turns b into jobs of at most batch_rows rows with consecutive seqs starting at `seq`; a last
+ * short one becomes the spec's open job (an older open job is closed first). Counts the rows
+ * into mem_rows. */
+static void add_jobs(struct sink *s, struct batch *b, uint64_t seq)
+{
+    const struct batch_spec *spec = b->spec;
+    uint32_t per = s->batch_rows;
+    struct batch *parts[64];
+    while (b) {
+        struct batch *rest = NULL;
+        if ((uint64_t)b->nrows > (uint64_t)per * 64)
+            rest = batch_split_tail(b, per * 64); /* NULL: one oversized job below */
+        int n = b->nrows > per ? split_rows(s, b, parts, 64) : 1;
+        if (n <= 1) {
+            parts[0] = b;
+            n = 1;
+        }
+        for (int i = 0; i < n; i++) {
+            struct job *j = job_new(parts[i], i == 0 ? seq : s->next_seq++);
+            if (!j) {
+                log_error("out of memory: rows lost", LOG_S("table", spec->table),
+                          LOG_U("rows", parts[i]->nrows));
+                batch_free(parts[i]);
+                continue;
+            }
+            s->mem_rows += parts[i]->nrows;
+            /* An open job holds older rows: it goes first, then this one. */
+            close_open(s, spec->id);
+            if (parts[i]->nrows >= per) {
+                jl_insert_sorted(&s->ready, j);
+            } else {
+                j->opened_ms = timers_now(s->timers);
+                s->open[spec->id] = j;
+            }
+        }
+        b = rest;
+        if (b)
+            seq = s->next_seq++;
+    }
+}
+
+/* Adds a submitted batch to memory: a STATEMENT batch as a job of its own (closing every open
+ * job before it), rows of an UPSERT spec first into the spec's open job, up to batch_rows and
+ * batch_bytes, the rest into new jobs. Out of memory while copying never drops rows: at worst
+ * some are written twice. */
+static void coalesce(struct sink *s, struct batch *b)
+{
+    const struct batch_spec *spec = b->spec;
+    uint64_t seq = s->next_seq++;
+    if (spec->kind == BATCH_KIND_STATEMENT) {
+        close_all_open(s);
+        struct job *j = job_new(b, seq);
+        if (!j) {
+            log_error("out of memory: rows lost", LOG_S("table", spec->table),
+                      LOG_U("rows", b->nrows));
+            batch_free(b);
+            return;
+        }
+        s->mem_rows += b->nrows;
+        jl_insert_sorted(&s->ready, j);
+        return;
+    }
+    /* A job of another spec on the same table must not be overtaken by this one. */
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+        if (i != (int)spec->id && s->open[i] && strcmp(s->open[i]->table, spec->table) == 0)
+            close_open(s, i);
+    struct job *open = s->open[spec->id];
+    struct batch *tail = NULL;
+    if (open) {
+        bool fits = !s->batch_bytes || open->b->bytes + b->bytes <= s->batch_bytes;
+        uint32_t room = s->batch_rows > open->b->nrows ? s->batch_rows - open->b->nrows : 0;
+        if (fits && room) {
+            if (b->nrows > room)
+                tail = batch_split_tail(b, room); /* NULL: b stays whole */
+            if (b->nrows <= room) {
+                uint32_t before = open->b->nrows;
+                int rc = batch_append(open->b, b);
+                s->mem_rows += open->b->nrows - before;
+                if (open->b->nrows != before) {
+                    open->keyed = false;
+                    free(open->keys);
+                    open->keys = NULL;
+                }
+                if (rc == 0) {
+                    batch_free(b);
+                    b = NULL;
+                }
+            }
+        }
+        if (b || tail || open->b->nrows >= s->batch_rows)
+            close_open(s, spec->id);
+    }
+    if (b)
+        add_jobs(s, b, seq);
+    if (tail)
+        add_jobs(s, tail, b ? s->next_seq++ : seq);
+    arm_flush(s);
+}
+
+int sink_submit(struct sink *s, struct batch *b)
+{
+    if (!b)
+        return -EINVAL;
+    if (b->nrows == 0) {
+        batch_free(b);
+        return 0;
+    }
+    uint32_t n = b->nrows;
+    s->st.rows_accepted += n;
+    bool to_spool = s->spool && (s->shut != SHUT_NONE || s->spilled || spool_unread(s) > 0 ||
+                                 s->mem_rows + n > s->max_pending);
+    if (to_spool) {
+        int rc = submit_to_spool(s, b);
+        if (rc) {
+            s->st.rows_accepted -= n;
+            metrics_add("coingest_write_errors_total", "reason=\"spool\"", 1);
+        }
+        pump(s);
+        return rc;
+    }
+    coalesce(s, b);
+    pump(s);
+    return 0;
+}
+
+void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg)
+{
+    s->ready_cb = cb;
+    s->ready_arg = arg;
+    if (s->ever_ready) {
+        s->ready_due = true;
+        timers_start(s->timers, &s->cb_timer, 0);
+    }
+}
+
+void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg)
+{
+    s->idle_cb = cb;
+    s->idle_arg = arg;
+    s->idle_due = false;
+    if (is_idle(s)) {
+        s->idle_due = true;
+        timers_start(s->timers, &s->cb_timer, 0);
+    }
+}
+
+void sink_reconfigure(struct sink *s, const struct config *cfg)
+{
+    s->batch_rows = cfg->database.batch_rows ? cfg->database.batch_rows : 1;
+    s->batch_bytes = cfg->database.batch_bytes;
+    s->flush_ms = cfg->database.flush_interval_ms;
+    s->max_pending = cfg->database.max_pending_rows;
+    arm_flush(s);
+    pthread_mutex_lock(&s->mu);
+    bool same = dbconf_same(s->conf, cfg);
+    unsigned want = cfg->database.workers ? cfg->database.workers : 1;
+    unsigned have = s->nworkers;
+    s->nworkers = want;
+    pthread_mutex_unlock(&s->mu);
+    if (!same) {
+        struct dbconf *c = dbconf_new(cfg, s->conf->gen + 1);
+        if (!c) {
+            log_error("out of memory applying [database]; keeping the old settings");
+        } else {
+            pthread_mutex_lock(&s->mu);
+            dbconf_unref(s->conf);
+            s->conf = c;
+            s->schema = SCHEMA_NONE; /* maybe another database: check it again */
+            pthread_cond_broadcast(&s->cv);
+            pthread_mutex_unlock(&s->mu);
+            log_info("[database] changed: writers reconnect after their current batch");
+        }
+    }
+    if (s->started && s->shut == SHUT_NONE) {
+        /* Retired writers exit by themselves; new ones start here, reusing free indexes. */
+        for (unsigned i = have; i < want; i++) {
+            /* A writer of that index that has not exited yet sees the new count and stays. */
+            bool idx_free = true;
+            pthread_mutex_lock(&s->mu);
+            for (unsigned k = 0; k < s->nw; k++)
+                idx_free = idx_free && !(s->w[k]->idx == i && !s->w[k]->exited);
+            pthread_mutex_unlock(&s->mu);
+            if (idx_free && start_writer(s, i) != 0)
+                break;
+        }
+        pthread_mutex_lock(&s->mu);
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    pump(s);
+}
+
+void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), void *arg)
+{
+    if (s->shut == SHUT_NONE) {
+        s->shut_cb = cb;
+        s->shut_arg = arg;
+        if (!s->started || !s->async_init) {
+            s->shut = SHUT_DONE;
+            if (s->spool) {
+                spool_close(s->spool);
+                s->spool = NULL;
+            }
+            /* Nothing runs: call back on the next iteration, never inline. */
+            s->ready_cb = NULL;
+            s->idle_cb = cb;
+            s->idle_arg = arg;
+            s->idle_due = true;
+            timers_start(s->timers, &s->cb_timer, 0);
+            return;
+        }
+        s->shut = SHUT_GRACEFUL;
+        close_all_open(s);
+        if (s->spilled || s->db_down)
+            spill(s);
+        timers_start(s->timers, &s->shut_timer, timeout_ms);
+        pump(s);
+        return;
+    }
+    if (s->shut == SHUT_GRACEFUL)
+        go_hard(s);
+}
+
+void sink_free(struct sink *s)
+{
+    if (!s)
+        return;
+    timers_stop(s->timers, &s->flush_timer);
+    timers_stop(s->timers, &s->grace_timer);
+    timers_stop(s->timers, &s->shut_timer);
+    timers_stop(s->timers, &s->cb_timer);
+    timers_stop(s->timers, &s->replay_timer);
+    for (unsigned i = 0; i < s->nw; i++) {
+        if (s->w[i]->started)
+            pthread_join(s->w[i]->tid, NULL);
+        free(s->w[i]);
+    }
+    free(s->w);
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+        job_free(s->open[i]);
+    struct job *j;
+    while ((j = jl_first(&s->ready)) != NULL) {
+        jl_remove(&s->ready, j);
+        job_free(j);
+    }
+    while ((j = jl_first(&s->work)) != NULL) {
+        jl_remove(&s->work, j);
+        job_free(j);
+    }
+    while ((j = jl_first(&s->done)) != NULL) {
+        jl_remove(&s->done, j);
+        job_free(j);
+    }
+    free(s->inflight);
+    spool_close(s->spool);
+    dbconf_unref(s->conf);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->dl_mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->spool_path);
+    free(s);
+}
+
+void sink_get_stats(const struct sink *s, struct sink_stats *out)
+{
+    *out = s->st;
+    struct spool_stats ss = {0};
+    if (s->spool)
+        spool_get_stats(s->spool, &ss);
+    out->rows_spooled = ss.rows;
+    out->spool_bytes = ss.bytes;
+    out->rows_pending = s->mem_rows + ss.rows;
+}

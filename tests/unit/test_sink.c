@@ -1,0 +1,849 @@
+/*
+ * test_sink: the sink end to end against a real MariaDB: a libuv loop, the real timers, the
+ * writer threads and a spool in a temp directory.
+ *
+ * Round trip: for every UPSERT spec, rows whose values cover NULLs, 1e-11,
+ * 1.157920892373162e77, emoji/CJK/4-byte UTF-8, quotes, backslashes, a NUL byte and
+ * `x'); DROP TABLE assets; --` are written and read back through the binary protocol (so
+ * doubles compare bit for bit); value kinds per column come from information_schema, so the
+ * test follows the schema. Then: idempotent re-write (CHECKSUM TABLE unchanged), rejected
+ * rows (the rest of the batch is written), the STATEMENT barrier with 4 writers and one row
+ * per job, max_pending_rows overflow into the spool, a database that is down at startup, a
+ * restart that replays the spool, and a hard shutdown that spools what is in flight.
+ *
+ * Tests wait for conditions (sink_on_idle, the shutdown callback, a stats predicate checked on
+ * a loop timer), never for a fixed time. A watchdog timer fails a test that hangs.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "coingest/batch.h"
+#include "coingest/config.h"
+#include "coingest/db.h"
+#include "coingest/metrics.h"
+#include "coingest/sink.h"
+#include "coingest/timers.h"
+#include "testdb.h"
+
+#define WATCHDOG_MS 180000
+
+struct h {
+    uv_loop_t loop;
+    struct timers *timers;
+    struct sink *s;
+    struct config *cfg;
+    char db[128];
+    char spool[128];
+    MYSQL *admin;
+    uv_timer_t watchdog;
+    uv_timer_t poll;
+    bool (*pred)(struct h *);
+    bool idle, stopped, ready, pred_met;
+};
+
+static void on_watchdog(uv_timer_t *t)
+{
+    (void)t;
+    fail_msg("test_sink: watchdog fired (a wait never ended)");
+}
+
+static struct config *good_cfg(struct h *h)
+{
+    struct config *cfg = config_defaults();
+    assert_non_null(cfg);
+    testdb_fill_config(cfg, h->db);
+    free(cfg->daemon.spool_dir);
+    cfg->daemon.spool_dir = strdup(h->spool);
+    cfg->database.flush_interval_ms = 5;
+    cfg->database.connect_timeout_ms = 2000;
+    cfg->database.workers = 3;
+    return cfg;
+}
+
+/* A config whose server does not exist (nothing listens on port 1). */
+static struct config *down_cfg(struct h *h)
+{
+    struct config *cfg = good_cfg(h);
+    free(cfg->database.socket);
+    cfg->database.socket = NULL;
+    free(cfg->database.host);
+    cfg->database.host = strdup("127.0.0.1");
+    cfg->database.port = 1;
+    return cfg;
+}
+
+static int setup(void **state)
+{
+    struct h *h = calloc(1, sizeof(*h));
+    h->admin = testdb_create("test_sink", h->db, sizeof(h->db));
+    if (!h->admin)
+        return -1;
+    snprintf(h->spool, sizeof(h->spool), "/tmp/test_sink.XXXXXX");
+    if (!mkdtemp(h->spool))
+        return -1;
+    if (uv_loop_init(&h->loop))
+        return -1;
+    h->timers = timers_new(&h->loop);
+    uv_timer_init(&h->loop, &h->watchdog);
+    uv_timer_start(&h->watchdog, on_watchdog, WATCHDOG_MS, 0);
+    uv_timer_init(&h->loop, &h->poll);
+    h->cfg = good_cfg(h);
+    metrics_reset();
+    *state = h;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct h *h = *state;
+    timers_free(h->timers);
+    uv_close((uv_handle_t *)&h->watchdog, NULL);
+    uv_close((uv_handle_t *)&h->poll, NULL);
+    uv_run(&h->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&h->loop);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->spool);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup of %s failed\n", h->spool);
+    testdb_drop(h->admin, h->db);
+    config_free(h->cfg);
+    free(h);
+    return rc == 0 ? 0 : -1; /* every handle closed */
+}
+
+/* --- loop helpers ------------------------------------------------------------------------- */
+
+static void on_idle(void *arg)
+{
+    ((struct h *)arg)->idle = true;
+}
+
+static void on_ready(void *arg)
+{
+    ((struct h *)arg)->ready = true;
+}
+
+static void on_stopped(void *arg)
+{
+    ((struct h *)arg)->stopped = true;
+}
+
+static void start_sink(struct h *h, const struct config *cfg)
+{
+    h->s = sink_new(&h->loop, h->timers, cfg);
+    assert_non_null(h->s);
+    assert_int_equal(sink_start(h->s), 0);
+    h->ready = false;
+    sink_on_ready(h->s, on_ready, h);
+}
+
+static void wait_idle(struct h *h)
+{
+    h->idle = false;
+    sink_on_idle(h->s, on_idle, h);
+    while (!h->idle)
+        uv_run(&h->loop, UV_RUN_ONCE);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    struct h *h = t->data;
+    if (h->pred(h)) {
+        h->pred_met = true;
+        uv_timer_stop(t);
+    }
+}
+
+/* Runs the loop until pred holds, checking it every 5 ms of loop time. */
+static void wait_for(struct h *h, bool (*pred)(struct h *))
+{
+    h->pred = pred;
+    h->pred_met = pred(h);
+    h->poll.data = h;
+    if (!h->pred_met)
+        uv_timer_start(&h->poll, on_poll, 5, 5);
+    while (!h->pred_met)
+        uv_run(&h->loop, UV_RUN_ONCE);
+}
+
+static void stop_sink(struct h *h, uint64_t timeout_ms)
+{
+    h->stopped = false;
+    sink_shutdown(h->s, timeout_ms, on_stopped, h);
+    while (!h->stopped)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    sink_free(h->s);
+    h->s = NULL;
+}
+
+static int count_segments(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strncmp(de->d_name, "spool-", 6) == 0)
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* --- rows that follow the schema ---------------------------------------------------------- */
+
+struct colinfo {
+    char kind; /* s string, d double, i integer, t time, j JSON */
+    unsigned maxlen;
+    bool nullable;
+};
+
+static void load_colinfo(MYSQL *m, const struct batch_spec *spec, struct colinfo *ci)
+{
+    for (uint16_t c = 0; c < spec->ncols; c++) {
+        char sql[1024];
+        snprintf(sql, sizeof(sql),
+                 "SELECT DATA_TYPE, IFNULL(CHARACTER_MAXIMUM_LENGTH, 0), IS_NULLABLE = 'YES',"
+                 " (SELECT COUNT(*) FROM information_schema.check_constraints k WHERE"
+                 " k.constraint_schema = DATABASE() AND k.table_name = '%s' AND"
+                 " k.check_clause LIKE '%%json_valid(`%s`)%%')"
+                 " FROM information_schema.columns WHERE table_schema = DATABASE() AND"
+                 " table_name = '%s' AND column_name = '%s'",
+                 spec->table, spec->cols[c], spec->table, spec->cols[c]);
+        assert_int_equal(mysql_query(m, sql), 0);
+        MYSQL_RES *res = mysql_store_result(m);
+        MYSQL_ROW row = mysql_fetch_row(res);
+        if (!row)
+            fail_msg("column %s.%s of spec %s is not in the schema", spec->table, spec->cols[c],
+                     spec->name);
+        const char *t = row[0];
+        ci[c].maxlen = (unsigned)atoi(row[1]);
+        ci[c].nullable = atoi(row[2]) != 0;
+        if (strcmp(t, "json") == 0 || atoi(row[3]) > 0)
+            ci[c].kind = 'j';
+        else if (strcmp(t, "double") == 0)
+            ci[c].kind = 'd';
+        else if (strstr(t, "int"))
+            ci[c].kind = 'i';
+        else if (strcmp(t, "datetime") == 0)
+            ci[c].kind = 't';
+        else
+            ci[c].kind = 's';
+        mysql_free_result(res);
+    }
+}
+
+/* The last one holds a NUL byte: strings are length-counted all the way. */
+static const char str_nul[] = "O'Brien\\\\ \xc3\xa9 \x00nul ;-- /* */";
+static const char *const strs[] = {
+    "plain",
+    "x'); DROP TABLE assets; --",
+    "🚀 比特币 𝄞 ビットコイン \\ ' \" ` \n\t %_ \\0 \\'",
+    str_nul,
+};
+static const double dbls[] = {0.0, 1e-11, 1.157920892373162e77, 0.30000000000000004};
+static const int64_t ints[] = {0, 1, 4294967295, 42};
+static const char *const jsons[] = {"null", "{\"a\":\"x'); DROP TABLE assets; --\"}",
+                                    "[\"🚀\",\"\\\\\",1e-11,\"比特币\"]",
+                                    "{\"nested\":{\"q\":\"O'Brien\"},\"n\":1.157920892373162e77}"};
+
+static size_t str_len(int v)
+{
+    return v == 3 ? sizeof(str_nul) - 1 : strlen(strs[v]);
+}
+
+/* Cuts a UTF-8 string to at most max characters. */
+static size_t cut_chars(const char *s, size_t len, unsigned max)
+{
+    size_t i = 0;
+    unsigned n = 0;
+    while (i < len && n < max) {
+        unsigned char c = (unsigned char)s[i];
+        size_t w = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+        if (i + w > len)
+            break;
+        i += w;
+        n++;
+    }
+    return i;
+}
+
+/* Row r of a spec with variant v (0: NULLs where allowed). tag keeps specs apart. */
+static void gen_row(struct batch *b, const struct colinfo *ci, char tag, uint32_t r, int v)
+{
+    int row = batch_add_row(b);
+    assert_true(row >= 0);
+    for (uint16_t c = 0; c < b->spec->ncols; c++) {
+        if (v == 0 && ci[c].nullable)
+            continue;
+        char buf[256];
+        size_t n;
+        switch (ci[c].kind) {
+        case 's':
+            n = (size_t)snprintf(buf, sizeof(buf), "%c%u ", tag, r);
+            memcpy(buf + n, strs[v], str_len(v));
+            n += str_len(v);
+            n = cut_chars(buf, n, ci[c].maxlen ? ci[c].maxlen : 64);
+            assert_int_equal(batch_set_str(b, (uint32_t)row, c, buf, n), 0);
+            break;
+        case 'j':
+            assert_int_equal(batch_set_json(b, (uint32_t)row, c, jsons[v], strlen(jsons[v])), 0);
+            break;
+        case 'd':
+            assert_int_equal(batch_set_dbl(b, (uint32_t)row, c, dbls[v]), 0);
+            break;
+        case 'i':
+            batch_set_int(b, (uint32_t)row, c, ints[v]);
+            break;
+        default:
+            batch_set_time(b, (uint32_t)row, c, 1739122947123 + (int64_t)r * 1000 + v * 7 + c);
+            break;
+        }
+    }
+}
+
+static struct batch *gen_batch(const struct batch_spec *spec, const struct colinfo *ci, char tag,
+                               uint32_t from, uint32_t n)
+{
+    struct batch *b = batch_new(spec->id, n);
+    for (uint32_t r = from; r < from + n; r++)
+        gen_row(b, ci, tag, r, (int)(r % 4));
+    return b;
+}
+
+static int64_t time_ms(const MYSQL_TIME *t)
+{
+    struct tm tm = {.tm_year = (int)t->year - 1900,
+                    .tm_mon = (int)t->month - 1,
+                    .tm_mday = (int)t->day,
+                    .tm_hour = (int)t->hour,
+                    .tm_min = (int)t->minute,
+                    .tm_sec = (int)t->second};
+    return (int64_t)timegm(&tm) * 1000 + (int64_t)(t->second_part / 1000);
+}
+
+/* Reads every row of spec's table whose first column starts with tag through the binary
+ * protocol and checks it against `expect` row by row, matching rows by all their values of
+ * the key-ish columns (here simply: the first column, unique per generated row). */
+static void verify(MYSQL *m, const struct batch *expect, const struct colinfo *ci, char tag)
+{
+    const struct batch_spec *spec = expect->spec;
+    char sql[2048];
+    int n = snprintf(sql, sizeof(sql), "SELECT ");
+    for (uint16_t c = 0; c < spec->ncols; c++)
+        n += snprintf(sql + n, sizeof(sql) - (size_t)n, "%s`%s`", c ? "," : "", spec->cols[c]);
+    snprintf(sql + n, sizeof(sql) - (size_t)n, " FROM `%s` WHERE `%s` LIKE '%c%%'", spec->table,
+             spec->cols[0], tag);
+    MYSQL_STMT *st = mysql_stmt_init(m);
+    assert_int_equal(mysql_stmt_prepare(st, sql, strlen(sql)), 0);
+    assert_int_equal(mysql_stmt_execute(st), 0);
+    uint16_t nc = spec->ncols;
+    MYSQL_BIND *bind = calloc(nc, sizeof(*bind));
+    double *d = calloc(nc, sizeof(double));
+    int64_t *iv = calloc(nc, sizeof(int64_t));
+    MYSQL_TIME *tv = calloc(nc, sizeof(MYSQL_TIME));
+    char **sv = calloc(nc, sizeof(char *));
+    unsigned long *len = calloc(nc, sizeof(unsigned long));
+    my_bool *isnull = calloc(nc, sizeof(my_bool));
+    for (uint16_t c = 0; c < nc; c++) {
+        bind[c].is_null = &isnull[c];
+        bind[c].length = &len[c];
+        switch (ci[c].kind) {
+        case 'd':
+            bind[c].buffer_type = MYSQL_TYPE_DOUBLE;
+            bind[c].buffer = &d[c];
+            break;
+        case 'i':
+            bind[c].buffer_type = MYSQL_TYPE_LONGLONG;
+            bind[c].buffer = &iv[c];
+            break;
+        case 't':
+            bind[c].buffer_type = MYSQL_TYPE_DATETIME;
+            bind[c].buffer = &tv[c];
+            break;
+        default:
+            sv[c] = malloc(65536);
+            bind[c].buffer_type = MYSQL_TYPE_STRING;
+            bind[c].buffer = sv[c];
+            bind[c].buffer_length = 65536;
+            break;
+        }
+    }
+    assert_int_equal(mysql_stmt_bind_result(st, bind), 0);
+    assert_int_equal(mysql_stmt_store_result(st), 0);
+    uint32_t seen = 0;
+    bool *matched = calloc(expect->nrows, sizeof(bool));
+    while (mysql_stmt_fetch(st) == 0) {
+        seen++;
+        /* Find the expected row by the first column. */
+        int found = -1;
+        for (uint32_t r = 0; r < expect->nrows && found < 0; r++) {
+            const struct val *v = batch_val(expect, r, 0);
+            if (!isnull[0] && v->len == len[0] && memcmp(v->u.s, sv[0], len[0]) == 0)
+                found = (int)r;
+        }
+        if (found < 0)
+            fail_msg("%s: unexpected row %.*s", spec->table, (int)len[0], sv[0]);
+        assert_false(matched[found]);
+        matched[found] = true;
+        for (uint16_t c = 0; c < nc; c++) {
+            const struct val *v = batch_val(expect, (uint32_t)found, c);
+            if (v->type == VAL_NULL) {
+                if (!isnull[c])
+                    fail_msg("%s.%s row %d: expected NULL", spec->table, spec->cols[c], found);
+                continue;
+            }
+            if (isnull[c])
+                fail_msg("%s.%s row %d: unexpected NULL", spec->table, spec->cols[c], found);
+            switch (v->type) {
+            case VAL_DBL:
+                if (memcmp(&d[c], &v->u.d, sizeof(double)) != 0)
+                    fail_msg("%s.%s: %.17g came back as %.17g", spec->table, spec->cols[c], v->u.d,
+                             d[c]);
+                break;
+            case VAL_INT:
+                assert_true(iv[c] == v->u.i);
+                break;
+            case VAL_TIME:
+                if (time_ms(&tv[c]) != v->u.i)
+                    fail_msg("%s.%s: time %" PRId64 " came back as %" PRId64, spec->table,
+                             spec->cols[c], v->u.i, time_ms(&tv[c]));
+                break;
+            default:
+                if (len[c] != v->len || memcmp(sv[c], v->u.s, v->len) != 0)
+                    fail_msg("%s.%s: '%.*s' came back as '%.*s'", spec->table, spec->cols[c],
+                             (int)v->len, v->u.s, (int)len[c], sv[c]);
+                break;
+            }
+        }
+    }
+    assert_int_equal(seen, expect->nrows);
+    mysql_stmt_close(st);
+    for (uint16_t c = 0; c < nc; c++)
+        free(sv[c]);
+    free(matched);
+    free(bind);
+    free(d);
+    free(iv);
+    free(tv);
+    free(sv);
+    free(len);
+    free(isnull);
+}
+
+static void migrate_now(struct h *h)
+{
+    char err[1024];
+    MYSQL *m = db_connect(h->cfg, err, sizeof(err));
+    assert_non_null(m);
+    int rc = db_migrate(m, h->cfg->database.migrations_dir, err, sizeof(err));
+    if (rc < 0)
+        fail_msg("migrate: %s", err);
+    mysql_close(m);
+}
+
+static long long checksum_table(struct h *h, const char *table)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql), "CHECKSUM TABLE `%s`", table);
+    assert_int_equal(mysql_query(h->admin, sql), 0);
+    MYSQL_RES *res = mysql_store_result(h->admin);
+    MYSQL_ROW row = mysql_fetch_row(res);
+    long long v = atoll(row[1]);
+    mysql_free_result(res);
+    return v;
+}
+
+/* --- tests -------------------------------------------------------------------------------- */
+
+static void test_roundtrip_every_spec(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    /* The sink migrates on its first connection; the schema is needed for colinfo. */
+    while (!h->ready)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    struct colinfo ci[BATCH_SPEC_COUNT][32];
+    struct batch *expect[BATCH_SPEC_COUNT] = {0};
+    for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
+        const struct batch_spec *spec = batch_spec((enum batch_spec_id)id);
+        if (spec->kind != BATCH_KIND_UPSERT)
+            continue;
+        load_colinfo(h->admin, spec, ci[id]);
+        char tag = (char)('A' + id);
+        expect[id] = gen_batch(spec, ci[id], tag, 0, 40);
+        /* Submit in uneven pieces so coalescing and splitting both happen. */
+        for (uint32_t from = 0; from < 40; from += 7) {
+            uint32_t n = 40 - from < 7 ? 40 - from : 7;
+            assert_int_equal(sink_submit(h->s, gen_batch(spec, ci[id], tag, from, n)), 0);
+        }
+    }
+    wait_idle(h);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_rejected, 0);
+    assert_int_equal(st.rows_committed, st.rows_accepted);
+    assert_int_equal(st.rows_pending, 0);
+    assert_true(st.db_up);
+    assert_true(st.schema_ready);
+    long long sums[BATCH_SPEC_COUNT];
+    for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
+        if (!expect[id])
+            continue;
+        verify(h->admin, expect[id], ci[id], (char)('A' + id));
+        sums[id] = checksum_table(h, expect[id]->spec->table);
+    }
+    /* The injection attempt is a string like any other. */
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM assets WHERE name LIKE"
+                                             " '%x''); DROP TABLE assets; --%'"),
+                     20);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM assets WHERE platforms"
+                                             " LIKE '%DROP TABLE%'"),
+                     10);
+    assert_int_equal(
+        (long long)metrics_get("coingest_rows_written_total", "table=\"market_snapshots\""), 40);
+
+    /* Writing the same rows again changes nothing. */
+    for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
+        if (!expect[id])
+            continue;
+        char tag = (char)('A' + id);
+        assert_int_equal(sink_submit(h->s, gen_batch(expect[id]->spec, ci[id], tag, 0, 40)), 0);
+    }
+    wait_idle(h);
+    for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
+        if (!expect[id])
+            continue;
+        verify(h->admin, expect[id], ci[id], (char)('A' + id));
+        assert_int_equal(checksum_table(h, expect[id]->spec->table), sums[id]);
+    }
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM rejected_rows"), 0);
+    stop_sink(h, 5000);
+    for (int id = 0; id < BATCH_SPEC_COUNT; id++)
+        batch_free(expect[id]);
+    assert_int_equal(count_segments(h->spool), 0);
+}
+
+static void add_asset(struct batch *b, const char *id, const char *name, size_t name_len,
+                      const char *platforms, int64_t listed_at)
+{
+    int r = batch_add_row(b);
+    assert_true(r >= 0);
+    assert_int_equal(batch_set_str(b, (uint32_t)r, 0, id, strlen(id)), 0);
+    assert_int_equal(batch_set_str(b, (uint32_t)r, 1, "sym", 3), 0);
+    assert_int_equal(batch_set_str(b, (uint32_t)r, 2, name, name_len), 0);
+    if (platforms)
+        assert_int_equal(batch_set_json(b, (uint32_t)r, 3, platforms, strlen(platforms)), 0);
+    batch_set_time(b, (uint32_t)r, 4, listed_at);
+    batch_set_time(b, (uint32_t)r, 5, listed_at);
+    batch_set_time(b, (uint32_t)r, 6, listed_at);
+}
+
+static void test_rejected_rows(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    char *longname = malloc(600);
+    memset(longname, 'n', 600);
+    struct batch *b = batch_new(BATCH_ASSETS_LIST, 50);
+    for (int i = 0; i < 50; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "coin-%02d", i);
+        if (i == 10)
+            add_asset(b, id, longname, 600, NULL, 1739122947000); /* VARCHAR(512) */
+        else if (i == 33)
+            add_asset(b, id, "bad json", 8, "{\"eth\": ", 1739122947000);
+        else
+            add_asset(b, id, "fine", 4, "{\"ethereum\":\"0xabc\"}", 1739122947000);
+    }
+    free(longname);
+    assert_int_equal(sink_submit(h->s, b), 0);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM assets"), 48);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM assets WHERE id IN"
+                                             " ('coin-10', 'coin-33')"),
+                     0);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM rejected_rows"), 2);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM rejected_rows WHERE"
+                                             " table_name = 'assets' AND JSON_VALID(row_json)"
+                                             " AND JSON_VALUE(row_json, '$.id') = 'coin-10'"
+                                             " AND error LIKE '%too long%'"),
+                     1);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM rejected_rows WHERE"
+                                             " JSON_VALUE(row_json, '$.id') = 'coin-33'"
+                                             " AND JSON_VALUE(row_json, '$.platforms') ="
+                                             " '{\"eth\": '"),
+                     1);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_rejected, 2);
+    assert_int_equal(st.rows_committed, 48);
+    assert_int_equal((int)metrics_get("coingest_rejected_rows_total", "table=\"assets\""), 2);
+    stop_sink(h, 5000);
+}
+
+static void test_statement_barrier(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.workers = 4;
+    h->cfg->database.batch_rows = 1;
+    start_sink(h, h->cfg);
+    const int64_t t0 = 1739122947000;
+    for (int round = 0; round < 3; round++) {
+        /* Before the barrier: listed at t0 (older than listed_before): must be delisted. */
+        for (int i = 0; i < 20; i++) {
+            struct batch *b = batch_new(BATCH_ASSETS_LIST, 1);
+            char id[32];
+            snprintf(id, sizeof(id), "pre-%d-%02d", round, i);
+            add_asset(b, id, "pre", 3, NULL, t0);
+            assert_int_equal(sink_submit(h->s, b), 0);
+        }
+        struct batch *d = batch_new(BATCH_ASSETS_DELIST, 1);
+        int r = batch_add_row(d);
+        batch_set_time(d, (uint32_t)r, 0, t0 + 5000 + round); /* delisted_at */
+        batch_set_time(d, (uint32_t)r, 1, t0 + 1);            /* listed_before */
+        assert_int_equal(sink_submit(h->s, d), 0);
+        /* After the barrier: also old, but written after the statement: stays listed. */
+        for (int i = 0; i < 20; i++) {
+            struct batch *b = batch_new(BATCH_ASSETS_LIST, 1);
+            char id[32];
+            snprintf(id, sizeof(id), "post-%d-%02d", round, i);
+            add_asset(b, id, "post", 4, NULL, t0 - 1000);
+            assert_int_equal(sink_submit(h->s, b), 0);
+        }
+        wait_idle(h);
+        char sql[256];
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM assets WHERE id LIKE 'pre-%d-%%' AND delisted_at ="
+                 " FROM_UNIXTIME(%" PRId64 " / 1000)",
+                 round, t0 + 5000 + round);
+        assert_int_equal(testdb_scalar(h->admin, sql), 20);
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM assets WHERE id LIKE 'post-%d-%%' AND delisted_at IS NULL",
+                 round);
+        assert_int_equal(testdb_scalar(h->admin, sql), 20);
+    }
+    stop_sink(h, 5000);
+}
+
+static bool all_spooled(struct h *h)
+{
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    return st.rows_spooled == st.rows_accepted && st.rows_accepted > 0;
+}
+
+static struct batch *snapshots(const char *prefix, int from, int n)
+{
+    struct batch *b = batch_new(BATCH_MARKET_SNAPSHOTS, (uint32_t)n);
+    for (int i = from; i < from + n; i++) {
+        int r = batch_add_row(b);
+        char id[64];
+        int len = snprintf(id, sizeof(id), "%s-%06d", prefix, i);
+        assert_int_equal(batch_set_str(b, (uint32_t)r, 0, id, (size_t)len), 0);
+        assert_int_equal(batch_set_str(b, (uint32_t)r, 1, "usd", 3), 0);
+        assert_int_equal(batch_set_str(b, (uint32_t)r, 2, "coingecko", 9), 0);
+        batch_set_time(b, (uint32_t)r, 3, 1739122947000 + i);
+        batch_set_int(b, (uint32_t)r, 4, i);
+        batch_set_dbl(b, (uint32_t)r, 5, 1e-11 * (i + 1));
+        batch_set_time(b, (uint32_t)r, 25, 1739122947000);
+    }
+    return b;
+}
+
+static void test_db_down_at_start(void **state)
+{
+    struct h *h = *state;
+    struct config *down = down_cfg(h);
+    start_sink(h, down);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(sink_submit(h->s, snapshots("down", i * 100, 100)), 0);
+    /* The first connection fails; after the grace period everything is in the spool. */
+    wait_for(h, all_spooled);
+    assert_false(h->ready);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_false(st.db_up);
+    assert_int_equal(st.rows_committed, 0);
+    assert_true(count_segments(h->spool) > 0);
+    /* Rows that arrive now go straight to the spool. */
+    assert_int_equal(sink_submit(h->s, snapshots("down", 1000, 50)), 0);
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_spooled, 1050);
+    /* The database "comes back": the writers reconnect, migrate, replay. */
+    sink_reconfigure(h->s, h->cfg);
+    wait_idle(h);
+    assert_true(h->ready);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 1050);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(DISTINCT asset_id) FROM"
+                                             " market_snapshots"),
+                     1050);
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_spooled, 0);
+    assert_int_equal(st.rows_committed, 1050);
+    assert_int_equal(count_segments(h->spool), 0);
+    stop_sink(h, 5000);
+    config_free(down);
+}
+
+static void test_restart_replays_spool(void **state)
+{
+    struct h *h = *state;
+    struct config *down = down_cfg(h);
+    start_sink(h, down);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sink_submit(h->s, snapshots("restart", i * 300, 300)), 0);
+    wait_for(h, all_spooled);
+    stop_sink(h, 1000);
+    config_free(down);
+    assert_true(count_segments(h->spool) > 0);
+    /* A new process: same spool, a database that is up. */
+    start_sink(h, h->cfg);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_spooled, 1500);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
+                                             " asset_id LIKE 'restart-%'"),
+                     1500);
+    assert_int_equal(count_segments(h->spool), 0);
+    stop_sink(h, 5000);
+}
+
+static void test_max_pending_overflow(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.max_pending_rows = 300;
+    h->cfg->database.batch_rows = 100;
+    start_sink(h, h->cfg);
+    bool spooled = false;
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(sink_submit(h->s, snapshots("pending", i * 50, 50)), 0);
+        struct sink_stats st;
+        sink_get_stats(h->s, &st);
+        spooled = spooled || st.rows_spooled > 0;
+        assert_true(st.rows_pending - st.rows_spooled <= 300);
+    }
+    assert_true(spooled);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 2000);
+    /* Replay kept every row once and in order: the snapshot rank grows with the id. */
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(DISTINCT asset_id) FROM"
+                                             " market_snapshots"),
+                     2000);
+    stop_sink(h, 5000);
+}
+
+static void test_last_write_wins(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.workers = 4;
+    h->cfg->database.batch_rows = 3;
+    h->cfg->database.max_pending_rows = 40;
+    start_sink(h, h->cfg);
+    /* The same 10 categories renamed 200 times, through memory and the spool: the last name
+     * must win, which only holds if rows of one key are written in submission order. */
+    for (int gen = 0; gen < 200; gen++) {
+        struct batch *b = batch_new(BATCH_CATEGORIES, 10);
+        for (int i = 0; i < 10; i++) {
+            int r = batch_add_row(b);
+            char id[16], name[32];
+            snprintf(id, sizeof(id), "cat-%d", i);
+            int n = snprintf(name, sizeof(name), "gen-%03d", gen);
+            assert_int_equal(batch_set_str(b, (uint32_t)r, 0, id, strlen(id)), 0);
+            assert_int_equal(batch_set_str(b, (uint32_t)r, 1, name, (size_t)n), 0);
+            batch_set_time(b, (uint32_t)r, 2, 1739122947000 + gen);
+        }
+        assert_int_equal(sink_submit(h->s, b), 0);
+    }
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM categories WHERE"
+                                             " name = 'gen-199'"),
+                     10);
+    stop_sink(h, 5000);
+}
+
+static void test_hard_shutdown_spools(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.batch_rows = 50;
+    h->cfg->database.max_pending_rows = 1000000;
+    start_sink(h, h->cfg);
+    while (!h->ready)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(sink_submit(h->s, snapshots("hard", i * 100, 100)), 0);
+    /* A zero timeout: whatever is not committed right now goes to the spool. */
+    struct sink_stats st;
+    h->stopped = false;
+    sink_shutdown(h->s, 0, on_stopped, h);
+    sink_shutdown(h->s, 0, on_stopped, h); /* a second SIGTERM is harmless */
+    while (!h->stopped)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    sink_get_stats(h->s, &st);
+    long long in_db = testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots");
+    /* Nothing is lost: committed (possibly also spooled, if a commit raced the abort) plus
+     * spooled covers every row. */
+    assert_true((uint64_t)in_db + st.rows_spooled >= 10000);
+    assert_true(st.rows_committed <= (uint64_t)in_db);
+    sink_free(h->s);
+    h->s = NULL;
+    start_sink(h, h->cfg);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 10000);
+    stop_sink(h, 5000);
+}
+
+static void test_idle_and_ready_callbacks(void **state)
+{
+    struct h *h = *state;
+    migrate_now(h);
+    start_sink(h, h->cfg);
+    /* Idle right away: nothing pending. */
+    wait_idle(h);
+    while (!h->ready)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    /* Registered after the fact: fires on the next iteration. */
+    h->ready = false;
+    sink_on_ready(h->s, on_ready, h);
+    assert_false(h->ready);
+    while (!h->ready)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    stop_sink(h, 1000);
+}
+
+int main(void)
+{
+    if (!testdb_available()) {
+        fprintf(stderr, "test_sink: no test database (COINGEST_TEST_DB_*); skipped\n");
+        return TESTDB_SKIP;
+    }
+    if (db_library_init())
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_roundtrip_every_spec, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rejected_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_statement_barrier, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_db_down_at_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_replays_spool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hard_shutdown_spools, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_and_ready_callbacks, setup, teardown),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    db_library_end();
+    return rc;
+}
