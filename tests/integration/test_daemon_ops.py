@@ -168,13 +168,16 @@ def main():
         # main) the kernel's default action applies to any process. Wait for the block, then
         # signal while the daemon is still connecting and setting up.
         def hup_blocked():
+            if d2.poll() is not None:
+                raise AssertionError(f"the daemon exited early ({d2.returncode}): "
+                                     + open(os.path.join(work, "early.log")).read()[-2000:])
             try:
                 for line in open(f"/proc/{d2.pid}/status"):
                     if line.startswith("SigBlk:"):
                         return int(line.split()[1], 16) & 1
             except OSError:
                 return False
-        h.wait_for(hup_blocked, 10, step=0.001, what="SIGHUP blocked")
+        h.wait_for(hup_blocked, 30, step=0.001, what="SIGHUP blocked")
         for _ in range(5):
             d2.send_signal(signal.SIGHUP)
         time.sleep(1.5)

@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_log: the structured logger. logfmt quoting and escaping, JSON escaping (every JSON line
  * is also read back with jansson), numbers, the journald prefix, level filtering through the real
  * log_emit() path into a pipe, secret masking (registered secrets and key parameters), cutting

@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_notify: the sd_notify protocol against a real unix datagram socket.
  *
  * Each test binds its own receiving socket (a path under a fresh temp dir, or an abstract name

@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_server: the /metrics and /healthz endpoint on a real libuv loop with real TCP clients.
  *
  * Most tests drive raw uv_tcp clients on the same loop as the server: each client connects,

@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_sink: the sink end to end against a real MariaDB: a libuv loop, the real timers, the
  * writer threads and a spool in a temp directory.
  *

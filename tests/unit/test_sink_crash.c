@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_sink_crash: kill -9 with rows in the spool, then a restart replays them.
  *
  * The test forks a child process (before any thread or connection exists) that runs a real

@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_sink_outage: MariaDB stopped for 10 s in the middle of a stream of 100,000 rows and
  * started again; afterwards every row is in the table exactly once.
  *

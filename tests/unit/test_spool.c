@@ -1,4 +1,5 @@
 /*
+ * ctest-labels: tsan
  * test_spool: the durable spool on a real directory: append, sync, reopen and replay in seq
  * order, segment rotation and deletion, the directory lock, a process killed with SIGKILL
  * right after a sync, and damage: a torn tail, a corrupt record in the middle, garbage
