@@ -1,3 +1,4 @@
+# ctest-labels: tsan
 """The three CoinGecko jobs end to end: the real coingestd against the fake API's synthetic
 universe and the private MariaDB.
 
