@@ -18,6 +18,9 @@ import signal
 import subprocess
 import sys
 import time
+import socket
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
@@ -135,6 +138,37 @@ def main():
         rc, out, err = h.run_daemon(conf, "--once", "assets", timeout=120)
         check.eq(rc, 0, "restart after kill -9 exits 0")
         check.eq(db.count("prices"), 2 * 2 * N, "the rows spooled before kill -9 arrived")
+
+        # 5. /healthz says 503 while the database is unreachable, 200 once it is back.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        conf5 = os.path.join(work, "o5.conf")
+        open(conf5, "w").write(open(conf).read().replace(
+            "metrics_listen =\n", f"metrics_listen = 127.0.0.1:{port}\n")
+            + "[job.assets]\nenabled = false\n[job.prices]\nenabled = false\n"
+            "[job.market_caps]\nenabled = false\n")
+        server("stop", dbdir)
+        d = h.start_daemon(conf5, stderr_path=os.path.join(work, "d5.log"))
+
+        def health():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+            except OSError:
+                return None, ""
+        st = h.wait_for(lambda: health()[0], 30, what="/healthz")
+        status, body = health()
+        check.eq(status, 503, f"/healthz is 503 while the database is down ({body})")
+        check("database" in body, "the 503 body says why")
+        server("start", dbdir)
+        h.wait_for(lambda: health()[0] == 200, 60, what="/healthz 200 after the database returns")
+        check(True, "/healthz is 200 once the database is back")
+        d.send_signal(signal.SIGTERM)
+        check.eq(d.wait(30), 0, "and the daemon stops cleanly")
     finally:
         api.stop()
         try:
