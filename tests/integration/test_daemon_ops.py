@@ -116,6 +116,13 @@ def main():
                 written = float(line.split()[-1])
         check.eq(int(written), db.count("prices"), "rows_written_total{prices} matches the table")
 
+        # SIGUSR1: a one-line stats snapshot in the log.
+        d.send_signal(signal.SIGUSR1)
+        h.wait_for(lambda: "msg=stats" in open(stderr_path).read(), 10, what="stats line")
+        stats = [l for l in open(stderr_path).read().splitlines() if "msg=stats" in l]
+        check(len(stats) == 1 and "rows_committed=" in stats[0] and "db_up=true" in stats[0],
+              "SIGUSR1 logs one stats line")
+
         # SIGHUP with a broken file: old config stays, the log names the line.
         good = open(conf).read()
         open(conf, "w").write(good.replace("[job.prices]\nevery = 1h", "[job.prices]\nevery = 5 minutes"))
