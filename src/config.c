@@ -455,48 +455,6 @@ int config_job_index(const char *name)
 
 /* ---- lists ------------------------------------------------------------------------------ */
 
-static void strlist_clear(struct strlist *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->items[i]);
-    free(l->items);
-    l->items = NULL;
-    l->n = 0;
-}
-
-static int strlist_push(struct strlist *l, const char *s, size_t len)
-{
-    char *copy = strndup(s, len);
-    if (!copy)
-        return -ENOMEM;
-    char **items = realloc(l->items, (l->n + 1) * sizeof(*items));
-    if (!items) {
-        free(copy);
-        return -ENOMEM;
-    }
-    items[l->n++] = copy;
-    l->items = items;
-    return 0;
-}
-
-static bool strlist_has(const struct strlist *l, const char *s, size_t len)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (strlen(l->items[i]) == len && memcmp(l->items[i], s, len) == 0)
-            return true;
-    return false;
-}
-
-static bool strlist_equal(const struct strlist *a, const struct strlist *b)
-{
-    if (a->n != b->n)
-        return false;
-    for (size_t i = 0; i < a->n; i++)
-        if (strcmp(a->items[i], b->items[i]) != 0)
-            return false;
-    return true;
-}
-
 /* ---- defaults --------------------------------------------------------------------------- */
 
 struct plan_defaults {
@@ -617,6 +575,8 @@ struct parse {
     size_t size, pos;
     int line;       /* the physical line last handed to inih */
     bool cont_line; /* that line is an indented continuation line */
+    const char *pend; /* the rest of a long list line, still to be handed over in pieces */
+    size_t pend_len;
     int sec;        /* enum section_id, SEC_NONE or SEC_BAD */
 
     int sec_line[SEC_COUNT];
@@ -1043,11 +1003,53 @@ static const char *section_line(struct parse *p, const char *s, size_t len, char
     return scratch;
 }
 
+/* Where to cut a list of `len` bytes so the first piece fits in `room`: just after the last
+ * comma that fits, or 0 when none does. */
+static size_t list_cut(const char *t, size_t len, size_t room)
+{
+    for (size_t i = len < room ? len : room; i > 0; i--)
+        if (t[i - 1] == ',')
+            return i;
+    return 0;
+}
+
+/* inih's line buffer holds 200 bytes. A longer list line (an `ids` list of a few dozen coins)
+ * is handed over as its first piece followed by indented continuation pieces, cut after
+ * commas, exactly as if the user had wrapped it; all pieces count as the same line. */
+static char *next_piece(struct parse *p, char *str, int num)
+{
+    const char *t = p->pend;
+    size_t tlen = p->pend_len;
+    while (tlen && isspace((unsigned char)*t)) {
+        t++;
+        tlen--;
+    }
+    size_t room = (size_t)num - 3; /* leading blank, newline, NUL */
+    size_t cut = tlen > room ? list_cut(t, tlen, room) : tlen;
+    if (cut == 0) {
+        fail(p, p->line, -1, NULL, -EINVAL,
+             "an item of a list is longer than %d characters", num - 3);
+        p->pend_len = 0;
+        snprintf(str, (size_t)num, "\n");
+        return str;
+    }
+    str[0] = ' ';
+    memcpy(str + 1, t, cut);
+    str[cut + 1] = '\n';
+    str[cut + 2] = '\0';
+    p->pend = t + cut;
+    p->pend_len = tlen - cut;
+    p->cont_line = true;
+    return str;
+}
+
 /* inih's fgets-style reader: hands over one cleaned-up physical line per call (see the file
  * comment), so that the handler can use p->line. */
 static char *read_line(char *str, int num, void *stream)
 {
     struct parse *p = stream;
+    if (p->pend_len)
+        return next_piece(p, str, num);
     if (p->pos >= p->size) {
         check_dangling_comma(p);
         return NULL;
@@ -1099,12 +1101,20 @@ static char *read_line(char *str, int num, void *stream)
         tlen++;
         p->cont_line = true;
     }
-    if (num < 3 || tlen > (size_t)num - 2) {
-        fail(p, p->line, -1, NULL, -EINVAL,
-             "line is longer than %d characters (split long lists over indented continuation "
-             "lines)",
-             num - 2);
+    if (num < 3) {
+        fail(p, p->line, -1, NULL, -EINVAL, "line buffer too small");
         goto done;
+    }
+    if (tlen > (size_t)num - 2) {
+        /* Only a list can be cut (after a comma); anything else this long is an error. */
+        size_t cut = list_cut(t, tlen, (size_t)num - 2);
+        if (cut == 0) {
+            fail(p, p->line, -1, NULL, -EINVAL, "line is longer than %d characters", num - 2);
+            goto done;
+        }
+        p->pend = t + cut;
+        p->pend_len = tlen - cut;
+        tlen = cut;
     }
     memcpy(str, t, tlen);
     str[tlen] = '\n';

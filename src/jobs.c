@@ -20,13 +20,17 @@
  * The universe (which ids prices and market_caps track) is resolved at the start of a run:
  * an explicit id list; or `ids = all`, the ids of the last /coins/list this process fetched
  * (fetched on demand when there is none yet); narrowed to the members of `categories` and to
- * the `top` N by market cap when those are set. Resolution results are kept between runs and
- * refreshed by the runs that fetch the same pages anyway.
+ * the `top` N by market cap when those are set. Resolved sets are cached between runs, for as
+ * long as the job that fetches the same pages anyway (assets for categories, market_caps for
+ * the top N) would take to refresh them; a walk with a failed page never replaces a cache
+ * entry, and a reload that changes categories or top drops the entries.
+ *
+ * The `top` walk always asks for full pages (CoinGecko's `page` counts in units of
+ * per_page) and keeps only the first N coins of the last one.
  */
 #include "coingest/jobs.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,60 +39,7 @@
 #include "coingest/metrics.h"
 #include "coingest/util.h"
 
-/* --- id sets ------------------------------------------------------------------------------ */
-
-static void ids_free(struct strlist *l)
-{
-    coingecko_strlist_free(l);
-}
-
-static int ids_push(struct strlist *l, const char *s)
-{
-    char **items = realloc(l->items, (l->n + 1) * sizeof(*items));
-    if (!items)
-        return -ENOMEM;
-    l->items = items;
-    if (!(items[l->n] = strdup(s)))
-        return -ENOMEM;
-    l->n++;
-    return 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Sorts and removes duplicates. */
-static void ids_uniq(struct strlist *l)
-{
-    if (l->n < 2)
-        return;
-    qsort(l->items, l->n, sizeof(char *), cmp_str);
-    size_t w = 1;
-    for (size_t r = 1; r < l->n; r++) {
-        if (strcmp(l->items[r], l->items[w - 1]) == 0)
-            free(l->items[r]);
-        else
-            l->items[w++] = l->items[r];
-    }
-    l->n = w;
-}
-
-static bool ids_contains_sorted(const struct strlist *l, const char *s)
-{
-    return l->n && bsearch(&s, l->items, l->n, sizeof(char *), cmp_str) != NULL;
-}
-
-static int ids_copy(struct strlist *dst, const struct strlist *src)
-{
-    for (size_t i = 0; i < src->n; i++)
-        if (ids_push(dst, src->items[i]))
-            return -ENOMEM;
-    return 0;
-}
-
-/* --- runs --------------------------------------------------------------------------------- */
+/* --- state -------------------------------------------------------------------------------- */
 
 enum step {
     /* universe resolution, shared by prices and market_caps */
@@ -107,6 +58,14 @@ enum step {
     ST_DONE
 };
 
+/* A resolved id set kept between runs: category members, or the top N. */
+struct idcache {
+    struct strlist ids; /* sorted, unique */
+    bool valid;
+    uint64_t at_ms; /* wall time it was resolved */
+    uint32_t top;   /* the N it was resolved for (top cache) */
+};
+
 struct jobs;
 
 struct run {
@@ -117,17 +76,17 @@ struct run {
     struct job_summary sum;
     struct coingecko_times times;
     uint64_t ok_requests, failed_requests;
+    uint64_t gen; /* the jobs' universe generation when the run started */
 
     /* A snapshot of what the run needs from the config, so a reload mid-run is harmless. */
     struct strlist vs;
     struct strlist categories;
-    struct strlist explicit_ids; /* ids = a,b,c */
     bool all;
     bool ids_all; /* the universe is still "every coin" (no list loaded) */
     uint32_t top;
     uint32_t per_page;
-    uint32_t max_url_bytes;
-    size_t base_len;
+    size_t url_budget; /* bytes a path may take: max_url_bytes less the base URL */
+    uint64_t cache_ttl_top_ms, cache_ttl_categories_ms;
 
     enum step step;
     enum step after_resolve;
@@ -137,18 +96,21 @@ struct run {
     /* pagination */
     size_t vs_idx, cat_idx;
     uint32_t page;
-    uint64_t collected;
+    uint64_t collected; /* coins kept so far in this walk */
+    bool walk_failed;   /* a page of this walk failed for good */
 
     /* the ids the run tracks (sorted, unique) and a cursor over them */
     struct strlist ids;
     size_t next_id;
-    struct strlist scratch; /* ids gathered while resolving */
+    struct strlist scratch; /* ids gathered while walking pages */
 
-    /* what the current request fills */
+    /* the current request and what it fills */
     char path[16384];
-    struct batch *b[4];
+    bool sent;    /* path holds a request that was answered */
+    bool last_ok; /* ... and it succeeded */
+    struct batch *b[3];
     struct strlist got_ids;
-    size_t got_ncoins;
+    size_t got_ncoins;          /* coins in the page as served (before a top-N trim) */
     const char *const *req_ids; /* simple/price: the ids of this request */
     size_t req_nids;
 };
@@ -159,11 +121,10 @@ struct jobs {
     const struct config *cfg;
     struct run *runs[JOB_COUNT];
     struct job_summary last[JOB_COUNT];
-    struct strlist listed;       /* ids of the last /coins/list, sorted */
-    struct strlist category_ids; /* members of the configured categories, sorted */
-    bool have_category_ids;
-    struct strlist top_ids; /* the last top-N by market cap, sorted */
-    uint32_t top_ids_n;     /* the N they were resolved for */
+    struct strlist listed; /* ids of the last /coins/list, sorted */
+    struct idcache categories;
+    struct idcache top;
+    uint64_t gen; /* bumped when the universe's categories or top change on reload */
 };
 
 const char *jobs_status_name(enum job_status s)
@@ -176,6 +137,12 @@ const char *jobs_status_name(enum job_status s)
     default:
         return "failed";
     }
+}
+
+static void idcache_clear(struct idcache *c)
+{
+    strlist_clear(&c->ids);
+    c->valid = false;
 }
 
 struct jobs *jobs_new(struct api *api, struct sink *sink, const struct config *cfg)
@@ -193,13 +160,13 @@ struct jobs *jobs_new(struct api *api, struct sink *sink, const struct config *c
 
 void jobs_set_config(struct jobs *j, const struct config *cfg)
 {
-    bool cats_changed = j->cfg->universe.categories.n != cfg->universe.categories.n;
-    for (size_t i = 0; !cats_changed && i < cfg->universe.categories.n; i++)
-        cats_changed =
-            strcmp(j->cfg->universe.categories.items[i], cfg->universe.categories.items[i]) != 0;
-    if (cats_changed) {
-        ids_free(&j->category_ids);
-        j->have_category_ids = false;
+    /* Resolved sets depend on these keys only; a run that started before the change must
+     * not store its result (the generation tells). */
+    if (!strlist_equal(&j->cfg->universe.categories, &cfg->universe.categories) ||
+        j->cfg->universe.top != cfg->universe.top) {
+        idcache_clear(&j->categories);
+        idcache_clear(&j->top);
+        j->gen++;
     }
     j->cfg = cfg;
 }
@@ -214,16 +181,22 @@ const struct job_summary *jobs_last(const struct jobs *j, enum job_id id)
     return (unsigned)id < JOB_COUNT ? &j->last[id] : NULL;
 }
 
+static void drop_batches(struct run *r)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(r->b); i++) {
+        batch_free(r->b[i]);
+        r->b[i] = NULL;
+    }
+    strlist_clear(&r->got_ids);
+}
+
 static void run_free(struct run *r)
 {
-    ids_free(&r->vs);
-    ids_free(&r->categories);
-    ids_free(&r->explicit_ids);
-    ids_free(&r->ids);
-    ids_free(&r->scratch);
-    ids_free(&r->got_ids);
-    for (size_t i = 0; i < ARRAY_SIZE(r->b); i++)
-        batch_free(r->b[i]);
+    drop_batches(r);
+    strlist_clear(&r->vs);
+    strlist_clear(&r->categories);
+    strlist_clear(&r->ids);
+    strlist_clear(&r->scratch);
     free(r);
 }
 
@@ -231,13 +204,12 @@ void jobs_free(struct jobs *j)
 {
     if (!j)
         return;
-    for (int i = 0; i < JOB_COUNT; i++) {
+    for (int i = 0; i < JOB_COUNT; i++)
         if (j->runs[i])
             run_free(j->runs[i]);
-    }
-    ids_free(&j->listed);
-    ids_free(&j->category_ids);
-    ids_free(&j->top_ids);
+    strlist_clear(&j->listed);
+    idcache_clear(&j->categories);
+    idcache_clear(&j->top);
     free(j);
 }
 
@@ -248,56 +220,52 @@ static void set_error(struct run *r, const char *what, const char *why)
     snprintf(r->sum.error, sizeof(r->sum.error), "%s: %s", what, why ? why : "failed");
 }
 
-/* Hands a batch to the sink (which takes it) and counts its rows. */
-static void submit(struct run *r, struct batch *b)
+/* Hands a batch to the sink (which takes it) and counts its rows. Returns false when the
+ * sink could not keep the rows. */
+static bool submit(struct run *r, struct batch *b)
 {
     if (!b)
-        return;
+        return true;
     if (b->nrows == 0) {
         batch_free(b);
-        return;
+        return true;
     }
     uint64_t n = b->nrows;
-    if (sink_submit(r->j->sink, b) == 0)
-        r->sum.rows += n;
-    else
+    if (sink_submit(r->j->sink, b) != 0) {
         set_error(r, "sink", "rows could not be stored or spooled");
+        return false;
+    }
+    r->sum.rows += n;
+    return true;
 }
 
-static void submit_all(struct run *r)
+static bool submit_all(struct run *r)
 {
+    bool ok = true;
     for (size_t i = 0; i < ARRAY_SIZE(r->b); i++) {
-        submit(r, r->b[i]);
+        ok &= submit(r, r->b[i]);
         r->b[i] = NULL;
     }
-}
-
-static void drop_batches(struct run *r)
-{
-    for (size_t i = 0; i < ARRAY_SIZE(r->b); i++) {
-        batch_free(r->b[i]);
-        r->b[i] = NULL;
-    }
-    ids_free(&r->got_ids);
+    return ok;
 }
 
 static void finish(struct run *r)
 {
     struct jobs *j = r->j;
     r->sum.finished_wall_ms = util_wall_ms();
-    if (r->failed_requests == 0 && !r->cancelled && !r->sum.error[0])
+    if (r->cancelled)
+        set_error(r, "run", "cancelled by shutdown");
+    if (r->failed_requests == 0 && !r->sum.error[0])
         r->sum.status = JOB_STATUS_OK;
     else if (r->ok_requests > 0)
         r->sum.status = JOB_STATUS_PARTIAL;
     else
         r->sum.status = JOB_STATUS_FAILED;
-    if (r->cancelled)
-        set_error(r, "run", "cancelled by shutdown");
 
     /* The run's own record, through the sink like every other row. */
+    const char *name = config_job_name(r->id);
     struct batch *b = batch_new(BATCH_JOB_RUNS, 1);
     if (b && batch_add_row(b) == 0) {
-        const char *name = config_job_name(r->id);
         const char *status = jobs_status_name(r->sum.status);
         batch_set_str(b, 0, 0, name, strlen(name));
         batch_set_time(b, 0, 1, (int64_t)r->sum.started_wall_ms);
@@ -312,13 +280,14 @@ static void finish(struct run *r)
             log_warn("job_runs row lost", LOG_S("job", name));
     } else {
         batch_free(b);
+        log_warn("job_runs row lost: out of memory", LOG_S("job", name));
     }
 
     char labels[128];
-    snprintf(labels, sizeof(labels), "job=\"%s\",status=\"%s\"", config_job_name(r->id),
+    snprintf(labels, sizeof(labels), "job=\"%s\",status=\"%s\"", name,
              jobs_status_name(r->sum.status));
     metrics_add("coingest_job_runs_total", labels, 1);
-    snprintf(labels, sizeof(labels), "job=\"%s\"", config_job_name(r->id));
+    snprintf(labels, sizeof(labels), "job=\"%s\"", name);
     metrics_observe("coingest_job_duration_seconds", labels,
                     (double)(r->sum.finished_wall_ms - r->sum.started_wall_ms) / 1000.0);
     if (r->sum.status == JOB_STATUS_OK)
@@ -336,17 +305,29 @@ static void finish(struct run *r)
 
 /* --- request building --------------------------------------------------------------------- */
 
-/* Appends s, percent-encoded except for unreserved characters, to buf at *n. */
+static bool unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.' || c == '~';
+}
+
+/* The percent-encoded length of s. */
+static size_t enc_len(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        n += unreserved(*p) ? 1 : 3;
+    return n;
+}
+
+/* Appends s percent-encoded (all but unreserved characters) to buf at *n. */
 static int append_enc(char *buf, size_t cap, size_t *n, const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
+    if (*n + enc_len(s) + 1 > cap)
+        return -ENOSPC;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                     (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.' || *p == '~';
-        size_t need = plain ? 1 : 3;
-        if (*n + need + 1 > cap)
-            return -ENOSPC;
-        if (plain) {
+        if (unreserved(*p)) {
             buf[(*n)++] = (char)*p;
         } else {
             buf[(*n)++] = '%';
@@ -368,43 +349,28 @@ static int append_raw(char *buf, size_t cap, size_t *n, const char *s)
     return 0;
 }
 
-/* The encoded length of s (what append_enc would add). */
-static size_t enc_len(const char *s)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                     (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.' || *p == '~';
-        n += plain ? 1 : 3;
-    }
-    return n;
-}
-
-/* Builds "?ids=a,b,...<suffix>" from r->ids starting at r->next_id, as many ids as keep the
- * whole URL (base + prefix + ids + suffix) under max_url_bytes (at least one). Sets
- * r->req_ids/req_nids and advances next_id. */
-static int build_ids_path(struct run *r, const char *prefix, const char *suffix)
+/* Builds prefix + ids + suffix from r->ids starting at r->next_id, with as many ids (at most
+ * max_ids, at least one) as keep the path within the URL budget. Sets req_ids/req_nids and
+ * advances next_id. */
+static int build_ids_path(struct run *r, const char *prefix, const char *suffix, size_t max_ids)
 {
     size_t n = 0;
     r->path[0] = '\0';
     if (append_raw(r->path, sizeof(r->path), &n, prefix))
         return -ENOSPC;
-    size_t budget = r->max_url_bytes > r->base_len + n + strlen(suffix)
-                        ? r->max_url_bytes - r->base_len - n - strlen(suffix)
-                        : 0;
+    size_t limit = r->url_budget < sizeof(r->path) - 1 ? r->url_budget : sizeof(r->path) - 1;
+    size_t fixed = n + strlen(suffix);
+    size_t budget = limit > fixed ? limit - fixed : 0;
     size_t first = r->next_id, used = 0;
-    while (r->next_id < r->ids.n) {
+    while (r->next_id < r->ids.n && r->next_id - first < max_ids) {
         const char *id = r->ids.items[r->next_id];
         size_t add = enc_len(id) + (r->next_id > first ? 3 : 0); /* "%2C" separator */
         if (r->next_id > first && used + add > budget)
             break;
         if (r->next_id > first && append_raw(r->path, sizeof(r->path), &n, "%2C"))
             break;
-        if (append_enc(r->path, sizeof(r->path), &n, id)) {
-            if (r->next_id == first)
-                return -ENOSPC;
-            break;
-        }
+        if (append_enc(r->path, sizeof(r->path) - strlen(suffix), &n, id))
+            return -ENOSPC; /* one id alone does not fit */
         used += add;
         r->next_id++;
     }
@@ -415,7 +381,42 @@ static int build_ids_path(struct run *r, const char *prefix, const char *suffix)
     return 0;
 }
 
-/* --- parse callbacks (run on the loop by the fetch engine before a body counts) ----------- */
+/* /coins/markets?vs_currency=V[&category=C]&order=market_cap_desc&per_page=P&page=N
+ * &precision=full: one page of a walk. */
+static int markets_page_path(struct run *r, const char *vs, const char *category)
+{
+    size_t n = 0;
+    char tail[128];
+    snprintf(tail, sizeof(tail), "&order=market_cap_desc&per_page=%u&page=%u&precision=full",
+             r->per_page, r->page);
+    r->path[0] = '\0';
+    if (append_raw(r->path, sizeof(r->path), &n, "/coins/markets?vs_currency=") ||
+        append_enc(r->path, sizeof(r->path), &n, vs) ||
+        (category && (append_raw(r->path, sizeof(r->path), &n, "&category=") ||
+                      append_enc(r->path, sizeof(r->path), &n, category))) ||
+        append_raw(r->path, sizeof(r->path), &n, tail))
+        return -ENOSPC;
+    return 0;
+}
+
+/* --- parse callback (runs on the loop inside the fetch engine, before a body counts) ------ */
+
+/* Keeps only the first `keep` rows of each batch and ids of this page (a top-N walk's last
+ * page holds more coins than the N still wanted). */
+static void trim_page(struct run *r, uint64_t keep)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(r->b); i++)
+        while (r->b[i] && r->b[i]->nrows > keep)
+            batch_drop_last(r->b[i]);
+    while (r->got_ids.n > keep)
+        free(r->got_ids.items[--r->got_ids.n]);
+}
+
+/* Is this a walk limited to the top N (so the last page is trimmed)? */
+static bool top_walk(const struct run *r)
+{
+    return r->top && (r->step == ST_RESOLVE_TOP || (r->step == ST_MARKETS && r->ids_all));
+}
 
 static int parse_body(const char *body, size_t len, void *arg, char *err, size_t errlen)
 {
@@ -443,10 +444,13 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
                                             .assets = r->b[1],
                                             .asset_categories = cat ? r->b[2] : NULL,
                                             .ids = &r->got_ids};
-        const char *vs = r->vs.n ? r->vs.items[r->step == ST_MARKETS ? r->vs_idx : 0] : "usd";
+        const char *vs = r->step == ST_MARKETS ? r->vs.items[r->vs_idx] : r->vs.items[0];
         rc = coingecko_parse_markets(body, len, &r->times, vs, cat, &out, &st, err, errlen);
-        if (rc == 0)
+        if (rc == 0) {
             r->got_ncoins = out.ncoins;
+            if (top_walk(r) && r->collected + out.ncoins > r->top)
+                trim_page(r, r->top - r->collected);
+        }
         break;
     }
     case ST_PRICES: {
@@ -478,77 +482,76 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
     return rc;
 }
 
+/* --- the state machine -------------------------------------------------------------------- */
+
 static void advance(struct run *r);
 
 static void on_done(const struct fetch_result *res, void *arg)
 {
     struct run *r = arg;
     r->req = NULL;
+    r->sent = true;
     r->sum.requests += res->attempts;
+    r->last_ok = res->outcome == FETCH_OK;
     if (res->outcome == FETCH_CANCELLED) {
         r->cancelled = true;
         drop_batches(r);
-        r->step = ST_DONE;
-        advance(r);
-        return;
-    }
-    if (res->outcome != FETCH_OK) {
+    } else if (!r->last_ok) {
         r->failed_requests++;
-        char what[96];
-        snprintf(what, sizeof(what), "GET %.80s", r->path);
+        char what[128];
+        snprintf(what, sizeof(what), "GET %.100s", r->path);
         set_error(r, what, res->error);
-        log_warn("request failed", LOG_S("job", config_job_name(r->id)), LOG_S("path", r->path),
-                 LOG_I("status", res->status), LOG_U("attempts", res->attempts),
-                 LOG_S("error", res->error));
         drop_batches(r);
-        advance(r);
-        return;
+    } else {
+        r->ok_requests++;
     }
-    r->ok_requests++;
     advance(r);
 }
 
-static int send_request(struct run *r, enum batch_spec_id b0, int b1, int b2)
+/* Sends r->path with fresh batches of the given specs (-1: none). */
+static int send_request(struct run *r, int b0, int b1, int b2)
 {
+    int specs[3] = {b0, b1, b2};
     drop_batches(r);
-    r->b[0] = batch_new(b0, 256);
-    if (b1 >= 0)
-        r->b[1] = batch_new((enum batch_spec_id)b1, 256);
-    if (b2 >= 0)
-        r->b[2] = batch_new((enum batch_spec_id)b2, 256);
-    if (!r->b[0] || (b1 >= 0 && !r->b[1]) || (b2 >= 0 && !r->b[2]))
-        return -ENOMEM;
+    for (size_t i = 0; i < 3; i++) {
+        if (specs[i] >= 0 && !(r->b[i] = batch_new((enum batch_spec_id)specs[i], 256)))
+            return -ENOMEM;
+    }
     r->got_ncoins = 0;
+    r->sent = false;
+    r->last_ok = false;
     r->req = api_get(r->j->api, r->path, TBUCKET_PRIO_LIVE, parse_body, on_done, r);
     return r->req ? 0 : -ENOMEM;
 }
 
-/* --- the state machine -------------------------------------------------------------------- */
-
-static uint32_t page_size(struct run *r)
+/* Enters a step with fresh pagination state. */
+static void next_step(struct run *r, enum step st)
 {
-    uint32_t pp = r->per_page ? r->per_page : 250;
-    if (r->top && r->step != ST_RESOLVE_CATEGORIES && r->step != ST_ASSETS_CATEGORY_PAGES &&
-        r->top - r->collected < pp)
-        pp = (uint32_t)(r->top - r->collected);
-    return pp;
+    r->step = st;
+    r->path[0] = '\0';
+    r->sent = false;
+    r->page = 1;
+    r->cat_idx = 0;
+    r->collected = 0;
+    r->next_id = 0;
+    r->walk_failed = false;
+    strlist_clear(&r->scratch);
 }
 
-static int plan_markets_page(struct run *r, const char *vs, const char *category)
+/* After a page of a walk: records it and says whether the walk goes on to page+1. A page
+ * that failed for good ends the walk (the engine already retried it). */
+static bool page_done(struct run *r)
 {
-    size_t n = 0;
-    int rc = 0;
-    rc |= append_raw(r->path, sizeof(r->path), &n, "/coins/markets?vs_currency=");
-    rc |= append_enc(r->path, sizeof(r->path), &n, vs);
-    if (category) {
-        rc |= append_raw(r->path, sizeof(r->path), &n, "&category=");
-        rc |= append_enc(r->path, sizeof(r->path), &n, category);
+    if (!r->last_ok) {
+        r->walk_failed = true;
+        return false;
     }
-    char tail[128];
-    snprintf(tail, sizeof(tail), "&order=market_cap_desc&per_page=%u&page=%u&precision=full",
-             page_size(r), r->page);
-    rc |= append_raw(r->path, sizeof(r->path), &n, tail);
-    return rc ? -ENOSPC : 0;
+    for (size_t i = 0; i < r->got_ids.n; i++)
+        strlist_push(&r->scratch, r->got_ids.items[i], strlen(r->got_ids.items[i]));
+    r->collected += r->got_ncoins;
+    if (r->got_ncoins < r->per_page)
+        return false; /* a short page is the last one */
+    return !top_walk(r) || r->collected < r->top;
 }
 
 /* Narrows the run's ids to those in `set` (sorted); when the run tracks "all", the set
@@ -557,324 +560,325 @@ static void narrow(struct run *r, const struct strlist *set)
 {
     struct strlist keep = {0};
     if (r->ids_all) {
-        ids_copy(&keep, set);
+        strlist_append(&keep, set);
     } else {
         for (size_t i = 0; i < r->ids.n; i++)
-            if (ids_contains_sorted(set, r->ids.items[i]))
-                ids_push(&keep, r->ids.items[i]);
+            if (strlist_contains_sorted(set, r->ids.items[i]))
+                strlist_push(&keep, r->ids.items[i], strlen(r->ids.items[i]));
     }
-    ids_free(&r->ids);
+    strlist_clear(&r->ids);
     r->ids = keep;
-    ids_uniq(&r->ids);
     r->ids_all = false;
 }
 
-/* Enters a step with fresh pagination state. */
-static void next_step(struct run *r, enum step st)
+/* Stores a walk's ids as a cache entry, unless the universe changed since the run began. */
+static void cache_store(struct run *r, struct idcache *c)
 {
-    r->step = st;
-    r->path[0] = '\0';
-    r->page = 1;
-    r->cat_idx = 0;
-    r->collected = 0;
-    r->next_id = 0;
-    ids_free(&r->scratch);
+    if (r->gen != r->j->gen)
+        return;
+    strlist_clear(&c->ids);
+    c->ids = r->scratch;
+    memset(&r->scratch, 0, sizeof(r->scratch));
+    strlist_sort_uniq(&c->ids);
+    c->valid = true;
+    c->at_ms = util_wall_ms();
+    c->top = r->top;
 }
 
-/* Moves the run to its next request, or finishes it. Called after each request. */
+static bool cache_fresh(const struct idcache *c, uint64_t ttl_ms)
+{
+    return c->valid && util_wall_ms() < c->at_ms + ttl_ms;
+}
+
+/* Universe resolution through a cached walk (categories or top N). Returns 1 when the step
+ * is done (the run's ids are narrowed and it moved on), 0 when a request was sent, or a
+ * negative code. */
+static int resolve_step(struct run *r)
+{
+    struct jobs *j = r->j;
+    bool cats = r->step == ST_RESOLVE_CATEGORIES;
+    enum step next = cats ? ST_RESOLVE_TOP : r->after_resolve;
+    if (cats ? !r->categories.n : !r->top) {
+        next_step(r, next);
+        return 1;
+    }
+    struct idcache *cache = cats ? &j->categories : &j->top;
+    uint64_t ttl = cats ? r->cache_ttl_categories_ms : r->cache_ttl_top_ms;
+    const struct strlist *set = NULL;
+    if (cache_fresh(cache, ttl) && (cats || cache->top == r->top)) {
+        set = &cache->ids;
+    } else if (r->sent) {
+        bool more = page_done(r);
+        drop_batches(r);
+        if (more) {
+            r->page++;
+        } else if (!r->walk_failed && cats && ++r->cat_idx < r->categories.n) {
+            r->page = 1;
+        } else if (!r->walk_failed) {
+            strlist_sort_uniq(&r->scratch);
+            cache_store(r, cache);
+            /* cache_store leaves the walk's ids in scratch when a reload changed the
+             * universe meanwhile: this run still uses them. */
+            set = r->scratch.n ? &r->scratch : &cache->ids;
+        } else if (cache->valid && (cats || cache->top == r->top)) {
+            log_warn("universe resolution failed; using the previous result",
+                     LOG_S("job", config_job_name(r->id)), LOG_S("error", r->sum.error));
+            set = &cache->ids;
+        } else {
+            set_error(r, "universe", "could not be resolved");
+            next_step(r, ST_DONE);
+            return 1;
+        }
+    }
+    if (set) {
+        narrow(r, set);
+        strlist_sort_uniq(&r->ids);
+        next_step(r, next);
+        return 1;
+    }
+    int rc = markets_page_path(r, r->vs.items[0], cats ? r->categories.items[r->cat_idx] : NULL);
+    if (rc)
+        return rc;
+    return send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET,
+                        cats ? BATCH_ASSET_CATEGORIES : -1);
+}
+
+static int assets_list_step(struct run *r)
+{
+    struct jobs *j = r->j;
+    if (!r->sent) {
+        snprintf(r->path, sizeof(r->path), "/coins/list?include_platform=true");
+        return send_request(r, BATCH_ASSETS_LIST, -1, -1);
+    }
+    if (r->last_ok) {
+        bool stored = submit(r, r->b[0]);
+        r->b[0] = NULL;
+        strlist_clear(&j->listed);
+        j->listed = r->got_ids;
+        memset(&r->got_ids, 0, sizeof(r->got_ids));
+        strlist_sort_uniq(&j->listed);
+        /* Assets not in this list are delisted; the sink runs the statement only after the
+         * list is committed (a statement batch is a barrier). Without the whole list stored,
+         * nothing may be marked. */
+        struct batch *d = stored ? batch_new(BATCH_ASSETS_DELIST, 1) : NULL;
+        if (d && batch_add_row(d) == 0) {
+            batch_set_time(d, 0, 0, r->times.run_ms);
+            batch_set_time(d, 0, 1, r->times.run_ms);
+            submit(r, d);
+        } else {
+            batch_free(d);
+        }
+    }
+    next_step(r, ST_ASSETS_CATEGORIES);
+    return 1;
+}
+
+static int category_pages_step(struct run *r)
+{
+    if (r->cat_idx >= r->categories.n) {
+        next_step(r, ST_DONE);
+        return 1;
+    }
+    if (r->sent) {
+        if (r->last_ok) {
+            submit(r, r->b[2]);
+            r->b[2] = NULL;
+        }
+        bool more = page_done(r);
+        drop_batches(r);
+        if (more) {
+            r->page++;
+        } else if (++r->cat_idx < r->categories.n) {
+            r->page = 1;
+        } else {
+            /* The members just walked refresh the cache prices and market_caps use. */
+            if (!r->walk_failed)
+                cache_store(r, &r->j->categories);
+            next_step(r, ST_DONE);
+            return 1;
+        }
+    }
+    int rc = markets_page_path(r, r->vs.items[0], r->categories.items[r->cat_idx]);
+    if (rc)
+        return rc;
+    return send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET, BATCH_ASSET_CATEGORIES);
+}
+
+static int prices_step(struct run *r)
+{
+    if (r->sent)
+        submit_all(r);
+    if (r->next_id >= r->ids.n) {
+        if (r->ids.n == 0)
+            set_error(r, "universe", "no ids to track");
+        next_step(r, ST_DONE);
+        return 1;
+    }
+    char prefix[1024];
+    size_t n = 0;
+    prefix[0] = '\0';
+    int rc = append_raw(prefix, sizeof(prefix), &n, "/simple/price?vs_currencies=");
+    for (size_t i = 0; !rc && i < r->vs.n; i++) {
+        if (i)
+            rc = append_raw(prefix, sizeof(prefix), &n, "%2C");
+        if (!rc)
+            rc = append_enc(prefix, sizeof(prefix), &n, r->vs.items[i]);
+    }
+    if (!rc)
+        rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
+    if (!rc)
+        rc = build_ids_path(r, prefix,
+                            "&include_market_cap=true&include_24hr_vol=true"
+                            "&include_24hr_change=true&include_last_updated_at=true"
+                            "&precision=full",
+                            SIZE_MAX);
+    if (rc)
+        return rc;
+    return send_request(r, BATCH_PRICES, -1, -1);
+}
+
+/* market_caps: `ids = all` without categories walks the pages (with `top`: the first N
+ * coins); any other universe is fetched by id, 250 ids a request (a page's maximum). */
+static int markets_step(struct run *r)
+{
+    if (r->sent) {
+        bool ok = r->last_ok;
+        bool more;
+        if (r->ids_all) {
+            more = page_done(r);
+        } else {
+            more = r->next_id < r->ids.n;
+            if (!ok)
+                r->walk_failed = true;
+        }
+        submit_all(r);
+        if (more) {
+            r->page++;
+        } else {
+            /* The first currency's walk of the top N refreshes the cache prices uses. */
+            if (r->ids_all && r->top && r->vs_idx == 0 && !r->walk_failed)
+                cache_store(r, &r->j->top);
+            strlist_clear(&r->scratch);
+            r->vs_idx++;
+            r->page = 1;
+            r->next_id = 0;
+            r->collected = 0;
+            r->walk_failed = false;
+        }
+    }
+    if (r->vs_idx >= r->vs.n) {
+        next_step(r, ST_GLOBAL);
+        return 1;
+    }
+    /* Rank and image come once, with the first currency. */
+    int assets_spec = r->vs_idx == 0 ? BATCH_ASSETS_MARKET : -1;
+    int rc;
+    if (r->ids_all) {
+        rc = markets_page_path(r, r->vs.items[r->vs_idx], NULL);
+    } else {
+        if (r->ids.n == 0) {
+            set_error(r, "universe", "no ids to track");
+            next_step(r, ST_GLOBAL);
+            return 1;
+        }
+        char prefix[256];
+        size_t n = 0;
+        prefix[0] = '\0';
+        rc = append_raw(prefix, sizeof(prefix), &n, "/coins/markets?vs_currency=");
+        if (!rc)
+            rc = append_enc(prefix, sizeof(prefix), &n, r->vs.items[r->vs_idx]);
+        if (!rc)
+            rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
+        if (!rc)
+            rc = build_ids_path(r, prefix,
+                                "&order=market_cap_desc&per_page=250&page=1&precision=full", 250);
+    }
+    if (rc)
+        return rc;
+    return send_request(r, BATCH_MARKET_SNAPSHOTS, assets_spec, -1);
+}
+
+/* Moves the run to its next request, or finishes it. Called at the start and after each
+ * request; each step function returns 0 (a request is under way), 1 (go on to the next
+ * step now) or a negative code (the run cannot go on). */
 static void advance(struct run *r)
 {
     struct jobs *j = r->j;
-    int rc = 0;
     for (;;) {
-        if (r->cancelled && r->step != ST_DONE)
+        if (r->cancelled)
             r->step = ST_DONE;
+        int rc = 1;
         switch (r->step) {
         case ST_RESOLVE_LIST:
-            if (!r->path[0]) {
+            if (!r->sent) {
                 snprintf(r->path, sizeof(r->path), "/coins/list");
                 rc = send_request(r, BATCH_ASSETS_LIST, -1, -1);
-                goto sent;
+                break;
             }
-            if (r->b[0]) {
-                ids_free(&j->listed);
+            if (r->last_ok) {
+                strlist_clear(&j->listed);
                 j->listed = r->got_ids;
                 memset(&r->got_ids, 0, sizeof(r->got_ids));
-                ids_uniq(&j->listed);
+                strlist_sort_uniq(&j->listed);
             }
             drop_batches(r);
-            ids_copy(&r->ids, &j->listed);
+            if (!j->listed.n) {
+                set_error(r, "universe", "the coin list could not be fetched");
+                next_step(r, ST_DONE);
+                break;
+            }
+            strlist_append(&r->ids, &j->listed);
             r->ids_all = false;
             next_step(r, ST_RESOLVE_CATEGORIES);
-            continue;
-
+            break;
         case ST_RESOLVE_CATEGORIES:
-        case ST_RESOLVE_TOP: {
-            bool cats = r->step == ST_RESOLVE_CATEGORIES;
-            enum step next = cats ? ST_RESOLVE_TOP : r->after_resolve;
-            if (cats ? !r->categories.n : !r->top) {
-                next_step(r, next);
-                continue;
-            }
-            struct strlist *cache = cats ? &j->category_ids : &j->top_ids;
-            bool cached = cats ? j->have_category_ids : (j->top_ids_n == r->top && j->top_ids.n);
-            if (!cached && r->path[0]) {
-                /* A page came back (or failed for good): collect its ids. */
-                bool ok = r->b[0] != NULL;
-                for (size_t i = 0; ok && i < r->got_ids.n; i++)
-                    ids_push(&r->scratch, r->got_ids.items[i]);
-                r->collected += ok ? r->got_ncoins : 0;
-                bool more = ok && r->got_ncoins >= page_size(r) && (cats || r->collected < r->top);
-                drop_batches(r);
-                if (more) {
-                    r->page++;
-                } else if (cats && ++r->cat_idx < r->categories.n) {
-                    r->page = 1;
-                } else {
-                    ids_free(cache);
-                    *cache = r->scratch;
-                    memset(&r->scratch, 0, sizeof(r->scratch));
-                    ids_uniq(cache);
-                    if (cats)
-                        j->have_category_ids = true;
-                    else
-                        j->top_ids_n = r->top;
-                    cached = true;
-                }
-            }
-            if (cached) {
-                narrow(r, cache);
-                next_step(r, next);
-                continue;
-            }
-            r->path[0] = '\0';
-            rc = plan_markets_page(r, "usd", cats ? r->categories.items[r->cat_idx] : NULL);
-            if (rc)
-                goto sent;
-            rc = send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET,
-                              cats ? BATCH_ASSET_CATEGORIES : -1);
-            goto sent;
-        }
-
+        case ST_RESOLVE_TOP:
+            rc = resolve_step(r);
+            break;
         case ST_ASSETS_LIST:
-            if (!r->path[0]) {
-                snprintf(r->path, sizeof(r->path), "/coins/list?include_platform=true");
-                rc = send_request(r, BATCH_ASSETS_LIST, -1, -1);
-                goto sent;
-            }
-            if (r->b[0]) {
-                submit(r, r->b[0]);
-                r->b[0] = NULL;
-                ids_free(&j->listed);
-                j->listed = r->got_ids;
-                memset(&r->got_ids, 0, sizeof(r->got_ids));
-                ids_uniq(&j->listed);
-                /* Assets not in this list are delisted; the sink runs this after the list is
-                 * committed (a statement batch is a barrier). */
-                struct batch *d = batch_new(BATCH_ASSETS_DELIST, 1);
-                if (d && batch_add_row(d) == 0) {
-                    batch_set_time(d, 0, 0, r->times.run_ms);
-                    batch_set_time(d, 0, 1, r->times.run_ms);
-                    if (sink_submit(j->sink, d) != 0)
-                        set_error(r, "sink", "delisting statement could not be stored");
-                } else {
-                    batch_free(d);
-                }
-            }
-            r->step = ST_ASSETS_CATEGORIES;
-            r->path[0] = '\0';
-            continue;
-
+            rc = assets_list_step(r);
+            break;
         case ST_ASSETS_CATEGORIES:
-            if (!r->path[0]) {
+            if (!r->sent) {
                 snprintf(r->path, sizeof(r->path), "/coins/categories/list");
                 rc = send_request(r, BATCH_CATEGORIES, -1, -1);
-                goto sent;
+                break;
             }
             submit_all(r);
-            r->step = ST_ASSETS_CATEGORY_PAGES;
-            r->path[0] = '\0';
-            r->cat_idx = 0;
-            r->page = 1;
-            ids_free(&r->scratch);
-            continue;
-
+            next_step(r, ST_ASSETS_CATEGORY_PAGES);
+            break;
         case ST_ASSETS_CATEGORY_PAGES:
-            if (r->cat_idx >= r->categories.n) {
-                r->step = ST_DONE;
-                continue;
-            }
-            if (r->path[0]) {
-                bool ok = r->b[0] != NULL;
-                if (ok) {
-                    for (size_t i = 0; i < r->got_ids.n; i++)
-                        ids_push(&r->scratch, r->got_ids.items[i]);
-                    submit(r, r->b[2]);
-                    r->b[2] = NULL;
-                }
-                bool more = ok && r->got_ncoins >= (r->per_page ? r->per_page : 250);
-                drop_batches(r);
-                if (more) {
-                    r->page++;
-                } else {
-                    r->cat_idx++;
-                    r->page = 1;
-                    if (r->cat_idx >= r->categories.n) {
-                        if (!r->failed_requests) {
-                            ids_free(&j->category_ids);
-                            j->category_ids = r->scratch;
-                            memset(&r->scratch, 0, sizeof(r->scratch));
-                            ids_uniq(&j->category_ids);
-                            j->have_category_ids = true;
-                        }
-                        r->step = ST_DONE;
-                        continue;
-                    }
-                }
-            }
-            r->path[0] = '\0';
-            {
-                size_t n = 0;
-                char tail[96];
-                const char *vs = r->vs.n ? r->vs.items[0] : "usd";
-                append_raw(r->path, sizeof(r->path), &n, "/coins/markets?vs_currency=");
-                append_enc(r->path, sizeof(r->path), &n, vs);
-                append_raw(r->path, sizeof(r->path), &n, "&category=");
-                append_enc(r->path, sizeof(r->path), &n, r->categories.items[r->cat_idx]);
-                snprintf(tail, sizeof(tail), "&per_page=%u&page=%u", r->per_page, r->page);
-                append_raw(r->path, sizeof(r->path), &n, tail);
-            }
-            rc = send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET,
-                              BATCH_ASSET_CATEGORIES);
-            goto sent;
-
+            rc = category_pages_step(r);
+            break;
         case ST_PRICES:
-            if (r->path[0])
-                submit_all(r);
-            if (r->next_id >= r->ids.n) {
-                if (r->ids.n == 0)
-                    set_error(r, "universe", "no ids to track");
-                r->step = ST_DONE;
-                continue;
-            }
-            {
-                char prefix[1024];
-                size_t n = 0;
-                prefix[0] = '\0';
-                append_raw(prefix, sizeof(prefix), &n, "/simple/price?vs_currencies=");
-                for (size_t i = 0; i < r->vs.n; i++) {
-                    if (i)
-                        append_raw(prefix, sizeof(prefix), &n, "%2C");
-                    append_enc(prefix, sizeof(prefix), &n, r->vs.items[i]);
-                }
-                append_raw(prefix, sizeof(prefix), &n, "&ids=");
-                rc = build_ids_path(r, prefix,
-                                    "&include_market_cap=true&include_24hr_vol=true"
-                                    "&include_24hr_change=true&include_last_updated_at=true"
-                                    "&precision=full");
-            }
-            if (rc)
-                goto sent;
-            rc = send_request(r, BATCH_PRICES, -1, -1);
-            goto sent;
-
-        case ST_MARKETS: {
-            /* An explicit universe (ids, categories, top from the resolver) is fetched by id;
-             * `ids = all` without filters walks the pages. */
-            bool by_ids = !(r->all && !r->categories.n);
-            if (r->path[0]) {
-                if (r->b[0]) {
-                    /* Rank and image once, from the first currency. */
-                    if (r->vs_idx != 0) {
-                        batch_free(r->b[1]);
-                        r->b[1] = NULL;
-                    }
-                    r->collected += r->got_ncoins;
-                }
-                bool ok = r->b[0] != NULL;
-                submit_all(r);
-                bool more;
-                if (by_ids)
-                    more = r->next_id < r->ids.n;
-                else
-                    more =
-                        ok && r->got_ncoins >= page_size(r) && (!r->top || r->collected < r->top);
-                if (more) {
-                    r->page++;
-                } else {
-                    r->vs_idx++;
-                    r->page = 1;
-                    r->next_id = 0;
-                    r->collected = 0;
-                }
-            }
-            if (r->vs_idx >= r->vs.n) {
-                r->step = ST_GLOBAL;
-                r->path[0] = '\0';
-                continue;
-            }
-            if (by_ids) {
-                if (r->ids.n == 0) {
-                    set_error(r, "universe", "no ids to track");
-                    r->step = ST_GLOBAL;
-                    r->path[0] = '\0';
-                    continue;
-                }
-                char prefix[256];
-                size_t n = 0;
-                append_raw(prefix, sizeof(prefix), &n, "/coins/markets?vs_currency=");
-                append_enc(prefix, sizeof(prefix), &n, r->vs.items[r->vs_idx]);
-                append_raw(prefix, sizeof(prefix), &n, "&ids=");
-                char suffix[96];
-                snprintf(suffix, sizeof(suffix),
-                         "&order=market_cap_desc&per_page=250&page=1"
-                         "&precision=full");
-                /* per_page caps the answer: never ask for more ids than a page holds. */
-                size_t end = r->next_id + 250 < r->ids.n ? r->next_id + 250 : r->ids.n;
-                size_t saved = r->ids.n;
-                r->ids.n = end;
-                rc = build_ids_path(r, prefix, suffix);
-                r->ids.n = saved;
-            } else {
-                r->path[0] = '\0';
-                rc = plan_markets_page(r, r->vs.items[r->vs_idx], NULL);
-            }
-            if (rc)
-                goto sent;
-            rc = send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET, -1);
-            goto sent;
-        }
-
+            rc = prices_step(r);
+            break;
+        case ST_MARKETS:
+            rc = markets_step(r);
+            break;
         case ST_GLOBAL:
-            if (!r->path[0]) {
+            if (!r->sent) {
                 snprintf(r->path, sizeof(r->path), "/global");
                 rc = send_request(r, BATCH_GLOBAL_SNAPSHOTS, -1, -1);
-                goto sent;
+                break;
             }
             submit_all(r);
-            r->step = ST_DONE;
-            continue;
-
+            next_step(r, ST_DONE);
+            break;
         case ST_DONE:
         default:
             finish(r);
             return;
         }
-    sent:
-        if (rc) {
+        if (rc == 0)
+            return;
+        if (rc < 0) {
             set_error(r, "request", rc == -ENOSPC ? "URL too long" : "out of memory");
             r->failed_requests++;
-            r->step = ST_DONE;
             drop_batches(r);
-            continue;
+            next_step(r, ST_DONE);
         }
-        return;
     }
-}
-
-static int copy_list(struct strlist *dst, const struct strlist *src)
-{
-    return ids_copy(dst, src);
 }
 
 int jobs_run(struct jobs *j, enum job_id id, jobs_done_cb done, void *arg)
@@ -891,6 +895,7 @@ int jobs_run(struct jobs *j, enum job_id id, jobs_done_cb done, void *arg)
     r->id = id;
     r->done = done;
     r->arg = arg;
+    r->gen = j->gen;
     r->sum.job = id;
     r->sum.started_wall_ms = util_wall_ms();
     r->times.run_ms = (int64_t)r->sum.started_wall_ms;
@@ -898,49 +903,55 @@ int jobs_run(struct jobs *j, enum job_id id, jobs_done_cb done, void *arg)
     r->all = cfg->universe.all;
     r->top = cfg->universe.top;
     r->per_page = cfg->coingecko.per_page ? cfg->coingecko.per_page : 250;
-    r->max_url_bytes = cfg->coingecko.max_url_bytes ? cfg->coingecko.max_url_bytes : 8000;
-    r->base_len = cfg->coingecko.base_url ? strlen(cfg->coingecko.base_url) : 0;
-    if (copy_list(&r->vs, &cfg->universe.vs_currencies) ||
-        copy_list(&r->categories, &cfg->universe.categories) ||
-        copy_list(&r->explicit_ids, &cfg->universe.ids)) {
+    size_t base = cfg->coingecko.base_url ? strlen(cfg->coingecko.base_url) : 0;
+    size_t max_url = cfg->coingecko.max_url_bytes ? cfg->coingecko.max_url_bytes : 8000;
+    r->url_budget = max_url > base ? max_url - base : 0;
+    /* A resolved set is reused until the job that refreshes it anyway would have run. */
+    r->cache_ttl_top_ms = cfg->jobs[JOB_MARKET_CAPS].every_ms;
+    r->cache_ttl_categories_ms = cfg->jobs[JOB_ASSETS].every_ms;
+    if (strlist_append(&r->vs, &cfg->universe.vs_currencies) ||
+        strlist_append(&r->categories, &cfg->universe.categories) ||
+        (r->vs.n == 0 && strlist_push(&r->vs, "usd", 3))) {
         run_free(r);
         return -ENOMEM;
     }
-    if (r->vs.n == 0 && ids_push(&r->vs, "usd")) {
-        run_free(r);
-        return -ENOMEM;
-    }
-    j->runs[id] = r;
+    next_step(r, ST_DONE);
 
     switch (id) {
     case JOB_ASSETS:
-        r->step = ST_ASSETS_LIST;
-        r->page = 1;
+        next_step(r, ST_ASSETS_LIST);
         break;
     case JOB_PRICES:
     case JOB_MARKET_CAPS:
         r->after_resolve = id == JOB_PRICES ? ST_PRICES : ST_MARKETS;
         if (!r->all) {
-            ids_copy(&r->ids, &r->explicit_ids);
-            ids_uniq(&r->ids);
-            r->step = ST_RESOLVE_CATEGORIES;
+            if (strlist_append(&r->ids, &cfg->universe.ids)) {
+                run_free(r);
+                return -ENOMEM;
+            }
+            strlist_sort_uniq(&r->ids);
+            next_step(r, ST_RESOLVE_CATEGORIES);
         } else if (r->categories.n || (r->top && id == JOB_PRICES)) {
             r->ids_all = true;
-            r->step = ST_RESOLVE_CATEGORIES;
+            next_step(r, ST_RESOLVE_CATEGORIES);
         } else if (id == JOB_MARKET_CAPS) {
             /* Every coin (or the top N) by walking the pages: nothing to resolve. */
-            r->step = ST_MARKETS;
+            r->ids_all = true;
+            next_step(r, ST_MARKETS);
         } else if (j->listed.n) {
-            ids_copy(&r->ids, &j->listed);
-            r->step = ST_PRICES;
+            if (strlist_append(&r->ids, &j->listed)) {
+                run_free(r);
+                return -ENOMEM;
+            }
+            next_step(r, ST_PRICES);
         } else {
-            r->step = ST_RESOLVE_LIST;
+            next_step(r, ST_RESOLVE_LIST);
         }
-        r->page = 1;
         break;
     default:
         break;
     }
+    j->runs[id] = r;
     log_info("job started", LOG_S("job", config_job_name(id)));
     advance(r);
     return 0;

@@ -1,5 +1,5 @@
 /*
- * util: clocks, a seedable random source, ISO-8601 times and CRC-32C.
+ * util: clocks, a seedable random source, ISO-8601 times, CRC-32C and string lists.
  *
  * The CRC is the bitwise-table form of CRC-32C; it guards spool records, where a few hundred
  * MB/s is far more than the disk gives, so no hardware path is needed.
@@ -152,4 +152,92 @@ uint32_t util_crc32c(uint32_t crc, const void *buf, size_t len)
     while (len--)
         crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
     return ~crc;
+}
+
+/* --- string lists ------------------------------------------------------------------------- */
+
+int strlist_push(struct strlist *l, const char *s, size_t len)
+{
+    char *copy = strndup(s, len);
+    if (!copy)
+        return -ENOMEM;
+    char **items = realloc(l->items, (l->n + 1) * sizeof(*items));
+    if (!items) {
+        free(copy);
+        return -ENOMEM;
+    }
+    items[l->n++] = copy;
+    l->items = items;
+    return 0;
+}
+
+int strlist_append(struct strlist *dst, const struct strlist *src)
+{
+    if (src->n == 0)
+        return 0;
+    /* One allocation for the array, whatever the count: lists of 17,500 ids are copied on
+     * every prices run. */
+    char **items = realloc(dst->items, (dst->n + src->n) * sizeof(*items));
+    if (!items)
+        return -ENOMEM;
+    dst->items = items;
+    for (size_t i = 0; i < src->n; i++) {
+        char *copy = strdup(src->items[i]);
+        if (!copy)
+            return -ENOMEM;
+        dst->items[dst->n++] = copy;
+    }
+    return 0;
+}
+
+void strlist_clear(struct strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->items[i]);
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+bool strlist_has(const struct strlist *l, const char *s, size_t len)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strlen(l->items[i]) == len && memcmp(l->items[i], s, len) == 0)
+            return true;
+    return false;
+}
+
+bool strlist_equal(const struct strlist *a, const struct strlist *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->items[i], b->items[i]) != 0)
+            return false;
+    return true;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void strlist_sort_uniq(struct strlist *l)
+{
+    if (l->n < 2)
+        return;
+    qsort(l->items, l->n, sizeof(char *), cmp_str);
+    size_t w = 1;
+    for (size_t r = 1; r < l->n; r++) {
+        if (strcmp(l->items[r], l->items[w - 1]) == 0)
+            free(l->items[r]);
+        else
+            l->items[w++] = l->items[r];
+    }
+    l->n = w;
+}
+
+bool strlist_contains_sorted(const struct strlist *l, const char *s)
+{
+    return l->n && bsearch(&s, l->items, l->n, sizeof(char *), cmp_str) != NULL;
 }

@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "coingest/util.h"
+
 /* Exit code for configuration errors (sysexits.h EX_CONFIG). */
 #define CONFIG_EX_CONFIG 78
 
@@ -36,11 +38,6 @@ enum api_plan { PLAN_PUBLIC = 0, PLAN_DEMO = 1, PLAN_PRO = 2 };
 struct rate {
     uint32_t count;
     uint64_t period_ms;
-};
-
-struct strlist {
-    char **items;
-    size_t n;
 };
 
 /* Names of the jobs the daemon knows, in the order --once runs them by default. */

@@ -1,10 +1,11 @@
 /*
- * util: small helpers every module uses: clocks, a seedable random source, checked allocation
- * and string lists. Nothing here keeps global state.
+ * util: small helpers every module uses: clocks, a seedable random source, ISO-8601 times,
+ * CRC-32C and string lists. Nothing here keeps global state.
  */
 #ifndef COINGEST_UTIL_H
 #define COINGEST_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,5 +38,26 @@ char *util_strdup0(const char *s);
 
 /* CRC-32C (Castagnoli) of a buffer, continuing from `crc` (start with 0). */
 uint32_t util_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* A list of malloc'd NUL-terminated strings. Zero-initialised is an empty list. */
+struct strlist {
+    char **items;
+    size_t n;
+};
+
+/* Appends a copy of s[0..len). 0 or -ENOMEM (the list is unchanged then). */
+int strlist_push(struct strlist *l, const char *s, size_t len);
+/* Appends copies of every item of src. 0 or -ENOMEM (items appended so far stay). */
+int strlist_append(struct strlist *dst, const struct strlist *src);
+/* Frees every item and empties the list. */
+void strlist_clear(struct strlist *l);
+/* Linear search for s[0..len). */
+bool strlist_has(const struct strlist *l, const char *s, size_t len);
+/* Same items in the same order. */
+bool strlist_equal(const struct strlist *a, const struct strlist *b);
+/* Sorts (strcmp order) and removes duplicates. */
+void strlist_sort_uniq(struct strlist *l);
+/* Binary search in a list sorted by strlist_sort_uniq. */
+bool strlist_contains_sorted(const struct strlist *l, const char *s);
 
 #endif

@@ -1169,11 +1169,6 @@ int coingecko_parse_global(const char *body, size_t len, const struct coingecko_
 
 void coingecko_strlist_free(struct strlist *l)
 {
-    if (!l)
-        return;
-    for (size_t i = 0; i < l->n; i++)
-        free(l->items[i]);
-    free(l->items);
-    l->items = NULL;
-    l->n = 0;
+    if (l)
+        strlist_clear(l);
 }

@@ -78,6 +78,44 @@ def main():
         finally:
             db2.drop()
 
+        # top = 300: two pages, the second trimmed; exactly the 300 largest.
+        db4 = h.Database(f"e2e_top300_{os.getpid()}")
+        try:
+            conf4 = os.path.join(work, "top300.conf")
+            h.write_config(conf4, db4, api.base_url, os.path.join(work, "spool4"),
+                           universe="ids = all\ntop = 300")
+            rc, out, _ = h.run_daemon(conf4, "--once", "market_caps,prices")
+            check.eq(rc, 0, "top=300 run exits 0")
+            want = set(largest(api, 300))
+            got = {r[0] for r in db4.sql("SELECT asset_id FROM market_snapshots")}
+            check.eq(len(got), 300, "top=300: 300 snapshots")
+            check(got == want, "top=300: exactly the 300 largest by market cap")
+            got_p = {r[0] for r in db4.sql("SELECT asset_id FROM prices")}
+            check(got_p == want, "top=300: prices for exactly those 300")
+        finally:
+            db4.drop()
+
+        # An explicit list, with an id holding a space, and max_url_bytes far above the
+        # default: only those coins, whatever the chunking.
+        db5 = h.Database(f"e2e_ids_{os.getpid()}")
+        try:
+            ids = largest(api, 20)
+            conf5 = os.path.join(work, "ids.conf")
+            h.write_config(conf5, db5, api.base_url, os.path.join(work, "spool5"),
+                           universe="ids = " + ", ".join(ids) + "\nvs_currencies = usd, eur")
+            text = open(conf5).read().replace("[source.coingecko]\n",
+                                              "[source.coingecko]\nmax_url_bytes = 100000\n")
+            open(conf5, "w").write(text)
+            rc, out, _ = h.run_daemon(conf5, "--once", "prices,market_caps")
+            check.eq(rc, 0, "explicit ids run exits 0")
+            check(any(" " in i for i in ids), "the list holds an id with a space")
+            got = {r[0] for r in db5.sql("SELECT asset_id FROM prices")}
+            check(got == set(ids), "prices for exactly the listed ids")
+            check.eq(db5.count("prices"), 40, "two currencies each")
+            check.eq(db5.count("market_snapshots"), 40, "market snapshots by id, two currencies")
+        finally:
+            db5.drop()
+
         # categories: only their members.
         db3 = h.Database(f"e2e_cat_{os.getpid()}")
         try:
@@ -97,6 +135,24 @@ def main():
         api.stop()
         db.drop()
     check.done()
+
+
+def largest(api, n):
+    """The n largest coins by market cap, as the fake API pages them."""
+    import json
+    import urllib.request
+    out = []
+    page = 1
+    while len(out) < n:
+        url = (api.base_url + "/coins/markets?vs_currency=usd&order=market_cap_desc"
+               f"&per_page=250&page={page}")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            rows = json.loads(r.read())
+        if not rows:
+            break
+        out += [c["id"] for c in rows]
+        page += 1
+    return out[:n]
 
 
 def api_categories(api):

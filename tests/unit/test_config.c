@@ -626,8 +626,7 @@ static void test_errors_structure(void **state)
 
     char longline[400];
     snprintf(longline, sizeof(longline), "[universe]\nids = %0300d\n", 0);
-    expect_error(longline, "2: line is longer than 198 characters (split long lists over "
-                           "indented continuation lines)");
+    expect_error(longline, "2: line is longer than 198 characters");
 
     /* The error on the earliest line wins, even when noticed later. */
     expect_error("[universe]\nids = a,\n[bogus]\n",
@@ -839,6 +838,33 @@ static void test_syntax_details(void **state)
     assert_int_equal(c->daemon.log_level, LOG_WARN);
     assert_int_equal(c->database.port, 3310);
     config_free(c);
+
+    /* A long list on one line is read whole (inih's 200-byte buffer gets it in pieces cut
+     * after commas), and an error in a later piece still names the line. */
+    char list[4096];
+    int m = snprintf(list, sizeof(list), "[universe]\nids = ");
+    for (int i = 0; i < 120; i++)
+        m += snprintf(list + m, sizeof(list) - (size_t)m, "%scoin-%05d", i ? ", " : "", i);
+    snprintf(list + m, sizeof(list) - (size_t)m, "\nvs_currencies = usd\n");
+    c = load_ok(list);
+    assert_int_equal(c->universe.ids.n, 120);
+    assert_string_equal(c->universe.ids.items[0], "coin-00000");
+    assert_string_equal(c->universe.ids.items[119], "coin-00119");
+    config_free(c);
+    m = snprintf(list, sizeof(list), "[universe]\nvs_currencies = ");
+    for (int i = 0; i < 60; i++)
+        m += snprintf(list + m, sizeof(list) - (size_t)m, "%susd", i ? ", " : "");
+    snprintf(list + m, sizeof(list) - (size_t)m, ", not-a-currency\n");
+    c = NULL;
+    char err[512];
+    char path[] = "/tmp/coingest-longlist-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, list, strlen(list)), (ssize_t)strlen(list));
+    close(fd);
+    assert_int_equal(config_load(path, &c, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, ":2: [universe] vs_currencies"));
+    unlink(path);
 
     /* A 198-character line is fine. */
     char text[512];
