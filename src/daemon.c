@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>
 
 #include "coingest/db.h"
 #include "coingest/fetch.h"
@@ -32,9 +33,6 @@
 #include "coingest/sink.h"
 #include "coingest/timers.h"
 #include "coingest/util.h"
-
-#define EX_SOFTWARE_ 70
-#define EX_OSERR_    71
 
 struct daemon;
 
@@ -66,7 +64,6 @@ struct daemon {
     uint64_t stop_deadline; /* monotonic ms */
 
     int stopping;       /* 0 running, 1 graceful stop, 2 hurry */
-    bool sink_started;  /* sink_start succeeded: it must be shut down */
     bool sink_stopping; /* sink_shutdown was called */
     size_t nsignals;    /* signal handles initialised, in sig_hup..sig_usr1 order */
     bool closing;       /* handles are being closed */
@@ -152,6 +149,16 @@ static int health(void *arg, char *json, size_t cap)
     return 200;
 }
 
+static bool any_job_running(struct daemon *d)
+{
+    if (!d->jobs)
+        return false;
+    for (int i = 0; i < JOB_COUNT; i++)
+        if (jobs_running(d->jobs, (enum job_id)i))
+            return true;
+    return false;
+}
+
 /* --- teardown ----------------------------------------------------------------------------- */
 
 static void close_walk(uv_handle_t *h, void *arg)
@@ -165,6 +172,9 @@ static void fetcher_closed(void *arg)
 {
     struct daemon *d = arg;
     d->fetcher = NULL;
+    /* The sink stopped its timers in its shutdown; it goes before the timers facility. */
+    sink_free(d->sink);
+    d->sink = NULL;
     timers_free(d->timers);
     d->timers = NULL;
     uv_signal_t *sigs[] = {&d->sig_hup, &d->sig_term, &d->sig_int, &d->sig_usr1};
@@ -210,17 +220,13 @@ static void sink_done(void *arg)
     sink_get_stats(d->sink, &st);
     log_info("stopped", LOG_U("rows_committed", st.rows_committed),
              LOG_U("rows_in_spool", st.rows_spooled));
-    if (d->opts->once && st.rows_pending > 0 && d->exit_code == 0)
+    /* --once fails when a job failed, when a stop signal cut the list of jobs short, or when
+     * rows are left uncommitted (they are in the spool). */
+    if (d->opts->once && d->exit_code == 0 &&
+        (st.rows_pending > 0 || d->once_failed || d->once_waiting ||
+         d->once_next < d->opts->once_count || any_job_running(d)))
         d->exit_code = 1;
     teardown(d);
-}
-
-static bool any_job_running(struct daemon *d)
-{
-    for (int i = 0; i < JOB_COUNT; i++)
-        if (jobs_running(d->jobs, (enum job_id)i))
-            return true;
-    return false;
 }
 
 /* Moves the stop along: once no job runs, the sink flushes in the time that is left. */
@@ -238,12 +244,12 @@ static void stop_timeout(struct wheel_timer *tm, void *arg)
 {
     (void)tm;
     struct daemon *d = arg;
+    /* Jobs still running get cancelled; their parsed rows still reach the sink, which was
+     * or now is told the time left (none): the sink owns its own deadline. */
     if (any_job_running(d)) {
         log_warn("shutdown_timeout reached: cancelling running jobs");
         jobs_cancel(d->jobs);
     }
-    if (d->sink_stopping)
-        sink_shutdown(d->sink, 0, sink_done, d);
     stop_progress(d);
 }
 
@@ -404,16 +410,12 @@ static void reload(struct daemon *d)
     log_setup(next->daemon.log_level, next->daemon.log_format);
     register_secrets(next);
     api_update(d->api, &next->coingecko);
-    if (diff.database)
-        log_info("[database] changed: writers reconnect after their current batch");
     sink_reconfigure(d->sink, next);
     jobs_set_config(d->jobs, next);
     for (int i = 0; i < JOB_COUNT; i++) {
-        if (diff.job[i]) {
+        /* --once runs have no schedule to change. */
+        if (diff.job[i] && d->slots[i].sched_job)
             sched_job_update(d->slots[i].sched_job, &next->jobs[i]);
-            log_info("job rescheduled", LOG_S("job", config_job_name((enum job_id)i)),
-                     LOG_U("every_ms", next->jobs[i].every_ms));
-        }
     }
     struct config *old = d->cfg;
     d->cfg = next;
@@ -428,6 +430,8 @@ static void reload(struct daemon *d)
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct daemon *d = h->data;
+    if (d->closing)
+        return; /* the modules a handler would use are being taken down */
     switch (signum) {
     case SIGHUP:
         if (d->stopping)
@@ -480,11 +484,11 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     struct daemon *d = calloc(1, sizeof(*d));
     if (!d) {
         config_free(cfg);
-        return EX_OSERR_;
+        return EX_OSERR;
     }
     d->cfg = cfg;
     d->opts = opts;
-    int status = EX_SOFTWARE_;
+    int status = EX_SOFTWARE;
     char err[512];
 
     if (db_library_init() != 0) {
@@ -515,10 +519,9 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     if (rc < 0) {
         log_error("cannot start the sink (spool_dir unusable?)",
                   LOG_S("spool_dir", cfg->daemon.spool_dir), LOG_S("error", strerror(-rc)));
-        status = EX_OSERR_;
+        status = EX_OSERR;
         goto fail_setup;
     }
-    d->sink_started = true;
     sink_on_ready(d->sink, on_ready, d);
 
     d->fetcher = fetcher_new(&d->loop, d->timers);
@@ -537,7 +540,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         if (!d->server) {
             log_error("cannot serve metrics", LOG_S("metrics_listen", cfg->daemon.metrics_listen),
                       LOG_S("error", err));
-            status = EX_OSERR_;
+            status = EX_OSERR;
             goto fail_setup;
         }
     }
@@ -568,7 +571,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
 fail_setup:
     /* A failed start: close what exists, in reverse order, flushing nothing new. */
     d->stopping = 2;
-    if (d->sink_started) {
+    if (d->sink) {
         d->sink_stopping = true;
         sink_shutdown(d->sink, 0, sink_done, d);
     } else {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>
 
 #include "coingest/config.h"
 #include "coingest/daemon.h"
@@ -22,8 +23,8 @@
 #include "coingest/log.h"
 #include "coingest/version.h"
 
-#define EX_USAGE_       2
-#define EX_UNAVAILABLE_ 69
+/* Bad usage exits 2, as getopt-based tools and most daemons do (EX_USAGE is 64). */
+#define EXIT_BAD_USAGE 2
 
 static void usage(FILE *out)
 {
@@ -92,13 +93,13 @@ static int run_migrate(const struct config *cfg)
     char err[1024];
     if (db_library_init() != 0) {
         fprintf(stderr, "coingestd: cannot initialise the MySQL client library\n");
-        return 71;
+        return EX_OSERR;
     }
     MYSQL *conn = db_connect(cfg, err, sizeof(err));
     if (!conn) {
         log_error("cannot reach the database", LOG_S("error", err));
         db_library_end();
-        return EX_UNAVAILABLE_;
+        return EX_UNAVAILABLE;
     }
     const char *dir = cfg->database.migrations_dir;
     int n = db_migrate(conn, dir, err, sizeof(err));
@@ -139,7 +140,7 @@ int main(int argc, char **argv)
         case 'o':
             opts.once = true;
             if (parse_once(optarg, &opts, order))
-                return EX_USAGE_;
+                return EXIT_BAD_USAGE;
             break;
         case 'm':
             migrate = true;
@@ -152,13 +153,13 @@ int main(int argc, char **argv)
             return 0;
         default:
             usage(stderr);
-            return EX_USAGE_;
+            return EXIT_BAD_USAGE;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "coingestd: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
-        return EX_USAGE_;
+        return EXIT_BAD_USAGE;
     }
     opts.config_path = path;
     opts.once_order = order;
@@ -167,7 +168,7 @@ int main(int argc, char **argv)
     struct config *cfg = NULL;
     if (config_load(path, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "coingestd: %s\n", err);
-        return CONFIG_EX_CONFIG;
+        return EX_CONFIG;
     }
     log_setup(cfg->daemon.log_level, cfg->daemon.log_format);
     if (cfg->database.password)

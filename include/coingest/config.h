@@ -27,9 +27,6 @@
 
 #include "coingest/util.h"
 
-/* Exit code for configuration errors (sysexits.h EX_CONFIG). */
-#define CONFIG_EX_CONFIG 78
-
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 enum api_plan { PLAN_PUBLIC = 0, PLAN_DEMO = 1, PLAN_PRO = 2 };

@@ -4,9 +4,9 @@
  *
  * Startup order (each step needs the ones before it):
  *   signals (blocked since main() began, handled on the loop) -> timers -> sink (spool, writer
- *   threads; the database may still be down) -> fetch engine and APIs -> jobs -> scheduler or
- *   --once runner -> HTTP endpoint -> watchdog; READY=1 once the sink reports the database
- *   reached and the schema current.
+ *   threads; the database may still be down) -> fetch engine and APIs -> jobs and scheduler ->
+ *   HTTP endpoint -> watchdog -> the first runs (scheduled, or the --once list); READY=1 once
+ *   the sink reports the database reached and the schema current. Teardown is the reverse.
  *
  * Signals: SIGHUP reloads (a bad file is logged and the old config stays), SIGTERM/SIGINT stop
  * gracefully (a second one cuts the wait short), SIGUSR1 logs a one-line stats snapshot.

@@ -51,7 +51,9 @@ void jobs_free(struct jobs *j);
 void jobs_set_config(struct jobs *j, const struct config *cfg);
 
 /* Starts one run of `id`. Returns 0, or -EBUSY if that job is already running. `done` runs
- * once on the loop thread when the run is over (all its rows handed to the sink). */
+ * once on the loop thread when the run is over (all its rows handed to the sink) -- possibly
+ * before jobs_run returns, when the run cannot send its first request (the API is shutting
+ * down, or out of memory). */
 int jobs_run(struct jobs *j, enum job_id id, jobs_done_cb done, void *arg);
 
 /* Stops every run (shutdown): in-flight requests are cancelled, rows already parsed are

@@ -167,6 +167,22 @@ def main():
                     order.append(key)
         check("WATCHDOG=1" in order, "WATCHDOG=1 keep-alives sent")
 
+        # --once: a reload that changes a schedule does not crash it (there is no schedule),
+        # and a stop signal that cuts the list short makes it exit non-zero.
+        api.control("POST", "faults", {"match": "/coins/markets", "kind": "delay", "delay": 3,
+                                       "count": 5})
+        d3 = h.start_daemon(conf, "--once", "market_caps,prices",
+                            stderr_path=os.path.join(work, "once.log"))
+        time.sleep(1.0)
+        write(jobs_fast)
+        d3.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        check(d3.poll() is None, "--once survives a SIGHUP that changes a schedule")
+        d3.send_signal(signal.SIGTERM)
+        rc3 = d3.wait(30)
+        check(rc3 > 0, f"--once cut short by SIGTERM exits non-zero (rc={rc3})")
+        api.control("DELETE", "faults")
+
         # A SIGHUP during startup is not fatal: signals are blocked until the loop handles them.
         write(jobs_slow)
         d2 = h.start_daemon(conf, stderr_path=os.path.join(work, "early.log"))
