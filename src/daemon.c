@@ -172,9 +172,9 @@ static void fetcher_closed(void *arg)
 {
     struct daemon *d = arg;
     d->fetcher = NULL;
-    /* The sink stopped its timers in its shutdown; it goes before the timers facility. */
-    sink_free(d->sink);
-    d->sink = NULL;
+    /* The sink stopped its own timers when its shutdown finished, so the facility can go
+     * first; the sink is freed after the loop has run dry (this may run inside the sink's
+     * shutdown callback). */
     timers_free(d->timers);
     d->timers = NULL;
     uv_signal_t *sigs[] = {&d->sig_hup, &d->sig_term, &d->sig_int, &d->sig_usr1};

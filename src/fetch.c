@@ -27,6 +27,14 @@
  * advised wait is logged once per episode (an episode ends with the first non-429 answer to a
  * request sent after the pause).
  *
+ * Retry budget. max_retries counts failures only: a request is sent at most max_retries + 1
+ * times not counting its 429 answers. A 429 is the server asking us to wait, not a failure, so
+ * a long rate-limit episode does not end a request (a job walking pages would otherwise skip
+ * the rest of the walk). So that a server that answers nothing but 429 cannot hold a request
+ * forever, a request ends (FETCH_HTTP_ERROR, status 429) with its FETCH_RATE_LIMITED_MAX-th
+ * (50th) 429. The backoff exponent counts failures for failures and consecutive 429s for a
+ * 429 without Retry-After, so one kind of wait does not inflate the other.
+ *
  * Every attempt takes a token, because the server counts every request. A body is buffered in
  * memory up to max_body_bytes: curl refuses a larger Content-Length up front
  * (CURLOPT_MAXFILESIZE_LARGE) and the write callback aborts a body that grows past the limit
@@ -83,6 +91,9 @@
 #define FETCH_ERR_MAX            256
 /* Zero-timeout re-arms of curl's timer in a row before a millisecond is given to I/O. */
 #define FETCH_TIMER_SPIN_MAX 64
+/* 429 answers one request may get before it ends: they do not use up max_retries (see the
+ * retry budget above), this bounds them instead. */
+#define FETCH_RATE_LIMITED_MAX 50
 
 /* ---- intrusive lists -------------------------------------------------------------------- */
 
@@ -183,9 +194,10 @@ struct fetch_req {
     char *body; /* NUL-terminated */
     size_t len, cap, max_body;
     bool too_large, oom;
-    unsigned attempts;
-    uint64_t start_ns; /* uv_hrtime at api_get */
-    uint64_t sent_at;  /* monotonic ms of the last send */
+    unsigned attempts;     /* requests sent, 429s included */
+    unsigned rate_limited; /* of those, answered 429: not counted against max_retries */
+    uint64_t start_ns;     /* uv_hrtime at api_get */
+    uint64_t sent_at;      /* monotonic ms of the last send */
     long status;
     enum fetch_outcome fin_outcome; /* for REQ_DEFERRED */
     char err[FETCH_ERR_MAX];
@@ -826,9 +838,11 @@ static void req_finish(struct fetch_req *r, enum fetch_outcome oc, const char *m
         set_error(r, msg);
     if (oc != FETCH_OK && oc != FETCH_CANCELLED) {
         api_count(a, "coingest_http_errors_total", "reason", outcome_reason(oc), 1);
-        log_warn("request failed", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
-                 LOG_I("status", r->status), LOG_U("attempts", r->attempts),
-                 LOG_S("error", r->err));
+        /* Debug only: the caller gets the same facts in the result and logs the failure
+         * with its own context (jobs.c names the job), so an operator sees it once. */
+        log_debug("request failed", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
+                  LOG_I("status", r->status), LOG_U("attempts", r->attempts),
+                  LOG_S("error", r->err));
     }
     struct fetch_result res = {
         .outcome = oc,
@@ -844,22 +858,31 @@ static void req_finish(struct fetch_req *r, enum fetch_outcome oc, const char *m
     req_free(r);
 }
 
+/* Attempts that count against max_retries: every one but those answered 429. */
+static unsigned req_failures(const struct fetch_req *r)
+{
+    return r->attempts - r->rate_limited;
+}
+
 /* Retries after a backoff (or `min_delay_ms` if longer; straight to the bucket when
- * `no_backoff`), or finishes with `fail` when the retries are used up. */
+ * `no_backoff`), or finishes with `fail` when the retries are used up: max_retries failures,
+ * or FETCH_RATE_LIMITED_MAX 429s (handle_429 counts them before calling this). */
 static void req_retry(struct fetch_req *r, const char *reason, enum fetch_outcome fail,
                       const char *msg, uint64_t min_delay_ms, bool no_backoff)
 {
     struct api *a = r->api;
     struct fetcher *f = a->f;
     set_error(r, msg);
-    if (r->attempts > a->cfg.max_retries) {
+    unsigned failures = req_failures(r);
+    if (failures > a->cfg.max_retries || r->rate_limited >= FETCH_RATE_LIMITED_MAX) {
         req_finish(r, fail, r->err);
         return;
     }
     api_count(a, "coingest_http_retries_total", "reason", reason, 1);
-    uint64_t delay = no_backoff ? 0
-                                : backoff_full_jitter(&f->rng, a->cfg.backoff_base_ms,
-                                                      a->cfg.backoff_cap_ms, r->attempts - 1);
+    uint64_t delay = no_backoff || failures == 0
+                         ? 0
+                         : backoff_full_jitter(&f->rng, a->cfg.backoff_base_ms,
+                                               a->cfg.backoff_cap_ms, failures - 1);
     if (delay < min_delay_ms)
         delay = min_delay_ms;
     log_debug("retrying request", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
@@ -918,9 +941,10 @@ static void handle_429(struct fetch_req *r, const char *retry_after, const char 
     uint64_t delay = 0;
     bool advised = retry_after &&
                    fetch_parse_retry_after(retry_after, util_wall_ms(), &delay) == 0 && delay > 0;
+    r->rate_limited++;
     if (!advised)
         delay = backoff_full_jitter(&f->rng, a->cfg.backoff_base_ms, a->cfg.backoff_cap_ms,
-                                    r->attempts > 0 ? r->attempts - 1 : 0);
+                                    r->rate_limited - 1);
     if (delay > FETCH_RETRY_AFTER_MAX_MS)
         delay = FETCH_RETRY_AFTER_MAX_MS;
     api_count(a, "coingest_http_429_total", NULL, NULL, 1);

@@ -618,6 +618,83 @@ static void test_429_without_header_backs_off(void **state)
     res_free(&x);
 }
 
+/* A 429 does not use up max_retries: with max_retries = 1, three 429s (Retry-After: 1) and
+ * then a 200 still end in success, after four attempts. A long rate-limit episode must not
+ * end a request for good (a job would skip the rest of its page walk). */
+static void test_429_does_not_use_retries(void **state)
+{
+    struct env *e = *state;
+    e->src.max_retries = 1;
+    fault("{\"match\":\"/ping\",\"kind\":\"status\",\"status\":429,\"retry_after\":1,"
+          "\"count\":3}");
+    env_start(e);
+    struct res x;
+    fetch_one(e, "/ping", &x);
+    env_stop(e);
+    assert_int_equal(x.outcome, FETCH_OK);
+    assert_int_equal(x.status, 200);
+    assert_int_equal(x.attempts, 4);
+    json_t *log = server_log();
+    assert_int_equal(json_array_size(log), 4);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(entry_status(json_array_get(log, i)), 429);
+    assert_int_equal(entry_status(json_array_get(log, 3)), 200);
+    json_decref(log);
+    assert_true(metric("coingest_http_429_total", LABEL) == 3);
+    assert_true(metric("coingest_http_retries_total", LABEL ",reason=\"429\"") == 3);
+    res_free(&x);
+}
+
+/* Failures still count when 429s come between them: max_retries = 1 allows two failed
+ * attempts, whatever number of 429s (which do not count) surround them. */
+static void test_failures_count_around_429(void **state)
+{
+    struct env *e = *state;
+    e->src.max_retries = 1;
+    e->src.backoff_base_ms = 1;
+    e->src.backoff_cap_ms = 5;
+    fault("[{\"match\":\"/global\",\"kind\":\"status\",\"status\":503},"
+          "{\"match\":\"/global\",\"kind\":\"status\",\"status\":429,\"count\":2},"
+          "{\"match\":\"/global\",\"kind\":\"status\",\"status\":502,"
+          "\"body\":{\"error\":\"bad gateway\"}}]");
+    env_start(e);
+    struct res x;
+    fetch_one(e, "/global", &x);
+    env_stop(e);
+    assert_int_equal(x.outcome, FETCH_HTTP_ERROR);
+    assert_int_equal(x.status, 502);
+    assert_int_equal(x.attempts, 4);
+    assert_string_equal(x.error, "bad gateway");
+    res_free(&x);
+}
+
+/* A server that answers nothing but 429 cannot hold a request forever: it ends with its 50th
+ * 429 (FETCH_RATE_LIMITED_MAX), although max_retries is small. */
+static void test_429_cap(void **state)
+{
+    struct env *e = *state;
+    e->src.max_retries = 2;
+    e->src.backoff_base_ms = 1;
+    e->src.backoff_cap_ms = 5;
+    fault("{\"match\":\"/ping\",\"kind\":\"status\",\"status\":429,\"count\":1000,"
+          "\"body\":{\"status\":{\"error_code\":429,\"error_message\":\"slow down\"}}}");
+    env_start(e);
+    struct res x;
+    fetch_one(e, "/ping", &x);
+    env_stop(e);
+    assert_int_equal(x.outcome, FETCH_HTTP_ERROR);
+    assert_int_equal(x.status, 429);
+    assert_int_equal(x.attempts, 50);
+    assert_non_null(strstr(x.error, "slow down"));
+    json_t *log = server_log();
+    assert_int_equal(json_array_size(log), 50);
+    json_decref(log);
+    assert_true(metric("coingest_http_429_total", LABEL) == 50);
+    assert_true(metric("coingest_http_retries_total", LABEL ",reason=\"429\"") == 49);
+    assert_true(metric("coingest_http_errors_total", LABEL ",reason=\"http\"") == 1);
+    res_free(&x);
+}
+
 static void test_5xx_and_408_retried(void **state)
 {
     struct env *e = *state;
@@ -1322,6 +1399,9 @@ int main(void)
         T(test_retry_after_seconds_pauses_bucket),
         T(test_retry_after_http_date),
         T(test_429_without_header_backs_off),
+        T(test_429_does_not_use_retries),
+        T(test_failures_count_around_429),
+        T(test_429_cap),
         T(test_5xx_and_408_retried),
         T(test_retries_exhausted),
         T(test_timeout_retried),
