@@ -39,6 +39,9 @@ static const struct mdesc descs[] = {
     {"coingest_spool_bytes", M_GAUGE, "Bytes in the spool"},
     {"coingest_spool_corrupt_records_total", M_COUNTER, "Spool records skipped as corrupt"},
     {"coingest_rejected_rows_total", M_COUNTER, "Rows the database rejected for good, by table"},
+    {"coingest_rows_lost_total", M_COUNTER,
+     "Rows neither committed nor spooled (spool failing and memory full, out of memory, left "
+     "in memory at shutdown), by reason"},
     {"coingest_db_up", M_GAUGE, "1 while the database is reachable"},
     {"coingest_parse_errors_total", M_COUNTER, "Responses that failed to parse, by endpoint"},
     {"coingest_field_errors_total", M_COUNTER, "Fields of the wrong type stored as NULL"},

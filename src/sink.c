@@ -22,6 +22,19 @@
  * ready list and key checks, a few records at a time. A memory job never overtakes an unread
  * spool record with a smaller seq.
  *
+ * WHEN THE SPOOL FAILS (disk full, I/O error) the rows it did not take stay in memory, up to
+ * a hard cap of twice max_pending_rows; past it they are refused, logged and counted as lost
+ * (coingest_rows_lost_total, sink_stats.rows_lost), and only they are reported as not kept.
+ * Rows kept in memory this way get a seq after every record spooled before them, and the rule
+ * above keeps them behind older unread records, so per-key order holds. Rows that can never
+ * be written (left in memory at the end of a shutdown, or dropped on an allocation failure)
+ * are counted the same way.
+ *
+ * TIMERS. Every sink timer is armed through tstart()/tstop(); the end of the shutdown stops
+ * them all and sets timers_off, after which none is armed again. So sink_free() never touches
+ * the timers facility once the shutdown callback has run: the daemon may free the timers
+ * first. (Without a completed shutdown, sink_free must run before timers_free.)
+ *
  * WRITER THREADS. Each owns one connection and loops: connect (with full-jitter backoff; the
  * first one to connect runs the migrations), take a job from the shared work queue, write it
  * in one transaction of multi-row INSERT ... ON DUPLICATE KEY UPDATE statements (each under
@@ -45,6 +58,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "coingest/backoff.h"
 #include "coingest/db.h"
@@ -55,6 +69,8 @@
 
 /* How long the database may be unreachable before memory is spilled to the spool. */
 #define SINK_DOWN_GRACE_MS 1000
+/* When the spool refuses rows, memory may hold up to this many times max_pending_rows. */
+#define SINK_MEM_HARD_FACTOR 2
 /* Room left in a statement for the protocol header and our own slack. */
 #define PACKET_SLACK 1024
 /* How far down the ready list dispatch looks for a job that may overtake blocked ones. */
@@ -311,8 +327,10 @@ struct sink {
     uint64_t replay_rows; /* rows of jobs loaded from the spool */
     unsigned replay_jobs;
     bool db_up, db_down, spilled, ever_ready;
+    bool spool_failing; /* the last spool write for a submitted batch failed (logged once) */
     int shut;
     struct wheel_timer flush_timer, grace_timer, shut_timer, cb_timer, replay_timer;
+    bool timers_off; /* every timer stopped for good: the timers facility may be gone */
     void (*ready_cb)(void *);
     void *ready_arg;
     bool ready_due;
@@ -385,34 +403,29 @@ static struct dbconf *dbconf_new(const struct config *cfg, uint64_t gen)
     return c;
 }
 
-static bool str_eq(const char *a, const char *b)
-{
-    if (!a || !b)
-        return a == b;
-    return strcmp(a, b) == 0;
-}
-
+/* Are cfg's connection settings the ones the writers use? config_diff() walks config.c's own
+ * key table, so a connection key added there is compared here without a change. Its
+ * `database` flag is also set by the keys the sink applies without reconnecting (workers, batch
+ * sizes, flush interval, max_pending_rows), so those are copied from the current settings
+ * before comparing: only a real connection change makes the writers reconnect. A key added
+ * to [database] later counts as a connection setting until it is listed here (the safe side:
+ * a needless reconnect). */
 static bool dbconf_same(const struct dbconf *c, const struct config *cfg)
 {
-    const struct config *a = &c->cfg;
-    return str_eq(a->database.host, cfg->database.host) && a->database.port == cfg->database.port &&
-           str_eq(a->database.socket, cfg->database.socket) &&
-           str_eq(a->database.user, cfg->database.user) &&
-           str_eq(a->database.password, cfg->database.password) &&
-           str_eq(a->database.database, cfg->database.database) &&
-           a->database.connect_timeout_ms == cfg->database.connect_timeout_ms &&
-           a->database.auto_migrate == cfg->database.auto_migrate &&
-           str_eq(a->database.migrations_dir, cfg->database.migrations_dir);
+    struct config next;
+    memset(&next, 0, sizeof(next));
+    next.database = cfg->database;
+    next.database.workers = c->cfg.database.workers;
+    next.database.batch_rows = c->cfg.database.batch_rows;
+    next.database.batch_bytes = c->cfg.database.batch_bytes;
+    next.database.flush_interval_ms = c->cfg.database.flush_interval_ms;
+    next.database.max_pending_rows = c->cfg.database.max_pending_rows;
+    struct config_diff d;
+    config_diff(&c->cfg, &next, &d);
+    return !d.database;
 }
 
 /* --- small helpers ------------------------------------------------------------------------ */
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void table_labels(char *buf, size_t cap, const char *table)
 {
@@ -847,7 +860,7 @@ static void run_job(struct writer *w, struct job *j)
 {
     struct sink *s = w->s;
     char lbl[128];
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = uv_hrtime(); /* thread-safe: no loop involved */
     for (unsigned attempt = 0;; attempt++) {
         j->committed = j->rejected = 0;
         if (write_range(w, j, 0, j->b->nrows) == 0) {
@@ -855,7 +868,7 @@ static void run_job(struct writer *w, struct job *j)
             table_labels(lbl, sizeof(lbl), j->table);
             metrics_add("coingest_rows_written_total", lbl, j->committed);
             metrics_add("coingest_batches_total", lbl, 1);
-            metrics_observe("coingest_write_seconds", "", (double)(mono_ns() - t0) / 1e9);
+            metrics_observe("coingest_write_seconds", "", (double)(uv_hrtime() - t0) / 1e9);
             pthread_mutex_lock(&s->mu);
             s->last_ok_mono = util_mono_ms();
             pthread_mutex_unlock(&s->mu);
@@ -919,8 +932,30 @@ static void drop_conn_locked(struct writer *w)
     pthread_mutex_lock(&s->mu);
 }
 
+/* The migrations (or, with auto_migrate off, the check that none is pending) on a fresh
+ * connection. >= 0, or -errno with the reason in err. No lock held. */
+static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t errlen)
+{
+    const char *dir = conf->cfg.database.migrations_dir;
+    if (conf->cfg.database.auto_migrate)
+        return db_migrate(conn, dir, err, errlen);
+    int n = db_migrations_pending(conn, dir, err, errlen);
+    if (n > 0) {
+        snprintf(err, errlen,
+                 "%d migration(s) in %s not applied and auto_migrate is off: run "
+                 "coingestd --migrate",
+                 n, dir);
+        n = -EAGAIN;
+    }
+    return n;
+}
+
 /* Connects and brings the schema up to date (the first writer migrates, the others wait).
- * mu held on entry and exit. 0, or -1 after logging why (then backoff). */
+ * Once the sink is stopping (stop or abort) no migration starts and no connection is kept.
+ * While migrating, the connection's socket is published in w->sockfd like a running job's,
+ * so that a hard stop (go_hard) or the end of a stop (stop_threads) cuts off a migration
+ * waiting on GET_LOCK (up to 120 s) or on a long statement. mu held on entry and exit. 0, or
+ * -1 after logging why (then backoff). */
 static int writer_connect_locked(struct writer *w)
 {
     struct sink *s = w->s;
@@ -931,29 +966,17 @@ static int writer_connect_locked(struct writer *w)
     MYSQL *conn = db_connect(&conf->cfg, err, sizeof(err));
     bool ok = conn != NULL;
     pthread_mutex_lock(&s->mu);
-    while (ok && s->schema == SCHEMA_RUNNING && !s->stop)
+    while (ok && s->schema == SCHEMA_RUNNING && !s->stop && !s->abort)
         pthread_cond_wait(&s->cv, &s->mu);
-    if (ok && s->schema == SCHEMA_NONE && conf->gen == s->conf->gen) {
+    bool quit = s->stop || s->abort;
+    if (ok && !quit && s->schema == SCHEMA_NONE && conf->gen == s->conf->gen) {
         s->schema = SCHEMA_RUNNING;
+        w->sockfd = (int)mysql_get_socket(conn);
         pthread_mutex_unlock(&s->mu);
-        const char *dir = conf->cfg.database.migrations_dir;
-        int n;
-        if (conf->cfg.database.auto_migrate) {
-            n = db_migrate(conn, dir, err, sizeof(err));
-        } else {
-            n = db_migrations_pending(conn, dir, err, sizeof(err));
-            if (n > 0) {
-                snprintf(err, sizeof(err),
-                         "%d migration(s) in %s not applied and auto_migrate is off: run "
-                         "coingestd --migrate",
-                         n, dir);
-                n = -EAGAIN;
-            }
-        }
-        if (n < 0)
-            log_error("schema migration failed; rows are spooled until it succeeds",
-                      LOG_S("error", err), LOG_S("dir", dir));
+        int n = migrate(conf, conn, err, sizeof(err));
         pthread_mutex_lock(&s->mu);
+        w->sockfd = -1; /* under mu: go_hard may be about to shut it down */
+        quit = s->stop || s->abort;
         if (n < 0) {
             snprintf(s->last_err, sizeof(s->last_err), "%s", err);
             s->schema = SCHEMA_NONE;
@@ -962,15 +985,30 @@ static int writer_connect_locked(struct writer *w)
             s->schema = SCHEMA_READY;
         }
         pthread_cond_broadcast(&s->cv);
+        if (n < 0) {
+            pthread_mutex_unlock(&s->mu);
+            if (quit)
+                log_info("schema migration interrupted by the shutdown; it runs again at the "
+                         "next start",
+                         LOG_S("error", err));
+            else
+                log_error("schema migration failed; rows are spooled until it succeeds",
+                          LOG_S("error", err), LOG_S("dir", conf->cfg.database.migrations_dir));
+            pthread_mutex_lock(&s->mu);
+            quit = s->stop || s->abort;
+        }
     } else if (!ok) {
         snprintf(s->last_err, sizeof(s->last_err), "%s", err);
     }
-    if (ok && (s->schema != SCHEMA_READY || conf->gen != s->conf->gen))
-        ok = false; /* someone else's migration failed, or the config moved on: try again */
+    if (ok && (quit || s->schema != SCHEMA_READY || conf->gen != s->conf->gen))
+        ok = false; /* stopping, someone else's migration failed, or the config moved on */
     if (!ok) {
-        s->connect_failed = true;
+        if (!quit) {
+            /* A failure, not a stop: the loop may count the database as down. */
+            s->connect_failed = true;
+            notify_loop(s);
+        }
         dbconf_unref(conf);
-        notify_loop(s);
         pthread_mutex_unlock(&s->mu);
         if (conn)
             mysql_close(conn);
@@ -1001,6 +1039,11 @@ static void *writer_main(void *arg)
         if (w->conn && w->gen != s->conf->gen)
             drop_conn_locked(w);
         if (!w->conn) {
+            if (s->abort) {
+                /* A hard stop: no new connection, wait for the stop itself. */
+                pthread_cond_wait(&s->cv, &s->mu);
+                continue;
+            }
             if (writer_connect_locked(w) == 0) {
                 attempt = 0;
                 continue;
@@ -1073,6 +1116,62 @@ static int start_writer(struct sink *s, unsigned idx)
 
 static void pump(struct sink *s);
 
+/* Timers: every start and stop goes through these, so that none is armed once the shutdown
+ * stopped them all (timers_off). */
+static void tstart(struct sink *s, struct wheel_timer *tm, uint64_t delay_ms)
+{
+    if (!s->timers_off)
+        timers_start(s->timers, tm, delay_ms);
+}
+
+static void tstart_at(struct sink *s, struct wheel_timer *tm, uint64_t at_ms)
+{
+    if (!s->timers_off)
+        timers_start_at(s->timers, tm, at_ms);
+}
+
+static void tstop(struct sink *s, struct wheel_timer *tm)
+{
+    if (!s->timers_off)
+        timers_stop(s->timers, tm);
+}
+
+/* Stops every sink timer for good: afterwards the sink never touches s->timers again. */
+static void stop_all_timers(struct sink *s)
+{
+    tstop(s, &s->flush_timer);
+    tstop(s, &s->grace_timer);
+    tstop(s, &s->shut_timer);
+    tstop(s, &s->cb_timer);
+    tstop(s, &s->replay_timer);
+    s->timers_off = true;
+}
+
+/* Rows that will reach neither the database nor the spool: logged with their number and
+ * counted (coingest_rows_lost_total{reason}, sink_stats.rows_lost). */
+static void lose_rows(struct sink *s, uint64_t rows, const char *reason, const char *why)
+{
+    if (rows == 0)
+        return;
+    char lbl[64];
+    snprintf(lbl, sizeof(lbl), "reason=\"%s\"", reason);
+    metrics_add("coingest_rows_lost_total", lbl, (double)rows);
+    s->st.rows_lost += rows;
+    log_error("rows lost", LOG_U("rows", rows), LOG_S("reason", reason), LOG_S("why", why));
+}
+
+/* May memory take `rows` more that the spool refused? Up to SINK_MEM_HARD_FACTOR x
+ * max_pending_rows, and only while writers may still write them. */
+static bool mem_may_take(const struct sink *s, uint64_t rows)
+{
+    if (s->shut >= SHUT_HARD)
+        return false;
+    uint64_t cap = s->max_pending > UINT64_MAX / SINK_MEM_HARD_FACTOR
+                       ? UINT64_MAX
+                       : s->max_pending * SINK_MEM_HARD_FACTOR;
+    return s->mem_rows <= cap && rows <= cap - s->mem_rows;
+}
+
 static void update_gauges(struct sink *s)
 {
     struct spool_stats ss = {0};
@@ -1099,9 +1198,9 @@ static void arm_flush(struct sink *s)
         if (s->open[i] && s->open[i]->opened_ms + s->flush_ms < due)
             due = s->open[i]->opened_ms + s->flush_ms;
     if (due == UINT64_MAX)
-        timers_stop(s->timers, &s->flush_timer);
+        tstop(s, &s->flush_timer);
     else
-        timers_start_at(s->timers, &s->flush_timer, due);
+        tstart_at(s, &s->flush_timer, due);
 }
 
 static void close_open(struct sink *s, int spec)
@@ -1117,7 +1216,7 @@ static void close_all_open(struct sink *s)
 {
     for (int i = 0; i < BATCH_SPEC_COUNT; i++)
         close_open(s, i);
-    timers_stop(s->timers, &s->flush_timer);
+    tstop(s, &s->flush_timer);
 }
 
 /* Appends a job's batch to the spool (not synced) and frees the job. A job loaded from the
@@ -1188,7 +1287,7 @@ static void spill(struct sink *s)
     if (rc)
         log_error("spool fsync failed", LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
     if (rows)
-        log_info("rows spooled while the database is away", LOG_U("rows", rows));
+        log_info("rows moved from memory to the spool", LOG_U("rows", rows));
 }
 
 static void handle_done(struct sink *s, struct job *j)
@@ -1247,14 +1346,14 @@ static void load_replay(struct sink *s)
         if (rc) {
             log_error("spool read failed; retrying", LOG_S("dir", s->spool_path),
                       LOG_S("error", strerror(-rc)));
-            timers_start(s->timers, &s->replay_timer, 1000);
+            tstart(s, &s->replay_timer, 1000);
             break;
         }
         struct job *j = job_new(b, spool_rec_seq(rec));
         if (!j) {
             batch_free(b);
             spool_unload(s->spool, rec);
-            timers_start(s->timers, &s->replay_timer, 1000);
+            tstart(s, &s->replay_timer, 1000);
             break;
         }
         j->rec = rec;
@@ -1350,9 +1449,15 @@ static bool is_idle(struct sink *s)
 static void stop_threads(struct sink *s)
 {
     s->shut = SHUT_STOPPING;
-    timers_stop(s->timers, &s->shut_timer);
+    tstop(s, &s->shut_timer);
     pthread_mutex_lock(&s->mu);
     s->stop = true;
+    /* Nothing is in flight now, so a socket still published belongs to a migration (perhaps
+     * waiting up to 120 s on GET_LOCK): cut it off rather than wait. A migration stopped
+     * halfway runs again at the next start (migration files are safe to re-run). */
+    for (unsigned i = 0; i < s->nw; i++)
+        if (s->w[i]->sockfd >= 0)
+            shutdown(s->w[i]->sockfd, SHUT_RDWR);
     pthread_cond_broadcast(&s->cv);
     bool all = s->exited == s->nw;
     pthread_mutex_unlock(&s->mu);
@@ -1391,7 +1496,7 @@ static void go_hard(struct sink *s)
     if (s->shut >= SHUT_HARD)
         return;
     s->shut = SHUT_HARD;
-    timers_stop(s->timers, &s->shut_timer);
+    tstop(s, &s->shut_timer);
     reclaim_work(s);
     pthread_mutex_lock(&s->mu);
     s->abort = true;
@@ -1416,7 +1521,7 @@ static void pump(struct sink *s)
     update_gauges(s);
     if (s->idle_cb && !s->idle_due && is_idle(s)) {
         s->idle_due = true;
-        timers_start(s->timers, &s->cb_timer, 0);
+        tstart(s, &s->cb_timer, 0);
     }
     check_shutdown(s);
 }
@@ -1427,6 +1532,10 @@ static void on_cb_timer(struct wheel_timer *tm, void *arg)
 {
     (void)tm;
     struct sink *s = arg;
+    /* A sink that never started calls its shutdown callback from here; every other timer was
+     * stopped then, and this one has just fired, so none is pending any more. */
+    if (s->shut == SHUT_DONE)
+        s->timers_off = true;
     if (s->ready_due) {
         s->ready_due = false;
         void (*cb)(void *) = s->ready_cb;
@@ -1488,6 +1597,38 @@ static void on_async_closed(uv_handle_t *h)
         s->shut_cb(s->shut_arg);
 }
 
+/* Frees every job still in memory. Jobs loaded from the spool are only unloaded (their rows
+ * are still there); the others' rows are lost, and counted as such. Loop thread, no writer
+ * running. */
+static void drop_memory(struct sink *s, const char *why)
+{
+    uint64_t lost = 0;
+    struct jlist *lists[] = {&s->ready, &s->work, &s->done};
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++) {
+        if (s->open[i]) {
+            lost += s->open[i]->b->nrows;
+            job_free(s->open[i]);
+            s->open[i] = NULL;
+        }
+    }
+    for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
+        struct job *j;
+        while ((j = jl_first(lists[l])) != NULL) {
+            jl_remove(lists[l], j);
+            if (j->rec && s->spool)
+                spool_unload(s->spool, j->rec);
+            else
+                lost += j->b->nrows;
+            job_free(j);
+        }
+    }
+    s->ninflight = 0;
+    s->mem_rows = 0;
+    s->replay_rows = 0;
+    s->replay_jobs = 0;
+    lose_rows(s, lost, "shutdown", why);
+}
+
 static void finish_shutdown(struct sink *s)
 {
     for (unsigned i = 0; i < s->nw; i++) {
@@ -1496,19 +1637,17 @@ static void finish_shutdown(struct sink *s)
             s->w[i]->started = false;
         }
     }
-    timers_stop(s->timers, &s->flush_timer);
-    timers_stop(s->timers, &s->grace_timer);
-    timers_stop(s->timers, &s->shut_timer);
-    timers_stop(s->timers, &s->replay_timer);
+    stop_all_timers(s);
     if (s->spool) {
-        int rc = spool_sync(s->spool);
-        if (rc)
-            log_error("spool fsync failed at shutdown", LOG_S("error", strerror(-rc)));
+        /* A last try for rows an earlier spill could not write (the disk may have room now);
+         * spill() syncs. */
+        spill(s);
     }
+    drop_memory(s, "left in memory at shutdown: the spool could not take them");
     struct sink_stats st;
     sink_get_stats(s, &st);
     log_info("sink stopped", LOG_U("rows_committed", st.rows_committed),
-             LOG_U("rows_spooled", st.rows_spooled));
+             LOG_U("rows_spooled", st.rows_spooled), LOG_U("rows_lost", st.rows_lost));
     uv_close((uv_handle_t *)&s->async, on_async_closed);
 }
 
@@ -1528,6 +1667,7 @@ static void on_async(uv_async_t *h)
     char err[sizeof(s->last_err)];
     memcpy(err, s->last_err, sizeof(err));
     bool all_exited = s->exited == s->nw;
+    bool schema_ready = s->schema == SCHEMA_READY;
     s->st.last_db_ok_mono_ms = s->last_ok_mono;
     pthread_mutex_unlock(&s->mu);
 
@@ -1540,24 +1680,24 @@ static void on_async(uv_async_t *h)
         log_info("database reachable", LOG_U("spooled_rows", s->st.rows_spooled));
         metrics_set("coingest_db_up", "", 1);
         s->spilled = false;
-        timers_stop(s->timers, &s->grace_timer);
+        tstop(s, &s->grace_timer);
         if (!s->ever_ready) {
             s->ever_ready = true;
             if (s->ready_cb) {
                 s->ready_due = true;
-                timers_start(s->timers, &s->cb_timer, 0);
+                tstart(s, &s->cb_timer, 0);
             }
         }
     }
     if (down && !s->db_down) {
         log_warn("database unreachable; rows go to the spool", LOG_S("error", err));
         metrics_set("coingest_db_up", "", 0);
-        timers_start(s->timers, &s->grace_timer, SINK_DOWN_GRACE_MS);
+        tstart(s, &s->grace_timer, SINK_DOWN_GRACE_MS);
     }
     s->db_up = up;
     s->db_down = down;
     s->st.db_up = up;
-    s->st.schema_ready = s->schema == SCHEMA_READY;
+    s->st.schema_ready = schema_ready;
     if (s->shut == SHUT_STOPPING) {
         if (all_exited)
             finish_shutdown(s);
@@ -1679,31 +1819,63 @@ static int split_rows(struct sink *s, struct batch *b, struct batch **out, size_
     return (int)n;
 }
 
-static int submit_to_spool(struct sink *s, struct batch *b)
+/* Rows in a chain of batches (linked through batch->next). */
+static uint64_t chain_rows(const struct batch *b)
+{
+    uint64_t n = 0;
+    for (; b; b = b->next)
+        n += b->nrows;
+    return n;
+}
+
+static void chain_free(struct batch *b)
+{
+    while (b) {
+        struct batch *next = b->next;
+        batch_free(b);
+        b = next;
+    }
+}
+
+/* Writes b (taken) to the spool as records of at most batch_rows rows, so a replay never
+ * loads a giant job, and makes them durable. Returns NULL when every row is durable; else the
+ * rows that are not, in order, as a chain through batch->next, with the error in *err: the
+ * record that failed and everything after it, plus, when the final sync failed, the records
+ * appended before (they are in the spool's index and may be replayed too: that only rewrites
+ * the same rows, before any row submitted later). */
+static struct batch *submit_to_spool(struct sink *s, struct batch *b, int *err)
 {
     close_all_open(s);
-    uint32_t rows = b->nrows;
-    int rc = 0;
-    /* Records of at most batch_rows rows, so a replay never loads a giant job. */
     uint32_t per = s->batch_rows;
-    while (b && rc == 0) {
+    struct batch *done = NULL, **done_tail = &done; /* appended, kept until synced */
+    int rc = 0;
+    while (b) {
         struct batch *rest = NULL;
         if (b->nrows > per)
             rest = batch_split_tail(b, per); /* NULL (out of memory): spool it whole */
         rc = spool_append(s->spool, s->next_seq++, b);
-        batch_free(b);
+        if (rc) {
+            b->next = rest;
+            break;
+        }
+        b->next = NULL;
+        *done_tail = b;
+        done_tail = &b->next;
         b = rest;
     }
-    batch_free(b);
-    int rc2 = spool_sync(s->spool);
-    if (!rc)
-        rc = rc2;
-    if (rc) {
-        log_error("rows could not be spooled and may be lost", LOG_U("rows", rows),
-                  LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
-        return rc;
+    if (done) {
+        int src = spool_sync(s->spool);
+        if (src == 0) {
+            chain_free(done);
+        } else {
+            if (!rc)
+                rc = src;
+            *done_tail = b;
+            b = done;
+        }
     }
-    return 0;
+    *err = rc;
+    return b;
 }
 
 /* Turns b into jobs of at most batch_rows rows with consecutive seqs starting at `seq`; a last
@@ -1726,8 +1898,7 @@ static void add_jobs(struct sink *s, struct batch *b, uint64_t seq)
         for (int i = 0; i < n; i++) {
             struct job *j = job_new(parts[i], i == 0 ? seq : s->next_seq++);
             if (!j) {
-                log_error("out of memory: rows lost", LOG_S("table", spec->table),
-                          LOG_U("rows", parts[i]->nrows));
+                lose_rows(s, parts[i]->nrows, "memory", "out of memory making a job");
                 batch_free(parts[i]);
                 continue;
             }
@@ -1759,8 +1930,7 @@ static void coalesce(struct sink *s, struct batch *b)
         close_all_open(s);
         struct job *j = job_new(b, seq);
         if (!j) {
-            log_error("out of memory: rows lost", LOG_S("table", spec->table),
-                      LOG_U("rows", b->nrows));
+            lose_rows(s, b->nrows, "memory", "out of memory making a job");
             batch_free(b);
             return;
         }
@@ -1809,26 +1979,53 @@ int sink_submit(struct sink *s, struct batch *b)
 {
     if (!b)
         return -EINVAL;
+    b->next = NULL; /* the chain link is ours now */
     if (b->nrows == 0) {
         batch_free(b);
         return 0;
     }
-    uint32_t n = b->nrows;
-    s->st.rows_accepted += n;
+    uint64_t n = b->nrows;
     bool to_spool = s->spool && (s->shut != SHUT_NONE || s->spilled || spool_unread(s) > 0 ||
                                  s->mem_rows + n > s->max_pending);
+    int rc = 0;
+    struct batch *left = b; /* rows not yet kept */
     if (to_spool) {
-        int rc = submit_to_spool(s, b);
+        left = submit_to_spool(s, b, &rc);
         if (rc) {
-            s->st.rows_accepted -= n;
             metrics_add("coingest_write_errors_total", "reason=\"spool\"", 1);
+            if (!s->spool_failing)
+                log_error("spool write failed; rows stay in memory while it fails, up to twice "
+                          "max_pending_rows",
+                          LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
+            s->spool_failing = true;
+        } else if (s->spool_failing) {
+            log_info("spool writable again", LOG_S("dir", s->spool_path));
+            s->spool_failing = false;
         }
-        pump(s);
-        return rc;
     }
-    coalesce(s, b);
+    uint64_t left_rows = chain_rows(left);
+    /* Memory keeps what the spool refused (in order, each part after the spooled ones, so a
+     * memory job still follows every older unread record), up to the hard cap. */
+    bool keep = left && (to_spool ? mem_may_take(s, left_rows) : s->shut < SHUT_HARD);
+    if (keep) {
+        while (left) {
+            struct batch *next = left->next;
+            left->next = NULL;
+            coalesce(s, left);
+            left = next;
+        }
+        left_rows = 0;
+        rc = 0;
+    } else if (left) {
+        if (!rc)
+            rc = -ESHUTDOWN; /* no spool and the writers are stopping */
+        lose_rows(s, left_rows, to_spool ? "spool" : "shutdown",
+                  to_spool ? "the spool refused them and memory is full" : "the sink is stopped");
+        chain_free(left);
+    }
+    s->st.rows_accepted += n - left_rows;
     pump(s);
-    return 0;
+    return rc;
 }
 
 void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg)
@@ -1837,7 +2034,7 @@ void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg)
     s->ready_arg = arg;
     if (s->ever_ready) {
         s->ready_due = true;
-        timers_start(s->timers, &s->cb_timer, 0);
+        tstart(s, &s->cb_timer, 0);
     }
 }
 
@@ -1848,7 +2045,7 @@ void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg)
     s->idle_due = false;
     if (is_idle(s)) {
         s->idle_due = true;
-        timers_start(s->timers, &s->cb_timer, 0);
+        tstart(s, &s->cb_timer, 0);
     }
 }
 
@@ -1905,23 +2102,32 @@ void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), v
         s->shut_arg = arg;
         if (!s->started || !s->async_init) {
             s->shut = SHUT_DONE;
+            /* No writer ever ran: rows in memory can only go to the spool, if it is open. */
+            if (s->spool)
+                spill(s);
+            drop_memory(s, "submitted to a sink that never started");
             if (s->spool) {
                 spool_close(s->spool);
                 s->spool = NULL;
             }
-            /* Nothing runs: call back on the next iteration, never inline. */
+            /* Nothing runs: call back on the next iteration, never inline. cb_timer stays the
+             * one timer armed; on_cb_timer sets timers_off when it fires. */
+            tstop(s, &s->flush_timer);
+            tstop(s, &s->grace_timer);
+            tstop(s, &s->shut_timer);
+            tstop(s, &s->replay_timer);
             s->ready_cb = NULL;
             s->idle_cb = cb;
             s->idle_arg = arg;
             s->idle_due = true;
-            timers_start(s->timers, &s->cb_timer, 0);
+            tstart(s, &s->cb_timer, 0);
             return;
         }
         s->shut = SHUT_GRACEFUL;
         close_all_open(s);
         if (s->spilled || s->db_down)
             spill(s);
-        timers_start(s->timers, &s->shut_timer, timeout_ms);
+        tstart(s, &s->shut_timer, timeout_ms);
         pump(s);
         return;
     }
@@ -1929,36 +2135,23 @@ void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), v
         go_hard(s);
 }
 
+/* The daemon frees the timers facility before the sink. That is safe once the shutdown
+ * callback has run: by then every sink timer is stopped and timers_off is set, so nothing
+ * below touches s->timers. A sink freed without a completed shutdown (a failed start) still
+ * has live timers to stop: then sink_free must run before timers_free. */
 void sink_free(struct sink *s)
 {
     if (!s)
         return;
-    timers_stop(s->timers, &s->flush_timer);
-    timers_stop(s->timers, &s->grace_timer);
-    timers_stop(s->timers, &s->shut_timer);
-    timers_stop(s->timers, &s->cb_timer);
-    timers_stop(s->timers, &s->replay_timer);
+    if (!s->timers_off)
+        stop_all_timers(s);
     for (unsigned i = 0; i < s->nw; i++) {
         if (s->w[i]->started)
             pthread_join(s->w[i]->tid, NULL);
         free(s->w[i]);
     }
     free(s->w);
-    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
-        job_free(s->open[i]);
-    struct job *j;
-    while ((j = jl_first(&s->ready)) != NULL) {
-        jl_remove(&s->ready, j);
-        job_free(j);
-    }
-    while ((j = jl_first(&s->work)) != NULL) {
-        jl_remove(&s->work, j);
-        job_free(j);
-    }
-    while ((j = jl_first(&s->done)) != NULL) {
-        jl_remove(&s->done, j);
-        job_free(j);
-    }
+    drop_memory(s, "left in memory when the sink was freed");
     free(s->inflight);
     spool_close(s->spool);
     dbconf_unref(s->conf);

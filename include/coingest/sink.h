@@ -36,6 +36,9 @@ struct sink_stats {
     bool db_up;               /* the last connection attempt succeeded */
     bool schema_ready;        /* migrations are current */
     uint64_t last_db_ok_mono_ms; /* last successful statement (monotonic ms), 0 never */
+    uint64_t rows_lost;       /* handed to the sink but neither committed nor spooled: refused
+                                 by sink_submit (spool failing and memory full), dropped on an
+                                 allocation failure, or left in memory at shutdown */
 };
 
 /* Creates the sink; reads cfg->database and cfg->daemon.spool_dir (copied). No thread and no

@@ -12,6 +12,12 @@
  * per job, max_pending_rows overflow into the spool, a database that is down at startup, a
  * restart that replays the spool, and a hard shutdown that spools what is in flight.
  *
+ * Failures: a spool that refuses writes (a "full disk": RLIMIT_FSIZE makes writes past a size
+ * fail with EFBIG) keeps rows in memory up to twice max_pending_rows and refuses, and counts
+ * as lost, only the rest; a hard stop with a failing spool counts the rows left in memory; a
+ * sink that never started stops its timers, so it can be freed after the timers facility; a
+ * stop while a migration waits on GET_LOCK cuts the wait off instead of sitting out its 120 s.
+ *
  * Tests wait for conditions (sink_on_idle, the shutdown callback, a stats predicate checked on
  * a loop timer), never for a fixed time. A watchdog timer fails a test that hangs.
  */
@@ -23,7 +29,9 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +44,7 @@
 #include "coingest/metrics.h"
 #include "coingest/sink.h"
 #include "coingest/timers.h"
+#include "coingest/wheel.h"
 #include "testdb.h"
 
 #define WATCHDOG_MS 180000
@@ -106,10 +115,28 @@ static int setup(void **state)
     return 0;
 }
 
+static void on_stopped(void *arg);
+
 static int teardown(void **state)
 {
     struct h *h = *state;
-    timers_free(h->timers);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max; /* a test that failed with a "full disk" */
+        setrlimit(RLIMIT_FSIZE, &rl);
+    }
+    if (h->s) {
+        /* A test that failed with its sink running: stop it, or the loop never ends. */
+        h->stopped = false;
+        sink_shutdown(h->s, 0, on_stopped, h);
+        sink_shutdown(h->s, 0, on_stopped, h);
+        while (!h->stopped)
+            uv_run(&h->loop, UV_RUN_NOWAIT);
+        sink_free(h->s);
+        h->s = NULL;
+    }
+    if (h->timers)
+        timers_free(h->timers);
     uv_close((uv_handle_t *)&h->watchdog, NULL);
     uv_close((uv_handle_t *)&h->poll, NULL);
     uv_run(&h->loop, UV_RUN_DEFAULT);
@@ -185,6 +212,8 @@ static void stop_sink(struct h *h, uint64_t timeout_ms)
     sink_shutdown(h->s, timeout_ms, on_stopped, h);
     while (!h->stopped)
         uv_run(&h->loop, UV_RUN_ONCE);
+    /* The stop leaves no sink timer behind (the harness itself uses only uv timers). */
+    assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
     sink_free(h->s);
     h->s = NULL;
 }
@@ -807,6 +836,199 @@ static void test_hard_shutdown_spools(void **state)
     stop_sink(h, 5000);
 }
 
+/* A "full disk" for this process: files may not grow past `bytes` (RLIMIT_FSIZE; a write
+ * past it fails with EFBIG, SIGXFSZ is ignored in main). RLIM_INFINITY lifts it. */
+static void limit_file_size(rlim_t bytes)
+{
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &rl), 0);
+    rl.rlim_cur = bytes == RLIM_INFINITY || bytes > rl.rlim_max ? rl.rlim_max : bytes;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static uint64_t spool_bytes(struct h *h)
+{
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    return st.spool_bytes;
+}
+
+/* Rows of `n` snapshots like snapshots(), with market_cap_rank = i + rank_add. */
+static struct batch *snapshots_ranked(const char *prefix, int from, int n, int rank_add)
+{
+    struct batch *b = snapshots(prefix, from, n);
+    for (uint32_t r = 0; r < b->nrows; r++)
+        batch_set_int(b, r, 4, from + (int)r + rank_add);
+    return b;
+}
+
+/* The spool path is taken (memory holds max_pending_rows) and the spool starts refusing
+ * writes: rows stay in memory up to twice max_pending_rows and are written; past that only
+ * the rows the spool did not take are refused and counted as lost; part of a batch spooled
+ * before the failure is reported as kept (and is written). Rows kept in memory keep their
+ * place in submission order: a later batch with the same keys wins. */
+static void test_spool_full_keeps_rows_in_memory(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.batch_rows = 100;
+    h->cfg->database.max_pending_rows = 300; /* hard cap in memory: 600 */
+    start_sink(h, h->cfg);
+    while (!h->ready)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    /* No loop iteration runs between the submits below, so no job completes and the memory
+     * figures are exact. */
+    assert_int_equal(sink_submit(h->s, snapshots("full", 0, 300)), 0); /* memory: 300 */
+    uint64_t before = spool_bytes(h);
+    assert_int_equal(sink_submit(h->s, snapshots("full", 300, 100)), 0); /* spool: 1 record */
+    uint64_t rec = spool_bytes(h) - before;
+    assert_true(rec > 0);
+
+    /* Room for one more 100-row record: the first part of a 250-row batch is spooled, the
+     * next one fails, and the 150 rows left go to memory (300 + 150 <= 600). */
+    limit_file_size(spool_bytes(h) + rec + rec / 2);
+    assert_int_equal(sink_submit(h->s, snapshots("full", 400, 250)), 0);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_accepted, 650);
+    assert_int_equal(st.rows_lost, 0);
+    assert_int_equal(st.rows_pending, 650);
+
+    /* Again one record of room: 100 rows spooled, 200 left, 450 + 200 > 600: refused. */
+    limit_file_size(spool_bytes(h) + rec + rec / 2);
+    assert_true(sink_submit(h->s, snapshots("full", 650, 300)) < 0);
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_accepted, 750);
+    assert_int_equal(st.rows_lost, 200);
+    assert_true(metrics_get("coingest_rows_lost_total", "reason=\"spool\"") == 200);
+
+    /* The disk has room again: the same keys as the 250-row batch, newer values, through the
+     * spool (memory is over max_pending_rows). They must win over the memory copies. */
+    limit_file_size(RLIM_INFINITY);
+    assert_int_equal(sink_submit(h->s, snapshots_ranked("full", 400, 250, 1000000)), 0);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 750);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
+                                             " asset_id BETWEEN 'full-000650' AND 'full-000749'"),
+                     100);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
+                                             " asset_id BETWEEN 'full-000400' AND 'full-000649'"
+                                             " AND market_cap_rank >= 1000000"),
+                     250);
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_committed, 1000);
+    assert_int_equal(st.rows_lost, 200);
+    stop_sink(h, 5000);
+}
+
+/* A hard stop while the database is away and the spool refuses writes: the rows left in
+ * memory are counted as lost (stats and metric), not freed silently. */
+static void test_rows_lost_at_hard_stop(void **state)
+{
+    struct h *h = *state;
+    struct config *down = down_cfg(h);
+    start_sink(h, down);
+    assert_int_equal(sink_submit(h->s, snapshots("lost", 0, 120)), 0); /* memory */
+    limit_file_size(spool_bytes(h));
+    h->stopped = false;
+    sink_shutdown(h->s, 0, on_stopped, h);
+    sink_shutdown(h->s, 0, on_stopped, h);
+    while (!h->stopped)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    limit_file_size(RLIM_INFINITY);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_accepted, 120);
+    assert_int_equal(st.rows_lost, 120);
+    assert_int_equal(st.rows_spooled, 0);
+    assert_int_equal(st.rows_pending, 0);
+    assert_true(metrics_get("coingest_rows_lost_total", "reason=\"shutdown\"") == 120);
+    assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
+    sink_free(h->s);
+    h->s = NULL;
+    config_free(down);
+}
+
+/* A sink that never started: rows submitted to it are counted as lost when it stops, its
+ * flush timer is stopped, and it can be freed after the timers facility (the daemon's
+ * order). */
+static void test_unstarted_sink_frees_after_timers(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.flush_interval_ms = 3600000; /* the open job's timer stays armed */
+    h->s = sink_new(&h->loop, h->timers, h->cfg);
+    assert_non_null(h->s);
+    assert_int_equal(sink_submit(h->s, snapshots("unstarted", 0, 10)), 0);
+    assert_int_equal(wheel_count(timers_wheel(h->timers)), 1);
+    h->stopped = false;
+    sink_shutdown(h->s, 1000, on_stopped, h);
+    /* NOWAIT: the callback comes from a timer, and UV_RUN_ONCE would go on to block in the
+     * poll phase after running it (only the watchdog would wake it). */
+    while (!h->stopped)
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+    assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_lost, 10);
+    /* After the stop nothing is kept any more: refused and counted. */
+    assert_true(sink_submit(h->s, snapshots("unstarted", 10, 5)) < 0);
+    sink_get_stats(h->s, &st);
+    assert_int_equal(st.rows_lost, 15);
+    assert_int_equal(st.rows_accepted, 10);
+    timers_free(h->timers);
+    h->timers = NULL;
+    uv_run(&h->loop, UV_RUN_NOWAIT);
+    sink_free(h->s); /* must not touch the freed timers (ASan checks) */
+    h->s = NULL;
+}
+
+static bool migration_waiting(struct h *h)
+{
+    return testdb_scalar(h->admin, "SELECT COUNT(*) FROM information_schema.processlist WHERE"
+                                   " info LIKE 'SELECT GET_LOCK(%'") > 0;
+}
+
+/* Another process holds the migration lock, so the sink's writer waits on GET_LOCK (up to
+ * 120 s). A stop must cut that wait off: with nothing to write (the end of a graceful stop)
+ * and with rows in memory (the hard stop after the timeout, rows spooled). The watchdog is
+ * set well under 120 s: a stop that sat out the lock wait fails the test as a hang. */
+static void test_stop_cuts_migration_wait(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.workers = 1;
+    assert_int_equal(testdb_scalar(h->admin, "SELECT GET_LOCK('coingest.migrate', 0)"), 1);
+    uv_timer_start(&h->watchdog, on_watchdog, 60000, 0);
+
+    start_sink(h, h->cfg);
+    wait_for(h, migration_waiting);
+    stop_sink(h, 5000); /* nothing pending: the stop is immediate */
+
+    start_sink(h, h->cfg);
+    wait_for(h, migration_waiting);
+    assert_int_equal(sink_submit(h->s, snapshots("migwait", 0, 40)), 0);
+    h->stopped = false;
+    sink_shutdown(h->s, 50, on_stopped, h);
+    while (!h->stopped)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    assert_false(st.schema_ready);
+    assert_int_equal(st.rows_spooled, 40);
+    assert_int_equal(st.rows_lost, 0);
+    sink_free(h->s);
+    h->s = NULL;
+
+    assert_int_equal(testdb_exec(h->admin, "DO RELEASE_LOCK('coingest.migrate')"), 0);
+    /* Nothing was migrated behind the lock holder's back. */
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM information_schema.tables"
+                                             " WHERE table_schema = DATABASE()"),
+                     0);
+    /* And the spooled rows arrive once the lock is free. */
+    start_sink(h, h->cfg);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 40);
+    stop_sink(h, 5000);
+}
+
 static void test_idle_and_ready_callbacks(void **state)
 {
     struct h *h = *state;
@@ -833,6 +1055,9 @@ int main(void)
     }
     if (db_library_init())
         return 1;
+    signal(SIGXFSZ, SIG_IGN); /* limit_file_size(): EFBIG instead of a signal */
+    if (getenv("TEST_FILTER_TMP"))
+        cmocka_set_test_filter(getenv("TEST_FILTER_TMP"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip_every_spec, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_rows, setup, teardown),
@@ -843,6 +1068,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_replays_spool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hard_shutdown_spools, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_and_ready_callbacks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_full_keeps_rows_in_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rows_lost_at_hard_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unstarted_sink_frees_after_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_cuts_migration_wait, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     db_library_end();
