@@ -6,9 +6,11 @@
  * An API (struct api) is one remote service: base URL, plan and key header, token bucket,
  * retry policy, limits, all from a struct cfg_source. A request is a GET of base_url + path.
  * The engine retries (full-jitter backoff, up to max_retries) connection errors, timeouts,
- * 5xx, 408, 429 (honouring Retry-After by pausing the API's whole bucket), truncated bodies,
- * 2xx bodies that are not JSON, and 2xx bodies the caller's parse callback rejects. Other 4xx
- * are final. The done callback runs exactly once per request, on the loop thread, with the
+ * 5xx, 408, truncated bodies, 2xx bodies that are not JSON, and 2xx bodies the caller's parse
+ * callback rejects. A 429 pauses the API's whole bucket (for Retry-After, or a backoff delay
+ * without it) and is retried without counting against max_retries, up to 50 rate-limited
+ * answers per request, so a long rate-limit episode delays a page walk but never skips a page.
+ * Other 4xx are final. The done callback runs exactly once per request, on the loop thread, with the
  * final outcome.
  *
  * API keys go in a header (x-cg-demo-api-key / x-cg-pro-api-key), never in the URL, and never

@@ -51,8 +51,10 @@ struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct confi
 int sink_start(struct sink *s);
 
 /* Hands a batch to the sink, which takes ownership (also on error). Returns 0 when accepted
- * (held in memory, or written to the spool with fsync), or -errno when it could not be kept
- * (spool write failed); then the rows were logged as lost and counted. */
+ * (held in memory, or written to the spool with fsync). When the spool cannot be written the
+ * rows stay in memory up to twice max_pending_rows; past that it returns -errno, and only the
+ * rows that were not kept (part of the batch may have been spooled) are logged as lost and
+ * counted in rows_lost. */
 int sink_submit(struct sink *s, struct batch *b);
 
 /* Calls cb once, the first time the database has been reached and the schema is current
@@ -72,7 +74,9 @@ void sink_reconfigure(struct sink *s, const struct config *cfg);
  * SIGTERM) cuts the wait short: everything not yet committed is spooled at once. */
 void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), void *arg);
 
-/* Frees the sink after its shutdown callback ran. NULL is a no-op. */
+/* Frees the sink. After its shutdown callback ran it may be called after timers_free (the
+ * shutdown stopped every sink timer); without a completed shutdown, call it before
+ * timers_free (rows still in memory are then counted as lost). NULL is a no-op. */
 void sink_free(struct sink *s);
 
 void sink_get_stats(const struct sink *s, struct sink_stats *out);

@@ -1056,8 +1056,10 @@ int main(void)
     if (db_library_init())
         return 1;
     signal(SIGXFSZ, SIG_IGN); /* limit_file_size(): EFBIG instead of a signal */
-    if (getenv("TEST_FILTER_TMP"))
-        cmocka_set_test_filter(getenv("TEST_FILTER_TMP"));
+    /* COINGEST_TEST_FILTER=pattern runs only the matching tests (cmocka's glob), for
+     * debugging one of them. */
+    if (getenv("COINGEST_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("COINGEST_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip_every_spec, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_rows, setup, teardown),
