@@ -2046,7 +2046,12 @@ void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg)
     if (is_idle(s)) {
         s->idle_due = true;
         tstart(s, &s->cb_timer, 0);
+        return;
     }
+    /* Whoever waits for idle (--once) has no more rows coming: batches still coalescing go
+     * to the writers now instead of after flush_interval. */
+    close_all_open(s);
+    pump(s);
 }
 
 void sink_reconfigure(struct sink *s, const struct config *cfg)

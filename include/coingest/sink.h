@@ -62,7 +62,8 @@ int sink_submit(struct sink *s, struct batch *b);
 void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg);
 
 /* Calls cb once when no row is pending (memory and spool both empty); immediately (next
- * iteration) if already so. Used by --once. */
+ * iteration) if already so. Batches still coalescing are handed to the writers at once
+ * rather than after flush_interval. Used by --once. */
 void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg);
 
 /* Applies a reloaded config: if [database] changed the writers reconnect with the new
