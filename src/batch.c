@@ -19,27 +19,44 @@
 
 /* --- specs -------------------------------------------------------------------------------- */
 
-static const char *const assets_list_cols[] = {"id",        "symbol",     "name",       "platforms",
-                                               "listed_at", "first_seen_at", "updated_at"};
-static const char *const assets_market_cols[] = {"id",       "symbol",        "name",
-                                                 "market_cap_rank", "image_url", "first_seen_at",
-                                                 "updated_at"};
-static const char *const prices_cols[] = {"asset_id",   "vs_currency", "source",
-                                          "source_updated_at", "price", "market_cap",
-                                          "volume_24h", "change_24h_pct", "fetched_at"};
-static const char *const market_snapshots_cols[] = {
-    "asset_id",      "vs_currency",       "source",       "snapshot_at",
-    "market_cap_rank", "price",           "market_cap",   "fully_diluted_valuation",
-    "total_volume",  "high_24h",          "low_24h",      "price_change_24h",
-    "price_change_pct_24h", "market_cap_change_24h", "market_cap_change_pct_24h",
-    "circulating_supply", "total_supply", "max_supply",   "ath",
-    "ath_change_pct", "ath_date",         "atl",          "atl_change_pct",
-    "atl_date",      "roi",               "fetched_at"};
+static const char *const assets_list_cols[] = {
+    "id", "symbol", "name", "platforms", "listed_at", "first_seen_at", "updated_at"};
+static const char *const assets_market_cols[] = {
+    "id", "symbol", "name", "market_cap_rank", "image_url", "first_seen_at", "updated_at"};
+static const char *const prices_cols[] = {"asset_id",          "vs_currency",    "source",
+                                          "source_updated_at", "price",          "market_cap",
+                                          "volume_24h",        "change_24h_pct", "fetched_at"};
+static const char *const market_snapshots_cols[] = {"asset_id",
+                                                    "vs_currency",
+                                                    "source",
+                                                    "snapshot_at",
+                                                    "market_cap_rank",
+                                                    "price",
+                                                    "market_cap",
+                                                    "fully_diluted_valuation",
+                                                    "total_volume",
+                                                    "high_24h",
+                                                    "low_24h",
+                                                    "price_change_24h",
+                                                    "price_change_pct_24h",
+                                                    "market_cap_change_24h",
+                                                    "market_cap_change_pct_24h",
+                                                    "circulating_supply",
+                                                    "total_supply",
+                                                    "max_supply",
+                                                    "ath",
+                                                    "ath_change_pct",
+                                                    "ath_date",
+                                                    "atl",
+                                                    "atl_change_pct",
+                                                    "atl_date",
+                                                    "roi",
+                                                    "fetched_at"};
 static const char *const global_snapshots_cols[] = {
-    "source",       "snapshot_at",           "active_cryptocurrencies",
-    "markets",      "total_market_cap_usd",  "total_volume_usd",
-    "btc_dominance", "eth_dominance",        "market_cap_change_pct_24h_usd",
-    "total_market_cap", "total_volume",      "market_cap_percentage",
+    "source",           "snapshot_at",          "active_cryptocurrencies",
+    "markets",          "total_market_cap_usd", "total_volume_usd",
+    "btc_dominance",    "eth_dominance",        "market_cap_change_pct_24h_usd",
+    "total_market_cap", "total_volume",         "market_cap_percentage",
     "fetched_at"};
 static const char *const categories_cols[] = {"id", "name", "updated_at"};
 static const char *const asset_categories_cols[] = {"category_id", "asset_id", "first_seen_at",
@@ -96,7 +113,8 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
                                 " total_volume=VALUES(total_volume),"
                                 " market_cap_percentage=VALUES(market_cap_percentage)"},
     [BATCH_CATEGORIES] = {BATCH_CATEGORIES, "categories", "categories", BATCH_KIND_UPSERT,
-                          COLS(categories_cols), "name=VALUES(name), updated_at=VALUES(updated_at)"},
+                          COLS(categories_cols),
+                          "name=VALUES(name), updated_at=VALUES(updated_at)"},
     [BATCH_ASSET_CATEGORIES] = {BATCH_ASSET_CATEGORIES, "asset_categories", "asset_categories",
                                 BATCH_KIND_UPSERT, COLS(asset_categories_cols),
                                 "last_seen_at=GREATEST(last_seen_at, VALUES(last_seen_at))"},
@@ -199,7 +217,7 @@ void batch_free(struct batch *b)
 
 /* Room for a value's SQL text: separators plus the widest literal of its kind. */
 #define ROW_OVERHEAD 4
-#define NUM_BYTES 32
+#define NUM_BYTES    32
 
 int batch_add_row(struct batch *b)
 {

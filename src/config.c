@@ -573,11 +573,11 @@ struct parse {
     /* The reader's view of the file. */
     const char *data;
     size_t size, pos;
-    int line;       /* the physical line last handed to inih */
-    bool cont_line; /* that line is an indented continuation line */
+    int line;         /* the physical line last handed to inih */
+    bool cont_line;   /* that line is an indented continuation line */
     const char *pend; /* the rest of a long list line, still to be handed over in pieces */
     size_t pend_len;
-    int sec;        /* enum section_id, SEC_NONE or SEC_BAD */
+    int sec; /* enum section_id, SEC_NONE or SEC_BAD */
 
     int sec_line[SEC_COUNT];
     int key_line[SEC_COUNT][MAX_KEYS];    /* where the key was given, 0 if not in the file */
@@ -1027,8 +1027,8 @@ static char *next_piece(struct parse *p, char *str, int num)
     size_t room = (size_t)num - 3; /* leading blank, newline, NUL */
     size_t cut = tlen > room ? list_cut(t, tlen, room) : tlen;
     if (cut == 0) {
-        fail(p, p->line, -1, NULL, -EINVAL,
-             "an item of a list is longer than %d characters", num - 3);
+        fail(p, p->line, -1, NULL, -EINVAL, "an item of a list is longer than %d characters",
+             num - 3);
         p->pend_len = 0;
         snprintf(str, (size_t)num, "\n");
         return str;

@@ -28,26 +28,26 @@
 enum val_type { VAL_NULL = 0, VAL_INT = 1, VAL_DBL = 2, VAL_STR = 3, VAL_TIME = 4, VAL_JSON = 5 };
 
 struct val {
-    uint8_t type;  /* enum val_type */
-    uint32_t len;  /* VAL_STR, VAL_JSON: bytes */
+    uint8_t type; /* enum val_type */
+    uint32_t len; /* VAL_STR, VAL_JSON: bytes */
     union {
-        int64_t i; /* VAL_INT; VAL_TIME: ms since the epoch */
-        double d;  /* VAL_DBL, always finite */
+        int64_t i;     /* VAL_INT; VAL_TIME: ms since the epoch */
+        double d;      /* VAL_DBL, always finite */
         const char *s; /* VAL_STR, VAL_JSON: points into the batch's arena, not NUL-terminated */
     } u;
 };
 
 /* Spec ids are stored in the spool: append new ones at the end, never renumber. */
 enum batch_spec_id {
-    BATCH_ASSETS_LIST = 0,       /* /coins/list: id, symbol, name, platforms, listed_at */
-    BATCH_ASSETS_MARKET = 1,     /* /coins/markets: id, symbol, name, market_cap_rank, image_url */
+    BATCH_ASSETS_LIST = 0,   /* /coins/list: id, symbol, name, platforms, listed_at */
+    BATCH_ASSETS_MARKET = 1, /* /coins/markets: id, symbol, name, market_cap_rank, image_url */
     BATCH_PRICES = 2,
     BATCH_MARKET_SNAPSHOTS = 3,
     BATCH_GLOBAL_SNAPSHOTS = 4,
     BATCH_CATEGORIES = 5,
     BATCH_ASSET_CATEGORIES = 6,
     BATCH_JOB_RUNS = 7,
-    BATCH_ASSETS_DELIST = 8,     /* statement: (listed_before, now) marks assets not listed since */
+    BATCH_ASSETS_DELIST = 8, /* statement: (listed_before, now) marks assets not listed since */
     BATCH_SPEC_COUNT
 };
 
@@ -55,10 +55,10 @@ enum batch_kind { BATCH_KIND_UPSERT = 0, BATCH_KIND_STATEMENT = 1 };
 
 struct batch_spec {
     enum batch_spec_id id;
-    const char *name;             /* for logs and metrics, e.g. "market_snapshots" */
-    const char *table;            /* SQL table */
+    const char *name;  /* for logs and metrics, e.g. "market_snapshots" */
+    const char *table; /* SQL table */
     enum batch_kind kind;
-    const char *const *cols;      /* column names, in value order */
+    const char *const *cols; /* column names, in value order */
     uint16_t ncols;
     /* UPSERT: the text after ON DUPLICATE KEY UPDATE. STATEMENT: the statement with one `?`
      * per column, in order. */
@@ -76,11 +76,11 @@ struct batch_arena_chunk;
 struct batch {
     const struct batch_spec *spec;
     uint32_t nrows;
-    uint32_t cap;            /* rows allocated */
-    struct val *vals;        /* nrows * spec->ncols */
-    size_t bytes;            /* an upper bound on the SQL text these rows need */
+    uint32_t cap;     /* rows allocated */
+    struct val *vals; /* nrows * spec->ncols */
+    size_t bytes;     /* an upper bound on the SQL text these rows need */
     struct batch_arena_chunk *arena;
-    struct batch *next;      /* free for the owner's queues */
+    struct batch *next; /* free for the owner's queues */
 };
 
 /* A new empty batch for a spec, with room for `cap_hint` rows (it grows). NULL on OOM. */

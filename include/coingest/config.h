@@ -41,70 +41,70 @@ struct rate {
 enum job_id { JOB_ASSETS = 0, JOB_PRICES = 1, JOB_MARKET_CAPS = 2, JOB_COUNT = 3 };
 
 struct cfg_job {
-    const char *name;      /* "assets", "prices", "market_caps" (static) */
-    bool enabled;          /* default true */
-    uint64_t every_ms;     /* default 24h / 5m / 1h */
-    bool align;            /* default true: fire on wall-clock multiples of every */
-    uint64_t offset_ms;    /* default 0: shift the aligned grid by this much */
-    uint64_t jitter_ms;    /* default 0: random delay in [0, jitter) per tick */
-    bool run_at_start;     /* default true */
+    const char *name;   /* "assets", "prices", "market_caps" (static) */
+    bool enabled;       /* default true */
+    uint64_t every_ms;  /* default 24h / 5m / 1h */
+    bool align;         /* default true: fire on wall-clock multiples of every */
+    uint64_t offset_ms; /* default 0: shift the aligned grid by this much */
+    uint64_t jitter_ms; /* default 0: random delay in [0, jitter) per tick */
+    bool run_at_start;  /* default true */
 };
 
 struct cfg_source {
-    char *name;            /* "coingecko" */
-    char *base_url;        /* default by plan: public/demo api.coingecko.com/api/v3, pro pro-api... */
+    char *name;     /* "coingecko" */
+    char *base_url; /* default by plan: public/demo api.coingecko.com/api/v3, pro pro-api... */
     enum api_plan plan;
-    char *api_key;         /* secret; NULL when unset */
-    struct rate rate_limit;  /* default by plan: public 10/min, demo 30/min, pro 500/min */
-    uint32_t burst;        /* default 1 */
-    uint64_t timeout_ms;   /* default 30s: total per request */
+    char *api_key;               /* secret; NULL when unset */
+    struct rate rate_limit;      /* default by plan: public 10/min, demo 30/min, pro 500/min */
+    uint32_t burst;              /* default 1 */
+    uint64_t timeout_ms;         /* default 30s: total per request */
     uint64_t connect_timeout_ms; /* default 10s */
-    uint32_t max_retries;  /* default 5 */
-    uint64_t backoff_base_ms; /* default 1s */
-    uint64_t backoff_cap_ms;  /* default 5m */
-    uint64_t max_body_bytes;  /* default 64MiB */
-    uint32_t max_url_bytes;   /* default 8000 */
-    uint32_t per_page;        /* default 250 */
-    char *ca_file;            /* NULL: the system's CA store */
-    uint64_t monthly_credits; /* default by plan: public 0 (no cap), demo 10000, pro 500000 */
-    struct rate plan_limit;   /* the plan's documented limit, for the budget warning */
+    uint32_t max_retries;        /* default 5 */
+    uint64_t backoff_base_ms;    /* default 1s */
+    uint64_t backoff_cap_ms;     /* default 5m */
+    uint64_t max_body_bytes;     /* default 64MiB */
+    uint32_t max_url_bytes;      /* default 8000 */
+    uint32_t per_page;           /* default 250 */
+    char *ca_file;               /* NULL: the system's CA store */
+    uint64_t monthly_credits;    /* default by plan: public 0 (no cap), demo 10000, pro 500000 */
+    struct rate plan_limit;      /* the plan's documented limit, for the budget warning */
 };
 
 struct config {
     char *path; /* the file it was read from */
 
     struct {
-        enum log_level log_level;   /* default info */
-        enum log_format log_format; /* default text */
-        char *metrics_listen;       /* default "127.0.0.1:9464"; "" disables */
-        char *spool_dir;            /* default /var/lib/coingest/spool */
+        enum log_level log_level;     /* default info */
+        enum log_format log_format;   /* default text */
+        char *metrics_listen;         /* default "127.0.0.1:9464"; "" disables */
+        char *spool_dir;              /* default /var/lib/coingest/spool */
         uint64_t shutdown_timeout_ms; /* default 30s */
     } daemon;
 
     struct {
-        char *host;            /* default 127.0.0.1 */
-        uint32_t port;         /* default 3306 */
-        char *socket;          /* NULL when unset; used instead of host/port */
-        char *user;            /* default coingest */
-        char *password;        /* secret; NULL when unset */
-        char *database;        /* default coingest */
-        uint32_t workers;      /* default 2 */
-        uint32_t batch_rows;   /* default 1000 */
-        uint64_t batch_bytes;  /* default 4MiB; also capped by max_allowed_packet */
-        uint64_t flush_interval_ms; /* default 1s */
-        uint64_t max_pending_rows;  /* default 200000: past it, batches go to the spool */
+        char *host;                  /* default 127.0.0.1 */
+        uint32_t port;               /* default 3306 */
+        char *socket;                /* NULL when unset; used instead of host/port */
+        char *user;                  /* default coingest */
+        char *password;              /* secret; NULL when unset */
+        char *database;              /* default coingest */
+        uint32_t workers;            /* default 2 */
+        uint32_t batch_rows;         /* default 1000 */
+        uint64_t batch_bytes;        /* default 4MiB; also capped by max_allowed_packet */
+        uint64_t flush_interval_ms;  /* default 1s */
+        uint64_t max_pending_rows;   /* default 200000: past it, batches go to the spool */
         uint64_t connect_timeout_ms; /* default 5s */
-        bool auto_migrate;     /* default true */
-        char *migrations_dir;  /* default COINGEST_DEFAULT_SQL_DIR */
+        bool auto_migrate;           /* default true */
+        char *migrations_dir;        /* default COINGEST_DEFAULT_SQL_DIR */
     } database;
 
     struct cfg_source coingecko;
 
     struct {
-        bool all;                  /* ids = all (default) */
-        struct strlist ids;        /* explicit ids when !all */
-        uint32_t top;              /* default 0 (no limit) */
-        struct strlist categories; /* default empty */
+        bool all;                     /* ids = all (default) */
+        struct strlist ids;           /* explicit ids when !all */
+        uint32_t top;                 /* default 0 (no limit) */
+        struct strlist categories;    /* default empty */
         struct strlist vs_currencies; /* default "usd" */
     } universe;
 
@@ -130,13 +130,13 @@ void config_dump(const struct config *cfg, FILE *out);
 
 /* Which parts differ between two configs (for reload). */
 struct config_diff {
-    bool daemon_log;      /* log_level / log_format (applied live) */
-    bool restart_needed;  /* keys that only a restart applies (metrics_listen, spool_dir) */
-    bool database;        /* any [database] key: the pool reconnects */
-    bool source_rate;     /* rate_limit or burst: the bucket is resized */
-    bool source_other;    /* other [source.*] keys: used by the next request */
-    bool universe;        /* the next job runs use the new universe */
-    bool job[JOB_COUNT];  /* schedule of that job changed: it is rescheduled */
+    bool daemon_log;     /* log_level / log_format (applied live) */
+    bool restart_needed; /* keys that only a restart applies (metrics_listen, spool_dir) */
+    bool database;       /* any [database] key: the pool reconnects */
+    bool source_rate;    /* rate_limit or burst: the bucket is resized */
+    bool source_other;   /* other [source.*] keys: used by the next request */
+    bool universe;       /* the next job runs use the new universe */
+    bool job[JOB_COUNT]; /* schedule of that job changed: it is rescheduled */
 };
 void config_diff(const struct config *a, const struct config *b, struct config_diff *d);
 

@@ -10,8 +10,8 @@
  * callback rejects. A 429 pauses the API's whole bucket (for Retry-After, or a backoff delay
  * without it) and is retried without counting against max_retries, up to 50 rate-limited
  * answers per request, so a long rate-limit episode delays a page walk but never skips a page.
- * Other 4xx are final. The done callback runs exactly once per request, on the loop thread, with the
- * final outcome.
+ * Other 4xx are final. The done callback runs exactly once per request, on the loop thread, with
+ * the final outcome.
  *
  * API keys go in a header (x-cg-demo-api-key / x-cg-pro-api-key), never in the URL, and never
  * appear in logs, metrics or error messages.
@@ -45,14 +45,14 @@ enum fetch_outcome {
 
 struct fetch_result {
     enum fetch_outcome outcome;
-    long status;          /* last HTTP status, 0 when none */
-    const char *body;     /* last body, NUL-terminated; valid during the callback only */
+    long status;      /* last HTTP status, 0 when none */
+    const char *body; /* last body, NUL-terminated; valid during the callback only */
     size_t len;
-    unsigned attempts;    /* requests sent, including the first */
-    double seconds;       /* from first send to done, including waits */
-    const char *error;    /* human-readable reason when outcome != FETCH_OK: the API's own
-                             message ({"error":...} or {"status":{"error_message":...}}) when
-                             it sent one, else curl's or the engine's; never contains a key */
+    unsigned attempts; /* requests sent, including the first */
+    double seconds;    /* from first send to done, including waits */
+    const char *error; /* human-readable reason when outcome != FETCH_OK: the API's own
+                          message ({"error":...} or {"status":{"error_message":...}}) when
+                          it sent one, else curl's or the engine's; never contains a key */
 };
 
 /* Called on a 2xx JSON-looking body before it counts as success. Returns 0 to accept, or a

@@ -3,7 +3,8 @@
  *
  *   log_info("job finished", LOG_S("job", "prices"), LOG_U("rows", n));
  *   -> ts=2026-11-23T13:20:01.123Z level=info msg="job finished" job=prices rows=17500
- *   -> {"ts":"2026-11-23T13:20:01.123Z","level":"info","msg":"job finished","job":"prices","rows":17500}
+ *   -> {"ts":"2026-11-23T13:20:01.123Z","level":"info","msg":"job
+ * finished","job":"prices","rows":17500}
  *
  * When JOURNAL_STREAM is set (stderr is connected to journald), `ts` is dropped and the line is
  * prefixed with its syslog priority (`<6>` for info) so journald keeps levels.
@@ -45,7 +46,7 @@ struct log_field {
 #define LOG_U(k, x) ((struct log_field){.key = (k), .type = LOG_T_UINT, .v.u = (uint64_t)(x)})
 #define LOG_F(k, x) ((struct log_field){.key = (k), .type = LOG_T_DBL, .v.d = (double)(x)})
 #define LOG_B(k, x) ((struct log_field){.key = (k), .type = LOG_T_BOOL, .v.b = (bool)(x)})
-#define LOG_END ((struct log_field){.key = NULL, .type = LOG_T_END})
+#define LOG_END     ((struct log_field){.key = NULL, .type = LOG_T_END})
 
 /* Emits one line if `level` is enabled. Fields are passed by value and end with LOG_END;
  * the macros below add it. Thread: any. */

@@ -26,19 +26,19 @@
 struct sink;
 
 struct sink_stats {
-    uint64_t rows_accepted;   /* submitted and accepted (memory or spool) */
-    uint64_t rows_committed;  /* committed to the database */
-    uint64_t rows_pending;    /* accepted, not yet committed (memory + spool) */
-    uint64_t rows_spooled;    /* currently in the spool */
+    uint64_t rows_accepted;  /* submitted and accepted (memory or spool) */
+    uint64_t rows_committed; /* committed to the database */
+    uint64_t rows_pending;   /* accepted, not yet committed (memory + spool) */
+    uint64_t rows_spooled;   /* currently in the spool */
     uint64_t spool_bytes;
-    uint64_t rows_rejected;   /* rejected by the server for good (to rejected_rows) */
+    uint64_t rows_rejected; /* rejected by the server for good (to rejected_rows) */
     uint64_t batches_committed;
-    bool db_up;               /* the last connection attempt succeeded */
-    bool schema_ready;        /* migrations are current */
+    bool db_up;                  /* the last connection attempt succeeded */
+    bool schema_ready;           /* migrations are current */
     uint64_t last_db_ok_mono_ms; /* last successful statement (monotonic ms), 0 never */
-    uint64_t rows_lost;       /* handed to the sink but neither committed nor spooled: refused
-                                 by sink_submit (spool failing and memory full), dropped on an
-                                 allocation failure, or left in memory at shutdown */
+    uint64_t rows_lost;          /* handed to the sink but neither committed nor spooled: refused
+                                    by sink_submit (spool failing and memory full), dropped on an
+                                    allocation failure, or left in memory at shutdown */
 };
 
 /* Creates the sink; reads cfg->database and cfg->daemon.spool_dir (copied). No thread and no
