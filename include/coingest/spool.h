@@ -82,7 +82,8 @@ int spool_load(struct spool *sp, struct spool_rec *rec, struct batch **out);
 void spool_unload(struct spool *sp, struct spool_rec *rec);
 
 /* Forgets a loaded record whose rows are committed; deletes its segment when that was the
- * segment's last live record (and the segment is not being appended to). `rec` is freed. */
+ * segment's last live record (the active one too: the next append starts a new segment, so a
+ * drained spool leaves no files behind). `rec` is freed. */
 void spool_commit(struct spool *sp, struct spool_rec *rec);
 
 uint64_t spool_rec_seq(const struct spool_rec *rec);
