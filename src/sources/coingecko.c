@@ -660,6 +660,51 @@ static void field_cols(const struct field *f, size_t n, const char **names)
 
 /* --- /coins/list -------------------------------------------------------------------------- */
 
+/* The walk every array endpoint shares: load the body, insist on an array, and call `row`
+ * for each element that has a usable id under `id_key` (others are skipped and counted).
+ * Finishes the parse (all or nothing) and returns its code; *nitems gets the array's length
+ * on success. */
+typedef int (*element_cb)(struct parse *p, const json_t *elem, const json_t *id, void *ctx);
+
+static int parse_array(struct parse *p, const char *body, size_t len, const char *expected,
+                       const char *id_key, element_cb row, void *ctx, size_t *nitems,
+                       struct coingecko_stats *st, char *err, size_t errlen)
+{
+    json_t *root;
+    int rc = load(body, len, p->what, &root, &p->st.overflow_numbers, err, errlen);
+    if (rc)
+        return parse_finish(p, rc, st, err, errlen);
+    if (!json_is_array(root)) {
+        shape_err(err, errlen, p->what, expected, root);
+        json_decref(root);
+        return parse_finish(p, -EBADMSG, st, err, errlen);
+    }
+    size_t n = json_array_size(root);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *elem = json_array_get(root, i);
+        p->st.items++;
+        const json_t *id = json_object_get(elem, id_key);
+        if (!usable_id(id)) {
+            p->st.skipped++;
+            continue;
+        }
+        if ((rc = row(p, elem, id, ctx)) != 0)
+            break;
+    }
+    rc = parse_finish(p, rc, st, err, errlen);
+    json_decref(root);
+    if (rc == 0 && nitems)
+        *nitems = n;
+    return rc;
+}
+
+/* What the simple array endpoints' row callbacks need. */
+struct simple_ctx {
+    const struct coingecko_times *t;
+    struct batch *b;
+    const uint16_t *cols;
+};
+
 static const struct field coins_list_fields[] = {
     {"symbol", "symbol", F_STR},
     {"name", "name", F_STR},
@@ -668,6 +713,25 @@ static const struct field coins_list_fields[] = {
 enum { CL_ID, CL_LISTED_AT, CL_FIRST_SEEN_AT, CL_UPDATED_AT, CL_FIXED };
 static const char *const coins_list_fixed[CL_FIXED] = {"id", "listed_at", "first_seen_at",
                                                        "updated_at"};
+
+static int coins_list_row(struct parse *p, const json_t *coin, const json_t *id, void *arg)
+{
+    struct simple_ctx *c = arg;
+    int row = add_row(p, c->b);
+    if (row < 0)
+        return row;
+    uint32_t r = (uint32_t)row;
+    int rc = put_id(c->b, r, c->cols[CL_ID], id);
+    batch_set_time(c->b, r, c->cols[CL_LISTED_AT], c->t->run_ms);
+    batch_set_time(c->b, r, c->cols[CL_FIRST_SEEN_AT], c->t->run_ms);
+    batch_set_time(c->b, r, c->cols[CL_UPDATED_AT], c->t->run_ms);
+    if (!rc)
+        rc = put_fields(p, c->b, r, coin, coins_list_fields, c->cols + CL_FIXED,
+                        NFIELDS(coins_list_fields));
+    if (!rc)
+        rc = keep_id(p, id);
+    return rc;
+}
 
 int coingecko_parse_coins_list(const char *body, size_t len, const struct coingecko_times *t,
                                struct batch *assets, struct strlist *ids,
@@ -683,44 +747,9 @@ int coingecko_parse_coins_list(const char *body, size_t len, const struct coinge
     int rc = parse_out(&p, assets, BATCH_ASSETS_LIST, names, cols, CL_FIXED + nf);
     if (rc)
         return parse_finish(&p, rc, st, err, errlen);
-
-    json_t *root;
-    rc = load(body, len, p.what, &root, &p.st.overflow_numbers, err, errlen);
-    if (rc)
-        return parse_finish(&p, rc, st, err, errlen);
-    if (!json_is_array(root)) {
-        shape_err(err, errlen, p.what, "an array of coins", root);
-        json_decref(root);
-        return parse_finish(&p, -EBADMSG, st, err, errlen);
-    }
-    for (size_t i = 0; i < json_array_size(root); i++) {
-        const json_t *coin = json_array_get(root, i);
-        p.st.items++;
-        const json_t *id = json_object_get(coin, "id");
-        if (!usable_id(id)) {
-            p.st.skipped++;
-            continue;
-        }
-        int row = add_row(&p, assets);
-        if (row < 0) {
-            rc = row;
-            break;
-        }
-        uint32_t r = (uint32_t)row;
-        rc = put_id(assets, r, cols[CL_ID], id);
-        batch_set_time(assets, r, cols[CL_LISTED_AT], t->run_ms);
-        batch_set_time(assets, r, cols[CL_FIRST_SEEN_AT], t->run_ms);
-        batch_set_time(assets, r, cols[CL_UPDATED_AT], t->run_ms);
-        if (!rc)
-            rc = put_fields(&p, assets, r, coin, coins_list_fields, cols + CL_FIXED, nf);
-        if (!rc)
-            rc = keep_id(&p, id);
-        if (rc)
-            break;
-    }
-    rc = parse_finish(&p, rc, st, err, errlen);
-    json_decref(root);
-    return rc;
+    struct simple_ctx c = {t, assets, cols};
+    return parse_array(&p, body, len, "an array of coins", "id", coins_list_row, &c, NULL, st, err,
+                       errlen);
 }
 
 /* --- /coins/categories/list --------------------------------------------------------------- */
@@ -730,6 +759,21 @@ static const struct field categories_fields[] = {
 };
 enum { CA_ID, CA_UPDATED_AT, CA_FIXED };
 static const char *const categories_fixed[CA_FIXED] = {"id", "updated_at"};
+
+static int category_row(struct parse *p, const json_t *cat, const json_t *id, void *arg)
+{
+    struct simple_ctx *c = arg;
+    int row = add_row(p, c->b);
+    if (row < 0)
+        return row;
+    uint32_t r = (uint32_t)row;
+    int rc = put_id(c->b, r, c->cols[CA_ID], id);
+    batch_set_time(c->b, r, c->cols[CA_UPDATED_AT], c->t->run_ms);
+    if (!rc)
+        rc = put_fields(p, c->b, r, cat, categories_fields, c->cols + CA_FIXED,
+                        NFIELDS(categories_fields));
+    return rc;
+}
 
 int coingecko_parse_categories_list(const char *body, size_t len, const struct coingecko_times *t,
                                     struct batch *categories, struct coingecko_stats *st, char *err,
@@ -745,40 +789,9 @@ int coingecko_parse_categories_list(const char *body, size_t len, const struct c
     int rc = parse_out(&p, categories, BATCH_CATEGORIES, names, cols, CA_FIXED + nf);
     if (rc)
         return parse_finish(&p, rc, st, err, errlen);
-
-    json_t *root;
-    rc = load(body, len, p.what, &root, &p.st.overflow_numbers, err, errlen);
-    if (rc)
-        return parse_finish(&p, rc, st, err, errlen);
-    if (!json_is_array(root)) {
-        shape_err(err, errlen, p.what, "an array of categories", root);
-        json_decref(root);
-        return parse_finish(&p, -EBADMSG, st, err, errlen);
-    }
-    for (size_t i = 0; i < json_array_size(root); i++) {
-        const json_t *cat = json_array_get(root, i);
-        p.st.items++;
-        const json_t *id = json_object_get(cat, "category_id");
-        if (!usable_id(id)) {
-            p.st.skipped++;
-            continue;
-        }
-        int row = add_row(&p, categories);
-        if (row < 0) {
-            rc = row;
-            break;
-        }
-        uint32_t r = (uint32_t)row;
-        rc = put_id(categories, r, cols[CA_ID], id);
-        batch_set_time(categories, r, cols[CA_UPDATED_AT], t->run_ms);
-        if (!rc)
-            rc = put_fields(&p, categories, r, cat, categories_fields, cols + CA_FIXED, nf);
-        if (rc)
-            break;
-    }
-    rc = parse_finish(&p, rc, st, err, errlen);
-    json_decref(root);
-    return rc;
+    struct simple_ctx c = {t, categories, cols};
+    return parse_array(&p, body, len, "an array of categories", "category_id", category_row, &c,
+                       NULL, st, err, errlen);
 }
 
 /* --- /coins/markets ----------------------------------------------------------------------- */
@@ -929,6 +942,20 @@ static int markets_outputs(struct parse *p, const char *category, struct coingec
     return rc;
 }
 
+struct markets_ctx {
+    const struct coingecko_times *t;
+    const char *vs;
+    const char *category;
+    struct coingecko_markets_out *out;
+    struct markets_cols *c;
+};
+
+static int markets_elem(struct parse *p, const json_t *coin, const json_t *id, void *arg)
+{
+    struct markets_ctx *m = arg;
+    return markets_row(p, m->t, m->vs, m->category, m->out, m->c, coin, id);
+}
+
 int coingecko_parse_markets(const char *body, size_t len, const struct coingecko_times *t,
                             const char *vs_currency, const char *category,
                             struct coingecko_markets_out *out, struct coingecko_stats *st,
@@ -944,32 +971,12 @@ int coingecko_parse_markets(const char *body, size_t len, const struct coingecko
     if (rc)
         return parse_finish(&p, rc, st, err, errlen);
 
-    json_t *root;
-    rc = load(body, len, p.what, &root, &p.st.overflow_numbers, err, errlen);
-    if (rc)
-        return parse_finish(&p, rc, st, err, errlen);
-    if (!json_is_array(root)) {
-        shape_err(err, errlen, p.what, "an array of coins", root);
-        json_decref(root);
-        return parse_finish(&p, -EBADMSG, st, err, errlen);
-    }
-    for (size_t i = 0; i < json_array_size(root); i++) {
-        const json_t *coin = json_array_get(root, i);
-        p.st.items++;
-        const json_t *id = json_object_get(coin, "id");
-        if (!usable_id(id)) {
-            p.st.skipped++;
-            continue;
-        }
-        rc = markets_row(&p, t, vs, category, out, &c, coin, id);
-        if (rc)
-            break;
-    }
-    size_t ncoins = json_array_size(root);
-    rc = parse_finish(&p, rc, st, err, errlen);
+    struct markets_ctx mc = {t, vs, category, out, &c};
+    size_t ncoins = 0;
+    rc = parse_array(&p, body, len, "an array of coins", "id", markets_elem, &mc, &ncoins, st, err,
+                     errlen);
     if (rc == 0)
         out->ncoins = ncoins;
-    json_decref(root);
     return rc;
 }
 
