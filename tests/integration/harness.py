@@ -211,8 +211,17 @@ class Check:
 
     def done(self):
         print(f"{self.passed} passed, {self.failed} failed")
+        if not self.failed:
+            # A passing test leaves nothing behind; a failing one keeps its logs.
+            for d in _tempdirs:
+                shutil.rmtree(d, ignore_errors=True)
         sys.exit(1 if self.failed else 0)
 
 
+_tempdirs = []
+
+
 def tempdir(prefix):
-    return tempfile.mkdtemp(prefix=prefix)
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tempdirs.append(d)
+    return d

@@ -59,16 +59,17 @@ def main():
     work = h.tempdir("coingest-outage.")
     dbdir = os.path.join(work, "db")
     env = server("start", dbdir)
-    api = h.FakeAPI(work, "--universe", str(N))
-    db = h.Database(f"outage_{os.getpid()}", socket=env["COINGEST_TEST_DB_SOCKET"],
-                    port=env["COINGEST_TEST_DB_PORT"])
-    spool = os.path.join(work, "spool")
-    conf = os.path.join(work, "o.conf")
-    h.write_config(conf, db, api.base_url, spool,
-                   universe="ids = all\nvs_currencies = usd, eur")
-    text = open(conf).read().replace("shutdown_timeout = 20s", "shutdown_timeout = 4s")
-    open(conf, "w").write(text)
+    api = db = None
     try:
+        api = h.FakeAPI(work, "--universe", str(N))
+        db = h.Database(f"outage_{os.getpid()}", socket=env["COINGEST_TEST_DB_SOCKET"],
+                        port=env["COINGEST_TEST_DB_PORT"])
+        spool = os.path.join(work, "spool")
+        conf = os.path.join(work, "o.conf")
+        h.write_config(conf, db, api.base_url, spool,
+                       universe="ids = all\nvs_currencies = usd, eur")
+        text = open(conf).read().replace("shutdown_timeout = 20s", "shutdown_timeout = 4s")
+        open(conf, "w").write(text)
         # Schema first, so the tables exist when we count later.
         rc, _, err = h.run_daemon(conf, "--migrate")
         check.eq(rc, 0, "--migrate")
@@ -170,9 +171,11 @@ def main():
         d.send_signal(signal.SIGTERM)
         check.eq(d.wait(30), 0, "and the daemon stops cleanly")
     finally:
-        api.stop()
+        if api:
+            api.stop()
         try:
-            db.drop()
+            if db:
+                db.drop()
         except Exception:
             pass
         server("stop", dbdir)
