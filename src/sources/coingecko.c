@@ -364,6 +364,23 @@ static void shape_err(char *err, size_t errlen, const char *what, const char *ex
         set_err(err, errlen, "%s: expected %s, got %s", what, expected, type_name(got));
 }
 
+/* --- fields ------------------------------------------------------------------------------- */
+
+enum field_kind {
+    F_NUM,      /* any JSON number -> DOUBLE */
+    F_UINT,     /* integral number in [0, 2^32) -> INT UNSIGNED */
+    F_STR,      /* string -> VARCHAR, byte-exact */
+    F_ISO_TIME, /* ISO-8601 string -> DATETIME(3) */
+    F_JSON_OBJ  /* object -> JSON text */
+};
+
+/* A column filled straight from a JSON key. `key` may be a path "a.b" into nested objects. */
+struct field {
+    const char *key;
+    const char *col;
+    enum field_kind kind;
+};
+
 /* --- one parse: stats, rollback marks, collected ids -------------------------------------- */
 
 #define MAX_OUT 3
@@ -387,15 +404,17 @@ static void parse_init(struct parse *p, const char *what, struct strlist *idlist
     p->idlist = idlist;
 }
 
-/* Resolves the columns of `b` for fields named in `names`; -EINVAL when `b` is not a batch of
- * spec `id` or lacks one of them. Also marks b for rollback. */
+/* Resolves the columns of `b`: cols[0..nfixed) for the names in `fixed`, then one per entry of
+ * `fields` (their `col`). -EINVAL when `b` is not a batch of spec `id` or lacks a column.
+ * Also marks b for rollback. */
 static int parse_out(struct parse *p, struct batch *b, enum batch_spec_id id,
-                     const char *const *names, uint16_t *cols, size_t n)
+                     const char *const *fixed, size_t nfixed, const struct field *fields,
+                     size_t nfields, uint16_t *cols)
 {
     if (!b || b->spec->id != id)
         return -EINVAL;
-    for (size_t i = 0; i < n; i++) {
-        int c = batch_spec_col(b->spec, names[i]);
+    for (size_t i = 0; i < nfixed + nfields; i++) {
+        int c = batch_spec_col(b->spec, i < nfixed ? fixed[i] : fields[i - nfixed].col);
         if (c < 0)
             return -EINVAL;
         cols[i] = (uint16_t)c;
@@ -492,21 +511,6 @@ static int parse_finish(struct parse *p, int rc, struct coingecko_stats *st, cha
 }
 
 /* --- values ------------------------------------------------------------------------------- */
-
-enum field_kind {
-    F_NUM,      /* any JSON number -> DOUBLE */
-    F_UINT,     /* integral number in [0, 2^32) -> INT UNSIGNED */
-    F_STR,      /* string -> VARCHAR, byte-exact */
-    F_ISO_TIME, /* ISO-8601 string -> DATETIME(3) */
-    F_JSON_OBJ  /* object -> JSON text */
-};
-
-/* A column filled straight from a JSON key. `key` may be a path "a.b" into nested objects. */
-struct field {
-    const char *key;
-    const char *col;
-    enum field_kind kind;
-};
 
 /* The value at `key` (a dotted path) in obj; NULL when missing or null along the way.
  * Counts a type error when a step of the path is not an object. */
@@ -652,12 +656,6 @@ static int lower_vs(const char *s, char *buf)
 
 #define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
-static void field_cols(const struct field *f, size_t n, const char **names)
-{
-    for (size_t i = 0; i < n; i++)
-        names[i] = f[i].col;
-}
-
 /* --- /coins/list -------------------------------------------------------------------------- */
 
 /* The walk every array endpoint shares: load the body, insist on an array, and call `row`
@@ -739,12 +737,9 @@ int coingecko_parse_coins_list(const char *body, size_t len, const struct coinge
 {
     struct parse p;
     parse_init(&p, "coingecko /coins/list", ids);
-    const size_t nf = NFIELDS(coins_list_fields);
-    const char *names[CL_FIXED + NFIELDS(coins_list_fields)];
     uint16_t cols[CL_FIXED + NFIELDS(coins_list_fields)];
-    memcpy(names, coins_list_fixed, sizeof(coins_list_fixed));
-    field_cols(coins_list_fields, nf, names + CL_FIXED);
-    int rc = parse_out(&p, assets, BATCH_ASSETS_LIST, names, cols, CL_FIXED + nf);
+    int rc = parse_out(&p, assets, BATCH_ASSETS_LIST, coins_list_fixed, CL_FIXED, coins_list_fields,
+                       NFIELDS(coins_list_fields), cols);
     if (rc)
         return parse_finish(&p, rc, st, err, errlen);
     struct simple_ctx c = {t, assets, cols};
@@ -781,12 +776,9 @@ int coingecko_parse_categories_list(const char *body, size_t len, const struct c
 {
     struct parse p;
     parse_init(&p, "coingecko /coins/categories/list", NULL);
-    const size_t nf = NFIELDS(categories_fields);
-    const char *names[CA_FIXED + NFIELDS(categories_fields)];
     uint16_t cols[CA_FIXED + NFIELDS(categories_fields)];
-    memcpy(names, categories_fixed, sizeof(categories_fixed));
-    field_cols(categories_fields, nf, names + CA_FIXED);
-    int rc = parse_out(&p, categories, BATCH_CATEGORIES, names, cols, CA_FIXED + nf);
+    int rc = parse_out(&p, categories, BATCH_CATEGORIES, categories_fixed, CA_FIXED,
+                       categories_fields, NFIELDS(categories_fields), cols);
     if (rc)
         return parse_finish(&p, rc, st, err, errlen);
     struct simple_ctx c = {t, categories, cols};
@@ -918,26 +910,21 @@ static int markets_row(struct parse *p, const struct coingecko_times *t, const c
 static int markets_outputs(struct parse *p, const char *category, struct coingecko_markets_out *out,
                            struct markets_cols *c)
 {
-    const char *names[SN_FIXED + NFIELDS(snapshot_fields)];
-    memcpy(names, snapshot_fixed, sizeof(snapshot_fixed));
-    field_cols(snapshot_fields, NFIELDS(snapshot_fields), names + SN_FIXED);
-    int rc = parse_out(p, out->snapshots, BATCH_MARKET_SNAPSHOTS, names, c->sn,
-                       SN_FIXED + NFIELDS(snapshot_fields));
+    int rc = parse_out(p, out->snapshots, BATCH_MARKET_SNAPSHOTS, snapshot_fixed, SN_FIXED,
+                       snapshot_fields, NFIELDS(snapshot_fields), c->sn);
     if (rc)
         return rc;
     if (out->assets) {
-        memcpy(names, asset_market_fixed, sizeof(asset_market_fixed));
-        field_cols(asset_market_fields, NFIELDS(asset_market_fields), names + AM_FIXED);
-        rc = parse_out(p, out->assets, BATCH_ASSETS_MARKET, names, c->am,
-                       AM_FIXED + NFIELDS(asset_market_fields));
+        rc = parse_out(p, out->assets, BATCH_ASSETS_MARKET, asset_market_fixed, AM_FIXED,
+                       asset_market_fields, NFIELDS(asset_market_fields), c->am);
         if (rc)
             return rc;
     }
     if (category) {
         if (!*category)
             return -EINVAL;
-        rc = parse_out(p, out->asset_categories, BATCH_ASSET_CATEGORIES, asset_cat_fixed, c->ac,
-                       AC_FIXED);
+        rc = parse_out(p, out->asset_categories, BATCH_ASSET_CATEGORIES, asset_cat_fixed, AC_FIXED,
+                       NULL, 0, c->ac);
     }
     return rc;
 }
@@ -1036,7 +1023,7 @@ int coingecko_parse_simple_price(const char *body, size_t len, const struct coin
     uint16_t cols[PR_NCOLS];
     struct vs_keys *keys = NULL;
     parse_init(&p, "coingecko /simple/price", NULL);
-    int rc = parse_out(&p, prices, BATCH_PRICES, prices_names, cols, PR_NCOLS);
+    int rc = parse_out(&p, prices, BATCH_PRICES, prices_names, PR_NCOLS, NULL, 0, cols);
     if (!rc && req->nvs) {
         keys = calloc(req->nvs, sizeof(*keys));
         if (!keys)
@@ -1130,11 +1117,9 @@ int coingecko_parse_global(const char *body, size_t len, const struct coingecko_
     struct parse p;
     parse_init(&p, "coingecko /global", NULL);
     const size_t nf = NFIELDS(global_fields);
-    const char *names[GL_FIXED + NFIELDS(global_fields)];
     uint16_t cols[GL_FIXED + NFIELDS(global_fields)];
-    memcpy(names, global_fixed, sizeof(global_fixed));
-    field_cols(global_fields, nf, names + GL_FIXED);
-    int rc = parse_out(&p, global, BATCH_GLOBAL_SNAPSHOTS, names, cols, GL_FIXED + nf);
+    int rc = parse_out(&p, global, BATCH_GLOBAL_SNAPSHOTS, global_fixed, GL_FIXED, global_fields,
+                       nf, cols);
     if (rc)
         return parse_finish(&p, rc, st, err, errlen);
 
