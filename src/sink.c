@@ -621,6 +621,26 @@ static uint64_t stmt_limit(const struct writer *w, const struct job *j)
     return cap;
 }
 
+/* Sends w->stmt as built; an allocation that failed while building it fails the batch.
+ * 0, or -1 with the error in w. */
+static int wexec_stmt(struct writer *w)
+{
+    if (w->stmt.oom) {
+        werr(w, ERR_NOMEM, "out of memory building a statement");
+        mysql_rollback(w->conn);
+        return -1;
+    }
+    return wexec(w, w->stmt.p, w->stmt.len);
+}
+
+/* Ends the multi-row INSERT in w->stmt with its ON DUPLICATE KEY UPDATE clause and sends it. */
+static int wexec_upsert(struct writer *w, const char *upd, const char *sql)
+{
+    sb_puts(&w->stmt, upd);
+    sb_puts(&w->stmt, sql);
+    return wexec_stmt(w);
+}
+
 /* Rows [lo, hi) of an UPSERT job in one transaction, as few statements as the byte cap
  * allows. 0, or -1 with the error in w. */
 static int try_upsert(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
@@ -653,14 +673,7 @@ static int try_upsert(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
             return -1;
         }
         if (in_stmt && w->stmt.len + 1 + w->row.len + tail > cap) {
-            sb_puts(&w->stmt, upd);
-            sb_puts(&w->stmt, spec->sql);
-            if (w->stmt.oom) {
-                werr(w, ERR_NOMEM, "out of memory building a statement");
-                mysql_rollback(w->conn);
-                return -1;
-            }
-            if (wexec(w, w->stmt.p, w->stmt.len))
+            if (wexec_upsert(w, upd, spec->sql))
                 return -1;
             sb_reset(&w->stmt);
             sb_put(&w->stmt, w->prefix.p, w->prefix.len);
@@ -680,14 +693,7 @@ static int try_upsert(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
         in_stmt++;
     }
     if (in_stmt) {
-        sb_puts(&w->stmt, upd);
-        sb_puts(&w->stmt, spec->sql);
-        if (w->stmt.oom) {
-            werr(w, ERR_NOMEM, "out of memory building a statement");
-            mysql_rollback(w->conn);
-            return -1;
-        }
-        if (wexec(w, w->stmt.p, w->stmt.len))
+        if (wexec_upsert(w, upd, spec->sql))
             return -1;
     }
     return wcommit(w);
@@ -717,12 +723,7 @@ static int try_statement(struct writer *w, struct job *j, uint32_t lo, uint32_t 
                 sb_put(&w->stmt, p, 1);
             }
         }
-        if (w->stmt.oom) {
-            werr(w, ERR_NOMEM, "out of memory building a statement");
-            mysql_rollback(w->conn);
-            return -1;
-        }
-        if (wexec(w, w->stmt.p, w->stmt.len))
+        if (wexec_stmt(w))
             return -1;
     }
     return wcommit(w);
