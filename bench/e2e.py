@@ -58,10 +58,10 @@ def need(var):
     return v
 
 
-def bench_config(path, db, base_url, spool_dir):
+def bench_config(path, db, base_url, spool_dir, extra=""):
     """The default configuration, except: no client-side rate limit (the fake API has none
-    either), and flush_interval 100ms so that `--once` does not wait up to the default 1 s
-    for its last partial batch."""
+    either), and flush_interval 100ms so that commits follow the runs closely. `extra` is
+    appended (more sections)."""
     sock = f"socket = {db.socket}" if db.socket else f"host = 127.0.0.1\nport = {db.port}"
     with open(path, "w") as f:
         f.write(f"""[daemon]
@@ -87,7 +87,7 @@ plan_limit = 1000000/s
 
 [universe]
 ids = all
-""")
+{extra}""")
 
 
 def proc_cpu_s(pid):

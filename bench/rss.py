@@ -49,6 +49,9 @@ SOURCE_DIR = os.environ.get("COINGEST_SOURCE_DIR") or os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "integration"))
 import harness as h  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e  # noqa: E402
+
 FINISHED = re.compile(r'msg="job finished" job=prices status=(\S+) requests=(\d+) rows=(\d+)')
 SKIPPED = 'msg="job still running, tick skipped"'
 STOPPED = re.compile(r'msg="sink stopped" rows_committed=(\d+) rows_spooled=(\d+)')
@@ -62,31 +65,8 @@ def need(var):
 
 
 def rss_config(path, db, base_url, spool_dir, every):
-    sock = f"socket = {db.socket}" if db.socket else f"host = 127.0.0.1\nport = {db.port}"
-    with open(path, "w") as f:
-        f.write(f"""[daemon]
-log_level = info
-metrics_listen =
-spool_dir = {spool_dir}
-shutdown_timeout = 120s
-
-[database]
-{sock}
-user = {db.user}
-password = {db.password}
-database = {db.name}
-migrations_dir = {SOURCE_DIR}/sql
-
-[source.coingecko]
-base_url = {base_url}
-plan = public
-rate_limit = 1000000/s
-burst = 1000000
-plan_limit = 1000000/s
-
-[universe]
-ids = all
-
+    """e2e's configuration with only the prices job, every `every`, unaligned."""
+    e2e.bench_config(path, db, base_url, spool_dir, extra=f"""
 [job.assets]
 enabled = false
 
