@@ -188,18 +188,21 @@ def main():
         d2 = h.start_daemon(conf, stderr_path=os.path.join(work, "early.log"))
 
         # The first thing main() does is block the signals; before that (between exec and
-        # main) the kernel's default action applies to any process. Wait for the block, then
-        # signal while the daemon is still connecting and setting up.
+        # main) the kernel's default action applies to any process. Wait until SIGHUP is
+        # blocked, or already caught by the loop's handler (startup may get that far between
+        # two looks), then signal while the daemon is still setting up.
         def hup_blocked():
             if d2.poll() is not None:
                 raise AssertionError(f"the daemon exited early ({d2.returncode}): "
                                      + open(os.path.join(work, "early.log")).read()[-2000:])
+            mask = 0
             try:
                 for line in open(f"/proc/{d2.pid}/status"):
-                    if line.startswith("SigBlk:"):
-                        return int(line.split()[1], 16) & 1
+                    if line.startswith(("SigBlk:", "SigCgt:")):
+                        mask |= int(line.split()[1], 16)
             except OSError:
                 return False
+            return mask & 1
         h.wait_for(hup_blocked, 30, step=0.001, what="SIGHUP blocked")
         for _ in range(5):
             d2.send_signal(signal.SIGHUP)
