@@ -17,7 +17,7 @@
 #include <time.h>
 
 #include "coingest/batch.h"
-#include "coingest/coingecko.h"
+#include "sources/coingecko/coingecko.h"
 
 static double now_s(void)
 {

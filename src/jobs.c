@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coingest/coingecko.h"
+#include "sources/coingecko/coingecko.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/util.h"

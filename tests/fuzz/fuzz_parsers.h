@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "coingest/batch.h"
-#include "coingest/coingecko.h"
+#include "sources/coingecko/coingecko.h"
 
 enum fuzz_endpoint {
     FUZZ_MARKETS = 0,

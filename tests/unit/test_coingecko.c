@@ -22,7 +22,7 @@
 #include <cmocka.h>
 
 #include "coingest/batch.h"
-#include "coingest/coingecko.h"
+#include "sources/coingecko/coingecko.h"
 #include "testdb.h"
 
 #define RUN_MS     1739123100000LL /* 2025-02-09T17:45:00Z, an arbitrary job run */

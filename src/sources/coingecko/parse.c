@@ -24,7 +24,7 @@
  * numbers below 2^53 without a fraction, which is how the API sent them. Number formatting
  * relies on the C locale (the daemon never calls setlocale).
  */
-#include "coingest/coingecko.h"
+#include "sources/coingecko/coingecko.h"
 
 #include <errno.h>
 #include <jansson.h>

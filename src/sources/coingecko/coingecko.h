@@ -40,7 +40,7 @@
 #include <stdint.h>
 
 #include "coingest/batch.h"
-#include "coingest/config.h" /* struct strlist */
+#include "coingest/util.h" /* struct strlist */
 
 /* The source column's value for every row these parsers make. */
 #define COINGECKO_SOURCE "coingecko"
