@@ -165,7 +165,7 @@ static void bench_case(const char *name, const struct server *srv, const char *p
     memset(&src, 0, sizeof(src));
     src.name = api_name;
     src.base_url = base;
-    src.plan = PLAN_PUBLIC;
+    src.plan = 0;                                               /* no source definition: keyless */
     src.rate_limit = (struct rate){.count = 0, .period_ms = 0}; /* off */
     src.burst = (uint32_t)concurrency;
     src.timeout_ms = 30000;

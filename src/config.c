@@ -25,6 +25,8 @@
  */
 #include "coingest/config.h"
 
+#include "coingest/runner.h"
+#include "coingest/source.h"
 #include "coingest/util.h"
 #include "coingest/version.h"
 
@@ -32,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,7 +277,7 @@ static void format_size(uint64_t bytes, char *buf, size_t cap)
 enum ktype {
     K_LEVEL,       /* enum log_level */
     K_FORMAT,      /* enum log_format */
-    K_PLAN,        /* enum api_plan */
+    K_PLAN,        /* uint32_t index into the section's source's plans */
     K_STR,         /* char *, has a default */
     K_OPTSTR,      /* char *, NULL when unset */
     K_LISTEN,      /* char *, HOST:PORT or "" */
@@ -302,131 +305,262 @@ enum reload {
     R_SOURCE,   /* used by the next request */
     R_UNIVERSE, /* used by the next job runs */
     R_JOB,      /* the job is rescheduled */
+    R_JOBKEY,   /* a job's own key: its next run uses it */
 };
 
 struct keydef {
     const char *name;
     enum ktype type;
-    size_t off; /* from the section's base */
+    size_t off; /* from the section's base (built-in keys) */
     uint64_t min, max;
     enum reload reload;
+    int value; /* a source's or job's own key: 1 + index into its values; 0 for built-in keys */
 };
 
 #define DAEMON(f)   offsetof(struct config, daemon.f)
-#define DB(f)       offsetof(struct config, database.f)
+#define DB(f)       offsetof(struct cfg_database, f)
 #define SRC(f)      offsetof(struct cfg_source, f)
 #define UNIVERSE(f) offsetof(struct config, universe.f)
 #define JOB(f)      offsetof(struct cfg_job, f)
 #define NOLIMIT     0, UINT64_MAX
 
 static const struct keydef daemon_keys[] = {
-    {"log_level", K_LEVEL, DAEMON(log_level), NOLIMIT, R_LOG},
-    {"log_format", K_FORMAT, DAEMON(log_format), NOLIMIT, R_LOG},
-    {"metrics_listen", K_LISTEN, DAEMON(metrics_listen), NOLIMIT, R_RESTART},
-    {"spool_dir", K_STR, DAEMON(spool_dir), NOLIMIT, R_RESTART},
-    {"shutdown_timeout", K_DURATION, DAEMON(shutdown_timeout_ms), NOLIMIT, R_LIVE},
+    {"log_level", K_LEVEL, DAEMON(log_level), NOLIMIT, R_LOG, 0},
+    {"log_format", K_FORMAT, DAEMON(log_format), NOLIMIT, R_LOG, 0},
+    {"metrics_listen", K_LISTEN, DAEMON(metrics_listen), NOLIMIT, R_RESTART, 0},
+    {"spool_dir", K_STR, DAEMON(spool_dir), NOLIMIT, R_RESTART, 0},
+    {"shutdown_timeout", K_DURATION, DAEMON(shutdown_timeout_ms), NOLIMIT, R_LIVE, 0},
 };
 
 static const struct keydef database_keys[] = {
-    {"host", K_STR, DB(host), NOLIMIT, R_DATABASE},
-    {"port", K_U32, DB(port), 1, 65535, R_DATABASE},
-    {"socket", K_OPTSTR, DB(socket), NOLIMIT, R_DATABASE},
-    {"user", K_STR, DB(user), NOLIMIT, R_DATABASE},
-    {"password", K_SECRET, DB(password), NOLIMIT, R_DATABASE},
-    {"password_file", K_SECRET_FILE, 0, NOLIMIT, R_DATABASE},
-    {"database", K_STR, DB(database), NOLIMIT, R_DATABASE},
-    {"workers", K_U32, DB(workers), 1, 64, R_DATABASE},
-    {"batch_rows", K_U32, DB(batch_rows), 1, 1000000, R_DATABASE},
-    {"batch_bytes", K_SIZE, DB(batch_bytes), KIB, GIB, R_DATABASE},
-    {"flush_interval", K_DURATION, DB(flush_interval_ms), 1, UINT64_MAX, R_DATABASE},
-    {"max_pending_rows", K_U64, DB(max_pending_rows), 1, UINT64_MAX, R_DATABASE},
-    {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE},
-    {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE},
-    {"migrations_dir", K_STR, DB(migrations_dir), NOLIMIT, R_DATABASE},
+    {"host", K_STR, DB(host), NOLIMIT, R_DATABASE, 0},
+    {"port", K_U32, DB(port), 1, 65535, R_DATABASE, 0},
+    {"socket", K_OPTSTR, DB(socket), NOLIMIT, R_DATABASE, 0},
+    {"user", K_STR, DB(user), NOLIMIT, R_DATABASE, 0},
+    {"password", K_SECRET, DB(password), NOLIMIT, R_DATABASE, 0},
+    {"password_file", K_SECRET_FILE, 0, NOLIMIT, R_DATABASE, 0},
+    {"database", K_STR, DB(database), NOLIMIT, R_DATABASE, 0},
+    {"workers", K_U32, DB(workers), 1, 64, R_DATABASE, 0},
+    {"batch_rows", K_U32, DB(batch_rows), 1, 1000000, R_DATABASE, 0},
+    {"batch_bytes", K_SIZE, DB(batch_bytes), KIB, GIB, R_DATABASE, 0},
+    {"flush_interval", K_DURATION, DB(flush_interval_ms), 1, UINT64_MAX, R_DATABASE, 0},
+    {"max_pending_rows", K_U64, DB(max_pending_rows), 1, UINT64_MAX, R_DATABASE, 0},
+    {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE, 0},
+    {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE, 0},
+    {"migrations_dir", K_STR, DB(migrations_dir), NOLIMIT, R_DATABASE, 0},
 };
 
 static const struct keydef source_keys[] = {
-    {"base_url", K_URL, SRC(base_url), NOLIMIT, R_SOURCE},
-    {"plan", K_PLAN, SRC(plan), NOLIMIT, R_SOURCE},
-    {"api_key", K_SECRET, SRC(api_key), NOLIMIT, R_SOURCE},
-    {"api_key_file", K_SECRET_FILE, 0, NOLIMIT, R_SOURCE},
-    {"rate_limit", K_RATE, SRC(rate_limit), NOLIMIT, R_RATE},
-    {"burst", K_U32, SRC(burst), 1, 1000000, R_RATE},
-    {"timeout", K_DURATION, SRC(timeout_ms), 1, UINT64_MAX, R_SOURCE},
-    {"connect_timeout", K_DURATION, SRC(connect_timeout_ms), 1, UINT64_MAX, R_SOURCE},
-    {"max_retries", K_U32, SRC(max_retries), 0, 100, R_SOURCE},
-    {"backoff_base", K_DURATION, SRC(backoff_base_ms), 1, UINT64_MAX, R_SOURCE},
-    {"backoff_cap", K_DURATION, SRC(backoff_cap_ms), 1, UINT64_MAX, R_SOURCE},
-    {"max_body_size", K_SIZE, SRC(max_body_bytes), KIB, UINT64_MAX, R_SOURCE},
-    {"max_url_bytes", K_U32, SRC(max_url_bytes), 256, 1048576, R_SOURCE},
-    {"per_page", K_U32, SRC(per_page), 1, 250, R_SOURCE},
-    {"ca_file", K_OPTSTR, SRC(ca_file), NOLIMIT, R_SOURCE},
-    {"monthly_credits", K_U64, SRC(monthly_credits), NOLIMIT, R_SOURCE},
-    {"plan_limit", K_RATE, SRC(plan_limit), NOLIMIT, R_SOURCE},
+    {"enabled", K_BOOL, SRC(enabled), NOLIMIT, R_RESTART, 0},
+    {"base_url", K_URL, SRC(base_url), NOLIMIT, R_SOURCE, 0},
+    {"plan", K_PLAN, SRC(plan), NOLIMIT, R_SOURCE, 0},
+    {"api_key", K_SECRET, SRC(api_key), NOLIMIT, R_SOURCE, 0},
+    {"api_key_file", K_SECRET_FILE, 0, NOLIMIT, R_SOURCE, 0},
+    {"rate_limit", K_RATE, SRC(rate_limit), NOLIMIT, R_RATE, 0},
+    {"burst", K_U32, SRC(burst), 1, 1000000, R_RATE, 0},
+    {"timeout", K_DURATION, SRC(timeout_ms), 1, UINT64_MAX, R_SOURCE, 0},
+    {"connect_timeout", K_DURATION, SRC(connect_timeout_ms), 1, UINT64_MAX, R_SOURCE, 0},
+    {"max_retries", K_U32, SRC(max_retries), 0, 100, R_SOURCE, 0},
+    {"backoff_base", K_DURATION, SRC(backoff_base_ms), 1, UINT64_MAX, R_SOURCE, 0},
+    {"backoff_cap", K_DURATION, SRC(backoff_cap_ms), 1, UINT64_MAX, R_SOURCE, 0},
+    {"max_body_size", K_SIZE, SRC(max_body_bytes), KIB, UINT64_MAX, R_SOURCE, 0},
+    {"max_url_bytes", K_U32, SRC(max_url_bytes), 256, 1048576, R_SOURCE, 0},
+    {"ca_file", K_OPTSTR, SRC(ca_file), NOLIMIT, R_SOURCE, 0},
+    {"monthly_credits", K_U64, SRC(monthly_credits), NOLIMIT, R_SOURCE, 0},
+    {"plan_limit", K_RATE, SRC(plan_limit), NOLIMIT, R_SOURCE, 0},
 };
 
 static const struct keydef universe_keys[] = {
-    {"ids", K_IDS, UNIVERSE(ids), NOLIMIT, R_UNIVERSE},
-    {"top", K_U32, UNIVERSE(top), 0, UINT32_MAX, R_UNIVERSE},
-    {"categories", K_NAMES, UNIVERSE(categories), NOLIMIT, R_UNIVERSE},
-    {"vs_currencies", K_CURRENCIES, UNIVERSE(vs_currencies), NOLIMIT, R_UNIVERSE},
+    {"ids", K_IDS, UNIVERSE(ids), NOLIMIT, R_UNIVERSE, 0},
+    {"top", K_U32, UNIVERSE(top), 0, UINT32_MAX, R_UNIVERSE, 0},
+    {"categories", K_NAMES, UNIVERSE(categories), NOLIMIT, R_UNIVERSE, 0},
+    {"vs_currencies", K_CURRENCIES, UNIVERSE(vs_currencies), NOLIMIT, R_UNIVERSE, 0},
 };
 
 static const struct keydef job_keys[] = {
-    {"enabled", K_BOOL, JOB(enabled), NOLIMIT, R_JOB},
-    {"every", K_DURATION, JOB(every_ms), 1, UINT64_MAX, R_JOB},
-    {"align", K_BOOL, JOB(align), NOLIMIT, R_JOB},
-    {"offset", K_DURATION, JOB(offset_ms), NOLIMIT, R_JOB},
-    {"jitter", K_DURATION, JOB(jitter_ms), NOLIMIT, R_JOB},
-    {"run_at_start", K_BOOL, JOB(run_at_start), NOLIMIT, R_JOB},
+    {"enabled", K_BOOL, JOB(enabled), NOLIMIT, R_JOB, 0},
+    {"every", K_DURATION, JOB(every_ms), 1, UINT64_MAX, R_JOB, 0},
+    {"align", K_BOOL, JOB(align), NOLIMIT, R_JOB, 0},
+    {"offset", K_DURATION, JOB(offset_ms), NOLIMIT, R_JOB, 0},
+    {"jitter", K_DURATION, JOB(jitter_ms), NOLIMIT, R_JOB, 0},
+    {"run_at_start", K_BOOL, JOB(run_at_start), NOLIMIT, R_JOB, 0},
 };
 
+/* The sections, in the order config_dump writes them: [daemon], [database], one
+ * [source.NAME] per registered source, [universe], one [job.NAME] per job; the ones from the
+ * registry are built once (sections_init). */
 enum section_id {
     SEC_DAEMON,
     SEC_DATABASE,
-    SEC_COINGECKO,
-    SEC_UNIVERSE,
-    SEC_JOB_ASSETS,
-    SEC_JOB_PRICES,
-    SEC_JOB_MARKET_CAPS,
-    SEC_COUNT,
+    SEC_FIRST_SOURCE,
     SEC_NONE = -1, /* before the first header */
     SEC_BAD = -2,  /* inside a section already reported as wrong */
 };
 
+enum section_kind { SK_ROOT, SK_SOURCE, SK_JOB };
+
 struct section {
-    const char *name;
+    char name[64];
     const struct keydef *keys;
     size_t nkeys;
-    size_t base;
-    int job; /* enum job_id, or -1 */
+    enum section_kind kind;
+    size_t index; /* SK_SOURCE, SK_JOB: index into config.sources / config.jobs */
+    const struct source_def *src;
 };
 
-#define JOB_BASE(i) (offsetof(struct config, jobs) + (i) * sizeof(struct cfg_job))
+/* Sources and jobs a config can hold: the config_diff masks have one bit each. */
+#define MAX_SOURCES 64
+#define MAX_JOBS    64
 
-static const struct section sections[SEC_COUNT] = {
-    {"daemon", daemon_keys, ARRAY_SIZE(daemon_keys), 0, -1},
-    {"database", database_keys, ARRAY_SIZE(database_keys), 0, -1},
-    {"source.coingecko", source_keys, ARRAY_SIZE(source_keys), offsetof(struct config, coingecko),
-     -1},
-    {"universe", universe_keys, ARRAY_SIZE(universe_keys), 0, -1},
-    {"job.assets", job_keys, ARRAY_SIZE(job_keys), JOB_BASE(JOB_ASSETS), JOB_ASSETS},
-    {"job.prices", job_keys, ARRAY_SIZE(job_keys), JOB_BASE(JOB_PRICES), JOB_PRICES},
-    {"job.market_caps", job_keys, ARRAY_SIZE(job_keys), JOB_BASE(JOB_MARKET_CAPS), JOB_MARKET_CAPS},
-};
+static struct section *sections;
+static int nsections;
+static int sec_universe; /* after the sources */
+#define SEC_UNIVERSE sec_universe
+static size_t njobs_total;
+static size_t max_keys;
+static int sections_rc;
+static pthread_once_t sections_once = PTHREAD_ONCE_INIT;
 
-#define MAX_KEYS 17 /* the largest table above */
+/* A section's key table: the generic keys followed by the definition's own. */
+static struct keydef *merge_keys(const struct keydef *base, size_t nbase, const struct cfg_key *own,
+                                 size_t nown, enum reload reload)
+{
+    static const enum ktype types[] = {
+        [CFG_KEY_U64] = K_U64,    [CFG_KEY_BOOL] = K_BOOL,   [CFG_KEY_DURATION] = K_DURATION,
+        [CFG_KEY_STR] = K_OPTSTR, [CFG_KEY_NAMES] = K_NAMES, [CFG_KEY_CURRENCIES] = K_CURRENCIES,
+    };
+    struct keydef *k = calloc(nbase + nown, sizeof(*k));
+    if (!k)
+        return NULL;
+    memcpy(k, base, nbase * sizeof(*k));
+    for (size_t i = 0; i < nown; i++) {
+        bool bounded = own[i].type == CFG_KEY_U64 || own[i].type == CFG_KEY_DURATION;
+        k[nbase + i] = (struct keydef){.name = own[i].name,
+                                       .type = types[own[i].type],
+                                       .min = bounded ? own[i].min : 0,
+                                       .max = bounded && own[i].max ? own[i].max : UINT64_MAX,
+                                       .reload = reload,
+                                       .value = (int)i + 1};
+    }
+    return k;
+}
 
-static const char *const job_names[JOB_COUNT] = {"assets", "prices", "market_caps"};
+static void sections_init(void)
+{
+    size_t njobs = 0;
+    for (size_t i = 0; i < source_count; i++)
+        njobs += source_defs[i]->njobs;
+    if (source_count > MAX_SOURCES || njobs > MAX_JOBS) {
+        sections_rc = -E2BIG;
+        return;
+    }
+    nsections = SEC_FIRST_SOURCE + (int)(source_count + 1 + njobs);
+    sec_universe = SEC_FIRST_SOURCE + (int)source_count;
+    sections = calloc((size_t)nsections, sizeof(*sections));
+    if (!sections) {
+        sections_rc = -ENOMEM;
+        return;
+    }
+    sections[SEC_DAEMON] = (struct section){
+        .name = "daemon", .keys = daemon_keys, .nkeys = ARRAY_SIZE(daemon_keys), .kind = SK_ROOT};
+    sections[SEC_DATABASE] = (struct section){.name = "database",
+                                              .keys = database_keys,
+                                              .nkeys = ARRAY_SIZE(database_keys),
+                                              .kind = SK_ROOT};
+    sections[SEC_UNIVERSE] = (struct section){.name = "universe",
+                                              .keys = universe_keys,
+                                              .nkeys = ARRAY_SIZE(universe_keys),
+                                              .kind = SK_ROOT};
+    int sec = SEC_FIRST_SOURCE;
+    for (size_t i = 0; i < source_count; i++, sec++) {
+        const struct source_def *d = source_defs[i];
+        struct section *s = &sections[sec];
+        snprintf(s->name, sizeof(s->name), "source.%s", d->name);
+        s->kind = SK_SOURCE;
+        s->index = i;
+        s->src = d;
+        s->nkeys = ARRAY_SIZE(source_keys) + d->nkeys;
+        if (!(s->keys =
+                  merge_keys(source_keys, ARRAY_SIZE(source_keys), d->keys, d->nkeys, R_SOURCE))) {
+            sections_rc = -ENOMEM;
+            return;
+        }
+    }
+    size_t j = 0;
+    sec++; /* [universe] */
+    for (size_t i = 0; i < source_count; i++) {
+        for (size_t k = 0; k < source_defs[i]->njobs; k++, j++, sec++) {
+            const struct job_def *jd = source_defs[i]->jobs[k];
+            struct section *s = &sections[sec];
+            snprintf(s->name, sizeof(s->name), "job.%s", jd->name);
+            s->kind = SK_JOB;
+            s->index = j;
+            s->src = source_defs[i];
+            s->nkeys = ARRAY_SIZE(job_keys) + jd->nkeys;
+            if (!(s->keys =
+                      merge_keys(job_keys, ARRAY_SIZE(job_keys), jd->keys, jd->nkeys, R_JOBKEY))) {
+                sections_rc = -ENOMEM;
+                return;
+            }
+        }
+    }
+    njobs_total = njobs;
+    for (int i = 0; i < nsections; i++)
+        if (sections[i].nkeys > max_keys)
+            max_keys = sections[i].nkeys;
+}
+
+static int sections_ready(void)
+{
+    pthread_once(&sections_once, sections_init);
+    return sections_rc;
+}
+
+/* The struct a section's built-in keys live in. */
+static void *section_base(struct config *cfg, int sec)
+{
+    if (sec == SEC_DATABASE)
+        return &cfg->database;
+    switch (sections[sec].kind) {
+    case SK_SOURCE:
+        return &cfg->sources[sections[sec].index];
+    case SK_JOB:
+        return &cfg->jobs[sections[sec].index];
+    default:
+        return cfg;
+    }
+}
+
+/* The value of a source's or job's own key (k->value > 0). */
+static struct cfg_value *own_slot(struct config *cfg, int sec, const struct keydef *k)
+{
+    struct cfg_value *values = sections[sec].kind == SK_SOURCE
+                                   ? cfg->sources[sections[sec].index].values
+                                   : cfg->jobs[sections[sec].index].values;
+    return &values[k->value - 1];
+}
 
 static void *field(struct config *cfg, int sec, const struct keydef *k)
 {
-    return (char *)cfg + sections[sec].base + k->off;
+    if (k->value == 0)
+        return (char *)section_base(cfg, sec) + k->off;
+    struct cfg_value *v = own_slot(cfg, sec, k);
+    switch (k->type) {
+    case K_BOOL:
+        return &v->b;
+    case K_OPTSTR:
+        return &v->s;
+    case K_NAMES:
+    case K_CURRENCIES:
+        return &v->list;
+    default:
+        return &v->u;
+    }
 }
 
 static const void *cfield(const struct config *cfg, int sec, const struct keydef *k)
 {
-    return (const char *)cfg + sections[sec].base + k->off;
+    return field((struct config *)cfg, sec, k);
 }
 
 static int find_key(int sec, const char *name)
@@ -439,37 +573,64 @@ static int find_key(int sec, const char *name)
 
 static int find_section(const char *name)
 {
-    for (int i = 0; i < SEC_COUNT; i++)
+    for (int i = 0; i < nsections; i++)
         if (strcmp(sections[i].name, name) == 0)
             return i;
     return -1;
 }
 
-int config_job_index(const char *name)
+static int job_section(size_t job)
 {
-    for (int i = 0; name && i < JOB_COUNT; i++)
-        if (strcmp(job_names[i], name) == 0)
-            return i;
+    return SEC_FIRST_SOURCE + (int)(source_count + 1 + job);
+}
+
+static int source_section(size_t src)
+{
+    return SEC_FIRST_SOURCE + (int)src;
+}
+
+int config_job_index(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; name && i < cfg->njobs; i++)
+        if (strcmp(cfg->jobs[i].name, name) == 0)
+            return (int)i;
     return -1;
 }
 
-/* ---- lists ------------------------------------------------------------------------------ */
+const struct cfg_source *config_source(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; name && i < cfg->nsources; i++)
+        if (strcmp(cfg->sources[i].name, name) == 0)
+            return &cfg->sources[i];
+    return NULL;
+}
+
+const char *config_plan_name(const struct cfg_source *src)
+{
+    return src->def && src->plan < src->def->nplans ? src->def->plans[src->plan].name : "?";
+}
+
+static const struct cfg_value *own_value(const struct cfg_key *keys, size_t n,
+                                         const struct cfg_value *values, const char *key)
+{
+    for (size_t i = 0; values && i < n; i++)
+        if (strcmp(keys[i].name, key) == 0)
+            return &values[i];
+    return NULL;
+}
+
+const struct cfg_value *config_source_value(const struct cfg_source *src, const char *key)
+{
+    return src->def ? own_value(src->def->keys, src->def->nkeys, src->values, key) : NULL;
+}
+
+const struct cfg_value *config_job_value(const struct cfg_job *job, const char *key)
+{
+    return job->def ? own_value(job->def->keys, job->def->nkeys, job->values, key) : NULL;
+}
 
 /* ---- defaults --------------------------------------------------------------------------- */
 
-struct plan_defaults {
-    const char *base_url;
-    struct rate rate;
-    uint64_t monthly_credits;
-};
-
-static const struct plan_defaults plan_defaults[] = {
-    [PLAN_PUBLIC] = {"https://api.coingecko.com/api/v3", {10, MS_MINUTE}, 0},
-    [PLAN_DEMO] = {"https://api.coingecko.com/api/v3", {30, MS_MINUTE}, 10000},
-    [PLAN_PRO] = {"https://pro-api.coingecko.com/api/v3", {500, MS_MINUTE}, 500000},
-};
-
-static const char *const plan_names[] = {"public", "demo", "pro"};
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static const char *const format_names[] = {"text", "json"};
 
@@ -483,8 +644,28 @@ static int set_str(char **slot, const char *value)
     return 0;
 }
 
+static int own_defaults(struct config *cfg);
+
+/* A source's plan-dependent defaults. */
+static int plan_defaults(struct cfg_source *src, bool base_url, bool rate, bool plan_limit,
+                         bool credits)
+{
+    const struct source_plan *pl = &src->def->plans[src->plan];
+    if (base_url && set_str(&src->base_url, pl->base_url))
+        return -ENOMEM;
+    if (rate)
+        src->rate_limit = pl->rate_limit;
+    if (plan_limit)
+        src->plan_limit = pl->rate_limit;
+    if (credits)
+        src->monthly_credits = pl->monthly_credits;
+    return 0;
+}
+
 struct config *config_defaults(void)
 {
+    if (sections_ready() != 0)
+        return NULL;
     struct config *cfg = calloc(1, sizeof(*cfg));
     if (!cfg)
         return NULL;
@@ -501,30 +682,44 @@ struct config *config_defaults(void)
     cfg->database.connect_timeout_ms = 5 * MS_SECOND;
     cfg->database.auto_migrate = true;
 
-    struct cfg_source *src = &cfg->coingecko;
-    src->plan = PLAN_PUBLIC;
-    src->rate_limit = plan_defaults[PLAN_PUBLIC].rate;
-    src->plan_limit = plan_defaults[PLAN_PUBLIC].rate;
-    src->monthly_credits = plan_defaults[PLAN_PUBLIC].monthly_credits;
-    src->burst = 1;
-    src->timeout_ms = 30 * MS_SECOND;
-    src->connect_timeout_ms = 10 * MS_SECOND;
-    src->max_retries = 5;
-    src->backoff_base_ms = MS_SECOND;
-    src->backoff_cap_ms = 5 * MS_MINUTE;
-    src->max_body_bytes = 64 * MIB;
-    src->max_url_bytes = 8000;
-    src->per_page = 250;
-
     cfg->universe.all = true;
 
-    static const uint64_t every[JOB_COUNT] = {MS_DAY, 5 * MS_MINUTE, MS_HOUR};
-    for (int i = 0; i < JOB_COUNT; i++) {
-        cfg->jobs[i] = (struct cfg_job){.name = job_names[i],
-                                        .enabled = true,
-                                        .every_ms = every[i],
-                                        .align = true,
-                                        .run_at_start = true};
+    cfg->sources = calloc(source_count, sizeof(*cfg->sources));
+    cfg->jobs = calloc(njobs_total, sizeof(*cfg->jobs));
+    if ((source_count && !cfg->sources) || (njobs_total && !cfg->jobs))
+        goto fail;
+    cfg->nsources = source_count;
+    cfg->njobs = njobs_total;
+    size_t j = 0;
+    for (size_t i = 0; i < source_count; i++) {
+        const struct source_def *d = source_defs[i];
+        struct cfg_source *src = &cfg->sources[i];
+        src->def = d;
+        src->enabled = d->enabled_by_default;
+        src->plan = 0;
+        src->burst = 1;
+        src->timeout_ms = 30 * MS_SECOND;
+        src->connect_timeout_ms = 10 * MS_SECOND;
+        src->max_retries = 5;
+        src->backoff_base_ms = MS_SECOND;
+        src->backoff_cap_ms = 5 * MS_MINUTE;
+        src->max_body_bytes = 64 * MIB;
+        src->max_url_bytes = 8000;
+        if (set_str(&src->name, d->name) || plan_defaults(src, true, true, true, true) ||
+            (d->nkeys && !(src->values = calloc(d->nkeys, sizeof(*src->values)))))
+            goto fail;
+        for (size_t k = 0; k < d->njobs; k++, j++) {
+            const struct job_def *jd = d->jobs[k];
+            cfg->jobs[j] = (struct cfg_job){.def = jd,
+                                            .name = jd->name,
+                                            .source = i,
+                                            .enabled = jd->enabled,
+                                            .every_ms = jd->every_ms,
+                                            .align = true,
+                                            .run_at_start = true};
+            if (jd->nkeys && !(cfg->jobs[j].values = calloc(jd->nkeys, sizeof(struct cfg_value))))
+                goto fail;
+        }
     }
 
     if (set_str(&cfg->daemon.metrics_listen, "127.0.0.1:9464") ||
@@ -532,13 +727,21 @@ struct config *config_defaults(void)
         set_str(&cfg->database.host, "127.0.0.1") || set_str(&cfg->database.user, "coingest") ||
         set_str(&cfg->database.database, "coingest") ||
         set_str(&cfg->database.migrations_dir, COINGEST_DEFAULT_SQL_DIR) ||
-        set_str(&src->name, "coingecko") ||
-        set_str(&src->base_url, plan_defaults[PLAN_PUBLIC].base_url) ||
-        strlist_push(&cfg->universe.vs_currencies, "usd", 3)) {
-        config_free(cfg);
-        return NULL;
-    }
+        strlist_push(&cfg->universe.vs_currencies, "usd", 3) || own_defaults(cfg))
+        goto fail;
     return cfg;
+fail:
+    config_free(cfg);
+    return NULL;
+}
+
+static void free_values(struct cfg_value *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++) {
+        free(v[i].s);
+        strlist_clear(&v[i].list);
+    }
+    free(v);
 }
 
 void config_free(struct config *cfg)
@@ -554,10 +757,18 @@ void config_free(struct config *cfg)
     free(cfg->database.password);
     free(cfg->database.database);
     free(cfg->database.migrations_dir);
-    free(cfg->coingecko.name);
-    free(cfg->coingecko.base_url);
-    free(cfg->coingecko.api_key);
-    free(cfg->coingecko.ca_file);
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        struct cfg_source *src = &cfg->sources[i];
+        free(src->name);
+        free(src->base_url);
+        free(src->api_key);
+        free(src->ca_file);
+        free_values(src->values, src->def ? src->def->nkeys : 0);
+    }
+    free(cfg->sources);
+    for (size_t i = 0; i < cfg->njobs; i++)
+        free_values(cfg->jobs[i].values, cfg->jobs[i].def ? cfg->jobs[i].def->nkeys : 0);
+    free(cfg->jobs);
     strlist_clear(&cfg->universe.ids);
     strlist_clear(&cfg->universe.categories);
     strlist_clear(&cfg->universe.vs_currencies);
@@ -579,13 +790,14 @@ struct parse {
     size_t pend_len;
     int sec; /* enum section_id, SEC_NONE or SEC_BAD */
 
-    int sec_line[SEC_COUNT];
-    int key_line[SEC_COUNT][MAX_KEYS];    /* where the key was given, 0 if not in the file */
-    bool key_set[SEC_COUNT][MAX_KEYS];    /* given with a non-empty value */
-    int last_key;                         /* the key a continuation line continues, or -1 */
+    int *sec_line;  /* per section: its header's line, 0 when absent */
+    int *key_lines; /* [section * max_keys + key]: where the key was given, 0 if not in the file */
+    bool *key_sets; /* [section * max_keys + key]: given with a non-empty value */
+    int last_key;   /* the key a continuation line continues, or -1 */
     int comma_line, comma_sec, comma_key; /* a list line that ended in ',' */
 
-    char *password_file, *api_key_file;
+    char *password_file;
+    char **api_key_files; /* per source */
 
     /* The first error by line (line 0 for errors that are not about one line). */
     bool failed;
@@ -594,6 +806,17 @@ struct parse {
     char *err;
     size_t errlen;
 };
+
+/* Where key `ki` of section `sec` was given (0: not in the file), and whether with a value. */
+static int *key_line_at(const struct parse *p, int sec, int ki)
+{
+    return &p->key_lines[(size_t)sec * max_keys + (size_t)ki];
+}
+
+static bool *key_set_at(const struct parse *p, int sec, int ki)
+{
+    return &p->key_sets[(size_t)sec * max_keys + (size_t)ki];
+}
 
 /* Records `PATH:LINE: [section] key: message`. Keeps the error on the earliest line, since the
  * reader can notice an error (a dangling comma) after a later line was already read. */
@@ -775,6 +998,8 @@ static int apply(struct parse *p, int line, int sec, int ki, const char *label, 
     const struct keydef *k = &sections[sec].keys[ki];
     void *f = field(p->cfg, sec, k);
     uint64_t u;
+    if (k->value)
+        own_slot(p->cfg, sec, k)->set = true;
     int r, e;
     char lo[32], hi[32];
 
@@ -790,9 +1015,9 @@ static int apply(struct parse *p, int line, int sec, int ki, const char *label, 
         *(enum log_format *)f = (enum log_format)e;
         return 0;
     case K_PLAN:
-        if ((e = parse_enum(value, plan_names, ARRAY_SIZE(plan_names))) < 0)
+        if ((e = source_plan_index(sections[sec].src, value)) < 0)
             goto bad_enum;
-        *(enum api_plan *)f = (enum api_plan)e;
+        *(uint32_t *)f = (uint32_t)e;
         return 0;
     case K_LISTEN:
         if (!valid_listen(value)) {
@@ -823,7 +1048,8 @@ static int apply(struct parse *p, int line, int sec, int ki, const char *label, 
         }
         return 0;
     case K_SECRET_FILE: {
-        char **slot = sec == SEC_DATABASE ? &p->password_file : &p->api_key_file;
+        char **slot =
+            sec == SEC_DATABASE ? &p->password_file : &p->api_key_files[sections[sec].index];
         if (set_str(slot, value)) {
             fail_nomem(p, line);
             return -ENOMEM;
@@ -915,7 +1141,13 @@ bad_enum : {
         list_names(format_names, ARRAY_SIZE(format_names), names, sizeof(names));
         what = "a log format";
     } else {
-        list_names(plan_names, ARRAY_SIZE(plan_names), names, sizeof(names));
+        const struct source_def *d = sections[sec].src;
+        size_t n = 0;
+        names[0] = '\0';
+        for (size_t i = 0; i < d->nplans && n < sizeof(names); i++) {
+            int w = snprintf(names + n, sizeof(names) - n, "%s%s", i ? ", " : "", d->plans[i].name);
+            n += w > 0 ? (size_t)w : 0;
+        }
         what = "a plan";
     }
     fail(p, line, sec, label, -EINVAL, "\"%s\" is not %s (%s)", value, what, names);
@@ -934,20 +1166,35 @@ static void check_dangling_comma(struct parse *p)
     p->comma_line = 0;
 }
 
+/* Lists the names of the sections of one kind, without their "source."/"job." prefix. */
+static void list_sections(enum section_kind kind, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < nsections && n < cap; i++) {
+        if (sections[i].kind != kind)
+            continue;
+        const char *name = strchr(sections[i].name, '.') + 1;
+        int w = snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", name);
+        n += w > 0 ? (size_t)w : 0;
+    }
+}
+
 static void unknown_section(struct parse *p, const char *name)
 {
-    char known[256];
+    char known[512];
     if (strncmp(name, "source.", 7) == 0) {
-        fail(p, p->line, -1, NULL, -EINVAL, "[%s]: unknown source \"%s\" (known: coingecko)", name,
-             name + 7);
+        list_sections(SK_SOURCE, known, sizeof(known));
+        fail(p, p->line, -1, NULL, -EINVAL, "[%s]: unknown source \"%s\" (known: %s)", name,
+             name + 7, known);
     } else if (strncmp(name, "job.", 4) == 0) {
-        list_names(job_names, JOB_COUNT, known, sizeof(known));
+        list_sections(SK_JOB, known, sizeof(known));
         fail(p, p->line, -1, NULL, -EINVAL, "[%s]: unknown job \"%s\" (known: %s)", name, name + 4,
              known);
     } else {
         size_t n = 0;
         known[0] = '\0';
-        for (int i = 0; i < SEC_COUNT; i++) {
+        for (int i = 0; i < nsections && n < sizeof(known); i++) {
             int w =
                 snprintf(known + n, sizeof(known) - n, "%s[%s]", i ? ", " : "", sections[i].name);
             n += w > 0 ? (size_t)w : 0;
@@ -1150,8 +1397,8 @@ static int on_value(void *user, const char *section, const char *name, const cha
             return 0;
         }
         p->comma_line = 0;
-        bool first = !p->key_set[sec][p->last_key];
-        p->key_set[sec][p->last_key] = true;
+        bool first = !(*key_set_at(p, sec, p->last_key));
+        (*key_set_at(p, sec, p->last_key)) = true;
         return apply_list(p, line, sec, p->last_key, k->name, value, first) == 0;
     }
     p->last_key = -1;
@@ -1172,12 +1419,12 @@ static int on_value(void *user, const char *section, const char *name, const cha
         fail(p, line, sec, name, -EINVAL, "unknown key (known: %s)", known);
         return 0;
     }
-    if (p->key_line[sec][ki]) {
+    if ((*key_line_at(p, sec, ki))) {
         fail(p, line, sec, name, -EINVAL, "duplicate key (first set at line %d)",
-             p->key_line[sec][ki]);
+             (*key_line_at(p, sec, ki)));
         return 0;
     }
-    p->key_line[sec][ki] = line;
+    (*key_line_at(p, sec, ki)) = line;
     p->last_key = ki;
     const struct keydef *k = &sections[sec].keys[ki];
     if (*value == '\0') {
@@ -1187,11 +1434,11 @@ static int on_value(void *user, const char *section, const char *name, const cha
                 fail_nomem(p, line);
                 return 0;
             }
-            p->key_set[sec][ki] = true;
+            (*key_set_at(p, sec, ki)) = true;
         }
         return 1;
     }
-    p->key_set[sec][ki] = true;
+    (*key_set_at(p, sec, ki)) = true;
     return apply(p, line, sec, ki, name, value) == 0;
 }
 
@@ -1314,16 +1561,26 @@ static int resolve_secret(struct parse *p, int sec, const char *key, const char 
         snprintf(label, sizeof(label), "%s (%s)", file_key, env_file);
         return read_secret_file(p, 0, sec, label, ef, slot);
     }
-    if (file_path && p->key_set[sec][ki]) {
-        int line = p->key_line[sec][ki] > p->key_line[sec][fi] ? p->key_line[sec][ki]
-                                                               : p->key_line[sec][fi];
-        fail(p, line, sec, line == p->key_line[sec][ki] ? key : file_key, -EINVAL,
+    if (file_path && (*key_set_at(p, sec, ki))) {
+        int line = (*key_line_at(p, sec, ki)) > (*key_line_at(p, sec, fi))
+                       ? (*key_line_at(p, sec, ki))
+                       : (*key_line_at(p, sec, fi));
+        fail(p, line, sec, line == (*key_line_at(p, sec, ki)) ? key : file_key, -EINVAL,
              "set %s or %s, not both", key, file_key);
         return -EINVAL;
     }
     if (file_path)
-        return read_secret_file(p, p->key_line[sec][fi], sec, file_key, file_path, slot);
+        return read_secret_file(p, (*key_line_at(p, sec, fi)), sec, file_key, file_path, slot);
     return 0;
+}
+
+/* COINGEST_<NAME>_API_KEY: the variable that holds a source's key. */
+static void key_env(const struct cfg_source *src, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "COINGEST_");
+    for (const char *c = src->name; *c && n + 1 < cap; c++)
+        buf[n++] = (char)toupper((unsigned char)*c);
+    snprintf(buf + n, cap - n, "_API_KEY");
 }
 
 static int apply_env(struct parse *p)
@@ -1349,37 +1606,63 @@ static int apply_env(struct parse *p)
     int r =
         resolve_secret(p, SEC_DATABASE, "password", "password_file", "COINGEST_DB_PASSWORD",
                        "COINGEST_DB_PASSWORD_FILE", p->password_file, &p->cfg->database.password);
-    if (r)
-        return r;
-    return resolve_secret(p, SEC_COINGECKO, "api_key", "api_key_file", "COINGEST_COINGECKO_API_KEY",
-                          "COINGEST_COINGECKO_API_KEY_FILE", p->api_key_file,
-                          &p->cfg->coingecko.api_key);
+    for (size_t i = 0; !r && i < p->cfg->nsources; i++) {
+        char env[96], env_file[104];
+        key_env(&p->cfg->sources[i], env, sizeof(env));
+        snprintf(env_file, sizeof(env_file), "%s_FILE", env);
+        r = resolve_secret(p, source_section(i), "api_key", "api_key_file", env, env_file,
+                           p->api_key_files[i], &p->cfg->sources[i].api_key);
+    }
+    return r;
 }
 
 static bool key_set(const struct parse *p, int sec, const char *key)
 {
-    return p->key_set[sec][find_key(sec, key)];
+    return (*key_set_at(p, sec, find_key(sec, key)));
 }
 
 static int key_line(const struct parse *p, int sec, const char *key)
 {
-    return p->key_line[sec][find_key(sec, key)];
+    return (*key_line_at(p, sec, find_key(sec, key)));
 }
 
+/* The defaults of the sources' and jobs' own keys, parsed like file values. A default that
+ * does not parse is a bug in its definition: the config is not built. */
+static int own_defaults(struct config *cfg)
+{
+    struct parse p = {.path = "(built-in defaults)", .cfg = cfg, .sec = SEC_NONE};
+    for (int sec = SEC_FIRST_SOURCE; sec < nsections; sec++) {
+        for (size_t i = 0; i < sections[sec].nkeys; i++) {
+            const struct keydef *k = &sections[sec].keys[i];
+            if (k->value == 0)
+                continue;
+            const struct source_def *d = sections[sec].src;
+            const struct cfg_key *own;
+            if (sections[sec].kind == SK_SOURCE) {
+                own = &d->keys[k->value - 1];
+            } else {
+                const struct job_def *jd = cfg->jobs[sections[sec].index].def;
+                own = &jd->keys[k->value - 1];
+            }
+            if (own->dflt && apply(&p, 0, sec, (int)i, k->name, own->dflt) != 0)
+                return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* The plan's defaults for the keys the file did not set. */
 static int apply_plan_defaults(struct parse *p)
 {
-    struct cfg_source *src = &p->cfg->coingecko;
-    const struct plan_defaults *d = &plan_defaults[src->plan];
-    if (!key_set(p, SEC_COINGECKO, "base_url") && set_str(&src->base_url, d->base_url)) {
-        fail_nomem(p, 0);
-        return -ENOMEM;
+    for (size_t i = 0; i < p->cfg->nsources; i++) {
+        int sec = source_section(i);
+        if (plan_defaults(&p->cfg->sources[i], !key_set(p, sec, "base_url"),
+                          !key_set(p, sec, "rate_limit"), !key_set(p, sec, "plan_limit"),
+                          !key_set(p, sec, "monthly_credits"))) {
+            fail_nomem(p, 0);
+            return -ENOMEM;
+        }
     }
-    if (!key_set(p, SEC_COINGECKO, "rate_limit"))
-        src->rate_limit = d->rate;
-    if (!key_set(p, SEC_COINGECKO, "plan_limit"))
-        src->plan_limit = d->rate;
-    if (!key_set(p, SEC_COINGECKO, "monthly_credits"))
-        src->monthly_credits = d->monthly_credits;
     return 0;
 }
 
@@ -1412,47 +1695,72 @@ static int blame_line(const struct parse *p, int sec, const char *key, const cha
     return l ? l : key_line(p, sec, other);
 }
 
-static int cross_check(struct parse *p)
+static int check_source(struct parse *p, size_t i)
 {
-    const struct config *cfg = p->cfg;
-    const struct cfg_source *src = &cfg->coingecko;
-    char a[32], b[32];
+    const struct cfg_source *src = &p->cfg->sources[i];
+    const struct source_plan *plan = &src->def->plans[src->plan];
+    int sec = source_section(i);
+    char a[32], b[32], env[96], env_file[104];
+    key_env(src, env, sizeof(env));
+    snprintf(env_file, sizeof(env_file), "%s_FILE", env);
 
-    if (src->plan != PLAN_PUBLIC && !src->api_key) {
-        fail(p, key_line(p, SEC_COINGECKO, "plan"), SEC_COINGECKO, "plan", -EINVAL,
-             "plan \"%s\" needs an API key (set api_key or api_key_file, or "
-             "COINGEST_COINGECKO_API_KEY or COINGEST_COINGECKO_API_KEY_FILE)",
-             plan_names[src->plan]);
+    if (plan->key_header && !src->api_key) {
+        fail(p, key_line(p, sec, "plan"), sec, "plan", -EINVAL,
+             "plan \"%s\" needs an API key (set api_key or api_key_file, or %s or %s)", plan->name,
+             env, env_file);
         return -EINVAL;
     }
-    if (src->plan == PLAN_PUBLIC && src->api_key) {
-        int line = key_line(p, SEC_COINGECKO, "api_key");
+    if (!plan->key_header && src->api_key) {
+        int line = key_line(p, sec, "api_key");
         if (!line)
-            line = key_line(p, SEC_COINGECKO, "api_key_file");
-        const char *label = "api_key";
-        if (env_value("COINGEST_COINGECKO_API_KEY")) {
+            line = key_line(p, sec, "api_key_file");
+        char label[128];
+        snprintf(label, sizeof(label), "api_key");
+        if (env_value(env)) {
             line = 0;
-            label = "api_key (COINGEST_COINGECKO_API_KEY)";
-        } else if (env_value("COINGEST_COINGECKO_API_KEY_FILE")) {
+            snprintf(label, sizeof(label), "api_key (%s)", env);
+        } else if (env_value(env_file)) {
             line = 0;
-            label = "api_key (COINGEST_COINGECKO_API_KEY_FILE)";
-        } else if (!key_set(p, SEC_COINGECKO, "api_key")) {
-            label = "api_key_file";
+            snprintf(label, sizeof(label), "api_key (%s)", env_file);
+        } else if (!key_set(p, sec, "api_key")) {
+            snprintf(label, sizeof(label), "api_key_file");
         }
-        fail(p, line, SEC_COINGECKO, label, -EINVAL,
-             "an API key is set but plan is public (set plan = demo or plan = pro)");
+        /* Name the plans that do take a key. */
+        char keyed[128];
+        size_t n = 0;
+        keyed[0] = '\0';
+        for (size_t k = 0; k < src->def->nplans && n < sizeof(keyed); k++) {
+            if (!src->def->plans[k].key_header)
+                continue;
+            int w = snprintf(keyed + n, sizeof(keyed) - n, "%splan = %s", n ? " or " : "",
+                             src->def->plans[k].name);
+            n += w > 0 ? (size_t)w : 0;
+        }
+        fail(p, line, sec, label, -EINVAL, "an API key is set but plan is %s (set %s)", plan->name,
+             n ? keyed : "no key");
         return -EINVAL;
     }
     if (src->backoff_cap_ms < src->backoff_base_ms) {
         format_duration(src->backoff_cap_ms, a, sizeof(a));
         format_duration(src->backoff_base_ms, b, sizeof(b));
-        fail(p, blame_line(p, SEC_COINGECKO, "backoff_cap", "backoff_base"), SEC_COINGECKO,
-             key_line(p, SEC_COINGECKO, "backoff_cap") ? "backoff_cap" : "backoff_base", -EINVAL,
+        fail(p, blame_line(p, sec, "backoff_cap", "backoff_base"), sec,
+             key_line(p, sec, "backoff_cap") ? "backoff_cap" : "backoff_base", -EINVAL,
              "backoff_cap (%s) is less than backoff_base (%s)", a, b);
         return -EINVAL;
     }
-    for (int j = 0; j < JOB_COUNT; j++) {
-        int sec = SEC_JOB_ASSETS + j;
+    return 0;
+}
+
+static int cross_check(struct parse *p)
+{
+    const struct config *cfg = p->cfg;
+    char a[32], b[32];
+
+    for (size_t i = 0; i < cfg->nsources; i++)
+        if (check_source(p, i))
+            return -EINVAL;
+    for (size_t j = 0; j < cfg->njobs; j++) {
+        int sec = job_section(j);
         const struct cfg_job *job = &cfg->jobs[j];
         static const char *const keys[] = {"offset", "jitter"};
         const uint64_t vals[] = {job->offset_ms, job->jitter_ms};
@@ -1470,6 +1778,18 @@ static int cross_check(struct parse *p)
     return 0;
 }
 
+static void parse_free(struct parse *p, char *data)
+{
+    free(data);
+    free(p->password_file);
+    for (size_t i = 0; p->api_key_files && i < source_count; i++)
+        free(p->api_key_files[i]);
+    free(p->api_key_files);
+    free(p->sec_line);
+    free(p->key_lines);
+    free(p->key_sets);
+}
+
 int config_load(const char *path, struct config **out, char *err, size_t errlen)
 {
     struct parse p = {.path = path ? path : "(null)", .err = err, .errlen = errlen};
@@ -1480,6 +1800,11 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     *out = NULL;
     if (err && errlen)
         err[0] = '\0';
+    if (sections_ready() != 0) {
+        fail(&p, 0, -1, NULL, sections_rc, "the source registry is invalid (%s)",
+             strerror(-sections_rc));
+        return sections_rc;
+    }
     if (!path) {
         fail(&p, 0, -1, NULL, -EINVAL, "no configuration file given");
         return -EINVAL;
@@ -1496,6 +1821,14 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     }
     p.cfg = config_defaults();
     if (!p.cfg || !(p.cfg->path = strdup(path))) {
+        fail_nomem(&p, 0);
+        goto fail;
+    }
+    p.sec_line = calloc((size_t)nsections, sizeof(*p.sec_line));
+    p.key_lines = calloc((size_t)nsections * max_keys, sizeof(*p.key_lines));
+    p.key_sets = calloc((size_t)nsections * max_keys, sizeof(*p.key_sets));
+    p.api_key_files = calloc(source_count ? source_count : 1, sizeof(*p.api_key_files));
+    if (!p.sec_line || !p.key_lines || !p.key_sets || !p.api_key_files) {
         fail_nomem(&p, 0);
         goto fail;
     }
@@ -1518,16 +1851,12 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     if (finish_ids(&p) || apply_env(&p) || apply_plan_defaults(&p) || cross_check(&p))
         goto fail;
 
-    free(data);
-    free(p.password_file);
-    free(p.api_key_file);
+    parse_free(&p, data);
     *out = p.cfg;
     return 0;
 
 fail:
-    free(data);
-    free(p.password_file);
-    free(p.api_key_file);
+    parse_free(&p, data);
     config_free(p.cfg);
     return p.rc ? p.rc : -EINVAL;
 }
@@ -1565,7 +1894,7 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
         fprintf(out, "%s = %s\n", k->name, format_names[*(const enum log_format *)f]);
         break;
     case K_PLAN:
-        fprintf(out, "%s = %s\n", k->name, plan_names[*(const enum api_plan *)f]);
+        fprintf(out, "%s = %s\n", k->name, sections[sec].src->plans[*(const uint32_t *)f].name);
         break;
     case K_STR:
     case K_OPTSTR:
@@ -1618,7 +1947,7 @@ void config_dump(const struct config *cfg, FILE *out)
 {
     fprintf(out, "; coingest effective configuration (%s), secrets masked\n",
             cfg->path ? cfg->path : "built-in defaults");
-    for (int sec = 0; sec < SEC_COUNT; sec++) {
+    for (int sec = 0; sec < nsections; sec++) {
         fprintf(out, "\n[%s]\n", sections[sec].name);
         for (size_t i = 0; i < sections[sec].nkeys; i++)
             dump_key(out, cfg, sec, &sections[sec].keys[i]);
@@ -1632,17 +1961,15 @@ static bool str_equal(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
-static bool key_equal(const struct config *a, const struct config *b, int sec,
-                      const struct keydef *k)
+static bool value_equal(const struct keydef *k, const void *fa, const void *fb)
 {
-    const void *fa = cfield(a, sec, k), *fb = cfield(b, sec, k);
     switch (k->type) {
     case K_LEVEL:
         return *(const enum log_level *)fa == *(const enum log_level *)fb;
     case K_FORMAT:
         return *(const enum log_format *)fa == *(const enum log_format *)fb;
     case K_PLAN:
-        return *(const enum api_plan *)fa == *(const enum api_plan *)fb;
+        return *(const uint32_t *)fa == *(const uint32_t *)fb;
     case K_STR:
     case K_OPTSTR:
     case K_LISTEN:
@@ -1664,7 +1991,6 @@ static bool key_equal(const struct config *a, const struct config *b, int sec,
     case K_U32:
         return *(const uint32_t *)fa == *(const uint32_t *)fb;
     case K_IDS:
-        return a->universe.all == b->universe.all && strlist_equal(fa, fb);
     case K_NAMES:
     case K_CURRENCIES:
         return strlist_equal(fa, fb);
@@ -1672,10 +1998,30 @@ static bool key_equal(const struct config *a, const struct config *b, int sec,
     return true;
 }
 
+static bool key_equal(const struct config *a, const struct config *b, int sec,
+                      const struct keydef *k)
+{
+    if (k->type == K_IDS && a->universe.all != b->universe.all)
+        return false;
+    return value_equal(k, cfield(a, sec, k), cfield(b, sec, k));
+}
+
+bool config_database_equal(const struct cfg_database *a, const struct cfg_database *b)
+{
+    if (sections_ready() != 0)
+        return false;
+    for (size_t i = 0; i < sections[SEC_DATABASE].nkeys; i++) {
+        const struct keydef *k = &sections[SEC_DATABASE].keys[i];
+        if (!value_equal(k, (const char *)a + k->off, (const char *)b + k->off))
+            return false;
+    }
+    return true;
+}
+
 void config_diff(const struct config *a, const struct config *b, struct config_diff *d)
 {
     memset(d, 0, sizeof(*d));
-    for (int sec = 0; sec < SEC_COUNT; sec++) {
+    for (int sec = 0; sec < nsections; sec++) {
         for (size_t i = 0; i < sections[sec].nkeys; i++) {
             const struct keydef *k = &sections[sec].keys[i];
             if (key_equal(a, b, sec, k))
@@ -1693,16 +2039,19 @@ void config_diff(const struct config *a, const struct config *b, struct config_d
                 d->database = true;
                 break;
             case R_RATE:
-                d->source_rate = true;
+                d->source_rate |= 1ull << sections[sec].index;
                 break;
             case R_SOURCE:
-                d->source_other = true;
+                d->source_other |= 1ull << sections[sec].index;
                 break;
             case R_UNIVERSE:
                 d->universe = true;
                 break;
             case R_JOB:
-                d->job[sections[sec].job] = true;
+                d->job |= 1ull << sections[sec].index;
+                break;
+            case R_JOBKEY:
+                d->job_other |= 1ull << sections[sec].index;
                 break;
             }
         }

@@ -24,21 +24,23 @@
 
 #include "coingest/db.h"
 #include "coingest/fetch.h"
-#include "coingest/jobs.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/notify.h"
+#include "coingest/runner.h"
 #include "coingest/sched.h"
 #include "coingest/server.h"
 #include "coingest/sink.h"
+#include "coingest/source.h"
 #include "coingest/timers.h"
 #include "coingest/util.h"
 
 struct daemon;
 
+/* A job's place on the schedule. */
 struct jobslot {
     struct daemon *d;
-    enum job_id id;
+    size_t id; /* index into cfg->jobs */
     struct job *sched_job;
 };
 
@@ -50,11 +52,13 @@ struct daemon {
     struct timers *timers;
     struct sink *sink;
     struct fetcher *fetcher;
-    struct api *api;
-    struct jobs *jobs;
+    struct api **apis; /* per source; NULL for a source that is off */
+    size_t napis;
+    struct runner *runner;
     struct sched *sched;
     struct server *server;
-    struct jobslot slots[JOB_COUNT];
+    struct jobslot *slots; /* per job */
+    size_t nslots;
 
     uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
     struct wheel_timer watchdog_timer;
@@ -105,15 +109,15 @@ static void send_status(struct daemon *d)
     char buf[512];
     size_t n = 0;
     buf[0] = '\0';
-    for (int i = 0; i < JOB_COUNT; i++) {
-        const struct job_summary *s = jobs_last(d->jobs, (enum job_id)i);
+    for (size_t i = 0; d->runner && i < d->cfg->njobs; i++) {
+        const struct run_summary *s = runner_last(d->runner, i);
         if (!s || s->started_wall_ms == 0)
             continue;
         char when[32];
         util_format_iso8601(s->finished_wall_ms, when, sizeof(when));
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%s %s %llu rows at %s", n ? "; " : "",
-                              config_job_name((enum job_id)i), jobs_status_name(s->status),
-                              (unsigned long long)s->rows, when);
+                              s->name, run_status_name(s->status), (unsigned long long)s->rows,
+                              when);
         if (n >= sizeof(buf))
             break;
     }
@@ -124,11 +128,20 @@ static void log_stats(struct daemon *d)
 {
     struct sink_stats st;
     sink_get_stats(d->sink, &st);
+    /* Requests waiting in every API; tokens of the first one (usually the only one). */
+    size_t queued = 0;
+    double tokens = -1;
+    for (size_t i = 0; i < d->napis; i++) {
+        if (!d->apis[i])
+            continue;
+        queued += api_pending(d->apis[i]);
+        if (tokens < 0)
+            tokens = tbucket_tokens(api_bucket(d->apis[i]), timers_now(d->timers));
+    }
     log_info("stats", LOG_B("db_up", st.db_up), LOG_U("rows_committed", st.rows_committed),
              LOG_U("rows_pending", st.rows_pending), LOG_U("rows_spooled", st.rows_spooled),
              LOG_U("spool_bytes", st.spool_bytes), LOG_U("rows_rejected", st.rows_rejected),
-             LOG_U("requests_queued", api_pending(d->api)),
-             LOG_F("bucket_tokens", tbucket_tokens(api_bucket(d->api), timers_now(d->timers))));
+             LOG_U("requests_queued", queued), LOG_F("bucket_tokens", tokens < 0 ? 0 : tokens));
 }
 
 static int health(void *arg, char *json, size_t cap)
@@ -151,12 +164,7 @@ static int health(void *arg, char *json, size_t cap)
 
 static bool any_job_running(struct daemon *d)
 {
-    if (!d->jobs)
-        return false;
-    for (int i = 0; i < JOB_COUNT; i++)
-        if (jobs_running(d->jobs, (enum job_id)i))
-            return true;
-    return false;
+    return runner_any_running(d->runner);
 }
 
 /* --- teardown ----------------------------------------------------------------------------- */
@@ -186,12 +194,14 @@ static void server_closed(void *arg)
 {
     struct daemon *d = arg;
     d->server = NULL;
-    jobs_free(d->jobs);
-    d->jobs = NULL;
+    runner_free(d->runner);
+    d->runner = NULL;
     sched_free(d->sched);
     d->sched = NULL;
-    api_free(d->api);
-    d->api = NULL;
+    for (size_t i = 0; i < d->napis; i++) {
+        api_free(d->apis[i]);
+        d->apis[i] = NULL;
+    }
     if (d->fetcher)
         fetcher_free(d->fetcher, fetcher_closed, d);
     else
@@ -248,7 +258,8 @@ static void stop_timeout(struct wheel_timer *tm, void *arg)
      * or now is told the time left (none): the sink owns its own deadline. */
     if (any_job_running(d)) {
         log_warn("shutdown_timeout reached: cancelling running jobs");
-        jobs_cancel(d->jobs);
+        if (d->runner)
+            runner_cancel(d->runner);
     }
     stop_progress(d);
 }
@@ -260,7 +271,8 @@ static void begin_stop(struct daemon *d, bool hurry)
     if (d->stopping && hurry) {
         log_warn("second stop signal: cutting the wait short, pending rows go to the spool");
         d->stopping = 2;
-        jobs_cancel(d->jobs);
+        if (d->runner)
+            runner_cancel(d->runner);
         if (d->sink_stopping)
             sink_shutdown(d->sink, 0, sink_done, d);
         stop_progress(d);
@@ -279,12 +291,12 @@ static void begin_stop(struct daemon *d, bool hurry)
 
 /* --- jobs --------------------------------------------------------------------------------- */
 
-static void print_summary(const struct job_summary *s)
+static void print_summary(const struct run_summary *s)
 {
     double secs = (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0;
-    printf("job=%s status=%s requests=%llu rows=%llu counted=%llu seconds=%.3f",
-           config_job_name(s->job), jobs_status_name(s->status), (unsigned long long)s->requests,
-           (unsigned long long)s->rows, (unsigned long long)s->counted, secs);
+    printf("job=%s status=%s requests=%llu rows=%llu counted=%llu seconds=%.3f", s->name,
+           run_status_name(s->status), (unsigned long long)s->requests, (unsigned long long)s->rows,
+           (unsigned long long)s->counted, secs);
     if (s->error[0])
         printf(" error=\"%s\"", s->error);
     printf("\n");
@@ -320,11 +332,11 @@ static void once_wait_timeout(struct wheel_timer *tm, void *arg)
     begin_stop(d, false);
 }
 
-static void once_job_done(const struct job_summary *s, void *arg)
+static void once_job_done(const struct run_summary *s, void *arg)
 {
     struct daemon *d = arg;
     print_summary(s);
-    if (s->status == JOB_STATUS_FAILED)
+    if (s->status == RUN_FAILED)
         d->once_failed = true;
     send_status(d);
     if (d->stopping) {
@@ -337,10 +349,10 @@ static void once_job_done(const struct job_summary *s, void *arg)
 static void once_next(struct daemon *d)
 {
     if (d->once_next < d->opts->once_count) {
-        enum job_id id = d->opts->once_order[d->once_next++];
-        int rc = jobs_run(d->jobs, id, once_job_done, d);
+        size_t id = d->opts->once_order[d->once_next++];
+        int rc = runner_start(d->runner, id, once_job_done, d);
         if (rc < 0) {
-            log_error("cannot start job", LOG_S("job", config_job_name(id)), LOG_I("rc", rc));
+            log_error("cannot start job", LOG_S("job", d->cfg->jobs[id].name), LOG_I("rc", rc));
             d->once_failed = true;
             once_next(d);
         }
@@ -353,14 +365,13 @@ static void once_next(struct daemon *d)
     sink_on_idle(d->sink, once_idle, d);
 }
 
-static void tick_done(const struct job_summary *s, void *arg)
+static void tick_done(const struct run_summary *s, void *arg)
 {
     struct jobslot *slot = arg;
     struct daemon *d = slot->d;
     sched_job_done(slot->sched_job);
-    log_info("job finished", LOG_S("job", config_job_name(s->job)),
-             LOG_S("status", jobs_status_name(s->status)), LOG_U("requests", s->requests),
-             LOG_U("rows", s->rows), LOG_U("counted", s->counted),
+    log_info("job finished", LOG_S("job", s->name), LOG_S("status", run_status_name(s->status)),
+             LOG_U("requests", s->requests), LOG_U("rows", s->rows), LOG_U("counted", s->counted),
              LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
              LOG_S("error", s->error));
     send_status(d);
@@ -375,11 +386,17 @@ static void tick(struct job *job, void *arg)
         sched_job_done(job);
         return;
     }
-    int rc = jobs_run(d->jobs, slot->id, tick_done, slot);
+    int rc = runner_start(d->runner, slot->id, tick_done, slot);
     if (rc < 0) {
-        log_error("cannot start job", LOG_S("job", config_job_name(slot->id)), LOG_I("rc", rc));
+        log_error("cannot start job", LOG_S("job", d->cfg->jobs[slot->id].name), LOG_I("rc", rc));
         sched_job_done(job);
     }
+}
+
+/* Rows leave the jobs through the sink. */
+static int store_submit(void *ctx, struct batch *b)
+{
+    return sink_submit(ctx, b);
 }
 
 /* --- signals and reload ------------------------------------------------------------------- */
@@ -388,7 +405,8 @@ static void register_secrets(const struct config *cfg)
 {
     log_clear_secrets();
     log_add_secret(cfg->database.password);
-    log_add_secret(cfg->coingecko.api_key);
+    for (size_t i = 0; i < cfg->nsources; i++)
+        log_add_secret(cfg->sources[i].api_key);
 }
 
 static void reload(struct daemon *d)
@@ -406,15 +424,17 @@ static void reload(struct daemon *d)
     config_diff(d->cfg, next, &diff);
     if (diff.restart_needed)
         log_warn("some changed keys apply only after a restart",
-                 LOG_S("keys", "[daemon] metrics_listen, spool_dir"));
+                 LOG_S("keys", "[daemon] metrics_listen, spool_dir; [source.*] enabled"));
     log_setup(next->daemon.log_level, next->daemon.log_format);
     register_secrets(next);
-    api_update(d->api, &next->coingecko);
+    for (size_t i = 0; i < d->napis; i++)
+        if (d->apis[i])
+            api_update(d->apis[i], &next->sources[i]);
     sink_reconfigure(d->sink, next);
-    jobs_set_config(d->jobs, next);
-    for (int i = 0; i < JOB_COUNT; i++) {
+    runner_set_config(d->runner, next);
+    for (size_t i = 0; i < d->nslots; i++) {
         /* --once runs have no schedule to change. */
-        if (diff.job[i] && d->slots[i].sched_job)
+        if ((diff.job >> i & 1) && d->slots[i].sched_job)
             sched_job_update(d->slots[i].sched_job, &next->jobs[i]);
     }
     struct config *old = d->cfg;
@@ -422,7 +442,7 @@ static void reload(struct daemon *d)
     config_free(old);
     metrics_add("coingest_reloads_total", "", 1);
     log_info("configuration reloaded", LOG_S("path", d->opts->config_path),
-             LOG_B("database", diff.database), LOG_B("rate", diff.source_rate),
+             LOG_B("database", diff.database), LOG_B("rate", diff.source_rate != 0),
              LOG_B("universe", diff.universe));
     notify_ready();
 }
@@ -527,12 +547,22 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     d->fetcher = fetcher_new(&d->loop, d->timers);
     if (!d->fetcher)
         goto fail_setup;
-    d->api = api_new(d->fetcher, &cfg->coingecko);
-    if (!d->api)
+    d->napis = cfg->nsources;
+    d->apis = calloc(d->napis + 1, sizeof(*d->apis));
+    if (!d->apis)
         goto fail_setup;
-    d->jobs = jobs_new(d->api, d->sink, cfg);
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        if (!cfg->sources[i].enabled)
+            continue;
+        if (!(d->apis[i] = api_new(d->fetcher, &cfg->sources[i])))
+            goto fail_setup;
+    }
+    struct store store = {.submit = store_submit, .read = NULL, .ctx = d->sink};
+    d->runner = runner_new(cfg, d->apis, store);
     d->sched = sched_new(d->timers);
-    if (!d->jobs || !d->sched)
+    d->nslots = cfg->njobs;
+    d->slots = calloc(d->nslots + 1, sizeof(*d->slots));
+    if (!d->runner || !d->sched || !d->slots)
         goto fail_setup;
 
     if (cfg->daemon.metrics_listen && cfg->daemon.metrics_listen[0] && !opts->once) {
@@ -554,10 +584,13 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     if (opts->once) {
         once_next(d);
     } else {
-        jobs_print_budget(cfg, 0, NULL);
-        for (int i = 0; i < JOB_COUNT; i++) {
+        runner_print_budget(cfg, 0, NULL);
+        for (size_t i = 0; i < d->nslots; i++) {
             d->slots[i].d = d;
-            d->slots[i].id = (enum job_id)i;
+            d->slots[i].id = i;
+            /* A source that is off has no API: its jobs are not scheduled. */
+            if (!d->apis[cfg->jobs[i].source])
+                continue;
             d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
             if (!d->slots[i].sched_job)
                 goto fail_setup;
@@ -589,6 +622,8 @@ fail_loop:
     db_library_end();
 fail_lib:
     config_free(d->cfg);
+    free(d->apis);
+    free(d->slots);
     free(d);
     return status;
 }

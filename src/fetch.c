@@ -63,6 +63,7 @@
 #include <string.h>
 
 #include "coingest/backoff.h"
+#include "coingest/source.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/util.h"
@@ -73,8 +74,6 @@
 #endif
 
 #define FETCH_USER_AGENT "coingest/" COINGEST_VERSION
-#define FETCH_URL_PUBLIC "https://api.coingecko.com/api/v3"
-#define FETCH_URL_PRO    "https://pro-api.coingecko.com/api/v3"
 
 /* A server may ask for a long pause; more than an hour is treated as an hour. */
 #define FETCH_RETRY_AFTER_MAX_MS (3600u * 1000u)
@@ -217,24 +216,6 @@ static void curl_init_once(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-/* Copies src into buf, replacing control characters with spaces and never cutting a UTF-8
- * sequence in half. */
-static void copy_clean(char *buf, size_t cap, const char *src, size_t n)
-{
-    if (cap == 0)
-        return;
-    if (n > cap - 1) {
-        n = cap - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--; /* src[n] continues a sequence: cut before its lead byte */
-    }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)src[i];
-        buf[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
-    }
-    buf[n] = '\0';
-}
-
 /* Replaces every occurrence of the key in buf (cap bytes) with "********". */
 static void scrub_key(char *buf, size_t cap, const char *key)
 {
@@ -260,7 +241,7 @@ static void scrub_key(char *buf, size_t cap, const char *key)
 static void set_error(struct fetch_req *r, const char *msg)
 {
     if (msg != r->err)
-        copy_clean(r->err, sizeof(r->err), msg, strlen(msg));
+        util_copy_clean(r->err, sizeof(r->err), msg, strlen(msg));
     scrub_key(r->err, sizeof(r->err), r->api->cfg.api_key);
 }
 
@@ -331,23 +312,13 @@ int fetch_parse_retry_after(const char *value, uint64_t now_wall_ms, uint64_t *d
 }
 
 /* Finds the message in one JSON object; depth bounds {"error":{"error":...}} nesting. */
-static const char *error_in(json_t *o, long long *code, int depth)
+static const char *error_in(json_t *o, int depth)
 {
-    json_t *st = json_object_get(o, "status");
-    if (json_is_object(st)) {
-        json_t *m = json_object_get(st, "error_message");
-        if (json_is_string(m)) {
-            json_t *c = json_object_get(st, "error_code");
-            if (json_is_integer(c))
-                *code = json_integer_value(c);
-            return json_string_value(m);
-        }
-    }
     json_t *e = json_object_get(o, "error");
     if (json_is_string(e))
         return json_string_value(e);
     if (json_is_object(e) && depth < 3) {
-        const char *m = error_in(e, code, depth + 1);
+        const char *m = error_in(e, depth + 1);
         if (m)
             return m;
     }
@@ -372,15 +343,9 @@ int fetch_api_error_message(const char *body, size_t len, char *buf, size_t cap)
     if (!root)
         return -ENOENT;
     int rc = -ENOENT;
-    long long code = -1;
-    const char *msg = json_is_object(root) ? error_in(root, &code, 0) : NULL;
+    const char *msg = json_is_object(root) ? error_in(root, 0) : NULL;
     if (msg && *msg) {
-        char tmp[1024];
-        if (code >= 0)
-            snprintf(tmp, sizeof(tmp), "%s (error_code %lld)", msg, code);
-        else
-            snprintf(tmp, sizeof(tmp), "%s", msg);
-        copy_clean(buf, cap, tmp, strlen(tmp));
+        util_copy_clean(buf, cap, msg, strlen(msg));
         rc = 0;
     }
     json_decref(root);
@@ -580,15 +545,20 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* The plan the API is on, from its source's definition; NULL without one. */
+static const struct source_plan *api_plan(const struct cfg_source *c)
+{
+    return c->def && c->plan < c->def->nplans ? &c->def->plans[c->plan] : NULL;
+}
+
 static int build_headers(struct fetch_req *r)
 {
     const struct cfg_source *c = &r->api->cfg;
     struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
     if (!h)
         return -ENOMEM;
-    const char *name = c->plan == PLAN_DEMO  ? "x-cg-demo-api-key"
-                       : c->plan == PLAN_PRO ? "x-cg-pro-api-key"
-                                             : NULL;
+    const struct source_plan *plan = api_plan(c);
+    const char *name = plan ? plan->key_header : NULL;
     if (name && c->api_key && *c->api_key) {
         size_t len = strlen(name) + 2 + strlen(c->api_key) + 1;
         char *line = malloc(len);
@@ -1010,7 +980,7 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
     if (status >= 200 && status < 300) {
         if (!looks_like_json(r->body, r->len)) {
             char snippet[64];
-            copy_clean(snippet, sizeof(snippet), r->body ? r->body : "", r->len);
+            util_copy_clean(snippet, sizeof(snippet), r->body ? r->body : "", r->len);
             snprintf(msg, sizeof(msg), "response is not JSON: \"%s\"", snippet);
             req_retry(r, "bad_body", FETCH_BAD_BODY, msg, 0, false);
             return;
@@ -1034,7 +1004,10 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
         return;
     }
 
-    if (fetch_api_error_message(r->body, r->len, msg, sizeof(msg)) != 0)
+    const struct source_def *def = r->api->cfg.def;
+    int (*read_error)(const char *, size_t, char *, size_t) =
+        def && def->error_message ? def->error_message : fetch_api_error_message;
+    if (read_error(r->body, r->len, msg, sizeof(msg)) != 0)
         snprintf(msg, sizeof(msg), "HTTP %ld", status);
     if (status == 429) {
         handle_429(r, retry_after, msg);
@@ -1071,9 +1044,9 @@ static void source_clear(struct cfg_source *c)
 static int source_copy(struct cfg_source *dst, const struct cfg_source *src)
 {
     struct cfg_source c = *src;
-    const char *base = src->base_url && *src->base_url ? src->base_url
-                       : src->plan == PLAN_PRO         ? FETCH_URL_PRO
-                                                       : FETCH_URL_PUBLIC;
+    const struct source_plan *plan = api_plan(src);
+    const char *base = src->base_url && *src->base_url ? src->base_url : plan ? plan->base_url : "";
+    c.values = NULL; /* the source's own keys belong to its jobs, not to the engine */
     c.name = strdup(src->name && *src->name ? src->name : "api");
     c.base_url = strdup(base);
     c.api_key = util_strdup0(src->api_key);
@@ -1140,9 +1113,10 @@ struct api *api_new(struct fetcher *f, const struct cfg_source *src)
     wheel_timer_init(&a->bucket_timer, on_bucket_timer, a);
     list_init(&a->reqs);
     list_append(&f->apis, &a->link);
-    if (a->cfg.plan != PLAN_PUBLIC && !(a->cfg.api_key && *a->cfg.api_key))
+    const struct source_plan *plan = api_plan(&a->cfg);
+    if (plan && plan->key_header && !(a->cfg.api_key && *a->cfg.api_key))
         log_warn("no API key for a keyed plan; requests go without one", LOG_S("api", a->cfg.name),
-                 LOG_S("plan", a->cfg.plan == PLAN_PRO ? "pro" : "demo"));
+                 LOG_S("plan", plan->name));
     metrics_set("coingest_bucket_queued", a->label, 0);
     return a;
 

@@ -10,9 +10,9 @@
  * string value, before any escaping: a registered secret is found even when it holds characters
  * that the output escapes, and the replacement is written whole or not at all, so a line that is
  * cut at LOG_LINE_MAX never ends in half a secret. The values of the query parameters and
- * headers that carry CoinGecko keys (x_cg_demo_api_key=, x_cg_pro_api_key=, api_key=,
- * x-cg-demo-api-key:, x-cg-pro-api-key:) are masked up to the next '&', quote or whitespace
- * whether or not the key was registered. The registered secrets are a small array kept sorted
+ * headers that carry keys (api_key=, apikey=, plus each source's own, registered at startup
+ * with log_add_secret_param) are masked up to the next '&', quote or whitespace whether or not
+ * the key was registered. The registered secrets are a small array kept sorted
  * longest first (so a secret that contains another is masked whole) and guarded by a mutex that
  * is held only while a line is formatted.
  *
@@ -134,16 +134,42 @@ void log_clear_secrets(void)
     pthread_mutex_unlock(&secrets_lock);
 }
 
-/* Parameters and headers whose values are keys. "api_key=" alone would cover the query
- * parameters; they are listed in full so the list says what it protects. */
-static const struct {
-    const char *name;
+/* Parameters and headers whose values are keys: the generic ones, then the sources'. Guarded
+ * by secrets_lock like the secrets. */
+#define KEY_PARAMS_MAX 64
+struct key_param {
+    char name[64];
     size_t len;
     bool header; /* "name: value" */
-} key_params[] = {
-    {"x_cg_demo_api_key=", 18, false}, {"x_cg_pro_api_key=", 17, false}, {"api_key=", 8, false},
-    {"x-cg-demo-api-key:", 18, true},  {"x-cg-pro-api-key:", 17, true},
 };
+static struct key_param key_params[KEY_PARAMS_MAX] = {
+    {"api_key=", 8, false},
+    {"apikey=", 7, false},
+};
+static size_t nkey_params = 2;
+
+int log_add_secret_param(const char *name)
+{
+    size_t len = name ? strlen(name) : 0;
+    if (len < 2 || len >= sizeof(key_params[0].name) ||
+        (name[len - 1] != '=' && name[len - 1] != ':'))
+        return -EINVAL;
+    int rc = 0;
+    pthread_mutex_lock(&secrets_lock);
+    bool known = false;
+    for (size_t k = 0; k < nkey_params && !known; k++)
+        known = key_params[k].len == len && strncasecmp(key_params[k].name, name, len) == 0;
+    if (!known && nkey_params == KEY_PARAMS_MAX) {
+        rc = -ENOMEM;
+    } else if (!known) {
+        struct key_param *kp = &key_params[nkey_params++];
+        memcpy(kp->name, name, len + 1);
+        kp->len = len;
+        kp->header = name[len - 1] == ':';
+    }
+    pthread_mutex_unlock(&secrets_lock);
+    return rc;
+}
 
 static bool ends_param(char c)
 {
@@ -162,10 +188,10 @@ static size_t mask_at(const char *s, size_t n, size_t i, size_t *keep)
             return secret_lens[k];
         }
     }
-    char c = s[i] | 0x20;
-    if (c != 'x' && c != 'a')
-        return 0;
-    for (size_t k = 0; k < ARRAY_SIZE(key_params); k++) {
+    char c = (char)(s[i] | 0x20);
+    for (size_t k = 0; k < nkey_params; k++) {
+        if ((key_params[k].name[0] | 0x20) != c)
+            continue;
         size_t len = key_params[k].len;
         if (len > n - i || strncasecmp(s + i, key_params[k].name, len) != 0)
             continue;

@@ -19,12 +19,29 @@
 #include "coingest/config.h"
 #include "coingest/daemon.h"
 #include "coingest/db.h"
-#include "coingest/jobs.h"
 #include "coingest/log.h"
+#include "coingest/runner.h"
+#include "coingest/source.h"
 #include "coingest/version.h"
 
 /* Bad usage exits 2, as getopt-based tools and most daemons do (EX_USAGE is 64). */
 #define EXIT_BAD_USAGE 2
+
+/* "assets, prices, market_caps": every registered job. */
+static const char *job_names(void)
+{
+    static char names[512];
+    size_t n = 0;
+    names[0] = '\0';
+    for (size_t i = 0; i < source_count; i++) {
+        for (size_t j = 0; j < source_defs[i]->njobs && n < sizeof(names); j++) {
+            int w = snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "",
+                             source_defs[i]->jobs[j]->name);
+            n += w > 0 ? (size_t)w : 0;
+        }
+    }
+    return names;
+}
 
 static void usage(FILE *out)
 {
@@ -32,56 +49,64 @@ static void usage(FILE *out)
             "Usage: coingestd [-c FILE] [--check-config] [--once JOB[,JOB...]] [--migrate]\n"
             "                 [--version] [-h|--help]\n"
             "\n"
-            "Keeps a MySQL/MariaDB database filled with crypto market data from CoinGecko.\n"
+            "Keeps a MySQL/MariaDB database filled with crypto market data.\n"
             "\n"
             "  -c, --config FILE   configuration file (default %s)\n"
             "      --check-config  validate the configuration, print it (secrets masked) and\n"
             "                      the request budget it implies; exit 0, or 78 on error\n"
-            "      --once JOBS     run these jobs once, in the order given (assets, prices,\n"
-            "                      market_caps; 'all' for all three), wait until their rows are\n"
-            "                      committed, print a summary line per job, and exit\n"
+            "      --once JOBS     run these jobs once, in the order given (%s;\n"
+            "                      'all' for every job of every enabled source), wait until\n"
+            "                      their rows are committed, print a summary line per job, and\n"
+            "                      exit\n"
             "      --migrate       apply pending schema migrations and exit\n"
             "      --version       print the version and exit\n"
             "  -h, --help          this text\n"
             "\n"
             "Signals: HUP reloads the configuration, TERM/INT stop gracefully, USR1 logs stats.\n",
-            COINGEST_DEFAULT_CONF);
+            COINGEST_DEFAULT_CONF, job_names());
 }
 
-/* Parses "assets,prices" into opts; returns 0 or -EINVAL with a message printed. */
-static int parse_once(const char *arg, struct daemon_opts *o, enum job_id *order)
+/* Parses "assets,prices" into the run order (indices into cfg->jobs, each job once; `all`
+ * adds every job of every enabled source); returns 0 or -EINVAL with a message printed. */
+static int parse_once(const char *arg, const struct config *cfg, size_t *order, int *count)
 {
     char *copy = strdup(arg);
-    if (!copy)
+    bool *chosen = calloc(cfg->njobs + 1, sizeof(*chosen));
+    if (!copy || !chosen) {
+        free(copy);
+        free(chosen);
         return -ENOMEM;
+    }
     int rc = 0;
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ')
             tok++;
-        if (strcmp(tok, "all") == 0) {
-            for (int i = 0; i < JOB_COUNT; i++) {
-                if (!o->once_jobs[i]) {
-                    o->once_jobs[i] = true;
-                    order[o->once_count++] = (enum job_id)i;
-                }
-            }
-            continue;
-        }
-        int id = config_job_index(tok);
+        bool all = strcmp(tok, "all") == 0;
+        int id = all ? 0 : config_job_index(cfg, tok);
         if (id < 0) {
-            fprintf(stderr, "coingestd: --once: unknown job \"%s\" (assets, prices, market_caps)\n",
-                    tok);
+            fprintf(stderr, "coingestd: --once: unknown job \"%s\" (%s)\n", tok, job_names());
             rc = -EINVAL;
             break;
         }
-        if (!o->once_jobs[id]) {
-            o->once_jobs[id] = true;
-            order[o->once_count++] = (enum job_id)id;
+        if (!all && !config_job_source(cfg, &cfg->jobs[id])->enabled) {
+            fprintf(stderr,
+                    "coingestd: --once: job \"%s\" belongs to [source.%s], which is not "
+                    "enabled\n",
+                    tok, config_job_source(cfg, &cfg->jobs[id])->name);
+            rc = -EINVAL;
+            break;
+        }
+        for (size_t i = all ? 0 : (size_t)id; i < (all ? cfg->njobs : (size_t)id + 1); i++) {
+            if (chosen[i] || !config_job_source(cfg, &cfg->jobs[i])->enabled)
+                continue;
+            chosen[i] = true;
+            order[(*count)++] = i;
         }
     }
     free(copy);
-    if (rc == 0 && o->once_count == 0) {
+    free(chosen);
+    if (rc == 0 && *count == 0) {
         fprintf(stderr, "coingestd: --once needs at least one job\n");
         rc = -EINVAL;
     }
@@ -127,7 +152,7 @@ int main(int argc, char **argv)
     const char *path = COINGEST_DEFAULT_CONF;
     bool check = false, migrate = false;
     struct daemon_opts opts = {0};
-    enum job_id order[JOB_COUNT];
+    const char *once = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -139,8 +164,7 @@ int main(int argc, char **argv)
             break;
         case 'o':
             opts.once = true;
-            if (parse_once(optarg, &opts, order))
-                return EXIT_BAD_USAGE;
+            once = optarg;
             break;
         case 'm':
             migrate = true;
@@ -162,7 +186,10 @@ int main(int argc, char **argv)
         return EXIT_BAD_USAGE;
     }
     opts.config_path = path;
-    opts.once_order = order;
+    if (source_register_log_masks() != 0) {
+        fprintf(stderr, "coingestd: out of memory\n");
+        return EX_OSERR;
+    }
 
     char err[2048];
     struct config *cfg = NULL;
@@ -171,16 +198,25 @@ int main(int argc, char **argv)
         return EX_CONFIG;
     }
     log_setup(cfg->daemon.log_level, cfg->daemon.log_format);
-    if (cfg->database.password)
-        log_add_secret(cfg->database.password);
-    if (cfg->coingecko.api_key)
-        log_add_secret(cfg->coingecko.api_key);
+    log_add_secret(cfg->database.password);
+    for (size_t i = 0; i < cfg->nsources; i++)
+        log_add_secret(cfg->sources[i].api_key);
+
+    size_t order[64];
+    if (once) {
+        if (cfg->njobs > sizeof(order) / sizeof(order[0]) ||
+            parse_once(once, cfg, order, &opts.once_count)) {
+            config_free(cfg);
+            return EXIT_BAD_USAGE;
+        }
+        opts.once_order = order;
+    }
 
     if (check) {
         printf("# %s: configuration is valid\n", path);
         config_dump(cfg, stdout);
         printf("\n");
-        jobs_print_budget(cfg, 0, stdout);
+        runner_print_budget(cfg, 0, stdout);
         config_free(cfg);
         return 0;
     }

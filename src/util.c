@@ -241,3 +241,19 @@ bool strlist_contains_sorted(const struct strlist *l, const char *s)
 {
     return l->n && bsearch(&s, l->items, l->n, sizeof(char *), cmp_str) != NULL;
 }
+
+void util_copy_clean(char *buf, size_t cap, const char *src, size_t n)
+{
+    if (cap == 0)
+        return;
+    if (n > cap - 1) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--; /* src[n] continues a sequence: cut before its lead byte */
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)src[i];
+        buf[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    buf[n] = '\0';
+}

@@ -12,8 +12,13 @@
  *
  * Secrets: [database] password and [source.*] api_key may come from the file, from a
  * `*_file = PATH` key (first line of that file), or from the environment
- * (COINGEST_DB_PASSWORD, COINGEST_COINGECKO_API_KEY, each also as *_FILE naming a file).
- * The environment wins over the file. Secrets are never printed: config_dump() masks them.
+ * (COINGEST_DB_PASSWORD, and COINGEST_<SOURCE>_API_KEY for [source.<source>], each also as
+ * *_FILE naming a file). The environment wins over the file.
+ *
+ * Sources and jobs come from the registry (source.h, runner.h): there is one [source.NAME]
+ * section per registered source and one [job.NAME] per job it offers, each with the generic
+ * keys below plus the keys its definition adds (struct cfg_key). Secrets are never printed:
+ * config_dump() masks them.
  *
  * Thread safety: a built config is read-only, so any thread may read it while it is alive.
  */
@@ -29,7 +34,6 @@
 
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
-enum api_plan { PLAN_PUBLIC = 0, PLAN_DEMO = 1, PLAN_PRO = 2 };
 
 /* A rate: `count` requests per `period_ms`. */
 struct rate {
@@ -37,37 +41,72 @@ struct rate {
     uint64_t period_ms;
 };
 
-/* Names of the jobs the daemon knows, in the order --once runs them by default. */
-enum job_id { JOB_ASSETS = 0, JOB_PRICES = 1, JOB_MARKET_CAPS = 2, JOB_COUNT = 3 };
+struct source_def;
+struct job_def;
 
-struct cfg_job {
-    const char *name;   /* "assets", "prices", "market_caps" (static) */
-    bool enabled;       /* default true */
-    uint64_t every_ms;  /* default 24h / 5m / 1h */
-    bool align;         /* default true: fire on wall-clock multiples of every */
-    uint64_t offset_ms; /* default 0: shift the aligned grid by this much */
-    uint64_t jitter_ms; /* default 0: random delay in [0, jitter) per tick */
-    bool run_at_start;  /* default true */
+/* A key that a source or a job adds to its own section (source.h, runner.h). Its value is
+ * parsed, checked and reported (file:line) like every built-in key, dumped by config_dump and
+ * compared by config_diff (a change applies to the next request or run). */
+enum cfg_key_type {
+    CFG_KEY_U64,        /* unsigned integer in [min, max] */
+    CFG_KEY_BOOL,       /* true/false, yes/no, on/off, 1/0 */
+    CFG_KEY_DURATION,   /* ms, in [min, max] */
+    CFG_KEY_STR,        /* a string without control characters; NULL when unset */
+    CFG_KEY_NAMES,      /* a comma-separated list (may span indented lines) */
+    CFG_KEY_CURRENCIES, /* a list of currency codes, lower-cased */
 };
 
+struct cfg_key {
+    const char *name;
+    enum cfg_key_type type;
+    const char *dflt; /* the default, as it would be written in the file; NULL: unset */
+    uint64_t min, max;
+};
+
+/* The value of a cfg_key. Only the member of its type is meaningful. */
+struct cfg_value {
+    bool set;            /* given in the file (or by a default) */
+    uint64_t u;          /* CFG_KEY_U64, CFG_KEY_DURATION */
+    bool b;              /* CFG_KEY_BOOL */
+    char *s;             /* CFG_KEY_STR */
+    struct strlist list; /* CFG_KEY_NAMES, CFG_KEY_CURRENCIES */
+};
+
+/* [job.NAME]: one per job of the registry (runner.h), in registry order. */
+struct cfg_job {
+    const struct job_def *def;
+    const char *name;         /* def->name (static) */
+    size_t source;            /* index of its source in config.sources */
+    bool enabled;             /* default from the job definition */
+    uint64_t every_ms;        /* default from the job definition */
+    bool align;               /* default true: fire on wall-clock multiples of every */
+    uint64_t offset_ms;       /* default 0: shift the aligned grid by this much */
+    uint64_t jitter_ms;       /* default 0: random delay in [0, jitter) per tick */
+    bool run_at_start;        /* default true */
+    struct cfg_value *values; /* def->nkeys values of the job's own keys */
+};
+
+/* [source.NAME]: one per source of the registry (source.h), in registry order. */
 struct cfg_source {
-    char *name;     /* "coingecko" */
-    char *base_url; /* default by plan: public/demo api.coingecko.com/api/v3, pro pro-api... */
-    enum api_plan plan;
-    char *api_key;               /* secret; NULL when unset */
-    struct rate rate_limit;      /* default by plan: public 10/min, demo 30/min, pro 500/min */
-    uint32_t burst;              /* default 1 */
-    uint64_t timeout_ms;         /* default 30s: total per request */
-    uint64_t connect_timeout_ms; /* default 10s */
-    uint32_t max_retries;        /* default 5 */
-    uint64_t backoff_base_ms;    /* default 1s */
-    uint64_t backoff_cap_ms;     /* default 5m */
-    uint64_t max_body_bytes;     /* default 64MiB */
-    uint32_t max_url_bytes;      /* default 8000 */
-    uint32_t per_page;           /* default 250 */
-    char *ca_file;               /* NULL: the system's CA store */
-    uint64_t monthly_credits;    /* default by plan: public 0 (no cap), demo 10000, pro 500000 */
-    struct rate plan_limit;      /* the plan's documented limit, for the budget warning */
+    const struct source_def *def; /* NULL only in tests that build an API by hand */
+    char *name;                   /* def->name */
+    bool enabled;                 /* default def->enabled_by_default */
+    char *base_url;               /* default by plan */
+    uint32_t plan;                /* index into def->plans; default 0 */
+    char *api_key;                /* secret; NULL when unset */
+    struct rate rate_limit;       /* default by plan */
+    uint32_t burst;               /* default 1 */
+    uint64_t timeout_ms;          /* default 30s: total per request */
+    uint64_t connect_timeout_ms;  /* default 10s */
+    uint32_t max_retries;         /* default 5 */
+    uint64_t backoff_base_ms;     /* default 1s */
+    uint64_t backoff_cap_ms;      /* default 5m */
+    uint64_t max_body_bytes;      /* default 64MiB */
+    uint32_t max_url_bytes;       /* default 8000 */
+    char *ca_file;                /* NULL: the system's CA store */
+    uint64_t monthly_credits;     /* default by plan (0: no cap) */
+    struct rate plan_limit;       /* the plan's documented limit, for the budget warning */
+    struct cfg_value *values;     /* def->nkeys values of the source's own keys */
 };
 
 struct config {
@@ -81,7 +120,7 @@ struct config {
         uint64_t shutdown_timeout_ms; /* default 30s */
     } daemon;
 
-    struct {
+    struct cfg_database {
         char *host;                  /* default 127.0.0.1 */
         uint32_t port;               /* default 3306 */
         char *socket;                /* NULL when unset; used instead of host/port */
@@ -98,7 +137,8 @@ struct config {
         char *migrations_dir;        /* default COINGEST_DEFAULT_SQL_DIR */
     } database;
 
-    struct cfg_source coingecko;
+    struct cfg_source *sources; /* source_count entries, registry order */
+    size_t nsources;
 
     struct {
         bool all;                     /* ids = all (default) */
@@ -108,7 +148,8 @@ struct config {
         struct strlist vs_currencies; /* default "usd" */
     } universe;
 
-    struct cfg_job jobs[JOB_COUNT];
+    struct cfg_job *jobs; /* every job of every source, registry order */
+    size_t njobs;
 };
 
 /*
@@ -128,17 +169,23 @@ void config_free(struct config *cfg);
 /* Prints the effective configuration as INI, secrets masked as "********". */
 void config_dump(const struct config *cfg, FILE *out);
 
-/* Which parts differ between two configs (for reload). */
+/* Which parts differ between two configs (for reload). The bit masks have one bit per source or
+ * job index; the registry holds at most 64 of each (checked when the config is built). */
 struct config_diff {
-    bool daemon_log;     /* log_level / log_format (applied live) */
-    bool restart_needed; /* keys that only a restart applies (metrics_listen, spool_dir) */
-    bool database;       /* any [database] key: the pool reconnects */
-    bool source_rate;    /* rate_limit or burst: the bucket is resized */
-    bool source_other;   /* other [source.*] keys: used by the next request */
-    bool universe;       /* the next job runs use the new universe */
-    bool job[JOB_COUNT]; /* schedule of that job changed: it is rescheduled */
+    bool daemon_log;       /* log_level / log_format (applied live) */
+    bool restart_needed;   /* keys that only a restart applies (metrics_listen, spool_dir,
+                              a source's `enabled`) */
+    bool database;         /* any [database] key: the pool reconnects */
+    uint64_t source_rate;  /* rate_limit or burst of that source: its bucket is resized */
+    uint64_t source_other; /* other keys of that source: used by its next request */
+    bool universe;         /* the next job runs use the new universe */
+    uint64_t job;          /* schedule of that job changed: it is rescheduled */
+    uint64_t job_other;    /* the job's own keys changed: its next run uses them */
 };
 void config_diff(const struct config *a, const struct config *b, struct config_diff *d);
+
+/* Do two [database] sections hold the same settings? (The sink reconnects when not.) */
+bool config_database_equal(const struct cfg_database *a, const struct cfg_database *b);
 
 /* Parsers for the value types, exported for tests and for other modules' own keys.
  * Each returns 0 or -EINVAL. */
@@ -148,14 +195,24 @@ int config_parse_size(const char *s, uint64_t *bytes);
 int config_parse_bool(const char *s, bool *b);
 int config_parse_uint(const char *s, uint64_t max, uint64_t *v);
 
-/* Index of a job by name, or -1. */
-int config_job_index(const char *name);
+/* Index of a job in cfg->jobs by name, or -1. */
+int config_job_index(const struct config *cfg, const char *name);
 
-/* Name of a job ("assets", "prices", "market_caps"); "?" when out of range. */
-static inline const char *config_job_name(enum job_id id)
+/* The section of the source called `name`, or NULL. */
+const struct cfg_source *config_source(const struct config *cfg, const char *name);
+
+/* The source a job belongs to. */
+static inline const struct cfg_source *config_job_source(const struct config *cfg,
+                                                         const struct cfg_job *job)
 {
-    static const char *const names[JOB_COUNT] = {"assets", "prices", "market_caps"};
-    return (unsigned)id < JOB_COUNT ? names[id] : "?";
+    return &cfg->sources[job->source];
 }
+
+/* Name of the plan a source is on ("public"). */
+const char *config_plan_name(const struct cfg_source *src);
+
+/* The value of a source's or a job's own key by name; NULL when it has no such key. */
+const struct cfg_value *config_source_value(const struct cfg_source *src, const char *key);
+const struct cfg_value *config_job_value(const struct cfg_job *job, const char *key);
 
 #endif

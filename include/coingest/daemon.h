@@ -4,7 +4,8 @@
  *
  * Startup order (each step needs the ones before it):
  *   signals (blocked since main() began, handled on the loop) -> timers -> sink (spool, writer
- *   threads; the database may still be down) -> fetch engine and APIs -> jobs and scheduler ->
+ *   threads; the database may still be down) -> fetch engine and one API per enabled source ->
+ *   job runner and scheduler ->
  *   HTTP endpoint -> watchdog -> the first runs (scheduled, or the --once list); READY=1 once
  *   the sink reports the database reached and the schema current. Teardown is the reverse.
  *
@@ -22,9 +23,8 @@
 
 struct daemon_opts {
     const char *config_path;
-    bool once; /* run once_jobs, wait for their rows, exit */
-    bool once_jobs[JOB_COUNT];
-    const enum job_id *once_order; /* order of --once, once_count entries */
+    bool once;                /* run the once_order jobs, wait for their rows, exit */
+    const size_t *once_order; /* indices into cfg->jobs, in --once order, once_count entries */
     int once_count;
 };
 

@@ -4,7 +4,8 @@
  * with retries that a rate-limited public API will thank us for.
  *
  * An API (struct api) is one remote service: base URL, plan and key header, token bucket,
- * retry policy, limits, all from a struct cfg_source. A request is a GET of base_url + path.
+ * retry policy, limits, all from a struct cfg_source and its source's definition (source.h),
+ * which also says how the service's error bodies read. A request is a GET of base_url + path.
  * The engine retries (full-jitter backoff, up to max_retries) connection errors, timeouts,
  * 5xx, 408, truncated bodies, 2xx bodies that are not JSON, and 2xx bodies the caller's parse
  * callback rejects. A 429 pauses the API's whole bucket (for Retry-After, or a backoff delay
@@ -13,8 +14,8 @@
  * Other 4xx are final. The done callback runs exactly once per request, on the loop thread, with
  * the final outcome.
  *
- * API keys go in a header (x-cg-demo-api-key / x-cg-pro-api-key), never in the URL, and never
- * appear in logs, metrics or error messages.
+ * API keys go in the header the source's plan names, never in the URL, and never appear in
+ * logs, metrics or error messages.
  *
  * Thread: loop thread only.
  */
@@ -51,8 +52,8 @@ struct fetch_result {
     unsigned attempts; /* requests sent, including the first */
     double seconds;    /* from first send to done, including waits */
     const char *error; /* human-readable reason when outcome != FETCH_OK: the API's own
-                          message ({"error":...} or {"status":{"error_message":...}}) when
-                          it sent one, else curl's or the engine's; never contains a key */
+                          message (read by its source's error reader) when it sent one, else
+                          curl's or the engine's; never contains a key */
 };
 
 /* Called on a 2xx JSON-looking body before it counts as success. Returns 0 to accept, or a
@@ -99,8 +100,10 @@ struct tbucket *api_bucket(struct api *a);
  * `now_wall_ms`. Returns 0 or -EINVAL. Exported for tests. */
 int fetch_parse_retry_after(const char *value, uint64_t now_wall_ms, uint64_t *delay_ms);
 
-/* Extracts the API's own error message from a JSON error body into buf; returns 0 when one
- * was found. Exported for tests. */
+/* The generic error reader: the message of a JSON error body ({"error": "..."}, also nested
+ * as {"error": {"error": ...}}, {"message": "..."} or {"error_message": "..."}) into buf,
+ * control characters made spaces, cut on a UTF-8 boundary. Returns 0 when one was found,
+ * -ENOENT when not. Sources with their own shapes wrap it (source_def.error_message). */
 int fetch_api_error_message(const char *body, size_t len, char *buf, size_t cap);
 
 #endif

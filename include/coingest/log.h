@@ -10,8 +10,9 @@
  * prefixed with its syslog priority (`<6>` for info) so journald keeps levels.
  *
  * Secrets registered with log_add_secret() are replaced by "********" wherever they appear in a
- * line, and the values of query parameters that carry API keys (x_cg_demo_api_key=,
- * x_cg_pro_api_key=, api_key=) are masked too, so no secret reaches a log line even by accident.
+ * line, and the values of query parameters and headers that carry API keys are masked too
+ * (api_key=, apikey= and whatever the sources register with log_add_secret_param(), e.g.
+ * x_cg_pro_api_key=), so no secret reaches a log line even by accident.
  *
  * Each line is formatted into a local buffer and written with one write(2): lines from
  * different threads never interleave. Lines longer than LOG_LINE_MAX are cut with "...".
@@ -71,6 +72,13 @@ bool log_enabled(enum log_level level);
  * log_clear_secrets() forgets them all (on reload, before registering the new ones). */
 void log_add_secret(const char *secret);
 void log_clear_secrets(void);
+
+/* Registers a query parameter ("x_cg_pro_api_key=", ending in '=') or a header
+ * ("x-cg-pro-api-key:", ending in ':') whose value is masked in every later line, up to the
+ * next '&', quote or whitespace, whether or not the secret itself is registered. Matching
+ * ignores case. Registering the same name twice is harmless. Returns 0, -EINVAL (no '=' or
+ * ':' at the end, or longer than 63 bytes) or -ENOMEM. Thread: any, but meant for startup. */
+int log_add_secret_param(const char *name);
 
 /* Formats one line into buf (no trailing newline is added beyond what the format has) and
  * returns its length. The same routine log_emit uses; exported for tests. `fields` ends with

@@ -60,4 +60,8 @@ void strlist_sort_uniq(struct strlist *l);
 /* Binary search in a list sorted by strlist_sort_uniq. */
 bool strlist_contains_sorted(const struct strlist *l, const char *s);
 
+/* Copies n bytes of src into buf (cap bytes, NUL-terminated), replacing control characters
+ * with spaces and never cutting a UTF-8 sequence in half. For text that came from outside. */
+void util_copy_clean(char *buf, size_t cap, const char *src, size_t n);
+
 #endif

@@ -22,7 +22,14 @@
 #include <cmocka.h>
 
 #include "coingest/config.h"
+#include "coingest/source.h"
 #include "coingest/version.h"
+
+/* The CoinGecko section, a plan's index and a job by name (sources and jobs come from the
+ * registry, source.h). */
+#define CG(c)        ((struct cfg_source *)config_source((c), "coingecko"))
+#define PLAN(name)   ((uint32_t)source_plan_index(source_find("coingecko"), (name)))
+#define JOB(c, name) (&(c)->jobs[config_job_index((c), (name))])
 
 static char tmpdir[256];
 static char conf_path[PATH_MAX];
@@ -336,10 +343,10 @@ static void check_defaults(const struct config *c)
     assert_true(c->database.auto_migrate);
     assert_string_equal(c->database.migrations_dir, COINGEST_DEFAULT_SQL_DIR);
 
-    const struct cfg_source *s = &c->coingecko;
+    const struct cfg_source *s = CG(c);
     assert_string_equal(s->name, "coingecko");
     assert_string_equal(s->base_url, "https://api.coingecko.com/api/v3");
-    assert_int_equal(s->plan, PLAN_PUBLIC);
+    assert_int_equal(s->plan, PLAN("public"));
     assert_null(s->api_key);
     assert_int_equal(s->rate_limit.count, 10);
     assert_int_equal(s->rate_limit.period_ms, 60000);
@@ -351,7 +358,7 @@ static void check_defaults(const struct config *c)
     assert_int_equal(s->backoff_cap_ms, 300000);
     assert_int_equal(s->max_body_bytes, 64 << 20);
     assert_int_equal(s->max_url_bytes, 8000);
-    assert_int_equal(s->per_page, 250);
+    assert_int_equal(config_source_value(s, "per_page")->u, 250);
     assert_null(s->ca_file);
     assert_int_equal(s->monthly_credits, 0);
     assert_int_equal(s->plan_limit.count, 10);
@@ -366,7 +373,8 @@ static void check_defaults(const struct config *c)
 
     static const char *const names[] = {"assets", "prices", "market_caps"};
     static const uint64_t every[] = {86400000, 300000, 3600000};
-    for (int i = 0; i < JOB_COUNT; i++) {
+    assert_int_equal(c->njobs, 3);
+    for (size_t i = 0; i < c->njobs; i++) {
         const struct cfg_job *j = &c->jobs[i];
         assert_string_equal(j->name, names[i]);
         assert_true(j->enabled);
@@ -381,9 +389,7 @@ static void check_defaults(const struct config *c)
 static bool diff_empty(const struct config_diff *d)
 {
     bool any = d->daemon_log || d->restart_needed || d->database || d->source_rate ||
-               d->source_other || d->universe;
-    for (int i = 0; i < JOB_COUNT; i++)
-        any = any || d->job[i];
+               d->source_other || d->universe || d->job || d->job_other;
     return !any;
 }
 
@@ -422,12 +428,15 @@ static void test_minimal_and_empty_files(void **state)
 static void test_job_index(void **state)
 {
     (void)state;
-    assert_int_equal(config_job_index("assets"), JOB_ASSETS);
-    assert_int_equal(config_job_index("prices"), JOB_PRICES);
-    assert_int_equal(config_job_index("market_caps"), JOB_MARKET_CAPS);
-    assert_int_equal(config_job_index("price"), -1);
-    assert_int_equal(config_job_index(""), -1);
-    assert_int_equal(config_job_index(NULL), -1);
+    struct config *c = config_defaults();
+    assert_non_null(c);
+    assert_int_equal(config_job_index(c, "assets"), 0);
+    assert_int_equal(config_job_index(c, "prices"), 1);
+    assert_int_equal(config_job_index(c, "market_caps"), 2);
+    assert_int_equal(config_job_index(c, "price"), -1);
+    assert_int_equal(config_job_index(c, ""), -1);
+    assert_int_equal(config_job_index(c, NULL), -1);
+    config_free(c);
 }
 
 /* The shipped example must parse, and it describes exactly the built-in defaults. */
@@ -485,8 +494,8 @@ static void test_full_file(void **state)
     assert_false(c->database.auto_migrate);
     assert_string_equal(c->database.migrations_dir, "/opt/coingest/sql");
 
-    const struct cfg_source *s = &c->coingecko;
-    assert_int_equal(s->plan, PLAN_PRO);
+    const struct cfg_source *s = CG(c);
+    assert_int_equal(s->plan, PLAN("pro"));
     assert_string_equal(s->base_url, "https://proxy.example.com/cg/v3");
     assert_string_equal(s->api_key, "CG-prokey123");
     /* rate_limit comes before plan in the file and still wins over the pro default. */
@@ -500,7 +509,7 @@ static void test_full_file(void **state)
     assert_int_equal(s->backoff_cap_ms, 120000);
     assert_int_equal(s->max_body_bytes, 32 << 20);
     assert_int_equal(s->max_url_bytes, 4000);
-    assert_int_equal(s->per_page, 100);
+    assert_int_equal(config_source_value(s, "per_page")->u, 100);
     assert_string_equal(s->ca_file, "/etc/ssl/certs/ca-certificates.crt");
     assert_int_equal(s->monthly_credits, 1000000);
     assert_int_equal(s->plan_limit.count, 1000);
@@ -519,19 +528,19 @@ static void test_full_file(void **state)
     assert_string_equal(c->universe.vs_currencies.items[1], "eur");
     assert_string_equal(c->universe.vs_currencies.items[2], "btc");
 
-    const struct cfg_job *a = &c->jobs[JOB_ASSETS];
+    const struct cfg_job *a = JOB(c, "assets");
     assert_false(a->enabled);
     assert_int_equal(a->every_ms, 12 * 3600000);
     assert_false(a->align);
     assert_int_equal(a->offset_ms, 30 * 60000);
     assert_int_equal(a->jitter_ms, 5 * 60000);
     assert_false(a->run_at_start);
-    const struct cfg_job *p = &c->jobs[JOB_PRICES];
+    const struct cfg_job *p = JOB(c, "prices");
     assert_true(p->enabled);
     assert_int_equal(p->every_ms, 60000);
     assert_int_equal(p->offset_ms, 10000);
     assert_int_equal(p->jitter_ms, 5000);
-    const struct cfg_job *m = &c->jobs[JOB_MARKET_CAPS];
+    const struct cfg_job *m = JOB(c, "market_caps");
     assert_int_equal(m->every_ms, 7200000);
     assert_false(m->run_at_start);
     assert_true(m->align);
@@ -544,19 +553,19 @@ static void test_plan_defaults(void **state)
 {
     (void)state;
     struct config *c = load_ok("[source.coingecko]\nplan = demo\napi_key = CG-demo\n");
-    assert_int_equal(c->coingecko.plan, PLAN_DEMO);
-    assert_string_equal(c->coingecko.base_url, "https://api.coingecko.com/api/v3");
-    assert_int_equal(c->coingecko.rate_limit.count, 30);
-    assert_int_equal(c->coingecko.rate_limit.period_ms, 60000);
-    assert_int_equal(c->coingecko.plan_limit.count, 30);
-    assert_int_equal(c->coingecko.monthly_credits, 10000);
+    assert_int_equal(CG(c)->plan, PLAN("demo"));
+    assert_string_equal(CG(c)->base_url, "https://api.coingecko.com/api/v3");
+    assert_int_equal(CG(c)->rate_limit.count, 30);
+    assert_int_equal(CG(c)->rate_limit.period_ms, 60000);
+    assert_int_equal(CG(c)->plan_limit.count, 30);
+    assert_int_equal(CG(c)->monthly_credits, 10000);
     config_free(c);
 
     c = load_ok("[source.coingecko]\napi_key = CG-pro\nplan = pro\n");
-    assert_string_equal(c->coingecko.base_url, "https://pro-api.coingecko.com/api/v3");
-    assert_int_equal(c->coingecko.rate_limit.count, 500);
-    assert_int_equal(c->coingecko.plan_limit.count, 500);
-    assert_int_equal(c->coingecko.monthly_credits, 500000);
+    assert_string_equal(CG(c)->base_url, "https://pro-api.coingecko.com/api/v3");
+    assert_int_equal(CG(c)->rate_limit.count, 500);
+    assert_int_equal(CG(c)->plan_limit.count, 500);
+    assert_int_equal(CG(c)->monthly_credits, 500000);
     config_free(c);
 
     /* An explicit value wins whatever the order of keys. */
@@ -568,18 +577,18 @@ static void test_plan_defaults(void **state)
     };
     for (size_t i = 0; i < 2; i++) {
         c = load_ok(orders[i]);
-        assert_int_equal(c->coingecko.plan, PLAN_PRO);
-        assert_string_equal(c->coingecko.base_url, "https://api.coingecko.com/api/v3");
-        assert_int_equal(c->coingecko.rate_limit.count, 5);
-        assert_int_equal(c->coingecko.rate_limit.period_ms, 1000);
-        assert_int_equal(c->coingecko.monthly_credits, 7);
-        assert_int_equal(c->coingecko.plan_limit.count, 9);
+        assert_int_equal(CG(c)->plan, PLAN("pro"));
+        assert_string_equal(CG(c)->base_url, "https://api.coingecko.com/api/v3");
+        assert_int_equal(CG(c)->rate_limit.count, 5);
+        assert_int_equal(CG(c)->rate_limit.period_ms, 1000);
+        assert_int_equal(CG(c)->monthly_credits, 7);
+        assert_int_equal(CG(c)->plan_limit.count, 9);
         config_free(c);
     }
 
     /* An empty base_url is "not set": the plan's default applies. */
     c = load_ok("[source.coingecko]\nbase_url =\nplan = pro\napi_key = k\n");
-    assert_string_equal(c->coingecko.base_url, "https://pro-api.coingecko.com/api/v3");
+    assert_string_equal(CG(c)->base_url, "https://pro-api.coingecko.com/api/v3");
     config_free(c);
 }
 
@@ -897,7 +906,7 @@ static void test_env_overrides(void **state)
     assert_string_equal(c->database.user, "envuser");
     assert_string_equal(c->database.database, "envdb");
     assert_string_equal(c->database.password, "envpw");
-    assert_string_equal(c->coingecko.api_key, "CG-env");
+    assert_string_equal(CG(c)->api_key, "CG-env");
     config_free(c);
 
     /* The environment's key satisfies plan = demo; empty variables count as unset. */
@@ -905,7 +914,7 @@ static void test_env_overrides(void **state)
     setenv("COINGEST_COINGECKO_API_KEY", "CG-env", 1);
     setenv("COINGEST_DB_HOST", "", 1);
     c = load_ok("[source.coingecko]\nplan = demo\n");
-    assert_string_equal(c->coingecko.api_key, "CG-env");
+    assert_string_equal(CG(c)->api_key, "CG-env");
     assert_string_equal(c->database.host, "127.0.0.1");
     config_free(c);
 
@@ -948,7 +957,7 @@ static void test_secret_files(void **state)
              pw, key);
     struct config *c = load_ok(text);
     assert_string_equal(c->database.password, "file-pw");
-    assert_string_equal(c->coingecko.api_key, "CG-keyfromfile");
+    assert_string_equal(CG(c)->api_key, "CG-keyfromfile");
     config_free(c);
 
     /* The env file wins over the file's key; the env value wins over both. */
@@ -958,12 +967,12 @@ static void test_secret_files(void **state)
     config_free(c);
     setenv("COINGEST_COINGECKO_API_KEY_FILE", pw, 1);
     c = load_ok(text);
-    assert_string_equal(c->coingecko.api_key, "file-pw");
+    assert_string_equal(CG(c)->api_key, "file-pw");
     config_free(c);
     unsetenv("COINGEST_COINGECKO_API_KEY_FILE");
     setenv("COINGEST_COINGECKO_API_KEY", "CG-direct", 1);
     c = load_ok(text);
-    assert_string_equal(c->coingecko.api_key, "CG-direct");
+    assert_string_equal(CG(c)->api_key, "CG-direct");
     config_free(c);
 
     /* An env file makes the file's "both set" conflict moot: the environment wins. */
@@ -1020,7 +1029,8 @@ static void test_dump_masks_secrets(void **state)
     config_diff(c, back, &d);
     assert_true(d.database);     /* password is now "********" */
     assert_true(d.source_other); /* and so is api_key */
-    d.database = d.source_other = false;
+    d.database = false;
+    d.source_other = 0;
     assert_true(diff_empty(&d));
     assert_string_equal(back->database.password, "********");
     config_free(back);
@@ -1125,24 +1135,24 @@ static void test_diff(void **state)
     config_free(b);
 
     b = config_defaults();
-    b->coingecko.rate_limit.count = 11;
+    CG(b)->rate_limit.count = 11;
     config_diff(a, b, &d);
     assert_true(d.source_rate);
-    d.source_rate = false;
+    d.source_rate = 0;
     assert_true(diff_empty(&d));
-    b->coingecko.rate_limit.count = 10;
-    b->coingecko.burst = 3;
+    CG(b)->rate_limit.count = 10;
+    CG(b)->burst = 3;
     config_diff(a, b, &d);
     assert_true(d.source_rate);
     assert_false(d.source_other);
     config_free(b);
 
     b = config_defaults();
-    b->coingecko.timeout_ms = 1;
-    set(&b->coingecko.api_key, "k");
+    CG(b)->timeout_ms = 1;
+    set(&CG(b)->api_key, "k");
     config_diff(a, b, &d);
     assert_true(d.source_other);
-    d.source_other = false;
+    d.source_other = 0;
     assert_true(diff_empty(&d));
     config_free(b);
 
@@ -1165,18 +1175,18 @@ static void test_diff(void **state)
 
     b = load_ok("[job.prices]\nevery = 1m\n");
     config_diff(a, b, &d);
-    assert_true(d.job[JOB_PRICES]);
-    assert_false(d.job[JOB_ASSETS]);
-    assert_false(d.job[JOB_MARKET_CAPS]);
-    d.job[JOB_PRICES] = false;
+    assert_true(d.job >> config_job_index(b, "prices") & 1);
+    assert_false(d.job >> config_job_index(b, "assets") & 1);
+    assert_false(d.job >> config_job_index(b, "market_caps") & 1);
+    d.job &= ~(1ull << config_job_index(b, "prices"));
     assert_true(diff_empty(&d));
     config_free(b);
 
     b = load_ok("[job.market_caps]\nrun_at_start = false\n[job.assets]\njitter = 1s\n");
     config_diff(a, b, &d);
-    assert_true(d.job[JOB_ASSETS]);
-    assert_false(d.job[JOB_PRICES]);
-    assert_true(d.job[JOB_MARKET_CAPS]);
+    assert_true(d.job >> config_job_index(b, "assets") & 1);
+    assert_false(d.job >> config_job_index(b, "prices") & 1);
+    assert_true(d.job >> config_job_index(b, "market_caps") & 1);
     config_free(b);
 
     config_free(a);

@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "coingest/fetch.h"
+#include "coingest/source.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/tbucket.h"
@@ -37,6 +38,9 @@
 
 #define TEST_KEY "CG-test-SECRET-key-0123456789"
 #define LABEL    "api=\"coingecko\""
+
+/* The key headers and error bodies under test are CoinGecko's (src/sources/coingecko). */
+#define PLAN(name) ((uint32_t)source_plan_index(source_find("coingecko"), (name)))
 
 static struct fakeapi *fake;
 static FILE *logfile;
@@ -74,9 +78,10 @@ static void src_defaults(struct env *e)
     snprintf(e->name, sizeof(e->name), "coingecko");
     snprintf(e->base_url, sizeof(e->base_url), "%s", fakeapi_base_url(fake));
     snprintf(e->key, sizeof(e->key), "%s", TEST_KEY);
+    e->src.def = source_find("coingecko");
     e->src.name = e->name;
     e->src.base_url = e->base_url;
-    e->src.plan = PLAN_DEMO;
+    e->src.plan = PLAN("demo");
     e->src.api_key = e->key;
     e->src.rate_limit = (struct rate){.count = 1000, .period_ms = 1000};
     e->src.burst = 100;
@@ -87,7 +92,6 @@ static void src_defaults(struct env *e)
     e->src.backoff_cap_ms = 50;
     e->src.max_body_bytes = 64u << 20;
     e->src.max_url_bytes = 8000;
-    e->src.per_page = 250;
 }
 
 static void env_start(struct env *e)
@@ -334,31 +338,35 @@ static void test_api_error_message(void **state)
         len = fread(raw, 1, sizeof(raw), fp);
         fclose(fp);
         body = raw;
-        assert_int_equal(fetch_api_error_message(body, len, buf, sizeof(buf)), 0);
+        assert_int_equal(source_find("coingecko")->error_message(body, len, buf, sizeof(buf)), 0);
         assert_string_equal(buf, cases[i].want);
     }
     const char *s = "{\"error\":{\"status\":{\"error_code\":10002,\"error_message\":\"API Key "
                     "Missing\"}}}";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), 0);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)), 0);
     assert_string_equal(buf, "API Key Missing (error_code 10002)");
     s = "{\"message\":\"granularity too small\"}";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), 0);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)), 0);
     assert_string_equal(buf, "granularity too small");
     s = "{\"error\":\"line\\nbreak\"}";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), 0);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)), 0);
     assert_string_equal(buf, "line break");
     /* truncation never splits a UTF-8 sequence */
     s = "{\"error\":\"ab\xe2\x82\xac\"}";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, 4), 0);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, 4), 0);
     assert_string_equal(buf, "ab");
     s = "error code: 1015";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), -ENOENT);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)),
+                     -ENOENT);
     s = "[1,2]";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), -ENOENT);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)),
+                     -ENOENT);
     s = "{\"ok\":true}";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), -ENOENT);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)),
+                     -ENOENT);
     s = "{\"error\":";
-    assert_int_equal(fetch_api_error_message(s, strlen(s), buf, sizeof(buf)), -ENOENT);
+    assert_int_equal(source_find("coingecko")->error_message(s, strlen(s), buf, sizeof(buf)),
+                     -ENOENT);
 }
 
 /* ---- against the fake API --------------------------------------------------------------- */
@@ -397,7 +405,7 @@ static void test_get_ok_headers_and_metrics(void **state)
 static void test_pro_plan_header(void **state)
 {
     struct env *e = *state;
-    e->src.plan = PLAN_PRO;
+    e->src.plan = PLAN("pro");
     env_start(e);
     struct res x;
     fetch_one(e, "/ping", &x);
@@ -414,7 +422,7 @@ static void test_pro_plan_header(void **state)
 static void test_public_plan_sends_no_key(void **state)
 {
     struct env *e = *state;
-    e->src.plan = PLAN_PUBLIC;
+    e->src.plan = PLAN("public");
     env_start(e);
     struct res x;
     fetch_one(e, "/ping", &x);
@@ -1214,7 +1222,7 @@ static void test_default_hosts_by_plan(void **state)
     unsetenv("NO_PROXY");
     e->src.base_url = NULL;
     e->src.max_retries = 0;
-    e->src.plan = PLAN_PRO;
+    e->src.plan = PLAN("pro");
     env_start(e);
     struct res x;
     fetch_one(e, "/ping", &x);
@@ -1222,7 +1230,7 @@ static void test_default_hosts_by_plan(void **state)
     assert_int_equal(x.attempts, 1);
     res_free(&x);
     api_free(e->api);
-    e->src.plan = PLAN_DEMO;
+    e->src.plan = PLAN("demo");
     e->api = api_new(e->f, &e->src);
     fetch_one(e, "/ping", &x);
     assert_int_equal(x.outcome, FETCH_NETWORK_ERROR);

@@ -58,7 +58,7 @@ static struct cfg_source source(const char *base_url, char *name, struct rate ra
     memset(&s, 0, sizeof(s));
     s.name = name;
     s.base_url = (char *)base_url;
-    s.plan = PLAN_PUBLIC;
+    s.plan = 0; /* no source definition: keyless */
     s.rate_limit = rate;
     s.burst = burst;
     s.timeout_ms = 10000;

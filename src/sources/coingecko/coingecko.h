@@ -148,4 +148,20 @@ int coingecko_parse_global(const char *body, size_t len, const struct coingecko_
 /* Frees the strings of an id list filled by these parsers and empties it; NULL is a no-op. */
 void coingecko_strlist_free(struct strlist *l);
 
+/* ---- the source (source.c) and its jobs (jobs.c) ------------------------------------------ */
+
+struct config;
+
+/* CoinGecko's error bodies: {"error": "..."}, {"status": {"error_code", "error_message"}}
+ * (also nested under "error"), or the generic shapes. Contract as source_def.error_message. */
+int coingecko_error_message(const char *body, size_t len, char *buf, size_t cap);
+
+/* The jobs (runner.h) and the state they share across runs. */
+extern const struct job_def coingecko_assets_job;
+extern const struct job_def coingecko_prices_job;
+extern const struct job_def coingecko_market_caps_job;
+void *coingecko_state_new(void);
+void coingecko_state_free(void *state);
+void coingecko_reconfigure(void *state, const struct config *old, const struct config *cfg);
+
 #endif

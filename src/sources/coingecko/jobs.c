@@ -1,5 +1,6 @@
 /*
- * jobs: the CoinGecko jobs as small state machines on the loop.
+ * coingecko jobs: assets, prices and market_caps as small state machines on the loop, run by
+ * the generic runner (runner.h), which owns their lifecycle, job_runs rows and metrics.
  *
  * A run is a sequence of requests, one at a time. Each request gets fresh batches; the fetch
  * engine calls parse() on a 2xx body (a parse error makes the engine retry the request), and
@@ -28,16 +29,16 @@
  * The `top` walk always asks for full pages (CoinGecko's `page` counts in units of
  * per_page) and keeps only the first N coins of the last one.
  */
-#include "coingest/jobs.h"
-
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "sources/coingecko/coingecko.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
+#include "coingest/runner.h"
+#include "coingest/tbucket.h"
 #include "coingest/util.h"
+#include "sources/coingecko/coingecko.h"
 
 /* --- state -------------------------------------------------------------------------------- */
 
@@ -66,17 +67,24 @@ struct idcache {
     uint32_t top;   /* the N it was resolved for (top cache) */
 };
 
-struct jobs;
+/* Which of the three jobs a run is. */
+enum cg_job { CG_ASSETS, CG_PRICES, CG_MARKET_CAPS };
 
-struct run {
-    struct jobs *j;
-    enum job_id id;
-    jobs_done_cb done;
-    void *arg;
-    struct job_summary sum;
+/* State the jobs share across runs (the source's state, runner.h). */
+struct cg_state {
+    struct strlist listed; /* ids of the last /coins/list, sorted */
+    struct idcache categories;
+    struct idcache top;
+    uint64_t gen; /* bumped when the universe's categories or top change on reload */
+};
+
+/* One run's state (the job's run state, runner.h). */
+struct cg_run {
+    struct run *run;
+    struct cg_state *j;
+    enum cg_job id;
     struct coingecko_times times;
-    uint64_t ok_requests, failed_requests;
-    uint64_t gen; /* the jobs' universe generation when the run started */
+    uint64_t gen; /* the universe generation when the run started */
 
     /* A snapshot of what the run needs from the config, so a reload mid-run is harmless. */
     struct strlist vs;
@@ -115,73 +123,40 @@ struct run {
     size_t req_nids;
 };
 
-struct jobs {
-    struct api *api;
-    struct sink *sink;
-    const struct config *cfg;
-    struct run *runs[JOB_COUNT];
-    struct job_summary last[JOB_COUNT];
-    struct strlist listed; /* ids of the last /coins/list, sorted */
-    struct idcache categories;
-    struct idcache top;
-    uint64_t gen; /* bumped when the universe's categories or top change on reload */
-};
-
-const char *jobs_status_name(enum job_status s)
-{
-    switch (s) {
-    case JOB_STATUS_OK:
-        return "ok";
-    case JOB_STATUS_PARTIAL:
-        return "partial";
-    default:
-        return "failed";
-    }
-}
-
 static void idcache_clear(struct idcache *c)
 {
     strlist_clear(&c->ids);
     c->valid = false;
 }
 
-struct jobs *jobs_new(struct api *api, struct sink *sink, const struct config *cfg)
+void *coingecko_state_new(void)
 {
-    struct jobs *j = calloc(1, sizeof(*j));
-    if (!j)
-        return NULL;
-    j->api = api;
-    j->sink = sink;
-    j->cfg = cfg;
-    for (int i = 0; i < JOB_COUNT; i++)
-        j->last[i].job = (enum job_id)i;
-    return j;
+    return calloc(1, sizeof(struct cg_state));
 }
 
-void jobs_set_config(struct jobs *j, const struct config *cfg)
+void coingecko_state_free(void *state)
 {
+    struct cg_state *j = state;
+    strlist_clear(&j->listed);
+    idcache_clear(&j->categories);
+    idcache_clear(&j->top);
+    free(j);
+}
+
+void coingecko_reconfigure(void *state, const struct config *old, const struct config *cfg)
+{
+    struct cg_state *j = state;
     /* Resolved sets depend on these keys only; a run that started before the change must
      * not store its result (the generation tells). */
-    if (!strlist_equal(&j->cfg->universe.categories, &cfg->universe.categories) ||
-        j->cfg->universe.top != cfg->universe.top) {
+    if (!strlist_equal(&old->universe.categories, &cfg->universe.categories) ||
+        old->universe.top != cfg->universe.top) {
         idcache_clear(&j->categories);
         idcache_clear(&j->top);
         j->gen++;
     }
-    j->cfg = cfg;
 }
 
-bool jobs_running(const struct jobs *j, enum job_id id)
-{
-    return (unsigned)id < JOB_COUNT && j->runs[id] != NULL;
-}
-
-const struct job_summary *jobs_last(const struct jobs *j, enum job_id id)
-{
-    return (unsigned)id < JOB_COUNT ? &j->last[id] : NULL;
-}
-
-static void drop_batches(struct run *r)
+static void drop_batches(struct cg_run *r)
 {
     for (size_t i = 0; i < ARRAY_SIZE(r->b); i++) {
         batch_free(r->b[i]);
@@ -190,56 +165,29 @@ static void drop_batches(struct run *r)
     strlist_clear(&r->got_ids);
 }
 
-static void run_free(struct run *r)
+static void cg_cleanup(struct run *run)
 {
+    struct cg_run *r = run_state(run);
     drop_batches(r);
     strlist_clear(&r->vs);
     strlist_clear(&r->categories);
     strlist_clear(&r->ids);
     strlist_clear(&r->scratch);
-    free(r);
 }
 
-void jobs_free(struct jobs *j)
+static void set_error(struct cg_run *r, const char *what, const char *why)
 {
-    if (!j)
-        return;
-    for (int i = 0; i < JOB_COUNT; i++)
-        if (j->runs[i])
-            run_free(j->runs[i]);
-    strlist_clear(&j->listed);
-    idcache_clear(&j->categories);
-    idcache_clear(&j->top);
-    free(j);
+    run_fail(r->run, what, why);
 }
 
-static void set_error(struct run *r, const char *what, const char *why)
+/* Hands a batch to the runner (which takes it). Returns false when the rows could not be
+ * kept. */
+static bool submit(struct cg_run *r, struct batch *b)
 {
-    if (r->sum.error[0])
-        return;
-    snprintf(r->sum.error, sizeof(r->sum.error), "%s: %s", what, why ? why : "failed");
+    return run_emit(r->run, b) == 0;
 }
 
-/* Hands a batch to the sink (which takes it) and counts its rows. Returns false when the
- * sink could not keep the rows. */
-static bool submit(struct run *r, struct batch *b)
-{
-    if (!b)
-        return true;
-    if (b->nrows == 0) {
-        batch_free(b);
-        return true;
-    }
-    uint64_t n = b->nrows;
-    if (sink_submit(r->j->sink, b) != 0) {
-        set_error(r, "sink", "rows could not be stored or spooled");
-        return false;
-    }
-    r->sum.rows += n;
-    return true;
-}
-
-static bool submit_all(struct run *r)
+static bool submit_all(struct cg_run *r)
 {
     bool ok = true;
     for (size_t i = 0; i < ARRAY_SIZE(r->b); i++) {
@@ -247,60 +195,6 @@ static bool submit_all(struct run *r)
         r->b[i] = NULL;
     }
     return ok;
-}
-
-static void finish(struct run *r)
-{
-    struct jobs *j = r->j;
-    r->sum.finished_wall_ms = util_wall_ms();
-    if (r->cancelled)
-        set_error(r, "run", "cancelled by shutdown");
-    if (r->failed_requests == 0 && !r->sum.error[0])
-        r->sum.status = JOB_STATUS_OK;
-    else if (r->ok_requests > 0)
-        r->sum.status = JOB_STATUS_PARTIAL;
-    else
-        r->sum.status = JOB_STATUS_FAILED;
-
-    /* The run's own record, through the sink like every other row. */
-    const char *name = config_job_name(r->id);
-    struct batch *b = batch_new(BATCH_JOB_RUNS, 1);
-    if (b && batch_add_row(b) == 0) {
-        const char *status = jobs_status_name(r->sum.status);
-        batch_set_str(b, 0, 0, name, strlen(name));
-        batch_set_time(b, 0, 1, (int64_t)r->sum.started_wall_ms);
-        batch_set_time(b, 0, 2, (int64_t)r->sum.finished_wall_ms);
-        batch_set_str(b, 0, 3, status, strlen(status));
-        batch_set_int(b, 0, 4, (int64_t)r->sum.requests);
-        batch_set_int(b, 0, 5, (int64_t)r->sum.rows);
-        batch_set_int(b, 0, 6, (int64_t)(r->sum.finished_wall_ms - r->sum.started_wall_ms));
-        if (r->sum.error[0])
-            batch_set_str(b, 0, 7, r->sum.error, strlen(r->sum.error));
-        if (sink_submit(j->sink, b) != 0)
-            log_warn("job_runs row lost", LOG_S("job", name));
-    } else {
-        batch_free(b);
-        log_warn("job_runs row lost: out of memory", LOG_S("job", name));
-    }
-
-    char labels[128];
-    snprintf(labels, sizeof(labels), "job=\"%s\",status=\"%s\"", name,
-             jobs_status_name(r->sum.status));
-    metrics_add("coingest_job_runs_total", labels, 1);
-    snprintf(labels, sizeof(labels), "job=\"%s\"", name);
-    metrics_observe("coingest_job_duration_seconds", labels,
-                    (double)(r->sum.finished_wall_ms - r->sum.started_wall_ms) / 1000.0);
-    if (r->sum.status == JOB_STATUS_OK)
-        metrics_set("coingest_job_last_success_timestamp_seconds", labels,
-                    (double)r->sum.finished_wall_ms / 1000.0);
-
-    j->last[r->id] = r->sum;
-    j->runs[r->id] = NULL;
-    jobs_done_cb done = r->done;
-    void *arg = r->arg;
-    struct job_summary sum = r->sum;
-    run_free(r);
-    done(&sum, arg);
 }
 
 /* --- request building --------------------------------------------------------------------- */
@@ -352,7 +246,7 @@ static int append_raw(char *buf, size_t cap, size_t *n, const char *s)
 /* Builds prefix + ids + suffix from r->ids starting at r->next_id, with as many ids (at most
  * max_ids, at least one) as keep the path within the URL budget. Sets req_ids/req_nids and
  * advances next_id. */
-static int build_ids_path(struct run *r, const char *prefix, const char *suffix, size_t max_ids)
+static int build_ids_path(struct cg_run *r, const char *prefix, const char *suffix, size_t max_ids)
 {
     size_t n = 0;
     r->path[0] = '\0';
@@ -383,7 +277,7 @@ static int build_ids_path(struct run *r, const char *prefix, const char *suffix,
 
 /* /coins/markets?vs_currency=V[&category=C]&order=market_cap_desc&per_page=P&page=N
  * &precision=full: one page of a walk. */
-static int markets_page_path(struct run *r, const char *vs, const char *category)
+static int markets_page_path(struct cg_run *r, const char *vs, const char *category)
 {
     size_t n = 0;
     char tail[128];
@@ -403,7 +297,7 @@ static int markets_page_path(struct run *r, const char *vs, const char *category
 
 /* Keeps only the first `keep` rows of each batch and ids of this page (a top-N walk's last
  * page holds more coins than the N still wanted). */
-static void trim_page(struct run *r, uint64_t keep)
+static void trim_page(struct cg_run *r, uint64_t keep)
 {
     for (size_t i = 0; i < ARRAY_SIZE(r->b); i++)
         while (r->b[i] && r->b[i]->nrows > keep)
@@ -413,14 +307,14 @@ static void trim_page(struct run *r, uint64_t keep)
 }
 
 /* Is this a walk limited to the top N (so the last page is trimmed)? */
-static bool top_walk(const struct run *r)
+static bool top_walk(const struct cg_run *r)
 {
     return r->top && (r->step == ST_RESOLVE_TOP || (r->step == ST_MARKETS && r->ids_all));
 }
 
 static int parse_body(const char *body, size_t len, void *arg, char *err, size_t errlen)
 {
-    struct run *r = arg;
+    struct cg_run *r = run_state(arg);
     struct coingecko_stats st = {0};
     r->times.fetched_ms = (int64_t)util_wall_ms();
     int rc = -EINVAL;
@@ -468,48 +362,31 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
         break;
     }
     if (rc == 0) {
-        r->sum.counted += st.field_type_errors + st.missing_coins + st.missing_currencies +
-                          st.missing_last_updated + st.skipped + st.overflow_numbers;
+        run_count(r->run, st.field_type_errors + st.missing_coins + st.missing_currencies +
+                              st.missing_last_updated + st.skipped + st.overflow_numbers);
         if (st.field_type_errors)
             metrics_add("coingest_field_errors_total", "", (double)st.field_type_errors);
-    } else {
-        char labels[96];
-        snprintf(labels, sizeof(labels), "job=\"%s\"", config_job_name(r->id));
-        metrics_add("coingest_parse_errors_total", labels, 1);
-        log_warn("response did not parse; retrying", LOG_S("job", config_job_name(r->id)),
-                 LOG_S("error", err));
     }
-    return rc;
+    return rc; /* the runner counts and logs a rejected body */
 }
 
 /* --- the state machine -------------------------------------------------------------------- */
 
-static void advance(struct run *r);
+static void advance(struct cg_run *r);
 
 static void on_done(const struct fetch_result *res, void *arg)
 {
-    struct run *r = arg;
-    r->req = NULL;
+    struct cg_run *r = run_state(arg);
     r->sent = true;
-    r->sum.requests += res->attempts;
     r->last_ok = res->outcome == FETCH_OK;
-    if (res->outcome == FETCH_CANCELLED) {
-        r->cancelled = true;
+    /* The runner has counted the request and recorded a failure as the run's error. */
+    if (!r->last_ok)
         drop_batches(r);
-    } else if (!r->last_ok) {
-        r->failed_requests++;
-        char what[128];
-        snprintf(what, sizeof(what), "GET %.100s", r->path);
-        set_error(r, what, res->error);
-        drop_batches(r);
-    } else {
-        r->ok_requests++;
-    }
     advance(r);
 }
 
 /* Sends r->path with fresh batches of the given specs (-1: none). */
-static int send_request(struct run *r, int b0, int b1, int b2)
+static int send_request(struct cg_run *r, int b0, int b1, int b2)
 {
     int specs[3] = {b0, b1, b2};
     drop_batches(r);
@@ -520,12 +397,11 @@ static int send_request(struct run *r, int b0, int b1, int b2)
     r->got_ncoins = 0;
     r->sent = false;
     r->last_ok = false;
-    r->req = api_get(r->j->api, r->path, TBUCKET_PRIO_LIVE, parse_body, on_done, r);
-    return r->req ? 0 : -ENOMEM;
+    return run_get(r->run, r->path, parse_body, on_done);
 }
 
 /* Enters a step with fresh pagination state. */
-static void next_step(struct run *r, enum step st)
+static void next_step(struct cg_run *r, enum step st)
 {
     r->step = st;
     r->path[0] = '\0';
@@ -540,7 +416,7 @@ static void next_step(struct run *r, enum step st)
 
 /* After a page of a walk: records it and says whether the walk goes on to page+1. A page
  * that failed for good ends the walk (the engine already retried it). */
-static bool page_done(struct run *r)
+static bool page_done(struct cg_run *r)
 {
     if (!r->last_ok) {
         r->walk_failed = true;
@@ -556,7 +432,7 @@ static bool page_done(struct run *r)
 
 /* Narrows the run's ids to those in `set` (sorted); when the run tracks "all", the set
  * becomes its universe. */
-static void narrow(struct run *r, const struct strlist *set)
+static void narrow(struct cg_run *r, const struct strlist *set)
 {
     struct strlist keep = {0};
     if (r->ids_all) {
@@ -572,7 +448,7 @@ static void narrow(struct run *r, const struct strlist *set)
 }
 
 /* Stores a walk's ids as a cache entry, unless the universe changed since the run began. */
-static void cache_store(struct run *r, struct idcache *c)
+static void cache_store(struct cg_run *r, struct idcache *c)
 {
     if (r->gen != r->j->gen)
         return;
@@ -593,9 +469,9 @@ static bool cache_fresh(const struct idcache *c, uint64_t ttl_ms)
 /* Universe resolution through a cached walk (categories or top N). Returns 1 when the step
  * is done (the run's ids are narrowed and it moved on), 0 when a request was sent, or a
  * negative code. */
-static int resolve_step(struct run *r)
+static int resolve_step(struct cg_run *r)
 {
-    struct jobs *j = r->j;
+    struct cg_state *j = r->j;
     bool cats = r->step == ST_RESOLVE_CATEGORIES;
     enum step next = cats ? ST_RESOLVE_TOP : r->after_resolve;
     if (cats ? !r->categories.n : !r->top) {
@@ -622,7 +498,7 @@ static int resolve_step(struct run *r)
             set = r->scratch.n ? &r->scratch : &cache->ids;
         } else if (cache->valid && (cats || cache->top == r->top)) {
             log_warn("universe resolution failed; using the previous result",
-                     LOG_S("job", config_job_name(r->id)), LOG_S("error", r->sum.error));
+                     LOG_S("job", run_name(r->run)));
             set = &cache->ids;
         } else {
             set_error(r, "universe", "could not be resolved");
@@ -643,9 +519,9 @@ static int resolve_step(struct run *r)
                         cats ? BATCH_ASSET_CATEGORIES : -1);
 }
 
-static int assets_list_step(struct run *r)
+static int assets_list_step(struct cg_run *r)
 {
-    struct jobs *j = r->j;
+    struct cg_state *j = r->j;
     if (!r->sent) {
         snprintf(r->path, sizeof(r->path), "/coins/list?include_platform=true");
         return send_request(r, BATCH_ASSETS_LIST, -1, -1);
@@ -673,7 +549,7 @@ static int assets_list_step(struct run *r)
     return 1;
 }
 
-static int category_pages_step(struct run *r)
+static int category_pages_step(struct cg_run *r)
 {
     if (r->cat_idx >= r->categories.n) {
         next_step(r, ST_DONE);
@@ -704,7 +580,7 @@ static int category_pages_step(struct run *r)
     return send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET, BATCH_ASSET_CATEGORIES);
 }
 
-static int prices_step(struct run *r)
+static int prices_step(struct cg_run *r)
 {
     if (r->sent)
         submit_all(r);
@@ -739,7 +615,7 @@ static int prices_step(struct run *r)
 
 /* market_caps: `ids = all` without categories walks the pages (with `top`: the first N
  * coins); any other universe is fetched by id, 250 ids a request (a page's maximum). */
-static int markets_step(struct run *r)
+static int markets_step(struct cg_run *r)
 {
     if (r->sent) {
         bool ok = r->last_ok;
@@ -801,11 +677,11 @@ static int markets_step(struct run *r)
 /* Moves the run to its next request, or finishes it. Called at the start and after each
  * request; each step function returns 0 (a request is under way), 1 (go on to the next
  * step now) or a negative code (the run cannot go on). */
-static void advance(struct run *r)
+static void advance(struct cg_run *r)
 {
-    struct jobs *j = r->j;
+    struct cg_state *j = r->j;
     for (;;) {
-        if (r->cancelled)
+        if (run_cancelled(r->run))
             r->step = ST_DONE;
         int rc = 1;
         switch (r->step) {
@@ -867,82 +743,76 @@ static void advance(struct run *r)
             break;
         case ST_DONE:
         default:
-            finish(r);
+            run_finish(r->run);
             return;
         }
         if (rc == 0)
             return;
         if (rc < 0) {
-            set_error(r, "request", rc == -ENOSPC ? "URL too long" : "out of memory");
-            r->failed_requests++;
+            run_fail_request(r->run, "request", rc == -ENOSPC ? "URL too long" : "out of memory");
             drop_batches(r);
             next_step(r, ST_DONE);
         }
     }
 }
 
-int jobs_run(struct jobs *j, enum job_id id, jobs_done_cb done, void *arg)
+/* The interval of one of the three jobs (0 when absent). */
+static uint64_t job_every(const struct config *cfg, const char *name)
 {
-    if ((unsigned)id >= JOB_COUNT)
-        return -EINVAL;
-    if (j->runs[id])
-        return -EBUSY;
-    struct run *r = calloc(1, sizeof(*r));
-    if (!r)
-        return -ENOMEM;
-    const struct config *cfg = j->cfg;
+    int i = config_job_index(cfg, name);
+    return i >= 0 ? cfg->jobs[i].every_ms : 0;
+}
+
+static int cg_start(struct run *run, enum cg_job id)
+{
+    struct cg_run *r = run_state(run);
+    struct cg_state *j = run_source_state(run);
+    const struct config *cfg = run_config(run);
+    const struct cfg_source *src = run_source(run);
+    const struct cfg_value *per_page = config_source_value(src, "per_page");
+    r->run = run;
     r->j = j;
     r->id = id;
-    r->done = done;
-    r->arg = arg;
     r->gen = j->gen;
-    r->sum.job = id;
-    r->sum.started_wall_ms = util_wall_ms();
-    r->times.run_ms = (int64_t)r->sum.started_wall_ms;
+    r->times.run_ms = (int64_t)run_started_ms(run);
     r->times.fetched_ms = r->times.run_ms;
     r->all = cfg->universe.all;
     r->top = cfg->universe.top;
-    r->per_page = cfg->coingecko.per_page ? cfg->coingecko.per_page : 250;
-    size_t base = cfg->coingecko.base_url ? strlen(cfg->coingecko.base_url) : 0;
-    size_t max_url = cfg->coingecko.max_url_bytes ? cfg->coingecko.max_url_bytes : 8000;
+    r->per_page = per_page && per_page->u ? (uint32_t)per_page->u : 250;
+    size_t base = src->base_url ? strlen(src->base_url) : 0;
+    size_t max_url = src->max_url_bytes ? src->max_url_bytes : 8000;
     r->url_budget = max_url > base ? max_url - base : 0;
     /* A resolved set is reused until the job that refreshes it anyway would have run. */
-    r->cache_ttl_top_ms = cfg->jobs[JOB_MARKET_CAPS].every_ms;
-    r->cache_ttl_categories_ms = cfg->jobs[JOB_ASSETS].every_ms;
+    r->cache_ttl_top_ms = job_every(cfg, "market_caps");
+    r->cache_ttl_categories_ms = job_every(cfg, "assets");
     if (strlist_append(&r->vs, &cfg->universe.vs_currencies) ||
         strlist_append(&r->categories, &cfg->universe.categories) ||
-        (r->vs.n == 0 && strlist_push(&r->vs, "usd", 3))) {
-        run_free(r);
+        (r->vs.n == 0 && strlist_push(&r->vs, "usd", 3)))
         return -ENOMEM;
-    }
     next_step(r, ST_DONE);
 
     switch (id) {
-    case JOB_ASSETS:
+    case CG_ASSETS:
         next_step(r, ST_ASSETS_LIST);
         break;
-    case JOB_PRICES:
-    case JOB_MARKET_CAPS:
-        r->after_resolve = id == JOB_PRICES ? ST_PRICES : ST_MARKETS;
+    case CG_PRICES:
+    case CG_MARKET_CAPS:
+        r->after_resolve = id == CG_PRICES ? ST_PRICES : ST_MARKETS;
         if (!r->all) {
-            if (strlist_append(&r->ids, &cfg->universe.ids)) {
-                run_free(r);
+            if (strlist_append(&r->ids, &cfg->universe.ids))
                 return -ENOMEM;
-            }
             strlist_sort_uniq(&r->ids);
             next_step(r, ST_RESOLVE_CATEGORIES);
-        } else if (r->categories.n || (r->top && id == JOB_PRICES)) {
+        } else if (r->categories.n || (r->top && id == CG_PRICES)) {
             r->ids_all = true;
             next_step(r, ST_RESOLVE_CATEGORIES);
-        } else if (id == JOB_MARKET_CAPS) {
+        } else if (id == CG_MARKET_CAPS) {
             /* Every coin (or the top N) by walking the pages: nothing to resolve. */
             r->ids_all = true;
             next_step(r, ST_MARKETS);
         } else if (j->listed.n) {
-            if (strlist_append(&r->ids, &j->listed)) {
-                run_free(r);
+            if (strlist_append(&r->ids, &j->listed))
                 return -ENOMEM;
-            }
             next_step(r, ST_PRICES);
         } else {
             next_step(r, ST_RESOLVE_LIST);
@@ -951,88 +821,87 @@ int jobs_run(struct jobs *j, enum job_id id, jobs_done_cb done, void *arg)
     default:
         break;
     }
-    j->runs[id] = r;
-    log_info("job started", LOG_S("job", config_job_name(id)));
     advance(r);
     return 0;
 }
 
-void jobs_cancel(struct jobs *j)
+static int assets_start(struct run *run)
 {
-    for (int i = 0; i < JOB_COUNT; i++) {
-        struct run *r = j->runs[i];
-        if (!r)
-            continue;
-        r->cancelled = true;
-        if (r->req)
-            fetch_cancel(r->req); /* on_done runs and finishes the run */
-    }
+    return cg_start(run, CG_ASSETS);
 }
 
-/* --- budget ------------------------------------------------------------------------------- */
-
-bool jobs_print_budget(const struct config *cfg, uint64_t universe_size, FILE *out)
+static int prices_start(struct run *run)
 {
-    const struct cfg_source *src = &cfg->coingecko;
-    uint64_t n = universe_size;
-    if (!n)
-        n = cfg->universe.all ? 17500 : cfg->universe.ids.n;
-    if (cfg->universe.top && cfg->universe.top < n)
-        n = cfg->universe.top;
-    uint64_t nvs = cfg->universe.vs_currencies.n ? cfg->universe.vs_currencies.n : 1;
-    uint32_t per_page = src->per_page ? src->per_page : 250;
-    uint64_t cats = cfg->universe.categories.n;
+    return cg_start(run, CG_PRICES);
+}
+
+static int market_caps_start(struct run *run)
+{
+    return cg_start(run, CG_MARKET_CAPS);
+}
+
+/* --- budget and definitions ------------------------------------------------------------- */
+
+static uint32_t cfg_per_page(const struct cfg_source *src)
+{
+    const struct cfg_value *v = config_source_value(src, "per_page");
+    return v && v->u ? (uint32_t)v->u : 250;
+}
+
+static uint64_t assets_requests(const struct config *cfg, const struct cfg_job *job, uint64_t n)
+{
+    (void)job;
+    (void)n;
+    return 2 + cfg->universe.categories.n * 2;
+}
+
+static uint64_t prices_requests(const struct config *cfg, const struct cfg_job *job, uint64_t n)
+{
+    const struct cfg_source *src = config_job_source(cfg, job);
     /* An id costs about its length plus a separator; CoinGecko ids average ~14 bytes. */
-    uint64_t per_price_req = src->max_url_bytes > 400 ? (src->max_url_bytes - 300) / 17 : 1;
-    uint64_t reqs[JOB_COUNT];
-    reqs[JOB_ASSETS] = 2 + cats * 2;
-    reqs[JOB_PRICES] = (n + per_price_req - 1) / per_price_req;
-    reqs[JOB_MARKET_CAPS] = nvs * ((n + per_page - 1) / per_page) + 1;
-    double per_min = 0, per_month = 0;
-    char line[4096];
-    size_t len = 0;
-    for (int i = 0; i < JOB_COUNT; i++) {
-        const struct cfg_job *jb = &cfg->jobs[i];
-        if (!jb->enabled || !jb->every_ms)
-            continue;
-        double runs_per_min = 60000.0 / (double)jb->every_ms;
-        double rpm = (double)reqs[i] * runs_per_min;
-        per_min += rpm;
-        per_month += rpm * 60 * 24 * 30;
-        len += (size_t)snprintf(line + len, sizeof(line) - len,
-                                "budget: job=%s requests_per_run=%llu every=%llus "
-                                "requests_per_min=%.2f requests_per_month=%.0f\n",
-                                jb->name, (unsigned long long)reqs[i],
-                                (unsigned long long)(jb->every_ms / 1000), rpm, rpm * 60 * 24 * 30);
-    }
-    double limit = src->rate_limit.period_ms
-                       ? (double)src->rate_limit.count * 60000.0 / (double)src->rate_limit.period_ms
-                       : 0;
-    double plan = src->plan_limit.period_ms
-                      ? (double)src->plan_limit.count * 60000.0 / (double)src->plan_limit.period_ms
-                      : limit;
-    bool fits = per_min <= limit && per_min <= plan &&
-                (!src->monthly_credits || per_month <= (double)src->monthly_credits);
-    len +=
-        (size_t)snprintf(line + len, sizeof(line) - len,
-                         "budget: total requests_per_min=%.2f rate_limit_per_min=%.2f "
-                         "plan_limit_per_min=%.2f requests_per_month=%.0f monthly_credits=%llu "
-                         "universe=%llu fits=%s\n",
-                         per_min, limit, plan, per_month, (unsigned long long)src->monthly_credits,
-                         (unsigned long long)n, fits ? "yes" : "no");
-    if (out) {
-        fputs(line, out);
-        if (!fits)
-            fprintf(out, "warning: the configured jobs need more requests than the limits allow; "
-                         "runs will take longer than their interval or exhaust the plan\n");
-    } else {
-        log_info("request budget", LOG_F("requests_per_min", per_min),
-                 LOG_F("rate_limit_per_min", limit), LOG_F("plan_limit_per_min", plan),
-                 LOG_F("requests_per_month", per_month),
-                 LOG_U("monthly_credits", src->monthly_credits), LOG_U("universe", n),
-                 LOG_B("fits", fits));
-        if (!fits)
-            log_warn("the configured jobs need more requests than the limits allow");
-    }
-    return fits;
+    uint64_t per_req = src->max_url_bytes > 400 ? (src->max_url_bytes - 300) / 17 : 1;
+    return (n + per_req - 1) / per_req;
 }
+
+static uint64_t market_caps_requests(const struct config *cfg, const struct cfg_job *job,
+                                     uint64_t n)
+{
+    uint64_t nvs = cfg->universe.vs_currencies.n ? cfg->universe.vs_currencies.n : 1;
+    uint32_t per_page = cfg_per_page(config_job_source(cfg, job));
+    return nvs * ((n + per_page - 1) / per_page) + 1;
+}
+
+#define MS_MINUTE (60u * 1000u)
+
+const struct job_def coingecko_assets_job = {
+    .name = "assets",
+    .every_ms = 24ull * 60 * MS_MINUTE,
+    .enabled = true,
+    .priority = TBUCKET_PRIO_LIVE,
+    .run_size = sizeof(struct cg_run),
+    .start = assets_start,
+    .cleanup = cg_cleanup,
+    .requests_per_run = assets_requests,
+};
+
+const struct job_def coingecko_prices_job = {
+    .name = "prices",
+    .every_ms = 5 * MS_MINUTE,
+    .enabled = true,
+    .priority = TBUCKET_PRIO_LIVE,
+    .run_size = sizeof(struct cg_run),
+    .start = prices_start,
+    .cleanup = cg_cleanup,
+    .requests_per_run = prices_requests,
+};
+
+const struct job_def coingecko_market_caps_job = {
+    .name = "market_caps",
+    .every_ms = 60 * MS_MINUTE,
+    .enabled = true,
+    .priority = TBUCKET_PRIO_LIVE,
+    .run_size = sizeof(struct cg_run),
+    .start = market_caps_start,
+    .cleanup = cg_cleanup,
+    .requests_per_run = market_caps_requests,
+};

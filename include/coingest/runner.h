@@ -1,0 +1,180 @@
+/*
+ * runner: runs jobs, the same way for every job of every source.
+ *
+ * A job (struct job_def) belongs to a source (source.h) and says what one run does: its steps,
+ * written as a small state machine in the source's folder, its request priority, its own
+ * config keys, and how many requests a run costs (for the budget). The runner owns everything
+ * else: one run of a job at a time (-EBUSY otherwise), the run's summary, its `job_runs` row,
+ * the job metrics, cancellation at shutdown, and the seams a run talks to the world through.
+ *
+ * Seams. A run sends requests with run_get() (through its source's API: token bucket,
+ * retries; fetch.h), hands rows out with run_emit() and reads what it needs from the database
+ * with run_read(). Rows and reads go through a `struct store`: in the daemon that is the sink
+ * (its writer pool commits, or spools, every batch, and answers reads on a writer connection
+ * off the loop thread); in tests it is an in-memory collector, so a job runs without a
+ * database.
+ *
+ * A run's life: runner_start() allocates the job's run state (def->run_size bytes, zeroed)
+ * and calls def->start(); the job sends requests and, in their callbacks, emits rows and
+ * plans the next request; when it has nothing left to do it calls run_finish(), exactly once,
+ * possibly from inside start(). The runner then writes the `job_runs` row (through the store,
+ * like any row), counts the metrics, calls def->cleanup(), and reports the summary to the
+ * runner_start() caller.
+ *
+ * Status: ok when no request failed for good and no error was recorded; partial when some
+ * requests succeeded and something failed; failed when nothing succeeded or the run could
+ * not start. run_fail() records an error (the first one is kept).
+ *
+ * Thread: loop thread only. Store callbacks run on the loop thread too.
+ */
+#ifndef COINGEST_RUNNER_H
+#define COINGEST_RUNNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "coingest/batch.h"
+#include "coingest/config.h"
+#include "coingest/fetch.h"
+
+enum run_status { RUN_OK = 0, RUN_PARTIAL = 1, RUN_FAILED = 2 };
+
+struct run_summary {
+    size_t job;       /* index into config.jobs */
+    const char *name; /* the job's name (static) */
+    enum run_status status;
+    uint64_t requests; /* HTTP requests the run made (attempts, including retries) */
+    uint64_t rows;     /* rows handed to the store and accepted */
+    uint64_t counted;  /* anomalies counted, not errors: coins left out, bad fields */
+    uint64_t started_wall_ms, finished_wall_ms;
+    char error[512]; /* first error, "" when none */
+};
+
+/* The result of a read: nrows x ncols text cells (NULL for SQL NULL), row-major, plus the
+ * column names. Valid during the read callback only. */
+struct store_rows {
+    uint32_t nrows, ncols;
+    char **names;
+    char **cells;
+};
+
+/* rc 0 with rows, or -errno (-ENOTCONN: no database now; -EIO: the server refused the query,
+ * err says why; -E2BIG: more than max_rows; -ECANCELED: shutting down). */
+typedef void (*store_read_cb)(int rc, const struct store_rows *rows, const char *err, void *arg);
+
+/* Where rows go and reads come from. submit takes the batch (also on error) and returns 0
+ * when the rows are accepted (committed, or durably on their way), else -errno. read runs a
+ * SELECT with string parameters and calls cb exactly once, later, on the loop thread; it
+ * returns 0, or -errno when cb will not run. read may be NULL (no database to read). */
+struct store {
+    int (*submit)(void *ctx, struct batch *b);
+    int (*read)(void *ctx, const char *sql, const char *const *params, size_t nparams,
+                size_t max_rows, store_read_cb cb, void *arg);
+    void *ctx;
+};
+
+struct run;
+
+/* What a job is. Definitions are static and live in their source's folder. */
+struct job_def {
+    const char *name;           /* [job.NAME], `--once NAME`, job_runs.job */
+    uint64_t every_ms;          /* default interval */
+    bool enabled;               /* default */
+    int priority;               /* token bucket class of its requests (tbucket.h) */
+    const struct cfg_key *keys; /* the job's own keys in [job.NAME] */
+    size_t nkeys;
+    size_t run_size; /* bytes of run state runner_start allocates, zeroed; run_state() */
+    /* Begins a run: sends the first request, or calls run_finish(). Returns 0, or -errno
+     * when the run could not begin (it is then finished as failed; do not call run_finish). */
+    int (*start)(struct run *r);
+    /* Frees what the run state holds (not the state itself); may be NULL. */
+    void (*cleanup)(struct run *r);
+    /* Requests one run makes with this config, for the budget; `universe` is the number of
+     * tracked assets. */
+    uint64_t (*requests_per_run)(const struct config *cfg, const struct cfg_job *job,
+                                 uint64_t universe);
+};
+
+typedef void (*runner_done_cb)(const struct run_summary *sum, void *arg);
+
+struct runner;
+
+/* The runner over a config (which must outlive it or be replaced with runner_set_config),
+ * the APIs of the sources (apis[i] for cfg->sources[i]; NULL for a source that is off) and
+ * a store (copied). Makes each source's shared state. NULL on OOM. */
+struct runner *runner_new(const struct config *cfg, struct api *const *apis, struct store store);
+
+/* Frees the runner; runs still going are freed without their done callbacks (cancel first). */
+void runner_free(struct runner *rn);
+
+/* A reloaded config: each source's reconfigure hook sees it; the next runs use it. */
+void runner_set_config(struct runner *rn, const struct config *cfg);
+
+/* Starts one run of job `job` (index into cfg->jobs). Returns 0, -EBUSY if that job is already
+ * running, -ENODEV if its source is off, -EINVAL for a bad index, -ENOMEM. `done` runs once on
+ * the loop thread when the run is over -- possibly before runner_start returns. */
+int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg);
+
+/* Cancels every run (shutdown): in-flight requests are cancelled, rows already emitted stay
+ * emitted, and each run's done callback reports it. */
+void runner_cancel(struct runner *rn);
+
+/* Is a run of `job` going on? Is any? */
+bool runner_running(const struct runner *rn, size_t job);
+bool runner_any_running(const struct runner *rn);
+
+/* The last summary of a job (zeroed, with its name, before its first run). */
+const struct run_summary *runner_last(const struct runner *rn, size_t job);
+
+/* Prints the request budget the configuration implies per source (requests per minute and per
+ * month per job, from each job's requests_per_run) against each source's limits; returns true
+ * when everything fits. `universe_size` 0 estimates. out NULL logs instead. */
+bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE *out);
+
+const char *run_status_name(enum run_status s);
+
+/* ---- for job definitions ------------------------------------------------------------------ */
+
+void *run_state(struct run *r);        /* the job's run_size bytes */
+void *run_source_state(struct run *r); /* the source's shared state (state_new), or NULL */
+const struct config *run_config(const struct run *r); /* the config the run started with */
+const struct cfg_job *run_job(const struct run *r);
+const struct cfg_source *run_source(const struct run *r);
+const char *run_name(const struct run *r);
+uint64_t run_started_ms(const struct run *r); /* wall ms */
+bool run_cancelled(const struct run *r);
+
+/* Sends GET base_url + path_query through the source's API at the job's priority. `parse`
+ * (may be NULL) vets a 2xx body as in fetch.h; when it rejects one, the runner counts a parse
+ * error (coingest_parse_errors_total{api,job}) and logs it, and the engine retries. `done`
+ * runs once with the final result. Both callbacks get the run (struct run *) as their arg.
+ * Before `done` runs, the runner has already counted the attempts and, for a
+ * request that failed for good, recorded "GET path: reason" as the run's error (first one
+ * wins) -- for FETCH_CANCELLED, run_cancelled() is true. One request at a time per run.
+ * Returns 0 or -ENOMEM (no callback). */
+int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_done_cb done);
+
+/* Hands a batch to the store (which takes it); an empty batch is just freed. Counts the rows.
+ * Returns 0, or -errno after recording an error when the store refused the rows. */
+int run_emit(struct run *r, struct batch *b);
+
+/* Reads through the store (see struct store); -ENOTSUP when the store cannot read. */
+int run_read(struct run *r, const char *sql, const char *const *params, size_t nparams,
+             size_t max_rows, store_read_cb cb, void *arg);
+
+/* Records an error ("what: why"; the first one is kept). */
+void run_fail(struct run *r, const char *what, const char *why);
+
+/* A request the job could not even send (its URL would be too long, out of memory): counts as
+ * a failed request and records the error. */
+void run_fail_request(struct run *r, const char *what, const char *why);
+
+/* Counts anomalies that are not errors (skipped elements, bad fields). */
+void run_count(struct run *r, uint64_t n);
+
+/* Ends the run (see above). The run and its state are gone when this returns. */
+void run_finish(struct run *r);
+
+#endif
