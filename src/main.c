@@ -7,7 +7,7 @@
  * Exit codes: 0 success; 1 a --once job failed or rows were not committed in time; 2 bad
  * usage (EX_USAGE is 64, but getopt tradition and most daemons use 2); 78 (EX_CONFIG) bad
  * configuration; 69 (EX_UNAVAILABLE) --migrate could not reach the database; 70/71 startup
- * failures.
+ * failures; 75 (EX_TEMPFAIL) spool_dir held by another process. docs/operations.md lists them.
  */
 #include <errno.h>
 #include <getopt.h>

@@ -1761,9 +1761,19 @@ int sink_start(struct sink *s)
         return rc;
     }
     rc = spool_open(s->spool_path, 0, &s->spool);
+    if (rc == -EBUSY) {
+        char holder[24] = "unknown";
+        long pid = spool_holder(s->spool_path);
+        if (pid > 0)
+            snprintf(holder, sizeof(holder), "%ld", pid);
+        log_error("spool_dir is in use by another process (another coingestd on the same "
+                  "spool_dir?); not starting",
+                  LOG_S("spool_dir", s->spool_path), LOG_S("holder_pid", holder));
+        return rc;
+    }
     if (rc) {
-        log_error("cannot open the spool directory", LOG_S("dir", s->spool_path),
-                  LOG_S("error", rc == -EBUSY ? "in use by another process" : strerror(-rc)));
+        log_error("cannot open the spool directory", LOG_S("spool_dir", s->spool_path),
+                  LOG_S("error", strerror(-rc)));
         return rc;
     }
     struct spool_stats ss;
@@ -1775,6 +1785,7 @@ int sink_start(struct sink *s)
                  LOG_U("rows", ss.rows), LOG_U("records", ss.records), LOG_U("bytes", ss.bytes));
     rc = uv_async_init(s->loop, &s->async, on_async);
     if (rc) {
+        log_error("cannot start the sink", LOG_S("error", uv_strerror(rc)));
         spool_close(s->spool);
         s->spool = NULL;
         return rc;
@@ -2116,13 +2127,24 @@ void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), v
                 spool_close(s->spool);
                 s->spool = NULL;
             }
-            /* Nothing runs: call back on the next iteration, never inline. cb_timer stays the
-             * one timer armed; on_cb_timer sets timers_off when it fires. */
+            s->ready_cb = NULL;
+            /* Nothing runs: call back on the next iteration, never inline, and from a close
+             * callback as a started sink does, not from a timer: the callback may free the
+             * timers facility (the daemon's teardown after a failed start does), which a
+             * wheel callback must not. */
+            if (uv_async_init(s->loop, &s->async, on_async) == 0) {
+                stop_all_timers(s);
+                s->async.data = s;
+                s->async_init = true;
+                uv_close((uv_handle_t *)&s->async, on_async_closed);
+                return;
+            }
+            /* No handle to close (out of file descriptors?): cb_timer stays the one timer
+             * armed; on_cb_timer sets timers_off when it fires. */
             tstop(s, &s->flush_timer);
             tstop(s, &s->grace_timer);
             tstop(s, &s->shut_timer);
             tstop(s, &s->replay_timer);
-            s->ready_cb = NULL;
             s->idle_cb = cb;
             s->idle_arg = arg;
             s->idle_due = true;

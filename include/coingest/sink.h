@@ -47,7 +47,10 @@ struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct confi
 
 /* Opens the spool (creating spool_dir), starts the writer threads, which connect, apply
  * migrations when auto_migrate is on, and then replay the spool. The database may be down:
- * the sink keeps trying with backoff. Returns 0 or -errno (spool dir unusable: fatal). */
+ * the sink keeps trying with backoff. Returns 0 or -errno, fatal either way, with the reason
+ * logged here: -EBUSY when another process holds spool_dir's lock (the message names the
+ * directory and that process's pid when known), another -errno when spool_dir is unusable or
+ * no writer thread could start. After a failure, sink_shutdown and sink_free still work. */
 int sink_start(struct sink *s);
 
 /* Hands a batch to the sink, which takes ownership (also on error). Returns 0 when accepted
@@ -72,7 +75,9 @@ void sink_reconfigure(struct sink *s, const struct config *cfg);
 
 /* Graceful stop: flush what is in memory to the database within timeout_ms, spool whatever
  * is left, stop the threads, then call cb on the loop thread. Calling it again (second
- * SIGTERM) cuts the wait short: everything not yet committed is spooled at once. */
+ * SIGTERM) cuts the wait short: everything not yet committed is spooled at once. cb never
+ * runs inline; it runs from a handle's close callback, not from a timer callback, also for a
+ * sink that never started, so cb may free the timers facility. */
 void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), void *arg);
 
 /* Frees the sink. After its shutdown callback ran it may be called after timers_free (the

@@ -16,6 +16,8 @@
  * fail with EFBIG) keeps rows in memory up to twice max_pending_rows and refuses, and counts
  * as lost, only the rest; a hard stop with a failing spool counts the rows left in memory; a
  * sink that never started stops its timers, so it can be freed after the timers facility; a
+ * spool_dir held by another process fails sink_start with -EBUSY and the never-started sink
+ * stops without crashing when its shutdown callback frees the timers (the daemon's order); a
  * stop while a migration waits on GET_LOCK cuts the wait off instead of sitting out its 120 s.
  *
  * Tests wait for conditions (sink_on_idle, the shutdown callback, a stats predicate checked on
@@ -43,6 +45,7 @@
 #include "coingest/db.h"
 #include "coingest/metrics.h"
 #include "coingest/sink.h"
+#include "coingest/spool.h"
 #include "coingest/timers.h"
 #include "coingest/wheel.h"
 #include "testdb.h"
@@ -961,8 +964,8 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 1);
     h->stopped = false;
     sink_shutdown(h->s, 1000, on_stopped, h);
-    /* NOWAIT: the callback comes from a timer, and UV_RUN_ONCE would go on to block in the
-     * poll phase after running it (only the watchdog would wake it). */
+    /* NOWAIT: the callback comes from a close callback, and UV_RUN_ONCE would go on to block
+     * in the poll phase after running it (only the watchdog would wake it). */
     while (!h->stopped)
         uv_run(&h->loop, UV_RUN_NOWAIT);
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
@@ -979,6 +982,39 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     uv_run(&h->loop, UV_RUN_NOWAIT);
     sink_free(h->s); /* must not touch the freed timers (ASan checks) */
     h->s = NULL;
+}
+
+/* The daemon's teardown after a failed start frees the timers facility inside the sink's
+ * shutdown callback. */
+static void on_stopped_free_timers(void *arg)
+{
+    struct h *h = arg;
+    timers_free(h->timers);
+    h->timers = NULL;
+    h->stopped = true;
+}
+
+/* A spool_dir that another process holds: sink_start returns -EBUSY, and the sink that never
+ * started stops like the daemon stops it, freeing the timers in its shutdown callback. That
+ * used to run inside a wheel callback and crash in the advance (the SIGSEGV a second daemon on
+ * one spool_dir died of); it must now come from outside any timer callback. */
+static void test_busy_spool_fails_start_cleanly(void **state)
+{
+    struct h *h = *state;
+    struct spool *other = NULL;
+    assert_int_equal(spool_open(h->spool, 0, &other), 0);
+    assert_int_equal(spool_holder(h->spool), (long)getpid());
+    h->s = sink_new(&h->loop, h->timers, h->cfg);
+    assert_non_null(h->s);
+    assert_int_equal(sink_start(h->s), -EBUSY);
+    h->stopped = false;
+    sink_shutdown(h->s, 0, on_stopped_free_timers, h);
+    while (!h->stopped)
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+    uv_run(&h->loop, UV_RUN_NOWAIT); /* the timers' close callback */
+    sink_free(h->s);
+    h->s = NULL;
+    spool_close(other);
 }
 
 static bool migration_waiting(struct h *h)
@@ -1073,6 +1109,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spool_full_keeps_rows_in_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_lost_at_hard_stop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unstarted_sink_frees_after_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_spool_fails_start_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_cuts_migration_wait, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
