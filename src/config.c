@@ -26,7 +26,6 @@
 #include "coingest/config.h"
 
 #include "coingest/util.h"
-#include "coingest/version.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -342,7 +341,7 @@ static const struct keydef database_keys[] = {
     {"max_pending_rows", K_U64, DB(max_pending_rows), 1, UINT64_MAX, R_DATABASE},
     {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE},
     {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE},
-    {"migrations_dir", K_STR, DB(migrations_dir), NOLIMIT, R_DATABASE},
+    {"migrations_dir", K_OPTSTR, DB(migrations_dir), NOLIMIT, R_DATABASE},
 };
 
 static const struct keydef source_keys[] = {
@@ -530,9 +529,7 @@ struct config *config_defaults(void)
     if (set_str(&cfg->daemon.metrics_listen, "127.0.0.1:9464") ||
         set_str(&cfg->daemon.spool_dir, "/var/lib/coingest/spool") ||
         set_str(&cfg->database.host, "127.0.0.1") || set_str(&cfg->database.user, "coingest") ||
-        set_str(&cfg->database.database, "coingest") ||
-        set_str(&cfg->database.migrations_dir, COINGEST_DEFAULT_SQL_DIR) ||
-        set_str(&src->name, "coingecko") ||
+        set_str(&cfg->database.database, "coingest") || set_str(&src->name, "coingecko") ||
         set_str(&src->base_url, plan_defaults[PLAN_PUBLIC].base_url) ||
         strlist_push(&cfg->universe.vs_currencies, "usd", 3)) {
         config_free(cfg);

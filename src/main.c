@@ -101,15 +101,16 @@ static int run_migrate(const struct config *cfg)
         db_library_end();
         return EX_UNAVAILABLE;
     }
+    /* The same list the writers apply at startup: built-in, or migrations_dir's files. */
     const char *dir = cfg->database.migrations_dir;
     int n = db_migrate(conn, dir, err, sizeof(err));
     mysql_close(conn);
     db_library_end();
     if (n < 0) {
-        log_error("migration failed", LOG_S("dir", dir), LOG_S("error", err));
+        log_error("migration failed", LOG_S("dir", db_migrations_source(dir)), LOG_S("error", err));
         return 1;
     }
-    log_info("schema is current", LOG_I("applied", n), LOG_S("dir", dir));
+    log_info("schema is current", LOG_I("applied", n), LOG_S("dir", db_migrations_source(dir)));
     return 0;
 }
 

@@ -934,7 +934,8 @@ static void drop_conn_locked(struct writer *w)
 }
 
 /* The migrations (or, with auto_migrate off, the check that none is pending) on a fresh
- * connection. >= 0, or -errno with the reason in err. No lock held. */
+ * connection: the built-in ones, or migrations_dir's files when it is set, exactly as
+ * coingestd --migrate does. >= 0, or -errno with the reason in err. No lock held. */
 static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t errlen)
 {
     const char *dir = conf->cfg.database.migrations_dir;
@@ -943,9 +944,9 @@ static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t err
     int n = db_migrations_pending(conn, dir, err, errlen);
     if (n > 0) {
         snprintf(err, errlen,
-                 "%d migration(s) in %s not applied and auto_migrate is off: run "
+                 "%d migration(s) (%s) not applied and auto_migrate is off: run "
                  "coingestd --migrate",
-                 n, dir);
+                 n, db_migrations_source(dir));
         n = -EAGAIN;
     }
     return n;
@@ -994,7 +995,8 @@ static int writer_connect_locked(struct writer *w)
                          LOG_S("error", err));
             else
                 log_error("schema migration failed; rows are spooled until it succeeds",
-                          LOG_S("error", err), LOG_S("dir", conf->cfg.database.migrations_dir));
+                          LOG_S("error", err),
+                          LOG_S("dir", db_migrations_source(conf->cfg.database.migrations_dir)));
             pthread_mutex_lock(&s->mu);
             quit = s->stop || s->abort;
         }
