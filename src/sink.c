@@ -113,6 +113,7 @@ struct task {
     struct spool_rec *rec; /* loaded from the spool */
     uint64_t opened_ms;    /* open tasks: when the first rows came */
     uint64_t stmt_cap;     /* bytes per statement (batch_bytes at dispatch) */
+    uint64_t ticket;       /* place in the writers' queue, shared with reads (under mu) */
     /* Set by the writer. */
     enum task_result result;
     bool conn_lost;
@@ -268,6 +269,86 @@ static bool must_keep_order(struct task *a, struct task *b)
     return false;
 }
 
+/* --- reads -------------------------------------------------------------------------------- */
+
+/* One sink_read: made on the loop, run by a writer, answered on the loop. */
+struct read {
+    struct read *next;
+    uint64_t ticket; /* place in the writers' queue, shared with tasks (under mu) */
+    char *sql;
+    char **params; /* nparams of them; NULL for SQL NULL */
+    size_t nparams;
+    size_t max_rows;
+    sink_read_cb cb;
+    void *arg;
+    /* Set by the writer, or by the loop when it answers the read itself. */
+    int rc;
+    bool conn_lost;
+    char err[640]; /* room for "database unreachable: " + the last connect error */
+    struct sink_rows rows;
+};
+
+/* A FIFO of reads. */
+struct rqueue {
+    struct read *head, **tail;
+};
+
+static void rq_init(struct rqueue *q)
+{
+    q->head = NULL;
+    q->tail = &q->head;
+}
+
+static void rq_push(struct rqueue *q, struct read *r)
+{
+    r->next = NULL;
+    *q->tail = r;
+    q->tail = &r->next;
+}
+
+static struct read *rq_pop(struct rqueue *q)
+{
+    struct read *r = q->head;
+    if (r) {
+        q->head = r->next;
+        if (!q->head)
+            q->tail = &q->head;
+        r->next = NULL;
+    }
+    return r;
+}
+
+static void rows_free(struct sink_rows *rows)
+{
+    if (rows->names)
+        for (uint32_t c = 0; c < rows->ncols; c++)
+            free(rows->names[c]);
+    if (rows->cells)
+        for (size_t i = 0; i < (size_t)rows->nrows * rows->ncols; i++)
+            free(rows->cells[i]);
+    free(rows->names);
+    free(rows->cells);
+    memset(rows, 0, sizeof(*rows));
+}
+
+static void read_free(struct read *r)
+{
+    if (!r)
+        return;
+    free(r->sql);
+    for (size_t i = 0; r->params && i < r->nparams; i++)
+        free(r->params[i]);
+    free(r->params);
+    rows_free(&r->rows);
+    free(r);
+}
+
+static void read_fail(struct read *r, int rc, const char *msg)
+{
+    r->rc = rc;
+    snprintf(r->err, sizeof(r->err), "%s", msg);
+}
+
 /* --- shared state ------------------------------------------------------------------------- */
 
 /* The [database] settings a writer connects with; replaced as a whole on reload. */
@@ -347,6 +428,8 @@ struct sink {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct tlist work, done;
+    struct rqueue reads, rdone; /* queued for a writer; answered, for the loop */
+    uint64_t ticket;            /* next place in the writers' queue */
     struct writer **w;
     unsigned nw;        /* threads started */
     unsigned nworkers;  /* wanted; writers with idx >= nworkers retire */
@@ -913,6 +996,181 @@ static void run_task(struct writer *w, struct task *t)
     }
 }
 
+/* --- writer: reads ----------------------------------------------------------------------- */
+
+/* Bytes fetched per cell at first; longer values are fetched again whole. */
+#define READ_CELL_BUF 256
+
+/* A failed call: a lost connection is -ENOTCONN (the writer then reconnects), anything else
+ * -EIO with the server's (or the client library's) message. */
+static void read_error(struct read *r, unsigned no, const char *msg)
+{
+    if (db_error_class(no) == DB_ERR_CONNECTION) {
+        r->conn_lost = true;
+        r->rc = -ENOTCONN;
+    } else {
+        r->rc = -EIO;
+    }
+    snprintf(r->err, sizeof(r->err), "%s (%u)", msg, no);
+}
+
+/* Copies the current row of `st` (bound to rb) into r->rows. 0, or -1 with the error in r. */
+static int read_row(struct read *r, MYSQL_STMT *st, MYSQL_BIND *rb, size_t *cap)
+{
+    struct sink_rows *rows = &r->rows;
+    if (rows->nrows >= r->max_rows) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the query returns more than max_rows (%zu) rows", r->max_rows);
+        read_fail(r, -E2BIG, msg);
+        return -1;
+    }
+    if (rows->nrows == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        char **cells = realloc(rows->cells, ncap * rows->ncols * sizeof(*cells));
+        if (!cells) {
+            read_fail(r, -ENOMEM, "out of memory");
+            return -1;
+        }
+        rows->cells = cells;
+        *cap = ncap;
+    }
+    char **cell = rows->cells + (size_t)rows->nrows * rows->ncols;
+    memset(cell, 0, rows->ncols * sizeof(*cell));
+    rows->nrows++; /* so that rows_free frees the cells made so far */
+    for (uint32_t c = 0; c < rows->ncols; c++) {
+        if (rb[c].is_null_value)
+            continue;
+        unsigned long len = rb[c].length_value;
+        char *v = malloc((size_t)len + 1);
+        if (!v) {
+            read_fail(r, -ENOMEM, "out of memory");
+            return -1;
+        }
+        cell[c] = v;
+        if (len <= rb[c].buffer_length) {
+            memcpy(v, rb[c].buffer, len);
+        } else {
+            MYSQL_BIND whole;
+            memset(&whole, 0, sizeof(whole));
+            whole.buffer_type = MYSQL_TYPE_STRING;
+            whole.buffer = v;
+            whole.buffer_length = len + 1;
+            whole.length = &whole.length_value;
+            if (mysql_stmt_fetch_column(st, &whole, c, 0)) {
+                read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+                return -1;
+            }
+        }
+        v[len] = '\0';
+    }
+    return 0;
+}
+
+/* Runs a read as a prepared statement in a read-only transaction (so it cannot write, and
+ * each read starts from a fresh snapshot), every value fetched as text. Sets r->rc. */
+static void run_read(struct writer *w, struct read *r)
+{
+    MYSQL_STMT *st = NULL;
+    MYSQL_RES *meta = NULL;
+    MYSQL_BIND *pb = NULL, *rb = NULL;
+    char *bufs = NULL;
+    size_t cap = 0;
+    r->rc = 0;
+    if (mysql_query(w->conn, "START TRANSACTION READ ONLY")) {
+        read_error(r, mysql_errno(w->conn), mysql_error(w->conn));
+        goto out;
+    }
+    st = mysql_stmt_init(w->conn);
+    if (!st) {
+        read_fail(r, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if (mysql_stmt_prepare(st, r->sql, (unsigned long)strlen(r->sql))) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    unsigned long np = mysql_stmt_param_count(st);
+    unsigned nc = mysql_stmt_field_count(st);
+    if (np != r->nparams || nc == 0) {
+        char msg[128];
+        if (nc == 0)
+            snprintf(msg, sizeof(msg), "not a query that returns rows: sink_read runs SELECTs");
+        else
+            snprintf(msg, sizeof(msg), "the statement has %lu placeholders, %zu parameters given",
+                     np, r->nparams);
+        read_fail(r, -EINVAL, msg);
+        goto out;
+    }
+    pb = calloc(np ? np : 1, sizeof(*pb));
+    rb = calloc(nc, sizeof(*rb));
+    bufs = malloc((size_t)nc * READ_CELL_BUF);
+    r->rows.names = calloc(nc, sizeof(*r->rows.names));
+    if (!pb || !rb || !bufs || !r->rows.names) {
+        read_fail(r, -ENOMEM, "out of memory");
+        goto out;
+    }
+    r->rows.ncols = nc;
+    for (unsigned long i = 0; i < np; i++) {
+        if (r->params[i]) {
+            pb[i].buffer_type = MYSQL_TYPE_STRING;
+            pb[i].buffer = r->params[i];
+            pb[i].buffer_length = (unsigned long)strlen(r->params[i]);
+        } else {
+            pb[i].buffer_type = MYSQL_TYPE_NULL;
+        }
+    }
+    if ((np && mysql_stmt_bind_param(st, pb)) || mysql_stmt_execute(st)) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    meta = mysql_stmt_result_metadata(st);
+    if (!meta) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    MYSQL_FIELD *f = mysql_fetch_fields(meta);
+    for (unsigned c = 0; c < nc; c++) {
+        r->rows.names[c] = strdup(f[c].name ? f[c].name : "");
+        if (!r->rows.names[c]) {
+            read_fail(r, -ENOMEM, "out of memory");
+            goto out;
+        }
+        rb[c].buffer_type = MYSQL_TYPE_STRING;
+        rb[c].buffer = bufs + (size_t)c * READ_CELL_BUF;
+        rb[c].buffer_length = READ_CELL_BUF;
+        rb[c].length = &rb[c].length_value;
+        rb[c].is_null = &rb[c].is_null_value;
+    }
+    if (mysql_stmt_bind_result(st, rb)) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    for (;;) {
+        int fr = mysql_stmt_fetch(st);
+        if (fr == MYSQL_NO_DATA)
+            break;
+        if (fr == 1) {
+            read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+            goto out;
+        }
+        /* 0, or MYSQL_DATA_TRUNCATED: a long cell, fetched whole by read_row. */
+        if (read_row(r, st, rb, &cap))
+            goto out;
+    }
+out:
+    if (r->rc)
+        rows_free(&r->rows);
+    if (meta)
+        mysql_free_result(meta);
+    if (st)
+        mysql_stmt_close(st); /* also reads away the rows left after -E2BIG */
+    free(pb);
+    free(rb);
+    free(bufs);
+    if (!r->conn_lost)
+        mysql_rollback(w->conn); /* ends the read-only transaction */
+}
+
 static void wake_loop(struct sink *s)
 {
     uv_async_send(&s->async);
@@ -1058,6 +1316,24 @@ static void *writer_main(void *arg)
             continue;
         }
         struct task *t = tl_first(&s->work);
+        struct read *r = s->reads.head;
+        if (r && (!t || r->ticket < t->ticket)) {
+            /* First come, first served between reads and tasks. */
+            rq_pop(&s->reads);
+            w->sockfd = (int)mysql_get_socket(w->conn);
+            pthread_mutex_unlock(&s->mu);
+            run_read(w, r);
+            bool lost = r->conn_lost;
+            pthread_mutex_lock(&s->mu);
+            w->sockfd = -1;
+            if (r->rc == -ENOTCONN && (s->stop || s->abort))
+                read_fail(r, -ECANCELED, "the sink is shutting down");
+            rq_push(&s->rdone, r);
+            wake_loop(s);
+            if (lost)
+                drop_conn_locked(w);
+            continue;
+        }
         if (!t) {
             pthread_cond_wait(&s->cv, &s->mu);
             continue;
@@ -1161,6 +1437,46 @@ static void lose_rows(struct sink *s, uint64_t rows, const char *reason, const c
     metrics_add("coingest_rows_lost_total", lbl, (double)rows);
     s->st.rows_lost += rows;
     log_error("rows lost", LOG_U("rows", rows), LOG_S("reason", reason), LOG_S("why", why));
+}
+
+/* Answers the queued reads that no writer took yet with rc and msg (they go to rdone, for
+ * the next on_async). mu held. */
+static void fail_queued_reads_locked(struct sink *s, int rc, const char *msg)
+{
+    struct read *r;
+    while ((r = rq_pop(&s->reads)) != NULL) {
+        read_fail(r, rc, msg);
+        rq_push(&s->rdone, r);
+    }
+}
+
+/* Calls back and frees answered reads, in order. A callback may call sink_read (or anything
+ * else a loop callback may): nothing here is held across it. */
+static void answer_reads(struct rqueue *q)
+{
+    struct read *r;
+    while ((r = rq_pop(q)) != NULL) {
+        if (r->rc == 0)
+            r->cb(0, &r->rows, NULL, r->arg);
+        else
+            r->cb(r->rc, NULL, r->err, r->arg);
+        read_free(r);
+    }
+}
+
+/* Takes every answered read, and with `cancel` every queued one too (as -ECANCELED), and
+ * answers them. Loop thread. */
+static void drain_reads(struct sink *s, bool cancel)
+{
+    struct rqueue q;
+    rq_init(&q);
+    pthread_mutex_lock(&s->mu);
+    if (cancel)
+        fail_queued_reads_locked(s, -ECANCELED, "the sink is shutting down");
+    while (s->rdone.head)
+        rq_push(&q, rq_pop(&s->rdone));
+    pthread_mutex_unlock(&s->mu);
+    answer_reads(&q);
 }
 
 /* May memory take `rows` more that the spool refused? Up to SINK_MEM_HARD_FACTOR x
@@ -1425,6 +1741,7 @@ static void dispatch(struct sink *s)
         t->result = TASK_RETRY;
         s->inflight[s->ninflight++] = t;
         pthread_mutex_lock(&s->mu);
+        t->ticket = s->ticket++;
         tl_push(&s->work, t);
         pthread_mutex_unlock(&s->mu);
         sent++;
@@ -1456,8 +1773,9 @@ static void stop_threads(struct sink *s)
     pthread_mutex_lock(&s->mu);
     s->stop = true;
     /* Nothing is in flight now, so a socket still published belongs to a migration (perhaps
-     * waiting up to 120 s on GET_LOCK): cut it off rather than wait. A migration stopped
-     * halfway runs again at the next start (migration files are safe to re-run). */
+     * waiting up to 120 s on GET_LOCK) or a read: cut it off rather than wait. A migration
+     * stopped halfway runs again at the next start (migration files are safe to re-run); the
+     * read ends with -ECANCELED. */
     for (unsigned i = 0; i < s->nw; i++)
         if (s->w[i]->sockfd >= 0)
             shutdown(s->w[i]->sockfd, SHUT_RDWR);
@@ -1647,6 +1965,7 @@ static void finish_shutdown(struct sink *s)
         spill(s);
     }
     drop_memory(s, "left in memory at shutdown: the spool could not take them");
+    drain_reads(s, true); /* none should be left; the contract is that each read is answered */
     struct sink_stats st;
     sink_get_stats(s, &st);
     log_info("sink stopped", LOG_U("rows_committed", st.rows_committed),
@@ -1659,6 +1978,8 @@ static void on_async(uv_async_t *h)
     struct sink *s = h->data;
     struct tlist done;
     tl_init(&done);
+    struct rqueue answered;
+    rq_init(&answered);
     pthread_mutex_lock(&s->mu);
     while (!tl_empty(&s->done)) {
         struct task *t = tl_first(&s->done);
@@ -1672,7 +1993,19 @@ static void on_async(uv_async_t *h)
     bool all_exited = s->exited == s->nw;
     bool schema_ready = s->schema == SCHEMA_READY;
     s->st.last_db_ok_mono_ms = s->last_ok_mono;
+    if (down) {
+        /* No writer can take them now: a read does not wait out an outage. */
+        char msg[sizeof(s->last_err) + 32];
+        snprintf(msg, sizeof(msg), "database unreachable: %s", err);
+        fail_queued_reads_locked(s, -ENOTCONN, msg);
+    }
+    while (s->rdone.head)
+        rq_push(&answered, rq_pop(&s->rdone));
     pthread_mutex_unlock(&s->mu);
+
+    /* Reads first: every read a writer answered before it exited is answered before
+     * finish_shutdown below calls the shutdown callback. */
+    answer_reads(&answered);
 
     struct task *t;
     while ((t = tl_first(&done)) != NULL) {
@@ -1721,6 +2054,8 @@ struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct confi
     tl_init(&s->ready);
     tl_init(&s->work);
     tl_init(&s->done);
+    rq_init(&s->reads);
+    rq_init(&s->rdone);
     s->batch_rows = cfg->database.batch_rows ? cfg->database.batch_rows : 1;
     s->batch_bytes = cfg->database.batch_bytes;
     s->flush_ms = cfg->database.flush_interval_ms;
@@ -2068,6 +2403,49 @@ void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg)
     pump(s);
 }
 
+int sink_read(struct sink *s, const char *sql, const char *const *params, size_t nparams,
+              size_t max_rows, sink_read_cb cb, void *arg)
+{
+    if (!sql || !cb || (nparams && !params))
+        return -EINVAL;
+    if (s->shut != SHUT_NONE)
+        return -ESHUTDOWN;
+    if (!s->started)
+        return -ENOTCONN;
+    struct read *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->sql = strdup(sql);
+    r->params = calloc(nparams ? nparams : 1, sizeof(*r->params));
+    r->nparams = nparams;
+    bool oom = !r->sql || !r->params;
+    for (size_t i = 0; !oom && i < nparams; i++)
+        oom = params[i] && !(r->params[i] = strdup(params[i]));
+    if (oom) {
+        read_free(r);
+        return -ENOMEM;
+    }
+    r->max_rows = max_rows;
+    r->cb = cb;
+    r->arg = arg;
+    pthread_mutex_lock(&s->mu);
+    bool down = s->db_down;
+    if (down) {
+        char msg[sizeof(s->last_err) + 32];
+        snprintf(msg, sizeof(msg), "database unreachable: %s", s->last_err);
+        read_fail(r, -ENOTCONN, msg);
+        rq_push(&s->rdone, r);
+    } else {
+        r->ticket = s->ticket++;
+        rq_push(&s->reads, r);
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (down)
+        wake_loop(s); /* answered from on_async, never inline */
+    return 0;
+}
+
 void sink_reconfigure(struct sink *s, const struct config *cfg)
 {
     s->batch_rows = cfg->database.batch_rows ? cfg->database.batch_rows : 1;
@@ -2154,6 +2532,14 @@ void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), v
             return;
         }
         s->shut = SHUT_GRACEFUL;
+        /* Queued reads are answered now (-ECANCELED, on the next on_async); a read a writer
+         * runs completes or is cut off with the threads. */
+        pthread_mutex_lock(&s->mu);
+        fail_queued_reads_locked(s, -ECANCELED, "the sink is shutting down");
+        bool answered = s->rdone.head != NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (answered)
+            wake_loop(s);
         close_all_open(s);
         if (s->spilled || s->db_down)
             spill(s);
@@ -2182,6 +2568,12 @@ void sink_free(struct sink *s)
     }
     free(s->w);
     drop_memory(s, "left in memory when the sink was freed");
+    /* A completed shutdown answered every read, and a sink that never started took none. */
+    struct read *r;
+    while ((r = rq_pop(&s->reads)) != NULL)
+        read_free(r);
+    while ((r = rq_pop(&s->rdone)) != NULL)
+        read_free(r);
     free(s->inflight);
     spool_close(s->spool);
     dbconf_unref(s->conf);
