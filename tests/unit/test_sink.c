@@ -20,8 +20,15 @@
  * stops without crashing when its shutdown callback frees the timers (the daemon's order); a
  * stop while a migration waits on GET_LOCK cuts the wait off instead of sitting out its 120 s.
  *
+ * Reads (sink_read): rows committed before a read are seen, with names and text values;
+ * NULL parameters and cells; a long cell; -E2BIG, -EIO with the server's message, -EINVAL;
+ * -ENOTCONN promptly with the database down; -ECANCELED for a queued and for a running read
+ * at shutdown; a read that passes a write stuck on a row lock.
+ *
  * Tests wait for conditions (sink_on_idle, the shutdown callback, a stats predicate checked on
- * a loop timer), never for a fixed time. A watchdog timer fails a test that hangs.
+ * a loop timer), never for a fixed time, and every wait has a deadline: past it the test fails
+ * with a message naming what did not happen (not a CTest timeout). A watchdog timer is the
+ * backstop for a test as a whole.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -50,6 +57,10 @@
 #include "coingest/wheel.h"
 #include "testdb.h"
 
+/* Every wait for the loop has a deadline that fails the test with a message naming what did
+ * not happen (WAIT_MS unless the test says otherwise); the watchdog is the backstop for a
+ * test as a whole. */
+#define WAIT_MS     90000
 #define WATCHDOG_MS 180000
 
 struct h {
@@ -120,6 +131,8 @@ static int setup(void **state)
 }
 
 static void on_stopped(void *arg);
+static bool run_until(struct h *h, bool (*pred)(struct h *), uint64_t ms);
+static bool flag_set(struct h *h);
 
 static int teardown(void **state)
 {
@@ -134,8 +147,12 @@ static int teardown(void **state)
         h->stopped = false;
         sink_shutdown(h->s, 0, on_stopped, h);
         sink_shutdown(h->s, 0, on_stopped, h);
-        while (!h->stopped)
-            uv_run(&h->loop, UV_RUN_NOWAIT);
+        h->flag = &h->stopped;
+        if (!run_until(h, flag_set, WAIT_MS)) {
+            /* Its threads still run: freeing it would wait for them. Leave it. */
+            fprintf(stderr, "test_sink: teardown: the sink did not stop within %d ms\n", WAIT_MS);
+            return -1;
+        }
         sink_free(h->s);
         h->s = NULL;
     }
@@ -143,8 +160,15 @@ static int teardown(void **state)
         timers_free(h->timers);
     uv_close((uv_handle_t *)&h->watchdog, NULL);
     uv_close((uv_handle_t *)&h->poll, NULL);
-    uv_run(&h->loop, UV_RUN_DEFAULT);
+    /* Close callbacks need an iteration or two; a handle left open fails the test (below)
+     * instead of blocking the run. */
+    for (int i = 0; i < 10000 && uv_loop_alive(&h->loop); i++) {
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
     int rc = uv_loop_close(&h->loop);
+    if (rc)
+        fprintf(stderr, "test_sink: teardown: a handle is still open\n");
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->spool);
     if (system(cmd) != 0)
@@ -181,12 +205,13 @@ static void start_sink(struct h *h, const struct config *cfg)
     sink_on_ready(h->s, on_ready, h);
 }
 
+static void wait_flag(struct h *h, const bool *flag, uint64_t ms, const char *what);
+
 static void wait_idle(struct h *h)
 {
     h->idle = false;
     sink_on_idle(h->s, on_idle, h);
-    while (!h->idle)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->idle, WAIT_MS, "the sink to be idle (every row committed)");
 }
 
 static void on_poll(uv_timer_t *t)
@@ -198,21 +223,10 @@ static void on_poll(uv_timer_t *t)
     }
 }
 
-/* Runs the loop until pred holds, checking it every 5 ms of loop time. */
-static void wait_for(struct h *h, bool (*pred)(struct h *))
-{
-    h->pred = pred;
-    h->pred_met = pred(h);
-    h->poll.data = h;
-    if (!h->pred_met)
-        uv_timer_start(&h->poll, on_poll, 5, 5);
-    while (!h->pred_met)
-        uv_run(&h->loop, UV_RUN_ONCE);
-}
-
-/* Runs the loop until pred holds, checking it every 5 ms of loop time; fails the test, naming
- * `what`, when it does not hold within `ms`. */
-static void wait_until(struct h *h, bool (*pred)(struct h *), uint64_t ms, const char *what)
+/* Runs the loop until pred holds, checking it every 5 ms of loop time (so the loop never
+ * blocks for longer, whatever sets the condition), for at most `ms` of loop time. Returns
+ * whether it holds. */
+static bool run_until(struct h *h, bool (*pred)(struct h *), uint64_t ms)
 {
     h->pred = pred;
     h->pred_met = pred(h);
@@ -221,13 +235,17 @@ static void wait_until(struct h *h, bool (*pred)(struct h *), uint64_t ms, const
     uint64_t deadline = uv_now(&h->loop) + ms;
     if (!h->pred_met)
         uv_timer_start(&h->poll, on_poll, 5, 5);
-    while (!h->pred_met) {
+    while (!h->pred_met && uv_now(&h->loop) < deadline)
         uv_run(&h->loop, UV_RUN_ONCE);
-        if (!h->pred_met && uv_now(&h->loop) >= deadline) {
-            uv_timer_stop(&h->poll);
-            fail_msg("test_sink: %s did not happen within %" PRIu64 " ms", what, ms);
-        }
-    }
+    uv_timer_stop(&h->poll);
+    return h->pred_met;
+}
+
+/* run_until, failing the test with a message naming `what` when pred does not hold in time. */
+static void wait_until(struct h *h, bool (*pred)(struct h *), uint64_t ms, const char *what)
+{
+    if (!run_until(h, pred, ms))
+        fail_msg("test_sink: %s did not happen within %" PRIu64 " ms", what, ms);
 }
 
 static bool flag_set(struct h *h)
@@ -246,8 +264,7 @@ static void stop_sink(struct h *h, uint64_t timeout_ms)
 {
     h->stopped = false;
     sink_shutdown(h->s, timeout_ms, on_stopped, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, timeout_ms + WAIT_MS, "the shutdown callback");
     /* The stop leaves no sink timer behind (the harness itself uses only uv timers). */
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
     sink_free(h->s);
@@ -539,8 +556,7 @@ static void test_roundtrip_every_spec(void **state)
     struct h *h = *state;
     start_sink(h, h->cfg);
     /* The sink migrates on its first connection; the schema is needed for colinfo. */
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     struct colinfo ci[BATCH_SPEC_COUNT][32];
     struct batch *expect[BATCH_SPEC_COUNT] = {0};
     for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
@@ -737,7 +753,7 @@ static void test_db_down_at_start(void **state)
     for (int i = 0; i < 10; i++)
         assert_int_equal(sink_submit(h->s, snapshots("down", i * 100, 100)), 0);
     /* The first connection fails; after the grace period everything is in the spool. */
-    wait_for(h, all_spooled);
+    wait_until(h, all_spooled, WAIT_MS, "every row in the spool");
     assert_false(h->ready);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
@@ -771,7 +787,7 @@ static void test_restart_replays_spool(void **state)
     start_sink(h, down);
     for (int i = 0; i < 5; i++)
         assert_int_equal(sink_submit(h->s, snapshots("restart", i * 300, 300)), 0);
-    wait_for(h, all_spooled);
+    wait_until(h, all_spooled, WAIT_MS, "every row in the spool");
     stop_sink(h, 1000);
     config_free(down);
     assert_true(count_segments(h->spool) > 0);
@@ -847,8 +863,7 @@ static void test_hard_shutdown_spools(void **state)
     h->cfg->database.batch_rows = 50;
     h->cfg->database.max_pending_rows = 1000000;
     start_sink(h, h->cfg);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     for (int i = 0; i < 100; i++)
         assert_int_equal(sink_submit(h->s, snapshots("hard", i * 100, 100)), 0);
     /* A zero timeout: whatever is not committed right now goes to the spool. */
@@ -856,8 +871,7 @@ static void test_hard_shutdown_spools(void **state)
     h->stopped = false;
     sink_shutdown(h->s, 0, on_stopped, h);
     sink_shutdown(h->s, 0, on_stopped, h); /* a second SIGTERM is harmless */
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     sink_get_stats(h->s, &st);
     long long in_db = testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots");
     /* Nothing is lost: committed (possibly also spooled, if a commit raced the abort) plus
@@ -909,8 +923,7 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     h->cfg->database.batch_rows = 100;
     h->cfg->database.max_pending_rows = 300; /* hard cap in memory: 600 */
     start_sink(h, h->cfg);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     /* No loop iteration runs between the submits below, so no job completes and the memory
      * figures are exact. */
     assert_int_equal(sink_submit(h->s, snapshots("full", 0, 300)), 0); /* memory: 300 */
@@ -968,8 +981,7 @@ static void test_rows_lost_at_hard_stop(void **state)
     h->stopped = false;
     sink_shutdown(h->s, 0, on_stopped, h);
     sink_shutdown(h->s, 0, on_stopped, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     limit_file_size(RLIM_INFINITY);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
@@ -997,10 +1009,7 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 1);
     h->stopped = false;
     sink_shutdown(h->s, 1000, on_stopped, h);
-    /* NOWAIT: the callback comes from a close callback, and UV_RUN_ONCE would go on to block
-     * in the poll phase after running it (only the watchdog would wake it). */
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_NOWAIT);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
@@ -1042,8 +1051,7 @@ static void test_busy_spool_fails_start_cleanly(void **state)
     assert_int_equal(sink_start(h->s), -EBUSY);
     h->stopped = false;
     sink_shutdown(h->s, 0, on_stopped_free_timers, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_NOWAIT);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     uv_run(&h->loop, UV_RUN_NOWAIT); /* the timers' close callback */
     sink_free(h->s);
     h->s = NULL;
@@ -1072,26 +1080,29 @@ static bool migration_waiting(struct h *h)
 
 /* Another process holds the migration lock, so the sink's writer waits on GET_LOCK (up to
  * 120 s). A stop must cut that wait off: with nothing to write (the end of a graceful stop)
- * and with rows in memory (the hard stop after the timeout, rows spooled). The watchdog is
- * set well under 120 s: a stop that sat out the lock wait fails the test as a hang. */
+ * and with rows in memory (the hard stop after the timeout, rows spooled). Each stop must
+ * call back within 30 s, well under the lock wait's 120 s. */
 static void test_stop_cuts_migration_wait(void **state)
 {
     struct h *h = *state;
     h->cfg->database.workers = 1;
     assert_int_equal(testdb_scalar(h->admin, "SELECT GET_LOCK('coingest.migrate', 0)"), 1);
-    uv_timer_start(&h->watchdog, on_watchdog, 60000, 0);
 
     start_sink(h, h->cfg);
-    wait_for(h, migration_waiting);
-    stop_sink(h, 5000); /* nothing pending: the stop is immediate */
+    wait_until(h, migration_waiting, WAIT_MS, "the writer waiting on the migration lock");
+    /* Nothing pending: the stop is immediate. */
+    h->stopped = false;
+    sink_shutdown(h->s, 5000, on_stopped, h);
+    wait_flag(h, &h->stopped, 30000, "the graceful stop cutting the migration's lock wait off");
+    sink_free(h->s);
+    h->s = NULL;
 
     start_sink(h, h->cfg);
-    wait_for(h, migration_waiting);
+    wait_until(h, migration_waiting, WAIT_MS, "the writer waiting on the migration lock");
     assert_int_equal(sink_submit(h->s, snapshots("migwait", 0, 40)), 0);
     h->stopped = false;
     sink_shutdown(h->s, 50, on_stopped, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, 30000, "the hard stop cutting the migration's lock wait off");
     struct sink_stats st;
     sink_get_stats(h->s, &st);
     assert_false(st.schema_ready);
@@ -1119,14 +1130,12 @@ static void test_idle_and_ready_callbacks(void **state)
     start_sink(h, h->cfg);
     /* Idle right away: nothing pending. */
     wait_idle(h);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     /* Registered after the fact: fires on the next iteration. */
     h->ready = false;
     sink_on_ready(h->s, on_ready, h);
     assert_false(h->ready);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     stop_sink(h, 1000);
 }
 
