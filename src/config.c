@@ -28,7 +28,6 @@
 #include "coingest/runner.h"
 #include "coingest/source.h"
 #include "coingest/util.h"
-#include "coingest/version.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -347,7 +346,7 @@ static const struct keydef database_keys[] = {
     {"max_pending_rows", K_U64, DB(max_pending_rows), 1, UINT64_MAX, R_DATABASE, 0},
     {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE, 0},
     {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE, 0},
-    {"migrations_dir", K_STR, DB(migrations_dir), NOLIMIT, R_DATABASE, 0},
+    {"migrations_dir", K_OPTSTR, DB(migrations_dir), NOLIMIT, R_DATABASE, 0},
 };
 
 static const struct keydef source_keys[] = {
@@ -726,7 +725,6 @@ struct config *config_defaults(void)
         set_str(&cfg->daemon.spool_dir, "/var/lib/coingest/spool") ||
         set_str(&cfg->database.host, "127.0.0.1") || set_str(&cfg->database.user, "coingest") ||
         set_str(&cfg->database.database, "coingest") ||
-        set_str(&cfg->database.migrations_dir, COINGEST_DEFAULT_SQL_DIR) ||
         strlist_push(&cfg->universe.vs_currencies, "usd", 3) || own_defaults(cfg))
         goto fail;
     return cfg;

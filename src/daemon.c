@@ -537,9 +537,8 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         goto fail_setup;
     int rc = sink_start(d->sink);
     if (rc < 0) {
-        log_error("cannot start the sink (spool_dir unusable?)",
-                  LOG_S("spool_dir", cfg->daemon.spool_dir), LOG_S("error", strerror(-rc)));
-        status = EX_OSERR;
+        /* sink_start logged why. A spool_dir another daemon holds may be free later. */
+        status = rc == -EBUSY ? EX_TEMPFAIL : EX_OSERR;
         goto fail_setup;
     }
     sink_on_ready(d->sink, on_ready, d);

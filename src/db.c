@@ -7,12 +7,15 @@
  * max_allowed_packet, which db_connect() stores in the connection's own option of that name
  * (the client must not send more than the server takes anyway) for db_max_packet().
  *
- * Migrations are files named NNN_name.sql in one directory, applied in numeric order, each as
- * one multi-statement query (the server splits it, so semicolons inside string literals and
- * comments are no trouble) and then recorded in schema_migrations with the SHA-256 of the
- * file, computed by the server's SHA2() so no crypto library is needed. DDL is not
- * transactional in MySQL, so files must be safe to re-run after a failure halfway (CREATE
- * TABLE IF NOT EXISTS...). GET_LOCK serialises migrators across connections and processes.
+ * Migrations are named NNN_name.sql and applied in numeric order, each as one multi-statement
+ * query (the server splits it, so semicolons inside string literals and comments are no
+ * trouble) and then recorded in schema_migrations with the SHA-256 of its text, computed by
+ * the server's SHA2() so no crypto library is needed. They come compiled into the binary
+ * (sql/ at build time, db_builtin_migrations() in the generated migrations.c) unless a
+ * directory is given, whose files are read instead: the text, hence the checksum, of a file
+ * and of its built-in copy is the same, so a database migrated one way is current the other. DDL is
+ * not transactional in MySQL, so files must be safe to re-run after a failure halfway (CREATE TABLE
+ * IF NOT EXISTS...). GET_LOCK serialises migrators across connections and processes.
  */
 #include "coingest/db.h"
 
@@ -272,15 +275,33 @@ uint64_t db_max_packet(MYSQL *conn)
 
 struct mfile {
     unsigned long version;
-    char *file; /* NNN_name.sql */
-    char *name; /* name */
+    char *file;       /* NNN_name.sql */
+    char *name;       /* name */
+    const char *text; /* the migration's bytes: built-in, or `owned` */
+    size_t len;
+    char *owned; /* text read from a file; NULL for a built-in migration */
 };
+
+const char *db_migrations_source(const char *dir)
+{
+    return dir && dir[0] ? dir : "built-in";
+}
+
+/* "dir/NNN_name.sql" or "built-in NNN_name.sql", for messages. */
+static void mwhere(char *buf, size_t cap, const char *dir, const char *file)
+{
+    if (dir && dir[0])
+        snprintf(buf, cap, "%s/%s", dir, file);
+    else
+        snprintf(buf, cap, "built-in %s", file);
+}
 
 static void mfiles_free(struct mfile *f, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(f[i].file);
         free(f[i].name);
+        free(f[i].owned);
     }
     free(f);
 }
@@ -316,66 +337,32 @@ static int parse_mname(const char *fn, unsigned long *version, char **name)
     return *name ? 0 : -1;
 }
 
-static int list_migrations(const char *dir, struct mfile **out, size_t *nout, char *err,
-                           size_t errlen)
+/* Appends a migration named `file` to f[n] (growing it). 0, -EINVAL for a malformed name
+ * (reason in err), or -ENOMEM. */
+static int mfiles_add(struct mfile **f, size_t *n, size_t *cap, const char *dir, const char *file,
+                      char *err, size_t errlen)
 {
-    DIR *d = opendir(dir);
-    if (!d) {
-        int rc = -errno;
-        snprintf(err, errlen, "migrations directory %s: %s", dir, strerror(errno));
-        return rc;
+    struct mfile m = {0};
+    if (parse_mname(file, &m.version, &m.name)) {
+        char where[4352];
+        mwhere(where, sizeof(where), dir, file);
+        snprintf(err, errlen, "%s: migration files are named NNN_name.sql", where);
+        return -EINVAL;
     }
-    struct mfile *f = NULL;
-    size_t n = 0, cap = 0;
-    int rc = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        size_t l = strlen(de->d_name);
-        if (l < 4 || strcmp(de->d_name + l - 4, ".sql") != 0)
-            continue;
-        struct mfile m = {0};
-        if (parse_mname(de->d_name, &m.version, &m.name)) {
-            snprintf(err, errlen, "%s/%s: migration files are named NNN_name.sql", dir, de->d_name);
-            rc = -EINVAL;
-            break;
+    m.file = strdup(file);
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 8;
+        struct mfile *t = realloc(*f, ncap * sizeof(*t));
+        if (!t) {
+            free(m.name);
+            free(m.file);
+            return -ENOMEM;
         }
-        m.file = strdup(de->d_name);
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            struct mfile *t = realloc(f, cap * sizeof(*t));
-            if (!t) {
-                free(m.name);
-                free(m.file);
-                rc = -ENOMEM;
-                break;
-            }
-            f = t;
-        }
-        f[n++] = m;
-        if (!m.file) {
-            rc = -ENOMEM;
-            break;
-        }
+        *f = t;
+        *cap = ncap;
     }
-    closedir(d);
-    if (!rc) {
-        qsort(f, n, sizeof(*f), mfile_cmp);
-        for (size_t i = 1; i < n; i++) {
-            if (f[i].version == f[i - 1].version) {
-                snprintf(err, errlen, "%s: %s and %s have the same version", dir, f[i - 1].file,
-                         f[i].file);
-                rc = -EINVAL;
-                break;
-            }
-        }
-    }
-    if (rc) {
-        mfiles_free(f, n);
-        return rc;
-    }
-    *out = f;
-    *nout = n;
-    return 0;
+    (*f)[(*n)++] = m;
+    return m.file ? 0 : -ENOMEM;
 }
 
 static char *read_file(const char *dir, const char *file, size_t *len, char *err, size_t errlen)
@@ -418,6 +405,83 @@ static char *read_file(const char *dir, const char *file, size_t *len, char *err
     return buf;
 }
 
+/* The *.sql files of `dir`, each with its text read. 0 or -errno with the reason in err. */
+static int list_dir(const char *dir, struct mfile **f, size_t *n, char *err, size_t errlen)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        int rc = -errno;
+        snprintf(err, errlen, "migrations directory %s: %s", dir, strerror(errno));
+        return rc;
+    }
+    size_t cap = 0;
+    int rc = 0;
+    struct dirent *de;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if (l < 4 || strcmp(de->d_name + l - 4, ".sql") != 0)
+            continue;
+        rc = mfiles_add(f, n, &cap, dir, de->d_name, err, errlen);
+    }
+    closedir(d);
+    if (rc == -ENOMEM)
+        snprintf(err, errlen, "out of memory");
+    for (size_t i = 0; rc == 0 && i < *n; i++) {
+        struct mfile *m = &(*f)[i];
+        m->owned = read_file(dir, m->file, &m->len, err, errlen);
+        if (!m->owned)
+            rc = -EIO;
+        m->text = m->owned;
+    }
+    return rc;
+}
+
+/* The migrations compiled into the binary. 0 or -errno with the reason in err. */
+static int list_builtin(struct mfile **f, size_t *n, char *err, size_t errlen)
+{
+    size_t nb, cap = 0;
+    const struct db_migration *b = db_builtin_migrations(&nb);
+    for (size_t i = 0; i < nb; i++) {
+        int rc = mfiles_add(f, n, &cap, NULL, b[i].file, err, errlen);
+        if (rc) {
+            if (rc == -ENOMEM)
+                snprintf(err, errlen, "out of memory");
+            return rc;
+        }
+        (*f)[*n - 1].text = b[i].text;
+        (*f)[*n - 1].len = b[i].len;
+    }
+    return 0;
+}
+
+/* The migrations of `dir` (NULL or "": the built-in ones), by version, each with its text.
+ * 0 or -errno with the reason in err. */
+static int list_migrations(const char *dir, struct mfile **out, size_t *nout, char *err,
+                           size_t errlen)
+{
+    struct mfile *f = NULL;
+    size_t n = 0;
+    int rc = dir && dir[0] ? list_dir(dir, &f, &n, err, errlen) : list_builtin(&f, &n, err, errlen);
+    if (!rc) {
+        qsort(f, n, sizeof(*f), mfile_cmp);
+        for (size_t i = 1; i < n; i++) {
+            if (f[i].version == f[i - 1].version) {
+                snprintf(err, errlen, "%s: %s and %s have the same version",
+                         db_migrations_source(dir), f[i - 1].file, f[i].file);
+                rc = -EINVAL;
+                break;
+            }
+        }
+    }
+    if (rc) {
+        mfiles_free(f, n);
+        return rc;
+    }
+    *out = f;
+    *nout = n;
+    return 0;
+}
+
 static int fail_sql(MYSQL *conn, char *err, size_t errlen, const char *what)
 {
     unsigned e = mysql_errno(conn);
@@ -458,17 +522,19 @@ out:
 }
 
 /* Runs a whole file as one multi-statement query and drains every result. */
-static int run_script(MYSQL *conn, const char *dir, const struct mfile *m, const char *text,
-                      size_t len, char *err, size_t errlen)
+static int run_script(MYSQL *conn, const char *dir, const struct mfile *m, char *err, size_t errlen)
 {
+    const char *text = m->text;
+    size_t len = m->len;
     if (mysql_set_server_option(conn, MYSQL_OPTION_MULTI_STATEMENTS_ON))
         return fail_sql(conn, err, errlen, "enabling multi-statements");
     int rc = 0, stmt = 1;
     int status = mysql_real_query(conn, text, (unsigned long)len);
     for (;;) {
         if (status > 0 || mysql_errno(conn)) {
-            char what[512];
-            snprintf(what, sizeof(what), "%s/%s: statement %d failed", dir, m->file, stmt);
+            char where[4352], what[4416];
+            mwhere(where, sizeof(where), dir, m->file);
+            snprintf(what, sizeof(what), "%s: statement %d failed", where, stmt);
             rc = fail_sql(conn, err, errlen, what);
             break;
         }
@@ -577,42 +643,33 @@ static int migrate(MYSQL *conn, const char *dir, bool apply, char *err, size_t e
             known = known || files[j].version == done[i].version;
         if (!known)
             log_warn("schema has a migration this build does not know (a newer coingest?)",
-                     LOG_U("version", done[i].version), LOG_S("dir", dir));
+                     LOG_U("version", done[i].version), LOG_S("dir", db_migrations_source(dir)));
     }
     for (size_t i = 0; i < nfiles; i++) {
-        size_t len;
-        char *text = read_file(dir, files[i].file, &len, err, errlen);
-        if (!text) {
-            rc = -EIO;
-            goto out;
-        }
         char sum[65];
-        rc = checksum(conn, text, len, sum, err, errlen);
-        if (rc) {
-            free(text);
+        rc = checksum(conn, files[i].text, files[i].len, sum, err, errlen);
+        if (rc)
             goto out;
-        }
         const struct applied *a = find_applied(done, ndone, files[i].version);
         if (a) {
-            free(text);
             if (strcmp(a->checksum, sum) != 0) {
+                char where[4352];
+                mwhere(where, sizeof(where), dir, files[i].file);
                 snprintf(err, errlen,
-                         "%s/%s was changed after it was applied (checksum %.12s... in "
+                         "%s was changed after it was applied (checksum %.12s... in "
                          "schema_migrations, %.12s... now): applied migrations are never "
                          "edited; restore the file and add a new NNN_name.sql instead",
-                         dir, files[i].file, a->checksum, sum);
+                         where, a->checksum, sum);
                 rc = -EBADMSG;
                 goto out;
             }
             continue;
         }
         if (!apply) {
-            free(text);
             count++;
             continue;
         }
-        rc = run_script(conn, dir, &files[i], text, len, err, errlen);
-        free(text);
+        rc = run_script(conn, dir, &files[i], err, errlen);
         if (rc)
             goto out;
         char *ename = malloc(2 * strlen(files[i].name) + 1);

@@ -7,7 +7,7 @@
  * Exit codes: 0 success; 1 a --once job failed or rows were not committed in time; 2 bad
  * usage (EX_USAGE is 64, but getopt tradition and most daemons use 2); 78 (EX_CONFIG) bad
  * configuration; 69 (EX_UNAVAILABLE) --migrate could not reach the database; 70/71 startup
- * failures.
+ * failures; 75 (EX_TEMPFAIL) spool_dir held by another process. docs/operations.md lists them.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -126,15 +126,16 @@ static int run_migrate(const struct config *cfg)
         db_library_end();
         return EX_UNAVAILABLE;
     }
+    /* The same list the writers apply at startup: built-in, or migrations_dir's files. */
     const char *dir = cfg->database.migrations_dir;
     int n = db_migrate(conn, dir, err, sizeof(err));
     mysql_close(conn);
     db_library_end();
     if (n < 0) {
-        log_error("migration failed", LOG_S("dir", dir), LOG_S("error", err));
+        log_error("migration failed", LOG_S("dir", db_migrations_source(dir)), LOG_S("error", err));
         return 1;
     }
-    log_info("schema is current", LOG_I("applied", n), LOG_S("dir", dir));
+    log_info("schema is current", LOG_I("applied", n), LOG_S("dir", db_migrations_source(dir)));
     return 0;
 }
 

@@ -4,22 +4,22 @@
  * short:
  *
  * LOOP THREAD. Every submitted batch gets a sequence number (its place in submission order)
- * and becomes, after coalescing, one or more jobs of at most batch_rows rows. A job is first
+ * and becomes, after coalescing, one or more tasks of at most batch_rows rows. A task is first
  * "open" (one per spec, still taking rows) until it is full or flush_interval has passed,
  * then "ready" (a list sorted by seq), then "in flight" (handed to the writers). The loop
- * hands a ready job to the writers only if nothing it could overtake touches the same rows:
- * each job carries the sorted hashes of its rows' primary keys, and a job waits while an
- * earlier job for the same table with a common key is ready or in flight. So rows of one key
- * are written in submission order, while unrelated jobs (even of one table) run in parallel.
- * A STATEMENT job is a full barrier: it runs alone, after everything before it.
+ * hands a ready task to the writers only if nothing it could overtake touches the same rows:
+ * each task carries the sorted hashes of its rows' primary keys, and a task waits while an
+ * earlier task for the same table with a common key is ready or in flight. So rows of one key
+ * are written in submission order, while unrelated tasks (even of one table) run in parallel.
+ * A STATEMENT task is a full barrier: it runs alone, after everything before it.
  *
  * THE SPOOL. A batch goes to the spool instead of memory when the database is known to be
  * down (after a short grace period), when memory already holds max_pending_rows, when the
  * spool still holds unread records (so new rows queue behind old ones), and during shutdown.
  * When the database has been down for the grace period, everything in memory that is not in
  * flight is spilled to the spool, so memory stays bounded whatever the outage length. Spool
- * records keep their seq, and the spool replays by seq; replayed jobs go through the same
- * ready list and key checks, a few records at a time. A memory job never overtakes an unread
+ * records keep their seq, and the spool replays by seq; replayed tasks go through the same
+ * ready list and key checks, a few records at a time. A memory task never overtakes an unread
  * spool record with a smaller seq.
  *
  * WHEN THE SPOOL FAILS (disk full, I/O error) the rows it did not take stay in memory, up to
@@ -36,12 +36,12 @@
  * first. (Without a completed shutdown, sink_free must run before timers_free.)
  *
  * WRITER THREADS. Each owns one connection and loops: connect (with full-jitter backoff; the
- * first one to connect runs the migrations), take a job from the shared work queue, write it
+ * first one to connect runs the migrations), take a task from the shared work queue, write it
  * in one transaction of multi-row INSERT ... ON DUPLICATE KEY UPDATE statements (each under
  * batch_bytes and max_allowed_packet), and put it on the done queue with uv_async_send. A row
- * the server refuses for good is isolated by bisecting the job; the good rows are committed
+ * the server refuses for good is isolated by bisecting the task; the good rows are committed
  * and each bad one goes to rejected_rows (or a dead-letter file). A lost connection gives the
- * job back (RETRY) and the writer reconnects; deadlocks and lock waits are retried in place.
+ * task back (RETRY) and the writer reconnects; deadlocks and lock waits are retried in place.
  * Writers never touch loop objects; everything shared sits under `mu`.
  */
 #include "coingest/sink.h"
@@ -73,12 +73,12 @@
 #define SINK_MEM_HARD_FACTOR 2
 /* Room left in a statement for the protocol header and our own slack. */
 #define PACKET_SLACK 1024
-/* How far down the ready list dispatch looks for a job that may overtake blocked ones. */
+/* How far down the ready list dispatch looks for a task that may overtake blocked ones. */
 #define DISPATCH_LOOKAHEAD 64
 /* Writers' reconnect backoff. */
 #define CONNECT_BACKOFF_BASE_MS 200
 #define CONNECT_BACKOFF_CAP_MS  5000
-/* In-place retries of deadlocks and lock wait timeouts before the job goes back. */
+/* In-place retries of deadlocks and lock wait timeouts before the task goes back. */
 #define TRANSIENT_RETRIES 6
 /* A row that alone exceeds max_allowed_packet: not a server code, counted as a row error. */
 #define ERR_ROW_TOO_BIG 1u
@@ -88,7 +88,7 @@
 /* --- primary keys ------------------------------------------------------------------------- */
 
 /* How many leading columns of each spec form the table's primary (or unique) key. The column
- * order in batch.c puts them first. 0: no key known, the job conflicts with every job of its
+ * order in batch.c puts them first. 0: no key known, the task conflicts with every task of its
  * table (safe for a spec added later). */
 _Static_assert(BATCH_SPEC_COUNT == 9, "give the new spec its key width below");
 static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
@@ -97,12 +97,12 @@ static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
     [BATCH_ASSET_CATEGORIES] = 2, [BATCH_JOB_RUNS] = 2,         [BATCH_ASSETS_DELIST] = 0,
 };
 
-/* --- jobs --------------------------------------------------------------------------------- */
+/* --- tasks -------------------------------------------------------------------------------- */
 
-enum job_result { JOB_OK = 0, JOB_RETRY = 1 };
+enum task_result { TASK_OK = 0, TASK_RETRY = 1 };
 
-struct job {
-    struct job *next, *prev;
+struct task {
+    struct task *next, *prev;
     struct batch *b;
     uint64_t seq;
     const char *table;
@@ -111,85 +111,86 @@ struct job {
     uint64_t *keys;
     uint32_t nkeys;
     struct spool_rec *rec; /* loaded from the spool */
-    uint64_t opened_ms;    /* open jobs: when the first rows came */
+    uint64_t opened_ms;    /* open tasks: when the first rows came */
     uint64_t stmt_cap;     /* bytes per statement (batch_bytes at dispatch) */
+    uint64_t ticket;       /* place in the writers' queue, shared with reads (under mu) */
     /* Set by the writer. */
-    enum job_result result;
+    enum task_result result;
     bool conn_lost;
     uint32_t committed, rejected;
 };
 
-struct jlist {
-    struct job head;
+struct tlist {
+    struct task head;
     size_t n;
 };
 
-static void jl_init(struct jlist *l)
+static void tl_init(struct tlist *l)
 {
     l->head.next = l->head.prev = &l->head;
     l->n = 0;
 }
 
-static bool jl_empty(const struct jlist *l)
+static bool tl_empty(const struct tlist *l)
 {
     return l->head.next == &l->head;
 }
 
-static struct job *jl_first(struct jlist *l)
+static struct task *tl_first(struct tlist *l)
 {
-    return jl_empty(l) ? NULL : l->head.next;
+    return tl_empty(l) ? NULL : l->head.next;
 }
 
-static void jl_insert_after(struct jlist *l, struct job *pos, struct job *j)
+static void tl_insert_after(struct tlist *l, struct task *pos, struct task *t)
 {
-    j->prev = pos;
-    j->next = pos->next;
-    pos->next->prev = j;
-    pos->next = j;
+    t->prev = pos;
+    t->next = pos->next;
+    pos->next->prev = t;
+    pos->next = t;
     l->n++;
 }
 
-static void jl_push(struct jlist *l, struct job *j)
+static void tl_push(struct tlist *l, struct task *t)
 {
-    jl_insert_after(l, l->head.prev, j);
+    tl_insert_after(l, l->head.prev, t);
 }
 
-static void jl_remove(struct jlist *l, struct job *j)
+static void tl_remove(struct tlist *l, struct task *t)
 {
-    j->prev->next = j->next;
-    j->next->prev = j->prev;
-    j->next = j->prev = NULL;
+    t->prev->next = t->next;
+    t->next->prev = t->prev;
+    t->next = t->prev = NULL;
     l->n--;
 }
 
-/* Inserts by ascending seq, searching from the tail (new jobs usually go last). */
-static void jl_insert_sorted(struct jlist *l, struct job *j)
+/* Inserts by ascending seq, searching from the tail (new tasks usually go last). */
+static void tl_insert_sorted(struct tlist *l, struct task *t)
 {
-    struct job *p = l->head.prev;
-    while (p != &l->head && p->seq > j->seq)
+    struct task *p = l->head.prev;
+    while (p != &l->head && p->seq > t->seq)
         p = p->prev;
-    jl_insert_after(l, p, j);
+    tl_insert_after(l, p, t);
 }
 
-static struct job *job_new(struct batch *b, uint64_t seq)
+static struct task *task_new(struct batch *b, uint64_t seq)
 {
-    struct job *j = calloc(1, sizeof(*j));
-    if (!j)
+    struct task *t = calloc(1, sizeof(*t));
+    if (!t)
         return NULL;
-    j->b = b;
-    j->seq = seq;
-    j->table = b->spec->table;
-    j->barrier = b->spec->kind == BATCH_KIND_STATEMENT;
-    return j;
+    t->b = b;
+    t->seq = seq;
+    t->table = b->spec->table;
+    t->barrier = b->spec->kind == BATCH_KIND_STATEMENT;
+    return t;
 }
 
-static void job_free(struct job *j)
+static void task_free(struct task *t)
 {
-    if (!j)
+    if (!t)
         return;
-    batch_free(j->b);
-    free(j->keys);
-    free(j);
+    batch_free(t->b);
+    free(t->keys);
+    free(t);
 }
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
@@ -208,20 +209,20 @@ static int cmp_u64(const void *a, const void *b)
 
 /* Hashes each row's key columns (sorted, unique). Strings lose trailing spaces first: the
  * tables' PAD SPACE collation makes 'a' and 'a ' the same key. */
-static void job_keys(struct job *j)
+static void task_keys(struct task *t)
 {
-    if (j->keyed)
+    if (t->keyed)
         return;
-    j->keyed = true;
-    const struct batch *b = j->b;
+    t->keyed = true;
+    const struct batch *b = t->b;
     uint8_t k = key_cols[b->spec->id];
     if (k == 0 || b->nrows == 0)
         return;
-    j->keys = malloc((size_t)b->nrows * sizeof(uint64_t));
-    if (!j->keys)
+    t->keys = malloc((size_t)b->nrows * sizeof(uint64_t));
+    if (!t->keys)
         return; /* no keys: conflicts with everything of its table */
     for (uint32_t r = 0; r < b->nrows; r++) {
-        uint64_t h = fnv(1469598103934665603ull, j->table, strlen(j->table));
+        uint64_t h = fnv(1469598103934665603ull, t->table, strlen(t->table));
         for (uint16_t c = 0; c < k; c++) {
             const struct val *v = batch_val(b, r, c);
             h = fnv(h, &v->type, 1);
@@ -235,25 +236,25 @@ static void job_keys(struct job *j)
             }
             h = fnv(h, "\x1f", 1);
         }
-        j->keys[r] = h;
+        t->keys[r] = h;
     }
-    qsort(j->keys, b->nrows, sizeof(uint64_t), cmp_u64);
+    qsort(t->keys, b->nrows, sizeof(uint64_t), cmp_u64);
     uint32_t n = 1;
     for (uint32_t i = 1; i < b->nrows; i++)
-        if (j->keys[i] != j->keys[n - 1])
-            j->keys[n++] = j->keys[i];
-    j->nkeys = n;
+        if (t->keys[i] != t->keys[n - 1])
+            t->keys[n++] = t->keys[i];
+    t->nkeys = n;
 }
 
 /* May a and b not run in either order? */
-static bool jobs_conflict(struct job *a, struct job *b)
+static bool must_keep_order(struct task *a, struct task *b)
 {
     if (a->barrier || b->barrier)
         return true;
     if (strcmp(a->table, b->table) != 0)
         return false;
-    job_keys(a);
-    job_keys(b);
+    task_keys(a);
+    task_keys(b);
     if (!a->keys || !b->keys)
         return true;
     uint32_t i = 0, k = 0;
@@ -266,6 +267,86 @@ static bool jobs_conflict(struct job *a, struct job *b)
             k++;
     }
     return false;
+}
+
+/* --- reads -------------------------------------------------------------------------------- */
+
+/* One sink_read: made on the loop, run by a writer, answered on the loop. */
+struct read {
+    struct read *next;
+    uint64_t ticket; /* place in the writers' queue, shared with tasks (under mu) */
+    char *sql;
+    char **params; /* nparams of them; NULL for SQL NULL */
+    size_t nparams;
+    size_t max_rows;
+    sink_read_cb cb;
+    void *arg;
+    /* Set by the writer, or by the loop when it answers the read itself. */
+    int rc;
+    bool conn_lost;
+    char err[640]; /* room for "database unreachable: " + the last connect error */
+    struct sink_rows rows;
+};
+
+/* A FIFO of reads. */
+struct rqueue {
+    struct read *head, **tail;
+};
+
+static void rq_init(struct rqueue *q)
+{
+    q->head = NULL;
+    q->tail = &q->head;
+}
+
+static void rq_push(struct rqueue *q, struct read *r)
+{
+    r->next = NULL;
+    *q->tail = r;
+    q->tail = &r->next;
+}
+
+static struct read *rq_pop(struct rqueue *q)
+{
+    struct read *r = q->head;
+    if (r) {
+        q->head = r->next;
+        if (!q->head)
+            q->tail = &q->head;
+        r->next = NULL;
+    }
+    return r;
+}
+
+static void rows_free(struct sink_rows *rows)
+{
+    if (rows->names)
+        for (uint32_t c = 0; c < rows->ncols; c++)
+            free(rows->names[c]);
+    if (rows->cells)
+        for (size_t i = 0; i < (size_t)rows->nrows * rows->ncols; i++)
+            free(rows->cells[i]);
+    free(rows->names);
+    free(rows->cells);
+    memset(rows, 0, sizeof(*rows));
+}
+
+static void read_free(struct read *r)
+{
+    if (!r)
+        return;
+    free(r->sql);
+    for (size_t i = 0; r->params && i < r->nparams; i++)
+        free(r->params[i]);
+    free(r->params);
+    rows_free(&r->rows);
+    free(r);
+}
+
+static void read_fail(struct read *r, int rc, const char *msg)
+{
+    r->rc = rc;
+    snprintf(r->err, sizeof(r->err), "%s", msg);
 }
 
 /* --- shared state ------------------------------------------------------------------------- */
@@ -301,7 +382,7 @@ struct writer {
     unsigned err_no;
     char err_msg[512];
     /* Under mu. */
-    int sockfd; /* while a job runs, for an abort */
+    int sockfd; /* while a task runs, for an abort */
     bool exited;
 };
 
@@ -318,14 +399,14 @@ struct sink {
     struct spool *spool;
     bool started;
     uint64_t next_seq;
-    struct job *open[BATCH_SPEC_COUNT];
-    struct jlist ready;
-    struct job **inflight;
+    struct task *open[BATCH_SPEC_COUNT];
+    struct tlist ready;
+    struct task **inflight;
     unsigned ninflight, inflight_cap;
     bool barrier_inflight;
-    uint64_t mem_rows;    /* rows of jobs not from the spool, wherever they are */
-    uint64_t replay_rows; /* rows of jobs loaded from the spool */
-    unsigned replay_jobs;
+    uint64_t mem_rows;    /* rows of tasks not from the spool, wherever they are */
+    uint64_t replay_rows; /* rows of tasks loaded from the spool */
+    unsigned replay_tasks;
     bool db_up, db_down, spilled, ever_ready;
     bool spool_failing; /* the last spool write for a submitted batch failed (logged once) */
     int shut;
@@ -346,7 +427,9 @@ struct sink {
     /* Shared with the writers, under mu. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct jlist work, done;
+    struct tlist work, done;
+    struct rqueue reads, rdone; /* queued for a writer; answered, for the loop */
+    uint64_t ticket;            /* next place in the writers' queue */
     struct writer **w;
     unsigned nw;        /* threads started */
     unsigned nworkers;  /* wanted; writers with idx >= nworkers retire */
@@ -612,10 +695,10 @@ static int wcommit(struct writer *w)
     return -1;
 }
 
-static uint64_t stmt_limit(const struct writer *w, const struct job *j)
+static uint64_t stmt_limit(const struct writer *w, const struct task *t)
 {
     uint64_t hard = w->max_packet > 2 * PACKET_SLACK ? w->max_packet - PACKET_SLACK : 0;
-    uint64_t cap = j->stmt_cap ? j->stmt_cap : hard;
+    uint64_t cap = t->stmt_cap ? t->stmt_cap : hard;
     if (hard && cap > hard)
         cap = hard;
     return cap;
@@ -641,13 +724,13 @@ static int wexec_upsert(struct writer *w, const char *upd, const char *sql)
     return wexec_stmt(w);
 }
 
-/* Rows [lo, hi) of an UPSERT job in one transaction, as few statements as the byte cap
+/* Rows [lo, hi) of an UPSERT task in one transaction, as few statements as the byte cap
  * allows. 0, or -1 with the error in w. */
-static int try_upsert(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+static int try_upsert(struct writer *w, struct task *t, uint32_t lo, uint32_t hi)
 {
-    const struct batch *b = j->b;
+    const struct batch *b = t->b;
     const struct batch_spec *spec = b->spec;
-    uint64_t cap = stmt_limit(w, j);
+    uint64_t cap = stmt_limit(w, t);
     uint64_t hard = w->max_packet > 2 * PACKET_SLACK ? w->max_packet - PACKET_SLACK : UINT64_MAX;
     sb_reset(&w->prefix);
     sb_puts(&w->prefix, "INSERT INTO `");
@@ -699,11 +782,11 @@ static int try_upsert(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
     return wcommit(w);
 }
 
-/* Rows [lo, hi) of a STATEMENT job: the spec's statement once per row, with the row's values
+/* Rows [lo, hi) of a STATEMENT task: the spec's statement once per row, with the row's values
  * in place of the `?` placeholders (outside quotes), in one transaction. */
-static int try_statement(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+static int try_statement(struct writer *w, struct task *t, uint32_t lo, uint32_t hi)
 {
-    const struct batch *b = j->b;
+    const struct batch *b = t->b;
     const char *sql = b->spec->sql;
     for (uint32_t r = lo; r < hi; r++) {
         sb_reset(&w->stmt);
@@ -729,11 +812,11 @@ static int try_statement(struct writer *w, struct job *j, uint32_t lo, uint32_t 
     return wcommit(w);
 }
 
-static int try_rows(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+static int try_rows(struct writer *w, struct task *t, uint32_t lo, uint32_t hi)
 {
-    if (j->b->spec->kind == BATCH_KIND_STATEMENT)
-        return try_statement(w, j, lo, hi);
-    return try_upsert(w, j, lo, hi);
+    if (t->b->spec->kind == BATCH_KIND_STATEMENT)
+        return try_statement(w, t, lo, hi);
+    return try_upsert(w, t, lo, hi);
 }
 
 /* --- writer: rejected rows ---------------------------------------------------------------- */
@@ -774,19 +857,19 @@ static void dead_letter(struct writer *w, const char *table, const char *json, c
     free(line);
 }
 
-/* Stores row r of j in rejected_rows with the server's reason (w->err_msg). 0, or -1 when
- * the database failed in a way that is not about this row (the job is retried). */
-static int reject_row(struct writer *w, struct job *j, uint32_t r)
+/* Stores row r of t in rejected_rows with the server's reason (w->err_msg). 0, or -1 when
+ * the database failed in a way that is not about this row (the task is retried). */
+static int reject_row(struct writer *w, struct task *t, uint32_t r)
 {
-    const char *table = j->b->spec->table;
+    const char *table = t->b->spec->table;
     char reason[sizeof(w->err_msg) + 16];
     snprintf(reason, sizeof(reason), "%s (%u)", w->err_msg, w->err_no);
-    char *json = row_json(j->b, r);
+    char *json = row_json(t->b, r);
     char lbl[128];
     table_labels(lbl, sizeof(lbl), table);
     log_warn("row rejected by the database", LOG_S("table", table), LOG_S("error", reason));
     metrics_add("coingest_rejected_rows_total", lbl, 1);
-    j->rejected++;
+    t->rejected++;
     struct val vals[3] = {
         {.type = VAL_STR, .len = (uint32_t)strlen(table), .u.s = table},
         {.type = VAL_STR, .len = json ? (uint32_t)strlen(json) : 4, .u.s = json ? json : "null"},
@@ -806,7 +889,7 @@ static int reject_row(struct writer *w, struct job *j, uint32_t r)
     } else if (wexec(w, w->stmt.p, w->stmt.len) || wcommit(w)) {
         if (db_error_is_transient(w->err_no) || w->err_no == ERR_NOMEM) {
             rc = -1;
-            j->rejected--;
+            t->rejected--;
         } else {
             dead_letter(w, table, json, reason);
         }
@@ -817,20 +900,20 @@ static int reject_row(struct writer *w, struct job *j, uint32_t r)
 
 /* Writes rows [lo, hi); a range the server refuses for a row's sake is halved until the bad
  * rows are alone, and those are rejected. 0, or -1 with a non-row error in w. */
-static int write_range(struct writer *w, struct job *j, uint32_t lo, uint32_t hi)
+static int write_range(struct writer *w, struct task *t, uint32_t lo, uint32_t hi)
 {
-    if (try_rows(w, j, lo, hi) == 0) {
-        j->committed += hi - lo;
+    if (try_rows(w, t, lo, hi) == 0) {
+        t->committed += hi - lo;
         return 0;
     }
     if (db_error_class(w->err_no) != DB_ERR_ROW)
         return -1;
     if (hi - lo == 1)
-        return reject_row(w, j, lo);
+        return reject_row(w, t, lo);
     uint32_t mid = lo + (hi - lo) / 2;
-    if (write_range(w, j, lo, mid))
+    if (write_range(w, t, lo, mid))
         return -1;
-    return write_range(w, j, mid, hi);
+    return write_range(w, t, mid, hi);
 }
 
 /* --- writer: thread ----------------------------------------------------------------------- */
@@ -857,17 +940,17 @@ static void wait_ms_locked(struct sink *s, uint64_t ms, uint64_t gen)
     }
 }
 
-static void run_job(struct writer *w, struct job *j)
+static void run_task(struct writer *w, struct task *t)
 {
     struct sink *s = w->s;
     char lbl[128];
     uint64_t t0 = uv_hrtime(); /* thread-safe: no loop involved */
     for (unsigned attempt = 0;; attempt++) {
-        j->committed = j->rejected = 0;
-        if (write_range(w, j, 0, j->b->nrows) == 0) {
-            j->result = JOB_OK;
-            table_labels(lbl, sizeof(lbl), j->table);
-            metrics_add("coingest_rows_written_total", lbl, j->committed);
+        t->committed = t->rejected = 0;
+        if (write_range(w, t, 0, t->b->nrows) == 0) {
+            t->result = TASK_OK;
+            table_labels(lbl, sizeof(lbl), t->table);
+            metrics_add("coingest_rows_written_total", lbl, t->committed);
             metrics_add("coingest_batches_total", lbl, 1);
             metrics_observe("coingest_write_seconds", "", (double)(uv_hrtime() - t0) / 1e9);
             pthread_mutex_lock(&s->mu);
@@ -879,13 +962,13 @@ static void run_job(struct writer *w, struct job *j)
                  w->err_no == ERR_NOMEM ? "memory" : db_error_reason(w->err_no));
         metrics_add("coingest_write_errors_total", lbl, 1);
         enum db_err_class cls = db_error_class(w->err_no);
-        j->result = JOB_RETRY;
+        t->result = TASK_RETRY;
         if (cls == DB_ERR_CONNECTION || cls == DB_ERR_PACKET) {
-            log_debug("write failed; reconnecting", LOG_S("table", j->table),
+            log_debug("write failed; reconnecting", LOG_S("table", t->table),
                       LOG_S("error", w->err_msg), LOG_U("code", w->err_no));
             if (cls == DB_ERR_PACKET && w->max_packet > 4 * PACKET_SLACK)
                 w->max_packet /= 2; /* until the reconnect reads it again */
-            j->conn_lost = true;
+            t->conn_lost = true;
             return;
         }
         pthread_mutex_lock(&s->mu);
@@ -899,7 +982,7 @@ static void run_job(struct writer *w, struct job *j)
                 /* Schema trouble: nothing a row did. Keep the rows, wait, try again. */
                 if (attempt == 0)
                     log_error("database refuses writes to a table; rows are kept and retried",
-                              LOG_S("table", j->table), LOG_S("error", w->err_msg),
+                              LOG_S("table", t->table), LOG_S("error", w->err_msg),
                               LOG_U("code", w->err_no));
                 delay = backoff_full_jitter(&w->rng, 1000, 30000, attempt);
             }
@@ -913,7 +996,182 @@ static void run_job(struct writer *w, struct job *j)
     }
 }
 
-static void notify_loop(struct sink *s)
+/* --- writer: reads ----------------------------------------------------------------------- */
+
+/* Bytes fetched per cell at first; longer values are fetched again whole. */
+#define READ_CELL_BUF 256
+
+/* A failed call: a lost connection is -ENOTCONN (the writer then reconnects), anything else
+ * -EIO with the server's (or the client library's) message. */
+static void read_error(struct read *r, unsigned no, const char *msg)
+{
+    if (db_error_class(no) == DB_ERR_CONNECTION) {
+        r->conn_lost = true;
+        r->rc = -ENOTCONN;
+    } else {
+        r->rc = -EIO;
+    }
+    snprintf(r->err, sizeof(r->err), "%s (%u)", msg, no);
+}
+
+/* Copies the current row of `st` (bound to rb) into r->rows. 0, or -1 with the error in r. */
+static int read_row(struct read *r, MYSQL_STMT *st, MYSQL_BIND *rb, size_t *cap)
+{
+    struct sink_rows *rows = &r->rows;
+    if (rows->nrows >= r->max_rows) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the query returns more than max_rows (%zu) rows", r->max_rows);
+        read_fail(r, -E2BIG, msg);
+        return -1;
+    }
+    if (rows->nrows == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        char **cells = realloc(rows->cells, ncap * rows->ncols * sizeof(*cells));
+        if (!cells) {
+            read_fail(r, -ENOMEM, "out of memory");
+            return -1;
+        }
+        rows->cells = cells;
+        *cap = ncap;
+    }
+    char **cell = rows->cells + (size_t)rows->nrows * rows->ncols;
+    memset(cell, 0, rows->ncols * sizeof(*cell));
+    rows->nrows++; /* so that rows_free frees the cells made so far */
+    for (uint32_t c = 0; c < rows->ncols; c++) {
+        if (rb[c].is_null_value)
+            continue;
+        unsigned long len = rb[c].length_value;
+        char *v = malloc((size_t)len + 1);
+        if (!v) {
+            read_fail(r, -ENOMEM, "out of memory");
+            return -1;
+        }
+        cell[c] = v;
+        if (len <= rb[c].buffer_length) {
+            memcpy(v, rb[c].buffer, len);
+        } else {
+            MYSQL_BIND whole;
+            memset(&whole, 0, sizeof(whole));
+            whole.buffer_type = MYSQL_TYPE_STRING;
+            whole.buffer = v;
+            whole.buffer_length = len + 1;
+            whole.length = &whole.length_value;
+            if (mysql_stmt_fetch_column(st, &whole, c, 0)) {
+                read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+                return -1;
+            }
+        }
+        v[len] = '\0';
+    }
+    return 0;
+}
+
+/* Runs a read as a prepared statement in a read-only transaction (so it cannot write, and
+ * each read starts from a fresh snapshot), every value fetched as text. Sets r->rc. */
+static void run_read(struct writer *w, struct read *r)
+{
+    MYSQL_STMT *st = NULL;
+    MYSQL_RES *meta = NULL;
+    MYSQL_BIND *pb = NULL, *rb = NULL;
+    char *bufs = NULL;
+    size_t cap = 0;
+    r->rc = 0;
+    if (mysql_query(w->conn, "START TRANSACTION READ ONLY")) {
+        read_error(r, mysql_errno(w->conn), mysql_error(w->conn));
+        goto out;
+    }
+    st = mysql_stmt_init(w->conn);
+    if (!st) {
+        read_fail(r, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if (mysql_stmt_prepare(st, r->sql, (unsigned long)strlen(r->sql))) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    unsigned long np = mysql_stmt_param_count(st);
+    unsigned nc = mysql_stmt_field_count(st);
+    if (np != r->nparams || nc == 0) {
+        char msg[128];
+        if (nc == 0)
+            snprintf(msg, sizeof(msg), "not a query that returns rows: sink_read runs SELECTs");
+        else
+            snprintf(msg, sizeof(msg), "the statement has %lu placeholders, %zu parameters given",
+                     np, r->nparams);
+        read_fail(r, -EINVAL, msg);
+        goto out;
+    }
+    pb = calloc(np ? np : 1, sizeof(*pb));
+    rb = calloc(nc, sizeof(*rb));
+    bufs = malloc((size_t)nc * READ_CELL_BUF);
+    r->rows.names = calloc(nc, sizeof(*r->rows.names));
+    if (!pb || !rb || !bufs || !r->rows.names) {
+        read_fail(r, -ENOMEM, "out of memory");
+        goto out;
+    }
+    r->rows.ncols = nc;
+    for (unsigned long i = 0; i < np; i++) {
+        if (r->params[i]) {
+            pb[i].buffer_type = MYSQL_TYPE_STRING;
+            pb[i].buffer = r->params[i];
+            pb[i].buffer_length = (unsigned long)strlen(r->params[i]);
+        } else {
+            pb[i].buffer_type = MYSQL_TYPE_NULL;
+        }
+    }
+    if ((np && mysql_stmt_bind_param(st, pb)) || mysql_stmt_execute(st)) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    meta = mysql_stmt_result_metadata(st);
+    if (!meta) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    MYSQL_FIELD *f = mysql_fetch_fields(meta);
+    for (unsigned c = 0; c < nc; c++) {
+        r->rows.names[c] = strdup(f[c].name ? f[c].name : "");
+        if (!r->rows.names[c]) {
+            read_fail(r, -ENOMEM, "out of memory");
+            goto out;
+        }
+        rb[c].buffer_type = MYSQL_TYPE_STRING;
+        rb[c].buffer = bufs + (size_t)c * READ_CELL_BUF;
+        rb[c].buffer_length = READ_CELL_BUF;
+        rb[c].length = &rb[c].length_value;
+        rb[c].is_null = &rb[c].is_null_value;
+    }
+    if (mysql_stmt_bind_result(st, rb)) {
+        read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+        goto out;
+    }
+    for (;;) {
+        int fr = mysql_stmt_fetch(st);
+        if (fr == MYSQL_NO_DATA)
+            break;
+        if (fr == 1) {
+            read_error(r, mysql_stmt_errno(st), mysql_stmt_error(st));
+            goto out;
+        }
+        /* 0, or MYSQL_DATA_TRUNCATED: a long cell, fetched whole by read_row. */
+        if (read_row(r, st, rb, &cap))
+            goto out;
+    }
+out:
+    if (r->rc)
+        rows_free(&r->rows);
+    if (meta)
+        mysql_free_result(meta);
+    if (st)
+        mysql_stmt_close(st); /* also reads away the rows left after -E2BIG */
+    free(pb);
+    free(rb);
+    free(bufs);
+    if (!r->conn_lost)
+        mysql_rollback(w->conn); /* ends the read-only transaction */
+}
+
+static void wake_loop(struct sink *s)
 {
     uv_async_send(&s->async);
 }
@@ -934,7 +1192,8 @@ static void drop_conn_locked(struct writer *w)
 }
 
 /* The migrations (or, with auto_migrate off, the check that none is pending) on a fresh
- * connection. >= 0, or -errno with the reason in err. No lock held. */
+ * connection: the built-in ones, or migrations_dir's files when it is set, exactly as
+ * coingestd --migrate does. >= 0, or -errno with the reason in err. No lock held. */
 static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t errlen)
 {
     const char *dir = conf->cfg.database.migrations_dir;
@@ -943,9 +1202,9 @@ static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t err
     int n = db_migrations_pending(conn, dir, err, errlen);
     if (n > 0) {
         snprintf(err, errlen,
-                 "%d migration(s) in %s not applied and auto_migrate is off: run "
+                 "%d migration(s) (%s) not applied and auto_migrate is off: run "
                  "coingestd --migrate",
-                 n, dir);
+                 n, db_migrations_source(dir));
         n = -EAGAIN;
     }
     return n;
@@ -953,7 +1212,7 @@ static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t err
 
 /* Connects and brings the schema up to date (the first writer migrates, the others wait).
  * Once the sink is stopping (stop or abort) no migration starts and no connection is kept.
- * While migrating, the connection's socket is published in w->sockfd like a running job's,
+ * While migrating, the connection's socket is published in w->sockfd like a running task's,
  * so that a hard stop (go_hard) or the end of a stop (stop_threads) cuts off a migration
  * waiting on GET_LOCK (up to 120 s) or on a long statement. mu held on entry and exit. 0, or
  * -1 after logging why (then backoff). */
@@ -994,7 +1253,8 @@ static int writer_connect_locked(struct writer *w)
                          LOG_S("error", err));
             else
                 log_error("schema migration failed; rows are spooled until it succeeds",
-                          LOG_S("error", err), LOG_S("dir", conf->cfg.database.migrations_dir));
+                          LOG_S("error", err),
+                          LOG_S("dir", db_migrations_source(conf->cfg.database.migrations_dir)));
             pthread_mutex_lock(&s->mu);
             quit = s->stop || s->abort;
         }
@@ -1007,7 +1267,7 @@ static int writer_connect_locked(struct writer *w)
         if (!quit) {
             /* A failure, not a stop: the loop may count the database as down. */
             s->connect_failed = true;
-            notify_loop(s);
+            wake_loop(s);
         }
         dbconf_unref(conf);
         pthread_mutex_unlock(&s->mu);
@@ -1023,7 +1283,7 @@ static int writer_connect_locked(struct writer *w)
     dbconf_unref(conf);
     s->connected++;
     s->connect_failed = false;
-    notify_loop(s);
+    wake_loop(s);
     return 0;
 }
 
@@ -1055,27 +1315,45 @@ static void *writer_main(void *arg)
                            s->conf->gen);
             continue;
         }
-        struct job *j = jl_first(&s->work);
-        if (!j) {
+        struct task *t = tl_first(&s->work);
+        struct read *r = s->reads.head;
+        if (r && (!t || r->ticket < t->ticket)) {
+            /* First come, first served between reads and tasks. */
+            rq_pop(&s->reads);
+            w->sockfd = (int)mysql_get_socket(w->conn);
+            pthread_mutex_unlock(&s->mu);
+            run_read(w, r);
+            bool lost = r->conn_lost;
+            pthread_mutex_lock(&s->mu);
+            w->sockfd = -1;
+            if (r->rc == -ENOTCONN && (s->stop || s->abort))
+                read_fail(r, -ECANCELED, "the sink is shutting down");
+            rq_push(&s->rdone, r);
+            wake_loop(s);
+            if (lost)
+                drop_conn_locked(w);
+            continue;
+        }
+        if (!t) {
             pthread_cond_wait(&s->cv, &s->mu);
             continue;
         }
-        jl_remove(&s->work, j);
+        tl_remove(&s->work, t);
         w->sockfd = (int)mysql_get_socket(w->conn);
         pthread_mutex_unlock(&s->mu);
-        run_job(w, j);
-        bool lost = j->conn_lost;
+        run_task(w, t);
+        bool lost = t->conn_lost;
         pthread_mutex_lock(&s->mu);
         w->sockfd = -1;
-        jl_push(&s->done, j);
-        notify_loop(s);
+        tl_push(&s->done, t);
+        wake_loop(s);
         if (lost)
             drop_conn_locked(w);
     }
     drop_conn_locked(w);
     w->exited = true;
     s->exited++;
-    notify_loop(s);
+    wake_loop(s);
     pthread_mutex_unlock(&s->mu);
     sb_free(&w->stmt);
     sb_free(&w->row);
@@ -1161,6 +1439,46 @@ static void lose_rows(struct sink *s, uint64_t rows, const char *reason, const c
     log_error("rows lost", LOG_U("rows", rows), LOG_S("reason", reason), LOG_S("why", why));
 }
 
+/* Answers the queued reads that no writer took yet with rc and msg (they go to rdone, for
+ * the next on_async). mu held. */
+static void fail_queued_reads_locked(struct sink *s, int rc, const char *msg)
+{
+    struct read *r;
+    while ((r = rq_pop(&s->reads)) != NULL) {
+        read_fail(r, rc, msg);
+        rq_push(&s->rdone, r);
+    }
+}
+
+/* Calls back and frees answered reads, in order. A callback may call sink_read (or anything
+ * else a loop callback may): nothing here is held across it. */
+static void answer_reads(struct rqueue *q)
+{
+    struct read *r;
+    while ((r = rq_pop(q)) != NULL) {
+        if (r->rc == 0)
+            r->cb(0, &r->rows, NULL, r->arg);
+        else
+            r->cb(r->rc, NULL, r->err, r->arg);
+        read_free(r);
+    }
+}
+
+/* Takes every answered read, and with `cancel` every queued one too (as -ECANCELED), and
+ * answers them. Loop thread. */
+static void drain_reads(struct sink *s, bool cancel)
+{
+    struct rqueue q;
+    rq_init(&q);
+    pthread_mutex_lock(&s->mu);
+    if (cancel)
+        fail_queued_reads_locked(s, -ECANCELED, "the sink is shutting down");
+    while (s->rdone.head)
+        rq_push(&q, rq_pop(&s->rdone));
+    pthread_mutex_unlock(&s->mu);
+    answer_reads(&q);
+}
+
 /* May memory take `rows` more that the spool refused? Up to SINK_MEM_HARD_FACTOR x
  * max_pending_rows, and only while writers may still write them. */
 static bool mem_may_take(const struct sink *s, uint64_t rows)
@@ -1183,7 +1501,7 @@ static void update_gauges(struct sink *s)
     metrics_set("coingest_spool_bytes", "", (double)ss.bytes);
 }
 
-static uint64_t spool_unread(struct sink *s)
+static uint64_t unread_records(struct sink *s)
 {
     if (!s->spool)
         return 0;
@@ -1206,11 +1524,11 @@ static void arm_flush(struct sink *s)
 
 static void close_open(struct sink *s, int spec)
 {
-    struct job *j = s->open[spec];
-    if (!j)
+    struct task *t = s->open[spec];
+    if (!t)
         return;
     s->open[spec] = NULL;
-    jl_insert_sorted(&s->ready, j);
+    tl_insert_sorted(&s->ready, t);
 }
 
 static void close_all_open(struct sink *s)
@@ -1220,41 +1538,41 @@ static void close_all_open(struct sink *s)
     tstop(s, &s->flush_timer);
 }
 
-/* Appends a job's batch to the spool (not synced) and frees the job. A job loaded from the
- * spool is only unloaded: it is still there. 0, or -errno (the job is untouched). */
-static int job_to_spool(struct sink *s, struct job *j)
+/* Appends a task's batch to the spool (not synced) and frees the task. A task loaded from the
+ * spool is only unloaded: it is still there. 0, or -errno (the task is untouched). */
+static int task_to_spool(struct sink *s, struct task *t)
 {
-    if (j->rec) {
-        spool_unload(s->spool, j->rec);
-        s->replay_rows -= j->b->nrows;
-        s->replay_jobs--;
-        job_free(j);
+    if (t->rec) {
+        spool_unload(s->spool, t->rec);
+        s->replay_rows -= t->b->nrows;
+        s->replay_tasks--;
+        task_free(t);
         return 0;
     }
-    int rc = spool_append(s->spool, j->seq, j->b);
+    int rc = spool_append(s->spool, t->seq, t->b);
     if (rc)
         return rc;
-    s->mem_rows -= j->b->nrows;
-    job_free(j);
+    s->mem_rows -= t->b->nrows;
+    task_free(t);
     return 0;
 }
 
-/* Takes back the jobs no writer has picked up yet. */
+/* Takes back the tasks no writer has picked up yet. */
 static void reclaim_work(struct sink *s)
 {
     pthread_mutex_lock(&s->mu);
-    struct job *j;
-    while ((j = jl_first(&s->work)) != NULL) {
-        jl_remove(&s->work, j);
+    struct task *t;
+    while ((t = tl_first(&s->work)) != NULL) {
+        tl_remove(&s->work, t);
         for (unsigned i = 0; i < s->ninflight; i++) {
-            if (s->inflight[i] == j) {
+            if (s->inflight[i] == t) {
                 s->inflight[i] = s->inflight[--s->ninflight];
                 break;
             }
         }
-        if (j->barrier)
+        if (t->barrier)
             s->barrier_inflight = false;
-        jl_insert_sorted(&s->ready, j);
+        tl_insert_sorted(&s->ready, t);
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -1267,22 +1585,22 @@ static void spill(struct sink *s)
     reclaim_work(s);
     close_all_open(s);
     uint64_t rows = 0;
-    struct job *j = jl_first(&s->ready);
-    while (j) {
-        struct job *next = j->next == &s->ready.head ? NULL : j->next;
-        uint32_t n = j->b->nrows;
-        bool from_spool = j->rec != NULL;
-        jl_remove(&s->ready, j);
-        int rc = job_to_spool(s, j);
+    struct task *t = tl_first(&s->ready);
+    while (t) {
+        struct task *next = t->next == &s->ready.head ? NULL : t->next;
+        uint32_t n = t->b->nrows;
+        bool from_spool = t->rec != NULL;
+        tl_remove(&s->ready, t);
+        int rc = task_to_spool(s, t);
         if (rc) {
-            jl_insert_sorted(&s->ready, j);
+            tl_insert_sorted(&s->ready, t);
             log_error("spool write failed; rows stay in memory", LOG_S("dir", s->spool_path),
                       LOG_S("error", strerror(-rc)));
             break;
         }
         if (!from_spool)
             rows += n;
-        j = next;
+        t = next;
     }
     int rc = spool_sync(s->spool);
     if (rc)
@@ -1291,34 +1609,34 @@ static void spill(struct sink *s)
         log_info("rows moved from memory to the spool", LOG_U("rows", rows));
 }
 
-static void handle_done(struct sink *s, struct job *j)
+static void handle_done(struct sink *s, struct task *t)
 {
     for (unsigned i = 0; i < s->ninflight; i++) {
-        if (s->inflight[i] == j) {
+        if (s->inflight[i] == t) {
             s->inflight[i] = s->inflight[--s->ninflight];
             break;
         }
     }
-    if (j->barrier)
+    if (t->barrier)
         s->barrier_inflight = false;
-    uint32_t n = j->b->nrows;
-    if (j->result == JOB_OK) {
-        s->st.rows_committed += j->committed;
-        s->st.rows_rejected += j->rejected;
+    uint32_t n = t->b->nrows;
+    if (t->result == TASK_OK) {
+        s->st.rows_committed += t->committed;
+        s->st.rows_rejected += t->rejected;
         s->st.batches_committed++;
-        if (j->rec) {
-            spool_commit(s->spool, j->rec);
+        if (t->rec) {
+            spool_commit(s->spool, t->rec);
             s->replay_rows -= n;
-            s->replay_jobs--;
+            s->replay_tasks--;
         } else {
             s->mem_rows -= n;
         }
-        job_free(j);
+        task_free(t);
         return;
     }
-    j->conn_lost = false;
+    t->conn_lost = false;
     if ((s->spilled || s->shut >= SHUT_HARD) && s->spool) {
-        int rc = job_to_spool(s, j);
+        int rc = task_to_spool(s, t);
         if (rc == 0)
             rc = spool_sync(s->spool);
         if (rc == 0)
@@ -1326,7 +1644,7 @@ static void handle_done(struct sink *s, struct job *j)
         log_error("spool write failed; rows stay in memory", LOG_S("dir", s->spool_path),
                   LOG_S("error", strerror(-rc)));
     }
-    jl_insert_sorted(&s->ready, j);
+    tl_insert_sorted(&s->ready, t);
 }
 
 /* Loads spool records into the ready list, a few at a time. */
@@ -1334,9 +1652,9 @@ static void load_replay(struct sink *s)
 {
     if (!s->spool)
         return;
-    unsigned max_jobs = 2 * s->nworkers + 2;
+    unsigned max_tasks = 2 * s->nworkers + 2;
     uint64_t max_rows = (uint64_t)s->batch_rows * (s->nworkers + 1);
-    while (s->replay_jobs == 0 || (s->replay_jobs < max_jobs && s->replay_rows < max_rows)) {
+    while (s->replay_tasks == 0 || (s->replay_tasks < max_tasks && s->replay_rows < max_rows)) {
         struct spool_rec *rec = spool_peek(s->spool);
         if (!rec)
             break;
@@ -1350,17 +1668,17 @@ static void load_replay(struct sink *s)
             tstart(s, &s->replay_timer, 1000);
             break;
         }
-        struct job *j = job_new(b, spool_rec_seq(rec));
-        if (!j) {
+        struct task *t = task_new(b, spool_rec_seq(rec));
+        if (!t) {
             batch_free(b);
             spool_unload(s->spool, rec);
             tstart(s, &s->replay_timer, 1000);
             break;
         }
-        j->rec = rec;
+        t->rec = rec;
         s->replay_rows += b->nrows;
-        s->replay_jobs++;
-        jl_insert_sorted(&s->ready, j);
+        s->replay_tasks++;
+        tl_insert_sorted(&s->ready, t);
     }
 }
 
@@ -1378,59 +1696,60 @@ static void dispatch(struct sink *s)
         return;
     struct spool_rec *head = s->spool ? spool_peek(s->spool) : NULL;
     uint64_t min_unread = head ? spool_rec_seq(head) : UINT64_MAX;
-    struct job *skipped[DISPATCH_LOOKAHEAD];
+    struct task *skipped[DISPATCH_LOOKAHEAD];
     unsigned nskipped = 0, scanned = 0, sent = 0;
-    struct job *j = jl_first(&s->ready);
-    while (j && s->ninflight < s->nworkers && scanned++ < DISPATCH_LOOKAHEAD) {
-        struct job *next = j->next == &s->ready.head ? NULL : j->next;
-        if (j->seq > min_unread)
+    struct task *t = tl_first(&s->ready);
+    while (t && s->ninflight < s->nworkers && scanned++ < DISPATCH_LOOKAHEAD) {
+        struct task *next = t->next == &s->ready.head ? NULL : t->next;
+        if (t->seq > min_unread)
             break;
-        if (j->barrier) {
-            if (open_before(s, j->seq)) {
+        if (t->barrier) {
+            if (open_before(s, t->seq)) {
                 /* Rows submitted before the barrier must be written before it. */
                 for (int i = 0; i < BATCH_SPEC_COUNT; i++)
-                    if (s->open[i] && s->open[i]->seq < j->seq)
+                    if (s->open[i] && s->open[i]->seq < t->seq)
                         close_open(s, i);
                 arm_flush(s);
-                break; /* the closed jobs sort in front; the next pass sends them */
+                break; /* the closed tasks sort in front; the next pass sends them */
             }
             if (s->ninflight > 0 || nskipped > 0)
                 break;
         }
         bool blocked = false;
         for (unsigned i = 0; i < s->ninflight && !blocked; i++)
-            blocked = jobs_conflict(j, s->inflight[i]);
+            blocked = must_keep_order(t, s->inflight[i]);
         for (unsigned i = 0; i < nskipped && !blocked; i++)
-            blocked = jobs_conflict(j, skipped[i]);
+            blocked = must_keep_order(t, skipped[i]);
         if (blocked) {
-            skipped[nskipped++] = j;
-            j = next;
+            skipped[nskipped++] = t;
+            t = next;
             continue;
         }
-        jl_remove(&s->ready, j);
+        tl_remove(&s->ready, t);
         if (s->ninflight == s->inflight_cap) {
             unsigned cap = s->inflight_cap ? s->inflight_cap * 2 : 8;
-            struct job **arr = realloc(s->inflight, cap * sizeof(*arr));
+            struct task **arr = realloc(s->inflight, cap * sizeof(*arr));
             if (!arr) {
-                jl_insert_sorted(&s->ready, j);
+                tl_insert_sorted(&s->ready, t);
                 break;
             }
             s->inflight = arr;
             s->inflight_cap = cap;
         }
-        job_keys(j); /* computed on the loop: writers never touch the keys */
-        j->stmt_cap = s->batch_bytes;
-        j->result = JOB_RETRY;
-        s->inflight[s->ninflight++] = j;
+        task_keys(t); /* computed on the loop: writers never touch the keys */
+        t->stmt_cap = s->batch_bytes;
+        t->result = TASK_RETRY;
+        s->inflight[s->ninflight++] = t;
         pthread_mutex_lock(&s->mu);
-        jl_push(&s->work, j);
+        t->ticket = s->ticket++;
+        tl_push(&s->work, t);
         pthread_mutex_unlock(&s->mu);
         sent++;
-        if (j->barrier) {
+        if (t->barrier) {
             s->barrier_inflight = true;
             break;
         }
-        j = next;
+        t = next;
     }
     if (sent) {
         pthread_mutex_lock(&s->mu);
@@ -1454,8 +1773,9 @@ static void stop_threads(struct sink *s)
     pthread_mutex_lock(&s->mu);
     s->stop = true;
     /* Nothing is in flight now, so a socket still published belongs to a migration (perhaps
-     * waiting up to 120 s on GET_LOCK): cut it off rather than wait. A migration stopped
-     * halfway runs again at the next start (migration files are safe to re-run). */
+     * waiting up to 120 s on GET_LOCK) or a read: cut it off rather than wait. A migration
+     * stopped halfway runs again at the next start (migration files are safe to re-run); the
+     * read ends with -ECANCELED. */
     for (unsigned i = 0; i < s->nw; i++)
         if (s->w[i]->sockfd >= 0)
             shutdown(s->w[i]->sockfd, SHUT_RDWR);
@@ -1463,7 +1783,7 @@ static void stop_threads(struct sink *s)
     bool all = s->exited == s->nw;
     pthread_mutex_unlock(&s->mu);
     if (all)
-        notify_loop(s);
+        wake_loop(s);
 }
 
 static void check_shutdown(struct sink *s)
@@ -1471,20 +1791,20 @@ static void check_shutdown(struct sink *s)
     if (s->shut == SHUT_GRACEFUL) {
         /* Loaded spool records are safe where they are: give them back. */
         if (s->ninflight == 0) {
-            struct job *j = jl_first(&s->ready);
-            while (j) {
-                struct job *next = j->next == &s->ready.head ? NULL : j->next;
-                if (j->rec) {
-                    jl_remove(&s->ready, j);
-                    job_to_spool(s, j);
+            struct task *t = tl_first(&s->ready);
+            while (t) {
+                struct task *next = t->next == &s->ready.head ? NULL : t->next;
+                if (t->rec) {
+                    tl_remove(&s->ready, t);
+                    task_to_spool(s, t);
                 }
-                j = next;
+                t = next;
             }
         }
         bool open = false;
         for (int i = 0; i < BATCH_SPEC_COUNT; i++)
             open = open || s->open[i];
-        if (!open && jl_empty(&s->ready) && s->ninflight == 0)
+        if (!open && tl_empty(&s->ready) && s->ninflight == 0)
             stop_threads(s);
     } else if (s->shut == SHUT_HARD) {
         if (s->ninflight == 0)
@@ -1598,35 +1918,35 @@ static void on_async_closed(uv_handle_t *h)
         s->shut_cb(s->shut_arg);
 }
 
-/* Frees every job still in memory. Jobs loaded from the spool are only unloaded (their rows
+/* Frees every task still in memory. Tasks loaded from the spool are only unloaded (their rows
  * are still there); the others' rows are lost, and counted as such. Loop thread, no writer
  * running. */
 static void drop_memory(struct sink *s, const char *why)
 {
     uint64_t lost = 0;
-    struct jlist *lists[] = {&s->ready, &s->work, &s->done};
+    struct tlist *lists[] = {&s->ready, &s->work, &s->done};
     for (int i = 0; i < BATCH_SPEC_COUNT; i++) {
         if (s->open[i]) {
             lost += s->open[i]->b->nrows;
-            job_free(s->open[i]);
+            task_free(s->open[i]);
             s->open[i] = NULL;
         }
     }
     for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
-        struct job *j;
-        while ((j = jl_first(lists[l])) != NULL) {
-            jl_remove(lists[l], j);
-            if (j->rec && s->spool)
-                spool_unload(s->spool, j->rec);
+        struct task *t;
+        while ((t = tl_first(lists[l])) != NULL) {
+            tl_remove(lists[l], t);
+            if (t->rec && s->spool)
+                spool_unload(s->spool, t->rec);
             else
-                lost += j->b->nrows;
-            job_free(j);
+                lost += t->b->nrows;
+            task_free(t);
         }
     }
     s->ninflight = 0;
     s->mem_rows = 0;
     s->replay_rows = 0;
-    s->replay_jobs = 0;
+    s->replay_tasks = 0;
     lose_rows(s, lost, "shutdown", why);
 }
 
@@ -1645,6 +1965,7 @@ static void finish_shutdown(struct sink *s)
         spill(s);
     }
     drop_memory(s, "left in memory at shutdown: the spool could not take them");
+    drain_reads(s, true); /* none should be left; the contract is that each read is answered */
     struct sink_stats st;
     sink_get_stats(s, &st);
     log_info("sink stopped", LOG_U("rows_committed", st.rows_committed),
@@ -1655,13 +1976,15 @@ static void finish_shutdown(struct sink *s)
 static void on_async(uv_async_t *h)
 {
     struct sink *s = h->data;
-    struct jlist done;
-    jl_init(&done);
+    struct tlist done;
+    tl_init(&done);
+    struct rqueue answered;
+    rq_init(&answered);
     pthread_mutex_lock(&s->mu);
-    while (!jl_empty(&s->done)) {
-        struct job *j = jl_first(&s->done);
-        jl_remove(&s->done, j);
-        jl_push(&done, j);
+    while (!tl_empty(&s->done)) {
+        struct task *t = tl_first(&s->done);
+        tl_remove(&s->done, t);
+        tl_push(&done, t);
     }
     bool up = s->connected > 0 && s->schema == SCHEMA_READY;
     bool down = s->connected == 0 && s->connect_failed;
@@ -1670,12 +1993,24 @@ static void on_async(uv_async_t *h)
     bool all_exited = s->exited == s->nw;
     bool schema_ready = s->schema == SCHEMA_READY;
     s->st.last_db_ok_mono_ms = s->last_ok_mono;
+    if (down) {
+        /* No writer can take them now: a read does not wait out an outage. */
+        char msg[sizeof(s->last_err) + 32];
+        snprintf(msg, sizeof(msg), "database unreachable: %s", err);
+        fail_queued_reads_locked(s, -ENOTCONN, msg);
+    }
+    while (s->rdone.head)
+        rq_push(&answered, rq_pop(&s->rdone));
     pthread_mutex_unlock(&s->mu);
 
-    struct job *j;
-    while ((j = jl_first(&done)) != NULL) {
-        jl_remove(&done, j);
-        handle_done(s, j);
+    /* Reads first: every read a writer answered before it exited is answered before
+     * finish_shutdown below calls the shutdown callback. */
+    answer_reads(&answered);
+
+    struct task *t;
+    while ((t = tl_first(&done)) != NULL) {
+        tl_remove(&done, t);
+        handle_done(s, t);
     }
     if (up && !s->db_up) {
         log_info("database reachable", LOG_U("spooled_rows", s->st.rows_spooled));
@@ -1716,9 +2051,11 @@ struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct confi
         return NULL;
     s->loop = loop;
     s->timers = timers;
-    jl_init(&s->ready);
-    jl_init(&s->work);
-    jl_init(&s->done);
+    tl_init(&s->ready);
+    tl_init(&s->work);
+    tl_init(&s->done);
+    rq_init(&s->reads);
+    rq_init(&s->rdone);
     s->batch_rows = cfg->database.batch_rows ? cfg->database.batch_rows : 1;
     s->batch_bytes = cfg->database.batch_bytes;
     s->flush_ms = cfg->database.flush_interval_ms;
@@ -1761,9 +2098,19 @@ int sink_start(struct sink *s)
         return rc;
     }
     rc = spool_open(s->spool_path, 0, &s->spool);
+    if (rc == -EBUSY) {
+        char holder[24] = "unknown";
+        long pid = spool_holder(s->spool_path);
+        if (pid > 0)
+            snprintf(holder, sizeof(holder), "%ld", pid);
+        log_error("spool_dir is in use by another process (another coingestd on the same "
+                  "spool_dir?); not starting",
+                  LOG_S("spool_dir", s->spool_path), LOG_S("holder_pid", holder));
+        return rc;
+    }
     if (rc) {
-        log_error("cannot open the spool directory", LOG_S("dir", s->spool_path),
-                  LOG_S("error", rc == -EBUSY ? "in use by another process" : strerror(-rc)));
+        log_error("cannot open the spool directory", LOG_S("spool_dir", s->spool_path),
+                  LOG_S("error", strerror(-rc)));
         return rc;
     }
     struct spool_stats ss;
@@ -1775,6 +2122,7 @@ int sink_start(struct sink *s)
                  LOG_U("rows", ss.rows), LOG_U("records", ss.records), LOG_U("bytes", ss.bytes));
     rc = uv_async_init(s->loop, &s->async, on_async);
     if (rc) {
+        log_error("cannot start the sink", LOG_S("error", uv_strerror(rc)));
         spool_close(s->spool);
         s->spool = NULL;
         return rc;
@@ -1796,8 +2144,8 @@ int sink_start(struct sink *s)
     return 0;
 }
 
-/* Splits b into jobs of at most batch_rows rows, in order, each with its own seq. Returns
- * the number of jobs in out (at most cap), or -ENOMEM (b untouched). */
+/* Splits b into tasks of at most batch_rows rows, in order, each with its own seq. Returns
+ * the number of tasks in out (at most cap), or -ENOMEM (b untouched). */
 static int split_rows(struct sink *s, struct batch *b, struct batch **out, size_t cap)
 {
     uint32_t per = s->batch_rows;
@@ -1839,7 +2187,7 @@ static void chain_free(struct batch *b)
 }
 
 /* Writes b (taken) to the spool as records of at most batch_rows rows, so a replay never
- * loads a giant job, and makes them durable. Returns NULL when every row is durable; else the
+ * loads a giant task, and makes them durable. Returns NULL when every row is durable; else the
  * rows that are not, in order, as a chain through batch->next, with the error in *err: the
  * record that failed and everything after it, plus, when the final sync failed, the records
  * appended before (they are in the spool's index and may be replayed too: that only rewrites
@@ -1879,10 +2227,10 @@ static struct batch *submit_to_spool(struct sink *s, struct batch *b, int *err)
     return b;
 }
 
-/* Turns b into jobs of at most batch_rows rows with consecutive seqs starting at `seq`; a last
- * short one becomes the spec's open job (an older open job is closed first). Counts the rows
+/* Turns b into tasks of at most batch_rows rows with consecutive seqs starting at `seq`; a last
+ * short one becomes the spec's open task (an older open task is closed first). Counts the rows
  * into mem_rows. */
-static void add_jobs(struct sink *s, struct batch *b, uint64_t seq)
+static void add_tasks(struct sink *s, struct batch *b, uint64_t seq)
 {
     const struct batch_spec *spec = b->spec;
     uint32_t per = s->batch_rows;
@@ -1890,27 +2238,27 @@ static void add_jobs(struct sink *s, struct batch *b, uint64_t seq)
     while (b) {
         struct batch *rest = NULL;
         if ((uint64_t)b->nrows > (uint64_t)per * 64)
-            rest = batch_split_tail(b, per * 64); /* NULL: one oversized job below */
+            rest = batch_split_tail(b, per * 64); /* NULL: one oversized task below */
         int n = b->nrows > per ? split_rows(s, b, parts, 64) : 1;
         if (n <= 1) {
             parts[0] = b;
             n = 1;
         }
         for (int i = 0; i < n; i++) {
-            struct job *j = job_new(parts[i], i == 0 ? seq : s->next_seq++);
-            if (!j) {
-                lose_rows(s, parts[i]->nrows, "memory", "out of memory making a job");
+            struct task *t = task_new(parts[i], i == 0 ? seq : s->next_seq++);
+            if (!t) {
+                lose_rows(s, parts[i]->nrows, "memory", "out of memory making a task");
                 batch_free(parts[i]);
                 continue;
             }
             s->mem_rows += parts[i]->nrows;
-            /* An open job holds older rows: it goes first, then this one. */
+            /* An open task holds older rows: it goes first, then this one. */
             close_open(s, spec->id);
             if (parts[i]->nrows >= per) {
-                jl_insert_sorted(&s->ready, j);
+                tl_insert_sorted(&s->ready, t);
             } else {
-                j->opened_ms = timers_now(s->timers);
-                s->open[spec->id] = j;
+                t->opened_ms = timers_now(s->timers);
+                s->open[spec->id] = t;
             }
         }
         b = rest;
@@ -1919,9 +2267,9 @@ static void add_jobs(struct sink *s, struct batch *b, uint64_t seq)
     }
 }
 
-/* Adds a submitted batch to memory: a STATEMENT batch as a job of its own (closing every open
- * job before it), rows of an UPSERT spec first into the spec's open job, up to batch_rows and
- * batch_bytes, the rest into new jobs. Out of memory while copying never drops rows: at worst
+/* Adds a submitted batch to memory: a STATEMENT batch as a task of its own (closing every open
+ * task before it), rows of an UPSERT spec first into the spec's open task, up to batch_rows and
+ * batch_bytes, the rest into new tasks. Out of memory while copying never drops rows: at worst
  * some are written twice. */
 static void coalesce(struct sink *s, struct batch *b)
 {
@@ -1929,21 +2277,21 @@ static void coalesce(struct sink *s, struct batch *b)
     uint64_t seq = s->next_seq++;
     if (spec->kind == BATCH_KIND_STATEMENT) {
         close_all_open(s);
-        struct job *j = job_new(b, seq);
-        if (!j) {
-            lose_rows(s, b->nrows, "memory", "out of memory making a job");
+        struct task *t = task_new(b, seq);
+        if (!t) {
+            lose_rows(s, b->nrows, "memory", "out of memory making a task");
             batch_free(b);
             return;
         }
         s->mem_rows += b->nrows;
-        jl_insert_sorted(&s->ready, j);
+        tl_insert_sorted(&s->ready, t);
         return;
     }
-    /* A job of another spec on the same table must not be overtaken by this one. */
+    /* A task of another spec on the same table must not be overtaken by this one. */
     for (int i = 0; i < BATCH_SPEC_COUNT; i++)
         if (i != (int)spec->id && s->open[i] && strcmp(s->open[i]->table, spec->table) == 0)
             close_open(s, i);
-    struct job *open = s->open[spec->id];
+    struct task *open = s->open[spec->id];
     struct batch *tail = NULL;
     if (open) {
         bool fits = !s->batch_bytes || open->b->bytes + b->bytes <= s->batch_bytes;
@@ -1970,9 +2318,9 @@ static void coalesce(struct sink *s, struct batch *b)
             close_open(s, spec->id);
     }
     if (b)
-        add_jobs(s, b, seq);
+        add_tasks(s, b, seq);
     if (tail)
-        add_jobs(s, tail, b ? s->next_seq++ : seq);
+        add_tasks(s, tail, b ? s->next_seq++ : seq);
     arm_flush(s);
 }
 
@@ -1986,7 +2334,7 @@ int sink_submit(struct sink *s, struct batch *b)
         return 0;
     }
     uint64_t n = b->nrows;
-    bool to_spool = s->spool && (s->shut != SHUT_NONE || s->spilled || spool_unread(s) > 0 ||
+    bool to_spool = s->spool && (s->shut != SHUT_NONE || s->spilled || unread_records(s) > 0 ||
                                  s->mem_rows + n > s->max_pending);
     int rc = 0;
     struct batch *left = b; /* rows not yet kept */
@@ -2006,7 +2354,7 @@ int sink_submit(struct sink *s, struct batch *b)
     }
     uint64_t left_rows = chain_rows(left);
     /* Memory keeps what the spool refused (in order, each part after the spooled ones, so a
-     * memory job still follows every older unread record), up to the hard cap. */
+     * memory task still follows every older unread record), up to the hard cap. */
     bool keep = left && (to_spool ? mem_may_take(s, left_rows) : s->shut < SHUT_HARD);
     if (keep) {
         while (left) {
@@ -2053,6 +2401,49 @@ void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg)
      * to the writers now instead of after flush_interval. */
     close_all_open(s);
     pump(s);
+}
+
+int sink_read(struct sink *s, const char *sql, const char *const *params, size_t nparams,
+              size_t max_rows, sink_read_cb cb, void *arg)
+{
+    if (!sql || !cb || (nparams && !params))
+        return -EINVAL;
+    if (s->shut != SHUT_NONE)
+        return -ESHUTDOWN;
+    if (!s->started)
+        return -ENOTCONN;
+    struct read *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->sql = strdup(sql);
+    r->params = calloc(nparams ? nparams : 1, sizeof(*r->params));
+    r->nparams = nparams;
+    bool oom = !r->sql || !r->params;
+    for (size_t i = 0; !oom && i < nparams; i++)
+        oom = params[i] && !(r->params[i] = strdup(params[i]));
+    if (oom) {
+        read_free(r);
+        return -ENOMEM;
+    }
+    r->max_rows = max_rows;
+    r->cb = cb;
+    r->arg = arg;
+    pthread_mutex_lock(&s->mu);
+    bool down = s->db_down;
+    if (down) {
+        char msg[sizeof(s->last_err) + 32];
+        snprintf(msg, sizeof(msg), "database unreachable: %s", s->last_err);
+        read_fail(r, -ENOTCONN, msg);
+        rq_push(&s->rdone, r);
+    } else {
+        r->ticket = s->ticket++;
+        rq_push(&s->reads, r);
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (down)
+        wake_loop(s); /* answered from on_async, never inline */
+    return 0;
 }
 
 void sink_reconfigure(struct sink *s, const struct config *cfg)
@@ -2116,13 +2507,24 @@ void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), v
                 spool_close(s->spool);
                 s->spool = NULL;
             }
-            /* Nothing runs: call back on the next iteration, never inline. cb_timer stays the
-             * one timer armed; on_cb_timer sets timers_off when it fires. */
+            s->ready_cb = NULL;
+            /* Nothing runs: call back on the next iteration, never inline, and from a close
+             * callback as a started sink does, not from a timer: the callback may free the
+             * timers facility (the daemon's teardown after a failed start does), which a
+             * wheel callback must not. */
+            if (uv_async_init(s->loop, &s->async, on_async) == 0) {
+                stop_all_timers(s);
+                s->async.data = s;
+                s->async_init = true;
+                uv_close((uv_handle_t *)&s->async, on_async_closed);
+                return;
+            }
+            /* No handle to close (out of file descriptors?): cb_timer stays the one timer
+             * armed; on_cb_timer sets timers_off when it fires. */
             tstop(s, &s->flush_timer);
             tstop(s, &s->grace_timer);
             tstop(s, &s->shut_timer);
             tstop(s, &s->replay_timer);
-            s->ready_cb = NULL;
             s->idle_cb = cb;
             s->idle_arg = arg;
             s->idle_due = true;
@@ -2130,6 +2532,14 @@ void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), v
             return;
         }
         s->shut = SHUT_GRACEFUL;
+        /* Queued reads are answered now (-ECANCELED, on the next on_async); a read a writer
+         * runs completes or is cut off with the threads. */
+        pthread_mutex_lock(&s->mu);
+        fail_queued_reads_locked(s, -ECANCELED, "the sink is shutting down");
+        bool answered = s->rdone.head != NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (answered)
+            wake_loop(s);
         close_all_open(s);
         if (s->spilled || s->db_down)
             spill(s);
@@ -2158,6 +2568,12 @@ void sink_free(struct sink *s)
     }
     free(s->w);
     drop_memory(s, "left in memory when the sink was freed");
+    /* A completed shutdown answered every read, and a sink that never started took none. */
+    struct read *r;
+    while ((r = rq_pop(&s->reads)) != NULL)
+        read_free(r);
+    while ((r = rq_pop(&s->rdone)) != NULL)
+        read_free(r);
     free(s->inflight);
     spool_close(s->spool);
     dbconf_unref(s->conf);

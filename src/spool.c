@@ -496,6 +496,36 @@ out:
     return rc;
 }
 
+/* Records our pid in the lock file we hold, for the message of a process that finds the
+ * directory busy. Best effort: the lock alone is what keeps others out. */
+static void write_holder(int fd)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, buf, (size_t)n, 0) == n)
+        return;
+    log_debug("cannot record the pid in the spool lock file", LOG_S("error", strerror(errno)));
+}
+
+long spool_holder(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/spool.lock", dir) >= (int)sizeof(path))
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *end;
+    long pid = strtol(buf, &end, 10);
+    return pid > 0 && *end == '\n' ? pid : 0;
+}
+
 int spool_open(const char *dir, uint64_t segment_bytes, struct spool **out)
 {
     int rc;
@@ -528,6 +558,7 @@ int spool_open(const char *dir, uint64_t segment_bytes, struct spool **out)
         rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
         goto fail;
     }
+    write_holder(sp->lockfd);
     rc = scan_dir(sp);
     if (rc)
         goto fail;

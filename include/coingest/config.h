@@ -134,7 +134,7 @@ struct config {
         uint64_t max_pending_rows;   /* default 200000: past it, batches go to the spool */
         uint64_t connect_timeout_ms; /* default 5s */
         bool auto_migrate;           /* default true */
-        char *migrations_dir;        /* default COINGEST_DEFAULT_SQL_DIR */
+        char *migrations_dir;        /* NULL or "": the built-in migrations */
     } database;
 
     struct cfg_source *sources; /* source_count entries, registry order */

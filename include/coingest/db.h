@@ -3,9 +3,10 @@
  *
  * db_connect() opens a connection with utf8mb4, time_zone '+00:00', strict sql_mode (so a
  * value that does not fit is an error, not a silent truncation), connect/read/write timeouts,
- * and reads max_allowed_packet. db_migrate() applies sql/NNN_name.sql files in order, recording
- * each in schema_migrations(version, name, checksum, applied_at); a file already applied
- * whose checksum (SHA-256 of the file) changed is refused. Concurrent migrators (several
+ * and reads max_allowed_packet. db_migrate() applies the migrations sql/NNN_name.sql in
+ * order (compiled into the binary, or read from a directory that overrides them), recording
+ * each in schema_migrations(version, name, checksum, applied_at); a migration already applied
+ * whose checksum (SHA-256 of its text) changed is refused. Concurrent migrators (several
  * writers, several daemons) are serialised with GET_LOCK. Errors are converted here, at the
  * module edge, from mysql_errno into classes and -errno-style codes plus the server's message.
  *
@@ -33,14 +34,33 @@ void db_library_end(void);
  * main thread. */
 MYSQL *db_connect(const struct config *cfg, char *err, size_t errlen);
 
-/* Applies pending migrations from `dir`. Returns the number applied (>= 0) or a negative
- * code with the reason in err: -EBADMSG when an applied file's checksum changed (the message
- * names the file), -ENOENT/-EINVAL for an unreadable directory or a malformed file name,
- * -EIO (or the db_error_code of the server error) when a statement failed. */
+/* One migration compiled into the binary: sql/NNN_name.sql as it was at build time, its
+ * file name and its exact bytes (NUL-terminated; len does not count the NUL). */
+struct db_migration {
+    const char *file;
+    const char *text;
+    size_t len;
+};
+
+/* The built-in migrations (generated from sql/ at build time into migrations.c by
+ * cmake/embed_migrations.cmake), sorted by file name; *n gets their number. Static data.
+ * Thread: any. */
+const struct db_migration *db_builtin_migrations(size_t *n);
+
+/* Where migrations come from, for messages: `dir`, or "built-in" when dir is NULL or "". */
+const char *db_migrations_source(const char *dir);
+
+/* Applies pending migrations: the files in `dir` when it is set (the [database]
+ * migrations_dir override), the built-in ones when dir is NULL or "". Either way each is
+ * recorded with the SHA-256 of its text, so a file and its built-in copy have one checksum.
+ * Returns the number applied (>= 0) or a negative code with the reason in err: -EBADMSG when
+ * an applied migration's checksum changed (the message names it), -ENOENT/-EINVAL for an
+ * unreadable directory or a malformed file name, -EIO (or the db_error_code of the server
+ * error) when a statement failed. */
 int db_migrate(MYSQL *conn, const char *dir, char *err, size_t errlen);
 
-/* Like db_migrate but applies nothing: returns the number of files not yet applied (>= 0),
- * or the same negative codes (a changed checksum is reported here too). */
+/* Like db_migrate but applies nothing: returns the number of migrations not yet applied
+ * (>= 0), or the same negative codes (a changed checksum is reported here too). */
 int db_migrations_pending(MYSQL *conn, const char *dir, char *err, size_t errlen);
 
 /* max_allowed_packet of the server, read by db_connect (bytes); 0 if unknown. */

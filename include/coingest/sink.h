@@ -6,9 +6,11 @@
  * lost: it is committed, or it is in the spool and replayed (in order) when the database is
  * back, including after a restart.
  *
- * Lifecycle (loop thread): sink_new -> sink_start -> sink_submit... -> sink_shutdown -> the
- * shutdown callback -> sink_free. Writer threads never touch loop objects; results come back
- * through a mutex-protected queue and uv_async_send.
+ * Jobs can also read through the same writers (sink_read): one SELECT, off the loop thread.
+ *
+ * Lifecycle (loop thread): sink_new -> sink_start -> sink_submit/sink_read... ->
+ * sink_shutdown -> the shutdown callback -> sink_free. Writer threads never touch loop
+ * objects; results come back through a mutex-protected queue and uv_async_send.
  *
  * Thread: every function here is for the loop thread.
  */
@@ -16,6 +18,7 @@
 #define COINGEST_SINK_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -47,7 +50,10 @@ struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct confi
 
 /* Opens the spool (creating spool_dir), starts the writer threads, which connect, apply
  * migrations when auto_migrate is on, and then replay the spool. The database may be down:
- * the sink keeps trying with backoff. Returns 0 or -errno (spool dir unusable: fatal). */
+ * the sink keeps trying with backoff. Returns 0 or -errno, fatal either way, with the reason
+ * logged here: -EBUSY when another process holds spool_dir's lock (the message names the
+ * directory and that process's pid when known), another -errno when spool_dir is unusable or
+ * no writer thread could start. After a failure, sink_shutdown and sink_free still work. */
 int sink_start(struct sink *s);
 
 /* Hands a batch to the sink, which takes ownership (also on error). Returns 0 when accepted
@@ -66,13 +72,55 @@ void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg);
  * rather than after flush_interval. Used by --once. */
 void sink_on_idle(struct sink *s, void (*cb)(void *arg), void *arg);
 
+/* The result of a read: nrows x ncols text cells (NULL for SQL NULL), row-major (the cell of
+ * row r, column c is cells[r * ncols + c]), plus the ncols column names (the SELECT's aliases).
+ * Cells are the client library's text for each value: integers and doubles as numbers,
+ * DATETIME(3) as 2025-02-09 17:44:07.123 (UTC: the session time zone is +00:00), strings and
+ * JSON as stored. Owned by the sink. */
+struct sink_rows {
+    uint32_t nrows, ncols;
+    char **names;
+    char **cells;
+};
+
+/* rc 0 with rows (valid during the callback only; err NULL), or rc < 0 with rows NULL and err
+ * a message (valid during the callback only). */
+typedef void (*sink_read_cb)(int rc, const struct sink_rows *rows, const char *err, void *arg);
+
+/* Runs one SELECT with `nparams` string parameters bound to its `?`s (NULL param = SQL NULL)
+ * on a writer connection, off the loop thread, as a prepared statement in a read-only
+ * transaction. `sql` and `params` are copied. At most max_rows rows (more is an error,
+ * -E2BIG). cb runs exactly once on the loop thread, never inline: rc 0 with rows, or
+ * -ENOTCONN when the database is not reachable at the time (known down when the read is
+ * issued or while it waits, or the connection broke during it: the caller may retry later),
+ * -EIO with the server's message in err (bad SQL, a missing table, a statement that writes:
+ * the transaction is read-only), -EINVAL when the statement returns no result set or its
+ * `?`s are not nparams, -E2BIG, -ENOMEM, or -ECANCELED when the sink shuts down first.
+ *
+ * Order: a read is queued with the writers' tasks, first come first served, and the next free
+ * writer takes it; it waits for nothing else (not for rows submitted before it). It sees every
+ * row committed before its SELECT starts, so at least every batch whose commit the sink had
+ * seen when sink_read was called (for example all rows once sink_on_idle has called back).
+ * Rows still coalescing in memory, waiting for a writer, being written, or in the spool are
+ * NOT visible. While the database is starting up (not yet reached, not known down) a read
+ * waits for the first connection.
+ *
+ * Returns 0, or -errno and cb will not run: -EINVAL (no sql or cb), -ENOMEM, -ENOTCONN (the
+ * sink never started), -ESHUTDOWN (sink_shutdown was called). */
+int sink_read(struct sink *s, const char *sql, const char *const *params, size_t nparams,
+              size_t max_rows, sink_read_cb cb, void *arg);
+
 /* Applies a reloaded config: if [database] changed the writers reconnect with the new
  * settings after their current batch; batch sizes and limits apply to the next batch. */
 void sink_reconfigure(struct sink *s, const struct config *cfg);
 
 /* Graceful stop: flush what is in memory to the database within timeout_ms, spool whatever
- * is left, stop the threads, then call cb on the loop thread. Calling it again (second
- * SIGTERM) cuts the wait short: everything not yet committed is spooled at once. */
+ * is left, stop the threads, then call cb on the loop thread. Reads still queued end with
+ * -ECANCELED at once; a read a writer is running completes, or ends with -ECANCELED when the
+ * threads stop; every read callback runs before cb. Calling it again (second
+ * SIGTERM) cuts the wait short: everything not yet committed is spooled at once. cb never
+ * runs inline; it runs from a handle's close callback, not from a timer callback, also for a
+ * sink that never started, so cb may free the timers facility. */
 void sink_shutdown(struct sink *s, uint64_t timeout_ms, void (*cb)(void *arg), void *arg);
 
 /* Frees the sink. After its shutdown callback ran it may be called after timers_free (the

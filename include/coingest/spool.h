@@ -21,7 +21,8 @@
  * Records are loaded (read, checked again, decoded) a few at a time as the sink replays them,
  * and forgotten once committed; a segment whose records are all committed is deleted.
  *
- * A lock file (flock) keeps two processes from sharing one spool directory.
+ * A lock file (flock on spool.lock) keeps two processes from sharing one spool directory; the
+ * holder writes its pid into it, so a second process can say who holds the directory.
  *
  * Thread: a spool is used from one thread (the sink's loop thread).
  */
@@ -56,6 +57,11 @@ struct spool_stats {
  * every valid record. `segment_bytes` is the rotation size (0: the default). Returns 0 and the
  * spool in *out, or -errno: -EBUSY when another process holds the directory's lock. */
 int spool_open(const char *dir, uint64_t segment_bytes, struct spool **out);
+
+/* The pid of the process holding `dir`'s lock, as that process recorded it in the lock file
+ * (spool.lock) when it opened the spool; 0 when unknown (no file, nothing recorded yet, or
+ * unreadable). Meant for the message after spool_open() returned -EBUSY. Thread: any. */
+long spool_holder(const char *dir);
 
 /* Closes files and frees the index; records stay on disk. NULL is a no-op. */
 void spool_close(struct spool *sp);

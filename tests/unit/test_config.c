@@ -341,7 +341,7 @@ static void check_defaults(const struct config *c)
     assert_int_equal(c->database.max_pending_rows, 200000);
     assert_int_equal(c->database.connect_timeout_ms, 5000);
     assert_true(c->database.auto_migrate);
-    assert_string_equal(c->database.migrations_dir, COINGEST_DEFAULT_SQL_DIR);
+    assert_null(c->database.migrations_dir); /* the built-in migrations */
 
     const struct cfg_source *s = CG(c);
     assert_string_equal(s->name, "coingecko");

@@ -5,7 +5,11 @@
  * a `trail` table, so the order in which files ran is visible in the database; versions 1, 9
  * and 10 make numeric order differ from the names' lexical order. A file that depends on the
  * one before it fails if run out of order.
+ *
+ * The migrations compiled into the binary are checked against sql/ (names, order, text), and
+ * a database migrated from them is current for the files and the other way round.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -309,6 +313,106 @@ static void test_real_schema(void **state)
     assert_int_equal(db_migrations_pending(c->conn, dir, err, sizeof(err)), 0);
 }
 
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The migrations compiled into the binary are sql/'s files: the same names in the same order
+ * (by name), byte for byte the same text. Read here with plain stdio, not with db.c. */
+static void test_builtin_matches_sql_dir(void **state)
+{
+    (void)state;
+    const char *src = getenv("COINGEST_SOURCE_DIR");
+    if (!src)
+        skip(); /* run through ctest, which sets it */
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/sql", src);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    char *names[256];
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if (l > 4 && strcmp(de->d_name + l - 4, ".sql") == 0) {
+            assert_true(n < 256);
+            names[n++] = strdup(de->d_name);
+        }
+    }
+    closedir(d);
+    qsort(names, n, sizeof(names[0]), cmp_names);
+    size_t nb = 0;
+    const struct db_migration *b = db_builtin_migrations(&nb);
+    assert_true(n >= 1);
+    assert_int_equal(nb, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(b[i].file, names[i]);
+        char path[8192];
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        fseek(f, 0, SEEK_END);
+        long len = ftell(f);
+        rewind(f);
+        char *text = malloc((size_t)len + 1);
+        assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
+        fclose(f);
+        if (b[i].len != (size_t)len || memcmp(b[i].text, text, (size_t)len) != 0)
+            fail_msg("built-in %s differs from %s (rebuild?)", b[i].file, path);
+        assert_int_equal(b[i].text[b[i].len], '\0');
+        free(text);
+        free(names[i]);
+    }
+}
+
+/* No migrations_dir (NULL or "") means the built-in list; a database migrated from it is
+ * current for sql/'s files and the other way round: the checksums are the same. */
+static void test_builtin_migrate(void **state)
+{
+    struct ctx *c = *state;
+    char err[1024] = "";
+    const char *files = c->cfg->database.migrations_dir; /* the source tree's sql/ */
+    size_t nb = 0;
+    db_builtin_migrations(&nb);
+    assert_int_equal(db_migrations_pending(c->conn, NULL, err, sizeof(err)), (int)nb);
+    int n = db_migrate(c->conn, NULL, err, sizeof(err));
+    if (n < 0)
+        fail_msg("built-in migrations: %s", err);
+    assert_int_equal(n, (int)nb);
+    assert_int_equal(testdb_scalar(c->admin, "SELECT COUNT(*) FROM schema_migrations"), (int)nb);
+    assert_int_equal(testdb_scalar(c->admin, "SELECT COUNT(*) FROM information_schema.tables"
+                                             " WHERE table_schema = DATABASE() AND"
+                                             " table_name = 'prices'"),
+                     1);
+    assert_int_equal(db_migrations_pending(c->conn, "", err, sizeof(err)), 0);
+    assert_int_equal(db_migrations_pending(c->conn, files, err, sizeof(err)), 0);
+    assert_int_equal(db_migrate(c->conn, files, err, sizeof(err)), 0);
+    assert_string_equal(db_migrations_source(NULL), "built-in");
+    assert_string_equal(db_migrations_source(""), "built-in");
+    assert_string_equal(db_migrations_source(files), files);
+}
+
+/* A database migrated from the files is current for the built-in list. */
+static void test_files_then_builtin(void **state)
+{
+    struct ctx *c = *state;
+    char err[1024] = "";
+    const char *files = c->cfg->database.migrations_dir;
+    int n = db_migrate(c->conn, files, err, sizeof(err));
+    if (n < 0)
+        fail_msg("%s: %s", files, err);
+    assert_true(n >= 1);
+    assert_int_equal(db_migrations_pending(c->conn, NULL, err, sizeof(err)), 0);
+    assert_int_equal(db_migrate(c->conn, NULL, err, sizeof(err)), 0);
+    /* A changed built-in text would be refused like a changed file, naming it. */
+    assert_int_equal(
+        mysql_query(c->conn, "UPDATE schema_migrations SET checksum = REPEAT('0', 64)"), 0);
+    mysql_commit(c->conn);
+    assert_int_equal(db_migrations_pending(c->conn, NULL, err, sizeof(err)), -EBADMSG);
+    assert_non_null(strstr(err, "built-in 001_"));
+}
+
 struct migrator {
     MYSQL *conn;
     const char *dir;
@@ -364,6 +468,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_real_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_migrators, setup, teardown),
+        cmocka_unit_test(test_builtin_matches_sql_dir),
+        cmocka_unit_test_setup_teardown(test_builtin_migrate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_files_then_builtin, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     db_library_end();

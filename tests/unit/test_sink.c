@@ -16,10 +16,19 @@
  * fail with EFBIG) keeps rows in memory up to twice max_pending_rows and refuses, and counts
  * as lost, only the rest; a hard stop with a failing spool counts the rows left in memory; a
  * sink that never started stops its timers, so it can be freed after the timers facility; a
+ * spool_dir held by another process fails sink_start with -EBUSY and the never-started sink
+ * stops without crashing when its shutdown callback frees the timers (the daemon's order); a
  * stop while a migration waits on GET_LOCK cuts the wait off instead of sitting out its 120 s.
  *
+ * Reads (sink_read): rows committed before a read are seen, with names and text values;
+ * NULL parameters and cells; a long cell; -E2BIG, -EIO with the server's message, -EINVAL;
+ * -ENOTCONN promptly with the database down; -ECANCELED for a queued and for a running read
+ * at shutdown; a read that passes a write stuck on a row lock.
+ *
  * Tests wait for conditions (sink_on_idle, the shutdown callback, a stats predicate checked on
- * a loop timer), never for a fixed time. A watchdog timer fails a test that hangs.
+ * a loop timer), never for a fixed time, and every wait has a deadline: past it the test fails
+ * with a message naming what did not happen (not a CTest timeout). A watchdog timer is the
+ * backstop for a test as a whole.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -43,10 +52,15 @@
 #include "coingest/db.h"
 #include "coingest/metrics.h"
 #include "coingest/sink.h"
+#include "coingest/spool.h"
 #include "coingest/timers.h"
 #include "coingest/wheel.h"
 #include "testdb.h"
 
+/* Every wait for the loop has a deadline that fails the test with a message naming what did
+ * not happen (WAIT_MS unless the test says otherwise); the watchdog is the backstop for a
+ * test as a whole. */
+#define WAIT_MS     90000
 #define WATCHDOG_MS 180000
 
 struct h {
@@ -61,6 +75,7 @@ struct h {
     uv_timer_t poll;
     bool (*pred)(struct h *);
     bool idle, stopped, ready, pred_met;
+    const bool *flag; /* for flag_set() */
 };
 
 static void on_watchdog(uv_timer_t *t)
@@ -116,6 +131,8 @@ static int setup(void **state)
 }
 
 static void on_stopped(void *arg);
+static bool run_until(struct h *h, bool (*pred)(struct h *), uint64_t ms);
+static bool flag_set(struct h *h);
 
 static int teardown(void **state)
 {
@@ -130,8 +147,12 @@ static int teardown(void **state)
         h->stopped = false;
         sink_shutdown(h->s, 0, on_stopped, h);
         sink_shutdown(h->s, 0, on_stopped, h);
-        while (!h->stopped)
-            uv_run(&h->loop, UV_RUN_NOWAIT);
+        h->flag = &h->stopped;
+        if (!run_until(h, flag_set, WAIT_MS)) {
+            /* Its threads still run: freeing it would wait for them. Leave it. */
+            fprintf(stderr, "test_sink: teardown: the sink did not stop within %d ms\n", WAIT_MS);
+            return -1;
+        }
         sink_free(h->s);
         h->s = NULL;
     }
@@ -139,8 +160,15 @@ static int teardown(void **state)
         timers_free(h->timers);
     uv_close((uv_handle_t *)&h->watchdog, NULL);
     uv_close((uv_handle_t *)&h->poll, NULL);
-    uv_run(&h->loop, UV_RUN_DEFAULT);
+    /* Close callbacks need an iteration or two; a handle left open fails the test (below)
+     * instead of blocking the run. */
+    for (int i = 0; i < 10000 && uv_loop_alive(&h->loop); i++) {
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
     int rc = uv_loop_close(&h->loop);
+    if (rc)
+        fprintf(stderr, "test_sink: teardown: a handle is still open\n");
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->spool);
     if (system(cmd) != 0)
@@ -177,12 +205,13 @@ static void start_sink(struct h *h, const struct config *cfg)
     sink_on_ready(h->s, on_ready, h);
 }
 
+static void wait_flag(struct h *h, const bool *flag, uint64_t ms, const char *what);
+
 static void wait_idle(struct h *h)
 {
     h->idle = false;
     sink_on_idle(h->s, on_idle, h);
-    while (!h->idle)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->idle, WAIT_MS, "the sink to be idle (every row committed)");
 }
 
 static void on_poll(uv_timer_t *t)
@@ -194,24 +223,48 @@ static void on_poll(uv_timer_t *t)
     }
 }
 
-/* Runs the loop until pred holds, checking it every 5 ms of loop time. */
-static void wait_for(struct h *h, bool (*pred)(struct h *))
+/* Runs the loop until pred holds, checking it every 5 ms of loop time (so the loop never
+ * blocks for longer, whatever sets the condition), for at most `ms` of loop time. Returns
+ * whether it holds. */
+static bool run_until(struct h *h, bool (*pred)(struct h *), uint64_t ms)
 {
     h->pred = pred;
     h->pred_met = pred(h);
     h->poll.data = h;
+    uv_update_time(&h->loop);
+    uint64_t deadline = uv_now(&h->loop) + ms;
     if (!h->pred_met)
         uv_timer_start(&h->poll, on_poll, 5, 5);
-    while (!h->pred_met)
+    while (!h->pred_met && uv_now(&h->loop) < deadline)
         uv_run(&h->loop, UV_RUN_ONCE);
+    uv_timer_stop(&h->poll);
+    return h->pred_met;
+}
+
+/* run_until, failing the test with a message naming `what` when pred does not hold in time. */
+static void wait_until(struct h *h, bool (*pred)(struct h *), uint64_t ms, const char *what)
+{
+    if (!run_until(h, pred, ms))
+        fail_msg("test_sink: %s did not happen within %" PRIu64 " ms", what, ms);
+}
+
+static bool flag_set(struct h *h)
+{
+    return *h->flag;
+}
+
+/* Runs the loop until *flag is set, for at most ms (then the test fails, naming what). */
+static void wait_flag(struct h *h, const bool *flag, uint64_t ms, const char *what)
+{
+    h->flag = flag;
+    wait_until(h, flag_set, ms, what);
 }
 
 static void stop_sink(struct h *h, uint64_t timeout_ms)
 {
     h->stopped = false;
     sink_shutdown(h->s, timeout_ms, on_stopped, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, timeout_ms + WAIT_MS, "the shutdown callback");
     /* The stop leaves no sink timer behind (the harness itself uses only uv timers). */
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
     sink_free(h->s);
@@ -503,8 +556,7 @@ static void test_roundtrip_every_spec(void **state)
     struct h *h = *state;
     start_sink(h, h->cfg);
     /* The sink migrates on its first connection; the schema is needed for colinfo. */
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     struct colinfo ci[BATCH_SPEC_COUNT][32];
     struct batch *expect[BATCH_SPEC_COUNT] = {0};
     for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
@@ -701,7 +753,7 @@ static void test_db_down_at_start(void **state)
     for (int i = 0; i < 10; i++)
         assert_int_equal(sink_submit(h->s, snapshots("down", i * 100, 100)), 0);
     /* The first connection fails; after the grace period everything is in the spool. */
-    wait_for(h, all_spooled);
+    wait_until(h, all_spooled, WAIT_MS, "every row in the spool");
     assert_false(h->ready);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
@@ -735,7 +787,7 @@ static void test_restart_replays_spool(void **state)
     start_sink(h, down);
     for (int i = 0; i < 5; i++)
         assert_int_equal(sink_submit(h->s, snapshots("restart", i * 300, 300)), 0);
-    wait_for(h, all_spooled);
+    wait_until(h, all_spooled, WAIT_MS, "every row in the spool");
     stop_sink(h, 1000);
     config_free(down);
     assert_true(count_segments(h->spool) > 0);
@@ -811,8 +863,7 @@ static void test_hard_shutdown_spools(void **state)
     h->cfg->database.batch_rows = 50;
     h->cfg->database.max_pending_rows = 1000000;
     start_sink(h, h->cfg);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     for (int i = 0; i < 100; i++)
         assert_int_equal(sink_submit(h->s, snapshots("hard", i * 100, 100)), 0);
     /* A zero timeout: whatever is not committed right now goes to the spool. */
@@ -820,8 +871,7 @@ static void test_hard_shutdown_spools(void **state)
     h->stopped = false;
     sink_shutdown(h->s, 0, on_stopped, h);
     sink_shutdown(h->s, 0, on_stopped, h); /* a second SIGTERM is harmless */
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     sink_get_stats(h->s, &st);
     long long in_db = testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots");
     /* Nothing is lost: committed (possibly also spooled, if a commit raced the abort) plus
@@ -873,8 +923,7 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     h->cfg->database.batch_rows = 100;
     h->cfg->database.max_pending_rows = 300; /* hard cap in memory: 600 */
     start_sink(h, h->cfg);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     /* No loop iteration runs between the submits below, so no job completes and the memory
      * figures are exact. */
     assert_int_equal(sink_submit(h->s, snapshots("full", 0, 300)), 0); /* memory: 300 */
@@ -932,8 +981,7 @@ static void test_rows_lost_at_hard_stop(void **state)
     h->stopped = false;
     sink_shutdown(h->s, 0, on_stopped, h);
     sink_shutdown(h->s, 0, on_stopped, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     limit_file_size(RLIM_INFINITY);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
@@ -961,10 +1009,7 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 1);
     h->stopped = false;
     sink_shutdown(h->s, 1000, on_stopped, h);
-    /* NOWAIT: the callback comes from a timer, and UV_RUN_ONCE would go on to block in the
-     * poll phase after running it (only the watchdog would wake it). */
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_NOWAIT);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 0);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
@@ -981,6 +1026,52 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     h->s = NULL;
 }
 
+/* The daemon's teardown after a failed start frees the timers facility inside the sink's
+ * shutdown callback. */
+static void on_stopped_free_timers(void *arg)
+{
+    struct h *h = arg;
+    timers_free(h->timers);
+    h->timers = NULL;
+    h->stopped = true;
+}
+
+/* A spool_dir that another process holds: sink_start returns -EBUSY, and the sink that never
+ * started stops like the daemon stops it, freeing the timers in its shutdown callback. That
+ * used to run inside a wheel callback and crash in the advance (the SIGSEGV a second daemon on
+ * one spool_dir died of); it must now come from outside any timer callback. */
+static void test_busy_spool_fails_start_cleanly(void **state)
+{
+    struct h *h = *state;
+    struct spool *other = NULL;
+    assert_int_equal(spool_open(h->spool, 0, &other), 0);
+    assert_int_equal(spool_holder(h->spool), (long)getpid());
+    h->s = sink_new(&h->loop, h->timers, h->cfg);
+    assert_non_null(h->s);
+    assert_int_equal(sink_start(h->s), -EBUSY);
+    h->stopped = false;
+    sink_shutdown(h->s, 0, on_stopped_free_timers, h);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback");
+    uv_run(&h->loop, UV_RUN_NOWAIT); /* the timers' close callback */
+    sink_free(h->s);
+    h->s = NULL;
+    spool_close(other);
+}
+
+/* A read's SELECT SLEEP is running on the server. */
+static bool read_sleeping(struct h *h)
+{
+    return testdb_scalar(h->admin, "SELECT COUNT(*) FROM information_schema.processlist WHERE"
+                                   " info LIKE 'SELECT SLEEP(%'") > 0;
+}
+
+/* A writer's INSERT waits for a row lock. */
+static bool write_waiting(struct h *h)
+{
+    return testdb_scalar(h->admin, "SELECT COUNT(*) FROM information_schema.processlist WHERE"
+                                   " info LIKE 'INSERT INTO `market_snapshots`%'") > 0;
+}
+
 static bool migration_waiting(struct h *h)
 {
     return testdb_scalar(h->admin, "SELECT COUNT(*) FROM information_schema.processlist WHERE"
@@ -989,26 +1080,29 @@ static bool migration_waiting(struct h *h)
 
 /* Another process holds the migration lock, so the sink's writer waits on GET_LOCK (up to
  * 120 s). A stop must cut that wait off: with nothing to write (the end of a graceful stop)
- * and with rows in memory (the hard stop after the timeout, rows spooled). The watchdog is
- * set well under 120 s: a stop that sat out the lock wait fails the test as a hang. */
+ * and with rows in memory (the hard stop after the timeout, rows spooled). Each stop must
+ * call back within 30 s, well under the lock wait's 120 s. */
 static void test_stop_cuts_migration_wait(void **state)
 {
     struct h *h = *state;
     h->cfg->database.workers = 1;
     assert_int_equal(testdb_scalar(h->admin, "SELECT GET_LOCK('coingest.migrate', 0)"), 1);
-    uv_timer_start(&h->watchdog, on_watchdog, 60000, 0);
 
     start_sink(h, h->cfg);
-    wait_for(h, migration_waiting);
-    stop_sink(h, 5000); /* nothing pending: the stop is immediate */
+    wait_until(h, migration_waiting, WAIT_MS, "the writer waiting on the migration lock");
+    /* Nothing pending: the stop is immediate. */
+    h->stopped = false;
+    sink_shutdown(h->s, 5000, on_stopped, h);
+    wait_flag(h, &h->stopped, 30000, "the graceful stop cutting the migration's lock wait off");
+    sink_free(h->s);
+    h->s = NULL;
 
     start_sink(h, h->cfg);
-    wait_for(h, migration_waiting);
+    wait_until(h, migration_waiting, WAIT_MS, "the writer waiting on the migration lock");
     assert_int_equal(sink_submit(h->s, snapshots("migwait", 0, 40)), 0);
     h->stopped = false;
     sink_shutdown(h->s, 50, on_stopped, h);
-    while (!h->stopped)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->stopped, 30000, "the hard stop cutting the migration's lock wait off");
     struct sink_stats st;
     sink_get_stats(h->s, &st);
     assert_false(st.schema_ready);
@@ -1036,15 +1130,276 @@ static void test_idle_and_ready_callbacks(void **state)
     start_sink(h, h->cfg);
     /* Idle right away: nothing pending. */
     wait_idle(h);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     /* Registered after the fact: fires on the next iteration. */
     h->ready = false;
     sink_on_ready(h->s, on_ready, h);
     assert_false(h->ready);
-    while (!h->ready)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     stop_sink(h, 1000);
+}
+
+/* --- reads ------------------------------------------------------------------------------- */
+
+/* What a read's callback saw, copied (rows are valid during the callback only). */
+struct rd {
+    bool done;
+    int calls, rc;
+    char err[1024];
+    uint32_t nrows, ncols;
+    char **names, **cells;
+};
+
+static void on_read(int rc, const struct sink_rows *rows, const char *err, void *arg)
+{
+    struct rd *r = arg;
+    r->calls++;
+    r->done = true;
+    r->rc = rc;
+    snprintf(r->err, sizeof(r->err), "%s", err ? err : "");
+    if (rc == 0) {
+        assert_non_null(rows);
+        assert_null(err);
+        r->nrows = rows->nrows;
+        r->ncols = rows->ncols;
+        r->names = calloc(rows->ncols, sizeof(char *));
+        r->cells = calloc((size_t)rows->nrows * rows->ncols + 1, sizeof(char *));
+        for (uint32_t c = 0; c < rows->ncols; c++)
+            r->names[c] = strdup(rows->names[c]);
+        for (size_t i = 0; i < (size_t)rows->nrows * rows->ncols; i++)
+            r->cells[i] = rows->cells[i] ? strdup(rows->cells[i]) : NULL;
+    } else {
+        assert_null(rows);
+        assert_non_null(err);
+    }
+}
+
+static void rd_free(struct rd *r)
+{
+    for (uint32_t c = 0; r->names && c < r->ncols; c++)
+        free(r->names[c]);
+    for (size_t i = 0; r->cells && i < (size_t)r->nrows * r->ncols; i++)
+        free(r->cells[i]);
+    free(r->names);
+    free(r->cells);
+    memset(r, 0, sizeof(*r));
+}
+
+static const char *cell(const struct rd *r, uint32_t row, uint32_t col)
+{
+    assert_true(row < r->nrows && col < r->ncols);
+    return r->cells[(size_t)row * r->ncols + col];
+}
+
+/* Issues a read and waits (bounded) for its one callback. */
+static void read_sync(struct h *h, struct rd *r, const char *sql, const char *const *params,
+                      size_t nparams, size_t max_rows)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(sink_read(h->s, sql, params, nparams, max_rows, on_read, r), 0);
+    assert_false(r->done); /* never inline */
+    wait_flag(h, &r->done, 30000, "a read's callback");
+    assert_int_equal(r->calls, 1);
+}
+
+/* Rows committed before the read are all there, with their column names; values come as
+ * text (times in UTC with milliseconds). */
+static void test_read_sees_committed_rows(void **state)
+{
+    struct h *h = *state;
+    migrate_now(h);
+    start_sink(h, h->cfg);
+    assert_int_equal(sink_submit(h->s, snapshots("rd", 0, 30)), 0);
+    wait_idle(h); /* every row committed */
+    const char *p[] = {"rd-%", "usd"};
+    struct rd r;
+    read_sync(h, &r,
+              "SELECT asset_id, market_cap_rank AS rnk, snapshot_at, price FROM market_snapshots"
+              " WHERE asset_id LIKE ? AND vs_currency = ? ORDER BY asset_id",
+              p, 2, 100);
+    if (r.rc)
+        fail_msg("read: %d %s", r.rc, r.err);
+    assert_int_equal(r.nrows, 30);
+    assert_int_equal(r.ncols, 4);
+    assert_string_equal(r.names[0], "asset_id");
+    assert_string_equal(r.names[1], "rnk");
+    assert_string_equal(cell(&r, 0, 0), "rd-000000");
+    assert_string_equal(cell(&r, 29, 0), "rd-000029");
+    assert_string_equal(cell(&r, 7, 1), "7");
+    assert_string_equal(cell(&r, 0, 2), "2025-02-09 17:42:27.000");
+    assert_string_equal(cell(&r, 29, 2), "2025-02-09 17:42:27.029");
+    assert_true(strtod(cell(&r, 3, 3), NULL) == 1e-11 * 4);
+    rd_free(&r);
+    /* The last stored point, as a history backfill asks for it. */
+    read_sync(h, &r,
+              "SELECT asset_id, MAX(snapshot_at) FROM market_snapshots WHERE asset_id = ?"
+              " GROUP BY asset_id",
+              (const char *const[]){"rd-000012"}, 1, 10);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.nrows, 1);
+    assert_string_equal(cell(&r, 0, 1), "2025-02-09 17:42:27.012");
+    rd_free(&r);
+    stop_sink(h, 5000);
+}
+
+/* NULL parameters bind SQL NULL; NULL cells come back as NULL pointers; a long cell comes
+ * back whole; a statement that returns no rows and a wrong parameter count are refused;
+ * more rows than max_rows is -E2BIG and the connection stays usable; bad SQL is -EIO with
+ * the server's message. */
+static void test_read_values_and_errors(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.workers = 1; /* every read on the one connection */
+    migrate_now(h);
+    start_sink(h, h->cfg);
+    struct rd r;
+    const char *p[] = {NULL, "x"};
+    read_sync(h, &r,
+              "SELECT ? AS a, ? AS b, NULL AS c, 42 AS d, ? IS NULL AS e, REPEAT('y', 5000) AS f",
+              (const char *const[]){NULL, "x", NULL}, 3, 1);
+    if (r.rc)
+        fail_msg("read: %d %s", r.rc, r.err);
+    assert_int_equal(r.nrows, 1);
+    assert_int_equal(r.ncols, 6);
+    assert_null(cell(&r, 0, 0));
+    assert_string_equal(cell(&r, 0, 1), "x");
+    assert_null(cell(&r, 0, 2));
+    assert_string_equal(cell(&r, 0, 3), "42");
+    assert_string_equal(cell(&r, 0, 4), "1");
+    assert_int_equal(strlen(cell(&r, 0, 5)), 5000);
+    assert_int_equal(strspn(cell(&r, 0, 5), "y"), 5000);
+    rd_free(&r);
+
+    read_sync(h, &r, "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3", NULL, 0, 2);
+    assert_int_equal(r.rc, -E2BIG);
+    assert_non_null(strstr(r.err, "max_rows"));
+    rd_free(&r);
+    read_sync(h, &r, "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3", NULL, 0, 3);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.nrows, 3);
+    rd_free(&r);
+    read_sync(h, &r, "SELECT 1 FROM DUAL WHERE 1 = 0", NULL, 0, 0);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.nrows, 0);
+    assert_int_equal(r.ncols, 1);
+    rd_free(&r);
+
+    read_sync(h, &r, "SELEC 1", NULL, 0, 10);
+    assert_int_equal(r.rc, -EIO);
+    assert_non_null(strstr(r.err, "SQL syntax"));
+    rd_free(&r);
+    read_sync(h, &r, "SELECT * FROM no_such_table", NULL, 0, 10);
+    assert_int_equal(r.rc, -EIO);
+    assert_non_null(strstr(r.err, "no_such_table"));
+    rd_free(&r);
+    read_sync(h, &r, "SELECT ?", p, 2, 10);
+    assert_int_equal(r.rc, -EINVAL);
+    rd_free(&r);
+    /* A statement that writes is refused by the read-only transaction... */
+    assert_int_equal(testdb_exec(h->admin, "INSERT INTO categories (id, name, updated_at)"
+                                           " VALUES ('keep', 'keep', UTC_TIMESTAMP(3))"),
+                     0);
+    read_sync(h, &r, "DELETE FROM categories", NULL, 0, 10);
+    assert_int_equal(r.rc, -EIO);
+    assert_non_null(strstr(r.err, "READ ONLY"));
+    rd_free(&r);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM categories"), 1);
+    /* ...and one that returns no rows is not run. */
+    read_sync(h, &r, "DO 1", NULL, 0, 10);
+    assert_int_equal(r.rc, -EINVAL);
+    rd_free(&r);
+    assert_int_equal(sink_read(h->s, NULL, NULL, 0, 1, on_read, &r), -EINVAL);
+    assert_int_equal(sink_read(h->s, "SELECT 1", NULL, 0, 1, NULL, &r), -EINVAL);
+    stop_sink(h, 5000);
+}
+
+/* A database that cannot be reached: a read is answered -ENOTCONN promptly, whether it was
+ * issued before the sink knew (it waits for the first connection attempt) or after. */
+static void test_read_db_down(void **state)
+{
+    struct h *h = *state;
+    struct config *down = down_cfg(h);
+    start_sink(h, down);
+    struct rd r;
+    uint64_t t0 = uv_now(&h->loop);
+    read_sync(h, &r, "SELECT 1", NULL, 0, 1);
+    assert_int_equal(r.rc, -ENOTCONN);
+    assert_non_null(strstr(r.err, "unreachable"));
+    assert_true(uv_now(&h->loop) - t0 < 10000);
+    rd_free(&r);
+    read_sync(h, &r, "SELECT 1", NULL, 0, 1);
+    assert_int_equal(r.rc, -ENOTCONN);
+    rd_free(&r);
+    stop_sink(h, 1000);
+    config_free(down);
+}
+
+/* A read still queued when the sink shuts down (the only writer waits on the migration lock),
+ * and one a writer is running (SELECT SLEEP) when the threads stop: both end with
+ * -ECANCELED, before the shutdown callback; afterwards sink_read is refused. */
+static void test_read_canceled_by_shutdown(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.workers = 1;
+    assert_int_equal(testdb_scalar(h->admin, "SELECT GET_LOCK('coingest.migrate', 0)"), 1);
+    start_sink(h, h->cfg);
+    wait_until(h, migration_waiting, 30000, "the writer waiting on the migration lock");
+    struct rd queued = {0};
+    assert_int_equal(sink_read(h->s, "SELECT 1", NULL, 0, 1, on_read, &queued), 0);
+    h->stopped = false;
+    sink_shutdown(h->s, 5000, on_stopped, h);
+    assert_int_equal(sink_read(h->s, "SELECT 1", NULL, 0, 1, on_read, &queued), -ESHUTDOWN);
+    wait_flag(h, &h->stopped, 30000, "the shutdown callback");
+    assert_true(queued.done);
+    assert_int_equal(queued.calls, 1);
+    assert_int_equal(queued.rc, -ECANCELED);
+    sink_free(h->s);
+    h->s = NULL;
+    assert_int_equal(testdb_exec(h->admin, "DO RELEASE_LOCK('coingest.migrate')"), 0);
+
+    migrate_now(h);
+    start_sink(h, h->cfg);
+    struct rd running = {0};
+    assert_int_equal(sink_read(h->s, "SELECT SLEEP(60)", NULL, 0, 1, on_read, &running), 0);
+    wait_until(h, read_sleeping, 30000, "the read running on the server");
+    h->stopped = false;
+    sink_shutdown(h->s, 5000, on_stopped, h);
+    wait_flag(h, &h->stopped, 20000, "the shutdown callback (the running read cut off)");
+    assert_true(running.done);
+    assert_int_equal(running.rc, -ECANCELED);
+    sink_free(h->s);
+    h->s = NULL;
+}
+
+/* A read is not held up by writes: with one writer blocked on a row lock, a read issued
+ * after the stuck batch goes to the other writer and is answered. */
+static void test_read_not_blocked_by_writes(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.workers = 2;
+    migrate_now(h);
+    start_sink(h, h->cfg);
+    assert_int_equal(sink_submit(h->s, snapshots("lock", 0, 1)), 0);
+    wait_idle(h);
+    /* Hold the row's lock: the next write of it waits (innodb_lock_wait_timeout). */
+    assert_int_equal(testdb_exec(h->admin, "START TRANSACTION"), 0);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
+                                             " asset_id = 'lock-000000' FOR UPDATE"),
+                     1);
+    assert_int_equal(sink_submit(h->s, snapshots("lock", 0, 1)), 0);
+    h->idle = false;
+    sink_on_idle(h->s, on_idle, h); /* flushes the batch to the writers now */
+    wait_until(h, write_waiting, 30000, "the write waiting on the row lock");
+    struct rd r;
+    read_sync(h, &r, "SELECT COUNT(*) FROM market_snapshots WHERE asset_id LIKE ?",
+              (const char *const[]){"lock-%"}, 1, 1);
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(cell(&r, 0, 0), "1");
+    rd_free(&r);
+    assert_false(h->idle); /* the write is still stuck */
+    assert_int_equal(testdb_exec(h->admin, "ROLLBACK"), 0);
+    wait_flag(h, &h->idle, 30000, "the stuck write to commit");
+    stop_sink(h, 5000);
 }
 
 int main(void)
@@ -1073,7 +1428,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spool_full_keeps_rows_in_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_lost_at_hard_stop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unstarted_sink_frees_after_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_spool_fails_start_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_cuts_migration_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_sees_committed_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_values_and_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_db_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_canceled_by_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_not_blocked_by_writes, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     db_library_end();

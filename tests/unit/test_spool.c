@@ -251,6 +251,8 @@ static void test_lock(void **state)
     assert_int_equal(spool_open(dir, 0, &a), 0);
     assert_int_equal(spool_open(dir, 0, &b), -EBUSY);
     assert_null(b);
+    /* The holder recorded its pid for the busy message. */
+    assert_int_equal(spool_holder(dir), (long)getpid());
     spool_close(a);
     assert_int_equal(spool_open(dir, 0, &b), 0);
     spool_close(b);
