@@ -325,6 +325,7 @@ static const struct keydef daemon_keys[] = {
     {"metrics_listen", K_LISTEN, DAEMON(metrics_listen), NOLIMIT, R_RESTART},
     {"spool_dir", K_STR, DAEMON(spool_dir), NOLIMIT, R_RESTART},
     {"shutdown_timeout", K_DURATION, DAEMON(shutdown_timeout_ms), NOLIMIT, R_LIVE},
+    {"health_db_grace", K_DURATION, DAEMON(health_db_grace_ms), NOLIMIT, R_LIVE},
 };
 
 static const struct keydef database_keys[] = {
@@ -491,6 +492,7 @@ struct config *config_defaults(void)
     cfg->daemon.log_level = LOG_INFO;
     cfg->daemon.log_format = LOG_FORMAT_TEXT;
     cfg->daemon.shutdown_timeout_ms = 30 * MS_SECOND;
+    cfg->daemon.health_db_grace_ms = 5 * MS_MINUTE;
 
     cfg->database.port = 3306;
     cfg->database.workers = 2;

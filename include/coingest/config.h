@@ -79,6 +79,8 @@ struct config {
         char *metrics_listen;         /* default "127.0.0.1:9464"; "" disables */
         char *spool_dir;              /* default /var/lib/coingest/spool */
         uint64_t shutdown_timeout_ms; /* default 30s */
+        uint64_t health_db_grace_ms;  /* default 5m: /healthz is 503 once the database has been
+                                         unreachable this long; 0: as soon as it is */
     } daemon;
 
     struct {
