@@ -275,6 +275,7 @@ enum ktype {
     K_LEVEL,       /* enum log_level */
     K_FORMAT,      /* enum log_format */
     K_PLAN,        /* enum api_plan */
+    K_SSL_MODE,    /* enum db_ssl_mode */
     K_STR,         /* char *, has a default */
     K_OPTSTR,      /* char *, NULL when unset */
     K_LISTEN,      /* char *, HOST:PORT or "" */
@@ -344,6 +345,10 @@ static const struct keydef database_keys[] = {
     {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE},
     {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE},
     {"migrations_dir", K_STR, DB(migrations_dir), NOLIMIT, R_DATABASE},
+    {"ssl_mode", K_SSL_MODE, DB(ssl_mode), NOLIMIT, R_DATABASE},
+    {"ssl_ca", K_OPTSTR, DB(ssl_ca), NOLIMIT, R_DATABASE},
+    {"ssl_cert", K_OPTSTR, DB(ssl_cert), NOLIMIT, R_DATABASE},
+    {"ssl_key", K_OPTSTR, DB(ssl_key), NOLIMIT, R_DATABASE},
 };
 
 static const struct keydef source_keys[] = {
@@ -416,7 +421,7 @@ static const struct section sections[SEC_COUNT] = {
     {"job.market_caps", job_keys, ARRAY_SIZE(job_keys), JOB_BASE(JOB_MARKET_CAPS), JOB_MARKET_CAPS},
 };
 
-#define MAX_KEYS 17 /* the largest table above */
+#define MAX_KEYS 19 /* the largest table above */
 
 static const char *const job_names[JOB_COUNT] = {"assets", "prices", "market_caps"};
 
@@ -473,6 +478,8 @@ static const struct plan_defaults plan_defaults[] = {
 static const char *const plan_names[] = {"public", "demo", "pro"};
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static const char *const format_names[] = {"text", "json"};
+static const char *const ssl_mode_names[] = {"disabled", "preferred", "required", "verify_ca",
+                                             "verify_identity"};
 
 static int set_str(char **slot, const char *value)
 {
@@ -502,6 +509,7 @@ struct config *config_defaults(void)
     cfg->database.max_pending_rows = 200000;
     cfg->database.connect_timeout_ms = 5 * MS_SECOND;
     cfg->database.auto_migrate = true;
+    cfg->database.ssl_mode = DB_SSL_PREFERRED;
 
     struct cfg_source *src = &cfg->coingecko;
     src->plan = PLAN_PUBLIC;
@@ -556,6 +564,9 @@ void config_free(struct config *cfg)
     free(cfg->database.password);
     free(cfg->database.database);
     free(cfg->database.migrations_dir);
+    free(cfg->database.ssl_ca);
+    free(cfg->database.ssl_cert);
+    free(cfg->database.ssl_key);
     free(cfg->coingecko.name);
     free(cfg->coingecko.base_url);
     free(cfg->coingecko.api_key);
@@ -796,6 +807,11 @@ static int apply(struct parse *p, int line, int sec, int ki, const char *label, 
             goto bad_enum;
         *(enum api_plan *)f = (enum api_plan)e;
         return 0;
+    case K_SSL_MODE:
+        if ((e = parse_enum(value, ssl_mode_names, ARRAY_SIZE(ssl_mode_names))) < 0)
+            goto bad_enum;
+        *(enum db_ssl_mode *)f = (enum db_ssl_mode)e;
+        return 0;
     case K_LISTEN:
         if (!valid_listen(value)) {
             fail(p, line, sec, label, -EINVAL,
@@ -916,6 +932,9 @@ bad_enum : {
     } else if (k->type == K_FORMAT) {
         list_names(format_names, ARRAY_SIZE(format_names), names, sizeof(names));
         what = "a log format";
+    } else if (k->type == K_SSL_MODE) {
+        list_names(ssl_mode_names, ARRAY_SIZE(ssl_mode_names), names, sizeof(names));
+        what = "an ssl_mode";
     } else {
         list_names(plan_names, ARRAY_SIZE(plan_names), names, sizeof(names));
         what = "a plan";
@@ -1472,6 +1491,50 @@ static int cross_check(struct parse *p)
     return 0;
 }
 
+/* The [database] TLS keys must agree with each other, and the files they name must be
+ * readable now (the writers read them at each connect). */
+static int check_database_tls(struct parse *p)
+{
+    const struct config *cfg = p->cfg;
+    enum db_ssl_mode mode = cfg->database.ssl_mode;
+    const char *mname = ssl_mode_names[mode];
+    int mline = key_line(p, SEC_DATABASE, "ssl_mode");
+    static const char *const files[] = {"ssl_ca", "ssl_cert", "ssl_key"};
+    const char *const paths[] = {cfg->database.ssl_ca, cfg->database.ssl_cert,
+                                 cfg->database.ssl_key};
+
+    if (mode >= DB_SSL_VERIFY_CA && !paths[0]) {
+        fail(p, mline, SEC_DATABASE, "ssl_mode", -EINVAL,
+             "%s needs ssl_ca (the PEM file of the CA that signed the server's certificate)",
+             mname);
+        return -EINVAL;
+    }
+    if (mode < DB_SSL_VERIFY_CA && paths[0]) {
+        fail(p, blame_line(p, SEC_DATABASE, "ssl_ca", "ssl_mode"), SEC_DATABASE, "ssl_ca", -EINVAL,
+             "ssl_ca is only used by ssl_mode = verify_ca or verify_identity (it is %s)", mname);
+        return -EINVAL;
+    }
+    if (!paths[1] != !paths[2]) {
+        const char *set = paths[1] ? "ssl_cert" : "ssl_key";
+        fail(p, key_line(p, SEC_DATABASE, set), SEC_DATABASE, set, -EINVAL,
+             "ssl_cert and ssl_key go together (set both, or neither)");
+        return -EINVAL;
+    }
+    if (mode == DB_SSL_DISABLED && paths[1]) {
+        fail(p, blame_line(p, SEC_DATABASE, "ssl_cert", "ssl_mode"), SEC_DATABASE, "ssl_cert",
+             -EINVAL, "a client certificate is set but ssl_mode is disabled");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        if (paths[i] && access(paths[i], R_OK) != 0) {
+            fail(p, key_line(p, SEC_DATABASE, files[i]), SEC_DATABASE, files[i], -EINVAL,
+                 "cannot read \"%s\": %s", paths[i], strerror(errno));
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct config **out, char *err, size_t errlen)
 {
     struct parse p = {.path = path ? path : "(null)", .err = err, .errlen = errlen};
@@ -1517,7 +1580,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
              "syntax error (expected \"key = value\", \"[section]\" or a comment)");
     if (p.failed)
         goto fail;
-    if (finish_ids(&p) || apply_env(&p) || apply_plan_defaults(&p) || cross_check(&p))
+    if (finish_ids(&p) || apply_env(&p) || apply_plan_defaults(&p) || cross_check(&p) ||
+        check_database_tls(&p))
         goto fail;
 
     free(data);
@@ -1568,6 +1632,9 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
         break;
     case K_PLAN:
         fprintf(out, "%s = %s\n", k->name, plan_names[*(const enum api_plan *)f]);
+        break;
+    case K_SSL_MODE:
+        fprintf(out, "%s = %s\n", k->name, ssl_mode_names[*(const enum db_ssl_mode *)f]);
         break;
     case K_STR:
     case K_OPTSTR:
@@ -1645,6 +1712,8 @@ static bool key_equal(const struct config *a, const struct config *b, int sec,
         return *(const enum log_format *)fa == *(const enum log_format *)fb;
     case K_PLAN:
         return *(const enum api_plan *)fa == *(const enum api_plan *)fb;
+    case K_SSL_MODE:
+        return *(const enum db_ssl_mode *)fa == *(const enum db_ssl_mode *)fb;
     case K_STR:
     case K_OPTSTR:
     case K_LISTEN:

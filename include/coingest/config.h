@@ -31,6 +31,15 @@ enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 enum api_plan { PLAN_PUBLIC = 0, PLAN_DEMO = 1, PLAN_PRO = 2 };
 
+/* [database] ssl_mode, weakest first (docs/config.md says what each one guarantees). */
+enum db_ssl_mode {
+    DB_SSL_DISABLED = 0,        /* never TLS */
+    DB_SSL_PREFERRED = 1,       /* TLS when the server offers it, no certificate check */
+    DB_SSL_REQUIRED = 2,        /* TLS or no connection, no certificate check */
+    DB_SSL_VERIFY_CA = 3,       /* TLS, the server's chain must lead to ssl_ca */
+    DB_SSL_VERIFY_IDENTITY = 4, /* verify_ca, and the certificate must name host */
+};
+
 /* A rate: `count` requests per `period_ms`. */
 struct rate {
     uint32_t count;
@@ -98,6 +107,10 @@ struct config {
         uint64_t connect_timeout_ms; /* default 5s */
         bool auto_migrate;           /* default true */
         char *migrations_dir;        /* default COINGEST_DEFAULT_SQL_DIR */
+        enum db_ssl_mode ssl_mode;   /* default preferred */
+        char *ssl_ca;                /* PEM CA file; NULL when unset; verify_* need it */
+        char *ssl_cert;              /* PEM client certificate; NULL when unset */
+        char *ssl_key;               /* PEM key of ssl_cert; NULL when unset */
     } database;
 
     struct cfg_source coingecko;
