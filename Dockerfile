@@ -60,9 +60,11 @@ WORKDIR /var/lib/coingest
 VOLUME ["/var/lib/coingest"]
 EXPOSE 9464
 
-# /healthz answers 503 when the loop is stuck or the database has been away too long;
-# curl -f turns that into a failed check. Startup (migrations, first connection) gets a grace
-# period.
+# /healthz answers 503 when the database has been unreachable for longer than
+# [daemon] health_db_grace (default 5m; a shorter outage is 200 with "db":"down", the rows wait
+# in the spool) or when rows were lost; a stuck loop does not answer and --max-time fails it.
+# curl -f turns a 503 into a failed check. Startup (migrations, first connection) gets a grace
+# period. See docs/operations.md ("/healthz").
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS --max-time 4 "$COINGEST_HEALTHCHECK_URL" >/dev/null || exit 1
 

@@ -399,7 +399,7 @@ int main(int argc, char **argv)
         return 1;
     struct config *cfg = bench_cfg(db);
     char err[1024];
-    MYSQL *mig = db_connect(cfg, err, sizeof(err));
+    MYSQL *mig = db_connect(&cfg->database, err, sizeof(err));
     if (!mig || db_migrate(mig, cfg->database.migrations_dir, err, sizeof(err)) < 0) {
         fprintf(stderr, "bench_sink: migrate: %s\n", err);
         return 1;

@@ -277,6 +277,7 @@ enum ktype {
     K_LEVEL,       /* enum log_level */
     K_FORMAT,      /* enum log_format */
     K_PLAN,        /* uint32_t index into the section's source's plans */
+    K_SSL_MODE,    /* enum db_ssl_mode */
     K_STR,         /* char *, has a default */
     K_OPTSTR,      /* char *, NULL when unset */
     K_LISTEN,      /* char *, HOST:PORT or "" */
@@ -329,6 +330,7 @@ static const struct keydef daemon_keys[] = {
     {"metrics_listen", K_LISTEN, DAEMON(metrics_listen), NOLIMIT, R_RESTART, 0},
     {"spool_dir", K_STR, DAEMON(spool_dir), NOLIMIT, R_RESTART, 0},
     {"shutdown_timeout", K_DURATION, DAEMON(shutdown_timeout_ms), NOLIMIT, R_LIVE, 0},
+    {"health_db_grace", K_DURATION, DAEMON(health_db_grace_ms), NOLIMIT, R_LIVE, 0},
 };
 
 static const struct keydef database_keys[] = {
@@ -347,6 +349,10 @@ static const struct keydef database_keys[] = {
     {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE, 0},
     {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE, 0},
     {"migrations_dir", K_OPTSTR, DB(migrations_dir), NOLIMIT, R_DATABASE, 0},
+    {"ssl_mode", K_SSL_MODE, DB(ssl_mode), NOLIMIT, R_DATABASE, 0},
+    {"ssl_ca", K_OPTSTR, DB(ssl_ca), NOLIMIT, R_DATABASE, 0},
+    {"ssl_cert", K_OPTSTR, DB(ssl_cert), NOLIMIT, R_DATABASE, 0},
+    {"ssl_key", K_OPTSTR, DB(ssl_key), NOLIMIT, R_DATABASE, 0},
 };
 
 static const struct keydef source_keys[] = {
@@ -632,6 +638,8 @@ const struct cfg_value *config_job_value(const struct cfg_job *job, const char *
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static const char *const format_names[] = {"text", "json"};
+static const char *const ssl_mode_names[] = {"disabled", "preferred", "required", "verify_ca",
+                                             "verify_identity"};
 
 static int set_str(char **slot, const char *value)
 {
@@ -671,6 +679,7 @@ struct config *config_defaults(void)
     cfg->daemon.log_level = LOG_INFO;
     cfg->daemon.log_format = LOG_FORMAT_TEXT;
     cfg->daemon.shutdown_timeout_ms = 30 * MS_SECOND;
+    cfg->daemon.health_db_grace_ms = 5 * MS_MINUTE;
 
     cfg->database.port = 3306;
     cfg->database.workers = 2;
@@ -680,6 +689,7 @@ struct config *config_defaults(void)
     cfg->database.max_pending_rows = 200000;
     cfg->database.connect_timeout_ms = 5 * MS_SECOND;
     cfg->database.auto_migrate = true;
+    cfg->database.ssl_mode = DB_SSL_PREFERRED;
 
     cfg->universe.all = true;
 
@@ -749,12 +759,7 @@ void config_free(struct config *cfg)
     free(cfg->path);
     free(cfg->daemon.metrics_listen);
     free(cfg->daemon.spool_dir);
-    free(cfg->database.host);
-    free(cfg->database.socket);
-    free(cfg->database.user);
-    free(cfg->database.password);
-    free(cfg->database.database);
-    free(cfg->database.migrations_dir);
+    config_database_clear(&cfg->database);
     for (size_t i = 0; i < cfg->nsources; i++) {
         struct cfg_source *src = &cfg->sources[i];
         free(src->name);
@@ -1017,6 +1022,11 @@ static int apply(struct parse *p, int line, int sec, int ki, const char *label, 
             goto bad_enum;
         *(uint32_t *)f = (uint32_t)e;
         return 0;
+    case K_SSL_MODE:
+        if ((e = parse_enum(value, ssl_mode_names, ARRAY_SIZE(ssl_mode_names))) < 0)
+            goto bad_enum;
+        *(enum db_ssl_mode *)f = (enum db_ssl_mode)e;
+        return 0;
     case K_LISTEN:
         if (!valid_listen(value)) {
             fail(p, line, sec, label, -EINVAL,
@@ -1138,6 +1148,9 @@ bad_enum : {
     } else if (k->type == K_FORMAT) {
         list_names(format_names, ARRAY_SIZE(format_names), names, sizeof(names));
         what = "a log format";
+    } else if (k->type == K_SSL_MODE) {
+        list_names(ssl_mode_names, ARRAY_SIZE(ssl_mode_names), names, sizeof(names));
+        what = "an ssl_mode";
     } else {
         const struct source_def *d = sections[sec].src;
         size_t n = 0;
@@ -1788,6 +1801,50 @@ static void parse_free(struct parse *p, char *data)
     free(p->key_sets);
 }
 
+/* The [database] TLS keys must agree with each other, and the files they name must be
+ * readable now (the writers read them at each connect). */
+static int check_database_tls(struct parse *p)
+{
+    const struct config *cfg = p->cfg;
+    enum db_ssl_mode mode = cfg->database.ssl_mode;
+    const char *mname = ssl_mode_names[mode];
+    int mline = key_line(p, SEC_DATABASE, "ssl_mode");
+    static const char *const files[] = {"ssl_ca", "ssl_cert", "ssl_key"};
+    const char *const paths[] = {cfg->database.ssl_ca, cfg->database.ssl_cert,
+                                 cfg->database.ssl_key};
+
+    if (mode >= DB_SSL_VERIFY_CA && !paths[0]) {
+        fail(p, mline, SEC_DATABASE, "ssl_mode", -EINVAL,
+             "%s needs ssl_ca (the PEM file of the CA that signed the server's certificate)",
+             mname);
+        return -EINVAL;
+    }
+    if (mode < DB_SSL_VERIFY_CA && paths[0]) {
+        fail(p, blame_line(p, SEC_DATABASE, "ssl_ca", "ssl_mode"), SEC_DATABASE, "ssl_ca", -EINVAL,
+             "ssl_ca is only used by ssl_mode = verify_ca or verify_identity (it is %s)", mname);
+        return -EINVAL;
+    }
+    if (!paths[1] != !paths[2]) {
+        const char *set = paths[1] ? "ssl_cert" : "ssl_key";
+        fail(p, key_line(p, SEC_DATABASE, set), SEC_DATABASE, set, -EINVAL,
+             "ssl_cert and ssl_key go together (set both, or neither)");
+        return -EINVAL;
+    }
+    if (mode == DB_SSL_DISABLED && paths[1]) {
+        fail(p, blame_line(p, SEC_DATABASE, "ssl_cert", "ssl_mode"), SEC_DATABASE, "ssl_cert",
+             -EINVAL, "a client certificate is set but ssl_mode is disabled");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        if (paths[i] && access(paths[i], R_OK) != 0) {
+            fail(p, key_line(p, SEC_DATABASE, files[i]), SEC_DATABASE, files[i], -EINVAL,
+                 "cannot read \"%s\": %s", paths[i], strerror(errno));
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct config **out, char *err, size_t errlen)
 {
     struct parse p = {.path = path ? path : "(null)", .err = err, .errlen = errlen};
@@ -1846,7 +1903,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
              "syntax error (expected \"key = value\", \"[section]\" or a comment)");
     if (p.failed)
         goto fail;
-    if (finish_ids(&p) || apply_env(&p) || apply_plan_defaults(&p) || cross_check(&p))
+    if (finish_ids(&p) || apply_env(&p) || apply_plan_defaults(&p) || cross_check(&p) ||
+        check_database_tls(&p))
         goto fail;
 
     parse_free(&p, data);
@@ -1893,6 +1951,9 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
         break;
     case K_PLAN:
         fprintf(out, "%s = %s\n", k->name, sections[sec].src->plans[*(const uint32_t *)f].name);
+        break;
+    case K_SSL_MODE:
+        fprintf(out, "%s = %s\n", k->name, ssl_mode_names[*(const enum db_ssl_mode *)f]);
         break;
     case K_STR:
     case K_OPTSTR:
@@ -1968,6 +2029,8 @@ static bool value_equal(const struct keydef *k, const void *fa, const void *fb)
         return *(const enum log_format *)fa == *(const enum log_format *)fb;
     case K_PLAN:
         return *(const uint32_t *)fa == *(const uint32_t *)fb;
+    case K_SSL_MODE:
+        return *(const enum db_ssl_mode *)fa == *(const enum db_ssl_mode *)fb;
     case K_STR:
     case K_OPTSTR:
     case K_LISTEN:
@@ -2002,6 +2065,51 @@ static bool key_equal(const struct config *a, const struct config *b, int sec,
     if (k->type == K_IDS && a->universe.all != b->universe.all)
         return false;
     return value_equal(k, cfield(a, sec, k), cfield(b, sec, k));
+}
+
+static bool is_string_key(const struct keydef *k)
+{
+    return k->type == K_STR || k->type == K_OPTSTR || k->type == K_SECRET;
+}
+
+void config_database_clear(struct cfg_database *db)
+{
+    if (!db || sections_ready() != 0)
+        return;
+    for (size_t i = 0; i < sections[SEC_DATABASE].nkeys; i++) {
+        const struct keydef *k = &sections[SEC_DATABASE].keys[i];
+        if (!is_string_key(k))
+            continue;
+        char **slot = (char **)((char *)db + k->off);
+        if (*slot && k->type == K_SECRET)
+            explicit_bzero(*slot, strlen(*slot));
+        free(*slot);
+    }
+    memset(db, 0, sizeof(*db));
+}
+
+int config_database_copy(struct cfg_database *dst, const struct cfg_database *src)
+{
+    *dst = *src;
+    if (sections_ready() != 0) {
+        memset(dst, 0, sizeof(*dst));
+        return -ENOMEM;
+    }
+    /* Every string key of the table, so a key added there is copied without a change here. */
+    int rc = 0;
+    for (size_t i = 0; i < sections[SEC_DATABASE].nkeys; i++) {
+        const struct keydef *k = &sections[SEC_DATABASE].keys[i];
+        if (!is_string_key(k))
+            continue;
+        char **slot = (char **)((char *)dst + k->off);
+        if (*slot && !(*slot = strdup(*slot)))
+            rc = -ENOMEM;
+    }
+    if (rc) {
+        config_database_clear(dst);
+        return rc;
+    }
+    return 0;
 }
 
 bool config_database_equal(const struct cfg_database *a, const struct cfg_database *b)

@@ -215,14 +215,56 @@ static uint64_t query_u64(MYSQL *conn, const char *sql, int *ok)
     return v;
 }
 
-MYSQL *db_connect(const struct config *cfg, char *err, size_t errlen)
+/*
+ * TLS per [database] ssl_mode, as MariaDB Connector/C 3.x can honour it:
+ * - MYSQL_OPT_SSL_ENFORCE turns TLS on, but when the server does not offer TLS the library
+ *   goes on in plaintext (its documentation says so), so `required` and `verify_ca` are
+ *   checked after the handshake with mysql_get_ssl_cipher() and the connection is refused
+ *   there. `preferred` accepts the plaintext fallback; `disabled` never asks for TLS.
+ * - With a CA file (MYSQL_OPT_SSL_CA) the library verifies the server's chain against it.
+ * - MYSQL_OPT_SSL_VERIFY_SERVER_CERT adds the host name check, and makes the library refuse a
+ *   server without TLS before it authenticates: that is `verify_identity`.
+ * config_load() has already checked that the keys agree (verify_* have a CA, and so on).
+ */
+static void tls_options(MYSQL *c, const struct cfg_database *db)
+{
+    enum db_ssl_mode mode = db->ssl_mode;
+    my_bool on = mode != DB_SSL_DISABLED;
+    my_bool verify_host = mode == DB_SSL_VERIFY_IDENTITY;
+    mysql_optionsv(c, MYSQL_OPT_SSL_ENFORCE, &on);
+    mysql_optionsv(c, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &verify_host);
+    if (mode >= DB_SSL_VERIFY_CA && db->ssl_ca)
+        mysql_optionsv(c, MYSQL_OPT_SSL_CA, db->ssl_ca);
+    if (on && db->ssl_cert && db->ssl_key) {
+        mysql_optionsv(c, MYSQL_OPT_SSL_CERT, db->ssl_cert);
+        mysql_optionsv(c, MYSQL_OPT_SSL_KEY, db->ssl_key);
+    }
+}
+
+static const char *ssl_mode_name(enum db_ssl_mode mode)
+{
+    static const char *const names[] = {"disabled", "preferred", "required", "verify_ca",
+                                        "verify_identity"};
+    return (unsigned)mode < sizeof(names) / sizeof(names[0]) ? names[mode] : "?";
+}
+
+/* Writes "HOST:PORT" or the socket path: where a connection goes, for messages. */
+static void connect_target(const struct cfg_database *db, const char *sock, char *buf, size_t cap)
+{
+    if (sock)
+        snprintf(buf, cap, "%s", sock);
+    else
+        snprintf(buf, cap, "%s:%" PRIu32, db->host ? db->host : "localhost", db->port);
+}
+
+MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen)
 {
     MYSQL *c = mysql_init(NULL);
     if (!c) {
         snprintf(err, errlen, "mysql_init: out of memory");
         return NULL;
     }
-    unsigned ct = (unsigned)((cfg->database.connect_timeout_ms + 999) / 1000);
+    unsigned ct = (unsigned)((db->connect_timeout_ms + 999) / 1000);
     if (ct == 0)
         ct = 1;
     /* A statement may legitimately take a while (a big batch on a busy server); these only
@@ -232,16 +274,37 @@ MYSQL *db_connect(const struct config *cfg, char *err, size_t errlen)
     mysql_options(c, MYSQL_OPT_READ_TIMEOUT, &rwt);
     mysql_options(c, MYSQL_OPT_WRITE_TIMEOUT, &rwt);
     mysql_options(c, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-    const char *sock = cfg->database.socket && *cfg->database.socket ? cfg->database.socket : NULL;
-    if (!mysql_real_connect(c, sock ? NULL : cfg->database.host, cfg->database.user,
-                            cfg->database.password, cfg->database.database,
-                            sock ? 0 : cfg->database.port, sock, 0)) {
-        if (sock)
-            snprintf(err, errlen, "connect to %s: %s (%u)", sock, mysql_error(c), mysql_errno(c));
+    tls_options(c, db);
+    const char *sock = db->socket && *db->socket ? db->socket : NULL;
+    char target[300];
+    connect_target(db, sock, target, sizeof(target));
+    enum db_ssl_mode mode = db->ssl_mode;
+    if (!mysql_real_connect(c, sock ? NULL : db->host, db->user, db->password, db->database,
+                            sock ? 0 : db->port, sock, 0)) {
+        unsigned e = mysql_errno(c);
+        if (e == CR_SSL_CONNECTION_ERROR && mode >= DB_SSL_VERIFY_CA)
+            snprintf(err, errlen, "connect to %s: TLS failed (ssl_mode = %s, ssl_ca = %s): %s (%u)",
+                     target, ssl_mode_name(mode), db->ssl_ca, mysql_error(c), e);
+        else if (e == CR_SSL_CONNECTION_ERROR)
+            snprintf(err, errlen, "connect to %s: TLS failed (ssl_mode = %s): %s (%u)", target,
+                     ssl_mode_name(mode), mysql_error(c), e);
+        else if (mode == DB_SSL_DISABLED && !sock && e == ER_ACCESS_DENIED_ERROR)
+            /* MariaDB answers a plaintext client with "Access denied" when it has
+             * require_secure_transport = ON, which hides the real cause. */
+            snprintf(err, errlen,
+                     "connect to %s: %s (%u) (ssl_mode = disabled: if the server requires secure "
+                     "transport, set ssl_mode = required or stronger)",
+                     target, mysql_error(c), e);
         else
-            snprintf(err, errlen, "connect to %s:%" PRIu32 ": %s (%u)",
-                     cfg->database.host ? cfg->database.host : "localhost", cfg->database.port,
-                     mysql_error(c), mysql_errno(c));
+            snprintf(err, errlen, "connect to %s: %s (%u)", target, mysql_error(c), e);
+        mysql_close(c);
+        return NULL;
+    }
+    if (mode >= DB_SSL_REQUIRED && !mysql_get_ssl_cipher(c)) {
+        snprintf(err, errlen,
+                 "connect to %s: the server did not agree to TLS, which ssl_mode = %s requires "
+                 "(the server needs ssl_cert and ssl_key)",
+                 target, ssl_mode_name(mode));
         mysql_close(c);
         return NULL;
     }

@@ -120,7 +120,7 @@ static int run_migrate(const struct config *cfg)
         fprintf(stderr, "coingestd: cannot initialise the MySQL client library\n");
         return EX_OSERR;
     }
-    MYSQL *conn = db_connect(cfg, err, sizeof(err));
+    MYSQL *conn = db_connect(&cfg->database, err, sizeof(err));
     if (!conn) {
         log_error("cannot reach the database", LOG_S("error", err));
         db_library_end();

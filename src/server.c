@@ -13,10 +13,19 @@
  *            does not make the kernel answer with a RST that would destroy the response;
  *   CLOSING  both handles are being closed; the memory goes in the last close callback.
  *
- * The deadline timer runs from accept to close; when it fires the connection is closed in
- * whatever state it is. So a client that never finishes its request, never reads the
- * response, or never closes, holds a slot for at most that long. During LINGER the deadline is
- * shortened to SERVER_LINGER_MS.
+ * One timer per connection carries two deadlines. While READING it fires head_timeout_ms after
+ * accept (SERVER_DEFAULT_HEAD_TIMEOUT_MS), however steadily the client trickles bytes: a probe
+ * sends its whole head at once, so only a slow or hostile client is cut off. Once the head is in,
+ * the timer is re-armed for what is left of timeout_ms from accept, which bounds WRITING (a
+ * client that never reads its response); LINGER gets at most SERVER_LINGER_MS. When the timer
+ * fires the connection is closed in whatever state it is.
+ *
+ * When the table is full (max_clients), a new connection does not simply lose: the oldest
+ * connection still READING its head is evicted (closed without an answer) to make room, or
+ * failing that the oldest one in LINGER, whose answer has already been written. Only when every
+ * slot is WRITING is the new connection closed unanswered. So slow readers cannot keep a probe
+ * out: each new connection pushes out the longest-waiting incomplete request, and a probe, which
+ * completes its head at once, is answered before enough newer connections arrive to push it out.
  *
  * The server itself counts its live handles (the listener plus each connection not yet freed);
  * server_close() closes everything and the last close callback frees the server and calls the
@@ -48,9 +57,11 @@ struct conn {
     uv_write_t wreq;
     uv_shutdown_t sreq;
     enum conn_state state;
-    int handles; /* handles still to be closed before the conn can be freed */
-    size_t len;  /* bytes of request in buf */
-    char *body;  /* response body being written (owned), or NULL */
+    int handles;          /* handles still to be closed before the conn can be freed */
+    uint64_t accepted_ms; /* uv_now() at accept */
+    uint64_t timeout_ms;  /* the server's timeout_ms at accept: accept to close */
+    size_t len;           /* bytes of request in buf */
+    char *body;           /* response body being written (owned), or NULL */
     char head[512];
     char buf[SERVER_MAX_REQUEST];
 };
@@ -64,6 +75,7 @@ struct server {
     unsigned nconns;
     unsigned max_clients;
     uint64_t timeout_ms;
+    uint64_t head_timeout_ms;
     unsigned live; /* listener (until closed) + conns not yet freed */
     bool closing;
     void (*close_cb)(void *);
@@ -187,6 +199,9 @@ static void conn_respond(struct conn *c, int status, const char *ctype, char *bo
 {
     c->state = CONN_WRITING;
     uv_read_stop((uv_stream_t *)&c->tcp);
+    /* The head deadline is met: from now on the whole-connection deadline applies. */
+    uint64_t age = uv_now(c->srv->loop) - c->accepted_ms;
+    uv_timer_start(&c->timer, on_deadline, age < c->timeout_ms ? c->timeout_ms - age : 1, 0);
     int n = snprintf(c->head, sizeof(c->head),
                      "HTTP/1.1 %d %s\r\n"
                      "Content-Type: %s\r\n"
@@ -329,6 +344,23 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         conn_respond_text(c, 431, "request header fields too large\n", false);
 }
 
+/* The connection to evict when the table is full and `fresh` wants a slot: the oldest one still
+ * reading its head, else the oldest lingering one (its answer is already written), else NULL.
+ * The list runs newest first, so the last match is the oldest. */
+static struct conn *eviction_victim(struct server *s, const struct conn *fresh)
+{
+    struct conn *reading = NULL, *linger = NULL;
+    for (struct conn *c = s->conns; c; c = c->next) {
+        if (c == fresh)
+            continue;
+        if (c->state == CONN_READING)
+            reading = c;
+        else if (c->state == CONN_LINGER)
+            linger = c;
+    }
+    return reading ? reading : linger;
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct server *s = listener->data;
@@ -357,12 +389,23 @@ static void on_connection(uv_stream_t *listener, int status)
     s->nconns++;
     s->live++;
 
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0 || s->nconns > s->max_clients) {
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
         conn_close(c);
         return;
     }
+    if (s->nconns > s->max_clients) {
+        struct conn *victim = eviction_victim(s, c);
+        if (!victim) {
+            conn_close(c); /* every slot is writing an answer: refuse this one */
+            return;
+        }
+        conn_close(victim);
+    }
     uv_tcp_nodelay(&c->tcp, 1);
-    uv_timer_start(&c->timer, on_deadline, s->timeout_ms, 0);
+    c->accepted_ms = uv_now(s->loop);
+    c->timeout_ms = s->timeout_ms;
+    uint64_t head = s->head_timeout_ms < s->timeout_ms ? s->head_timeout_ms : s->timeout_ms;
+    uv_timer_start(&c->timer, on_deadline, head, 0);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
         conn_close(c);
 }
@@ -467,6 +510,7 @@ struct server *server_new(uv_loop_t *loop, const char *listen, server_health_cb 
     s->health_arg = arg;
     s->max_clients = SERVER_DEFAULT_MAX_CLIENTS;
     s->timeout_ms = SERVER_DEFAULT_TIMEOUT_MS;
+    s->head_timeout_ms = SERVER_DEFAULT_HEAD_TIMEOUT_MS;
     int rc = uv_tcp_init(loop, &s->listener);
     if (rc < 0) {
         snprintf(err, errlen, "%s: %s", listen, uv_strerror(rc));
@@ -505,6 +549,12 @@ void server_set_limits(struct server *s, uint64_t timeout_ms, unsigned max_clien
         s->timeout_ms = timeout_ms;
     if (max_clients)
         s->max_clients = max_clients;
+}
+
+void server_set_head_timeout(struct server *s, uint64_t head_timeout_ms)
+{
+    if (head_timeout_ms)
+        s->head_timeout_ms = head_timeout_ms;
 }
 
 void server_close(struct server *s, void (*cb)(void *), void *arg)

@@ -355,7 +355,7 @@ static void read_fail(struct read *r, int rc, const char *msg)
 struct dbconf {
     unsigned refs;
     uint64_t gen;
-    struct config cfg; /* only cfg.database is filled */
+    struct cfg_database db; /* a deep copy */
 };
 
 enum schema_state { SCHEMA_NONE = 0, SCHEMA_RUNNING, SCHEMA_READY };
@@ -451,12 +451,7 @@ static void dbconf_unref(struct dbconf *c)
 {
     if (!c || --c->refs > 0)
         return;
-    free(c->cfg.database.host);
-    free(c->cfg.database.socket);
-    free(c->cfg.database.user);
-    free(c->cfg.database.password);
-    free(c->cfg.database.database);
-    free(c->cfg.database.migrations_dir);
+    config_database_clear(&c->db);
     free(c);
 }
 
@@ -467,45 +462,28 @@ static struct dbconf *dbconf_new(const struct config *cfg, uint64_t gen)
         return NULL;
     c->refs = 1;
     c->gen = gen;
-    c->cfg.database = cfg->database;
-    c->cfg.database.host = util_strdup0(cfg->database.host);
-    c->cfg.database.socket = util_strdup0(cfg->database.socket);
-    c->cfg.database.user = util_strdup0(cfg->database.user);
-    c->cfg.database.password = util_strdup0(cfg->database.password);
-    c->cfg.database.database = util_strdup0(cfg->database.database);
-    c->cfg.database.migrations_dir = util_strdup0(cfg->database.migrations_dir);
-    if ((cfg->database.host && !c->cfg.database.host) ||
-        (cfg->database.socket && !c->cfg.database.socket) ||
-        (cfg->database.user && !c->cfg.database.user) ||
-        (cfg->database.password && !c->cfg.database.password) ||
-        (cfg->database.database && !c->cfg.database.database) ||
-        (cfg->database.migrations_dir && !c->cfg.database.migrations_dir)) {
-        dbconf_unref(c);
+    if (config_database_copy(&c->db, &cfg->database) != 0) {
+        free(c);
         return NULL;
     }
     return c;
 }
 
-/* Are cfg's connection settings the ones the writers use? config_diff() walks config.c's own
- * key table, so a connection key added there is compared here without a change. Its
- * `database` flag is also set by the keys the sink applies without reconnecting (workers, batch
- * sizes, flush interval, max_pending_rows), so those are copied from the current settings
- * before comparing: only a real connection change makes the writers reconnect. A key added
- * to [database] later counts as a connection setting until it is listed here (the safe side:
- * a needless reconnect). */
+/* Are cfg's connection settings the ones the writers use? config_database_equal() walks
+ * config.c's own key table, so a connection key added there is compared here without a change.
+ * The keys the sink applies without reconnecting (workers, batch sizes, flush interval,
+ * max_pending_rows) are copied from the current settings before comparing: only a real
+ * connection change makes the writers reconnect. A key added to [database] later counts as a
+ * connection setting until it is listed here (the safe side: a needless reconnect). */
 static bool dbconf_same(const struct dbconf *c, const struct config *cfg)
 {
-    struct config next;
-    memset(&next, 0, sizeof(next));
-    next.database = cfg->database;
-    next.database.workers = c->cfg.database.workers;
-    next.database.batch_rows = c->cfg.database.batch_rows;
-    next.database.batch_bytes = c->cfg.database.batch_bytes;
-    next.database.flush_interval_ms = c->cfg.database.flush_interval_ms;
-    next.database.max_pending_rows = c->cfg.database.max_pending_rows;
-    struct config_diff d;
-    config_diff(&c->cfg, &next, &d);
-    return !d.database;
+    struct cfg_database next = cfg->database;
+    next.workers = c->db.workers;
+    next.batch_rows = c->db.batch_rows;
+    next.batch_bytes = c->db.batch_bytes;
+    next.flush_interval_ms = c->db.flush_interval_ms;
+    next.max_pending_rows = c->db.max_pending_rows;
+    return config_database_equal(&c->db, &next);
 }
 
 /* --- small helpers ------------------------------------------------------------------------ */
@@ -1196,8 +1174,8 @@ static void drop_conn_locked(struct writer *w)
  * coingestd --migrate does. >= 0, or -errno with the reason in err. No lock held. */
 static int migrate(const struct dbconf *conf, MYSQL *conn, char *err, size_t errlen)
 {
-    const char *dir = conf->cfg.database.migrations_dir;
-    if (conf->cfg.database.auto_migrate)
+    const char *dir = conf->db.migrations_dir;
+    if (conf->db.auto_migrate)
         return db_migrate(conn, dir, err, errlen);
     int n = db_migrations_pending(conn, dir, err, errlen);
     if (n > 0) {
@@ -1223,7 +1201,7 @@ static int writer_connect_locked(struct writer *w)
     conf->refs++;
     pthread_mutex_unlock(&s->mu);
     char err[512];
-    MYSQL *conn = db_connect(&conf->cfg, err, sizeof(err));
+    MYSQL *conn = db_connect(&conf->db, err, sizeof(err));
     bool ok = conn != NULL;
     pthread_mutex_lock(&s->mu);
     while (ok && s->schema == SCHEMA_RUNNING && !s->stop && !s->abort)
@@ -1254,7 +1232,7 @@ static int writer_connect_locked(struct writer *w)
             else
                 log_error("schema migration failed; rows are spooled until it succeeds",
                           LOG_S("error", err),
-                          LOG_S("dir", db_migrations_source(conf->cfg.database.migrations_dir)));
+                          LOG_S("dir", db_migrations_source(conf->db.migrations_dir)));
             pthread_mutex_lock(&s->mu);
             quit = s->stop || s->abort;
         }

@@ -35,6 +35,15 @@
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 
+/* [database] ssl_mode, weakest first (docs/config.md says what each one guarantees). */
+enum db_ssl_mode {
+    DB_SSL_DISABLED = 0,        /* never TLS */
+    DB_SSL_PREFERRED = 1,       /* TLS when the server offers it, no certificate check */
+    DB_SSL_REQUIRED = 2,        /* TLS or no connection, no certificate check */
+    DB_SSL_VERIFY_CA = 3,       /* TLS, the server's chain must lead to ssl_ca */
+    DB_SSL_VERIFY_IDENTITY = 4, /* verify_ca, and the certificate must name host */
+};
+
 /* A rate: `count` requests per `period_ms`. */
 struct rate {
     uint32_t count;
@@ -118,6 +127,8 @@ struct config {
         char *metrics_listen;         /* default "127.0.0.1:9464"; "" disables */
         char *spool_dir;              /* default /var/lib/coingest/spool */
         uint64_t shutdown_timeout_ms; /* default 30s */
+        uint64_t health_db_grace_ms;  /* default 5m: /healthz is 503 once the database has been
+                                         unreachable this long; 0: as soon as it is */
     } daemon;
 
     struct cfg_database {
@@ -135,6 +146,10 @@ struct config {
         uint64_t connect_timeout_ms; /* default 5s */
         bool auto_migrate;           /* default true */
         char *migrations_dir;        /* NULL or "": the built-in migrations */
+        enum db_ssl_mode ssl_mode;   /* default preferred */
+        char *ssl_ca;                /* PEM CA file; NULL when unset; verify_* need it */
+        char *ssl_cert;              /* PEM client certificate; NULL when unset */
+        char *ssl_key;               /* PEM key of ssl_cert; NULL when unset */
     } database;
 
     struct cfg_source *sources; /* source_count entries, registry order */
@@ -186,6 +201,11 @@ void config_diff(const struct config *a, const struct config *b, struct config_d
 
 /* Do two [database] sections hold the same settings? (The sink reconnects when not.) */
 bool config_database_equal(const struct cfg_database *a, const struct cfg_database *b);
+
+/* A deep copy of a [database] section, for a holder that outlives the config (the sink's
+ * writers). Returns 0, or -ENOMEM with dst left empty. Free with config_database_clear. */
+int config_database_copy(struct cfg_database *dst, const struct cfg_database *src);
+void config_database_clear(struct cfg_database *db);
 
 /* Parsers for the value types, exported for tests and for other modules' own keys.
  * Each returns 0 or -EINVAL. */

@@ -32,7 +32,7 @@ void db_library_end(void);
  * reads max_allowed_packet. Returns the connection (the caller closes it with mysql_close)
  * or NULL with the reason in err. Thread: any thread that called mysql_thread_init or the
  * main thread. */
-MYSQL *db_connect(const struct config *cfg, char *err, size_t errlen);
+MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen);
 
 /* One migration compiled into the binary: sql/NNN_name.sql as it was at build time, its
  * file name and its exact bytes (NUL-terminated; len does not count the NUL). */

@@ -10,10 +10,17 @@
  *
  * Defences, since the port may be reachable by more than the scraper:
  * - the request line plus headers may be at most SERVER_MAX_REQUEST bytes (431 past it);
- * - each connection has a deadline from accept to close (SERVER_DEFAULT_TIMEOUT_MS), not an
- *   idle timer, so a client trickling one byte at a time (slowloris) is cut off all the same;
- * - at most SERVER_DEFAULT_MAX_CLIENTS connections are open at once; past that a new
- *   connection is accepted and closed at once, without an answer.
+ * - the whole request head must arrive within SERVER_DEFAULT_HEAD_TIMEOUT_MS of accept, however
+ *   steadily it trickles in (slowloris), or the connection is closed without an answer;
+ * - each connection has a deadline from accept to close (SERVER_DEFAULT_TIMEOUT_MS), which
+ *   bounds a client that never reads its response or never closes;
+ * - at most SERVER_DEFAULT_MAX_CLIENTS connections are open at once. When a new one arrives
+ *   with the table full, the oldest connection still reading its head is closed to make room
+ *   (else the oldest whose answer is already written and that is only waiting for the
+ *   client's close); only when every slot is writing an answer is the new one closed
+ *   unanswered. So slow clients cannot keep a health probe out: a probe sends its head at
+ *   once and is answered, unless more than SERVER_DEFAULT_MAX_CLIENTS newer connections
+ *   arrive before its head is read.
  *
  * Responses: GET or HEAD /metrics -> 200 text/plain; version=0.0.4; /healthz -> the callback's
  * status with its JSON; other paths -> 404; other methods -> 405 with Allow: GET, HEAD;
@@ -29,9 +36,10 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define SERVER_MAX_REQUEST         8192
-#define SERVER_DEFAULT_TIMEOUT_MS  10000
-#define SERVER_DEFAULT_MAX_CLIENTS 64
+#define SERVER_MAX_REQUEST             8192
+#define SERVER_DEFAULT_TIMEOUT_MS      10000
+#define SERVER_DEFAULT_HEAD_TIMEOUT_MS 2000
+#define SERVER_DEFAULT_MAX_CLIENTS     64
 
 struct server;
 
@@ -68,6 +76,13 @@ int server_port(struct server *s);
  * limit as it is. For tests and tuning. Thread: loop thread.
  */
 void server_set_limits(struct server *s, uint64_t timeout_ms, unsigned max_clients);
+
+/*
+ * Changes the head deadline (ms from accept until the blank line that ends the request head;
+ * > 0, capped by the connection deadline) for connections accepted from now on; zero leaves it
+ * as it is. For tests and tuning. Thread: loop thread.
+ */
+void server_set_head_timeout(struct server *s, uint64_t head_timeout_ms);
 
 /*
  * Stops listening and closes every open connection (a response being written is dropped).

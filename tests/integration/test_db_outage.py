@@ -140,14 +140,15 @@ def main():
         check.eq(rc, 0, "restart after kill -9 exits 0")
         check.eq(db.count("prices"), 2 * 2 * N, "the rows spooled before kill -9 arrived")
 
-        # 5. /healthz says 503 while the database is unreachable, 200 once it is back.
+        # 5. /healthz says 503 while the database is unreachable (health_db_grace = 0: at once;
+        # test_health_grace.py covers the grace), 200 once it is back.
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()
         conf5 = os.path.join(work, "o5.conf")
         open(conf5, "w").write(open(conf).read().replace(
-            "metrics_listen =\n", f"metrics_listen = 127.0.0.1:{port}\n")
+            "metrics_listen =\n", f"metrics_listen = 127.0.0.1:{port}\nhealth_db_grace = 0\n")
             + "[job.assets]\nenabled = false\n[job.prices]\nenabled = false\n"
             "[job.market_caps]\nenabled = false\n")
         server("stop", dbdir)

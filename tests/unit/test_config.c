@@ -606,7 +606,7 @@ static void test_errors_structure(void **state)
                  "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps)");
     expect_error("[daemon]\nlog_levl = info\n",
                  "2: [daemon] log_levl: unknown key (known: log_level, log_format, "
-                 "metrics_listen, spool_dir, shutdown_timeout)");
+                 "metrics_listen, spool_dir, shutdown_timeout, health_db_grace)");
     expect_error("[job.prices]\nevry = 5m\n",
                  "2: [job.prices] evry: unknown key (known: enabled, every, align, offset, "
                  "jitter, run_at_start)");

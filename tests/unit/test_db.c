@@ -62,7 +62,7 @@ static int setup(void **state)
     c->cfg = config_defaults();
     testdb_fill_config(c->cfg, c->db);
     char err[512];
-    c->conn = db_connect(c->cfg, err, sizeof(err));
+    c->conn = db_connect(&c->cfg->database, err, sizeof(err));
     if (!c->conn) {
         fprintf(stderr, "db_connect: %s\n", err);
         return -1;
@@ -138,7 +138,7 @@ static void test_connect_fails(void **state)
     bad->database.port = 1; /* nothing listens there */
     bad->database.connect_timeout_ms = 1000;
     char err[512] = "";
-    MYSQL *m = db_connect(bad, err, sizeof(err));
+    MYSQL *m = db_connect(&bad->database, err, sizeof(err));
     assert_null(m);
     assert_non_null(strstr(err, "127.0.0.1:1"));
     config_free(bad);
@@ -147,7 +147,7 @@ static void test_connect_fails(void **state)
     testdb_fill_config(bad, c->db);
     free(bad->database.password);
     bad->database.password = strdup("wrong");
-    m = db_connect(bad, err, sizeof(err));
+    m = db_connect(&bad->database, err, sizeof(err));
     assert_null(m);
     assert_non_null(strstr(err, "1045"));
     config_free(bad);
@@ -437,7 +437,7 @@ static void test_concurrent_migrators(void **state)
      * and the other find nothing left to do. */
     char err[1024];
     struct migrator m[2] = {{.conn = c->conn, .dir = c->dir},
-                            {.conn = db_connect(c->cfg, err, sizeof(err)), .dir = c->dir}};
+                            {.conn = db_connect(&c->cfg->database, err, sizeof(err)), .dir = c->dir}};
     assert_non_null(m[1].conn);
     pthread_t t[2];
     for (int i = 0; i < 2; i++)

@@ -529,7 +529,7 @@ static void verify(MYSQL *m, const struct batch *expect, const struct colinfo *c
 static void migrate_now(struct h *h)
 {
     char err[1024];
-    MYSQL *m = db_connect(h->cfg, err, sizeof(err));
+    MYSQL *m = db_connect(&h->cfg->database, err, sizeof(err));
     assert_non_null(m);
     int rc = db_migrate(m, h->cfg->database.migrations_dir, err, sizeof(err));
     if (rc < 0)
