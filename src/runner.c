@@ -443,12 +443,11 @@ bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE 
         all_fit = all_fit && fits;
         if (out) {
             fprintf(out,
-                    "budget: %ssource=%s requests_per_min=%.2f rate_limit_per_min=%.2f "
+                    "budget: total requests_per_min=%.2f rate_limit_per_min=%.2f "
                     "plan_limit_per_min=%.2f requests_per_month=%.0f monthly_credits=%llu "
-                    "universe=%llu fits=%s\n",
-                    "total ", src->name, per_min, limit, plan, per_month,
-                    (unsigned long long)src->monthly_credits, (unsigned long long)n,
-                    fits ? "yes" : "no");
+                    "universe=%llu fits=%s source=%s\n",
+                    per_min, limit, plan, per_month, (unsigned long long)src->monthly_credits,
+                    (unsigned long long)n, fits ? "yes" : "no", src->name);
             if (!fits)
                 fprintf(out,
                         "warning: the configured jobs of source %s need more requests than the "

@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "coingest/log.h"
+#include "coingest/source.h"
 
 /* 2026-11-23T13:20:01.123Z */
 #define T0 1795440001123ull
@@ -308,6 +309,15 @@ static void test_registered_secrets(void **state)
 static void test_key_parameters(void **state)
 {
     (void)state;
+    /* Before the sources register theirs, only the generic names are masked. */
+    assert_string_equal(logfmt1(LOG_S("s", "x-cg-pro-api-key:CG-xyz")),
+                        "s=x-cg-pro-api-key:CG-xyz");
+    assert_int_equal(source_register_log_masks(), 0);
+    assert_int_equal(source_register_log_masks(), 0); /* twice is harmless */
+    assert_int_equal(log_add_secret_param("token"), -EINVAL);
+    assert_int_equal(log_add_secret_param(""), -EINVAL);
+    assert_int_equal(log_add_secret_param("x-token:"), 0);
+    assert_string_equal(logfmt1(LOG_S("s", "X-Token: t0k&n")), "s=\"X-Token: ********&n\"");
     assert_string_equal(
         logfmt1(LOG_S("url", "https://api.coingecko.com/api/v3/coins/markets?vs_currency=usd&"
                              "x_cg_demo_api_key=CG-abc123&page=2")),
