@@ -417,10 +417,38 @@ static void tick(struct job *job, void *arg)
     }
 }
 
-/* Rows leave the jobs through the sink. */
+/* The jobs' store is the sink: rows go to its writers, reads run on a writer connection. */
 static int store_submit(void *ctx, struct batch *b)
 {
     return sink_submit(ctx, b);
+}
+
+struct store_read_call {
+    store_read_cb cb;
+    void *arg;
+};
+
+static void store_read_done(int rc, const struct sink_rows *rows, const char *err, void *arg)
+{
+    struct store_read_call call = *(struct store_read_call *)arg;
+    free(arg);
+    struct store_rows out = {0};
+    if (rows)
+        out = (struct store_rows){rows->nrows, rows->ncols, rows->names, rows->cells};
+    call.cb(rc, rows ? &out : NULL, err, call.arg);
+}
+
+static int store_read(void *ctx, const char *sql, const char *const *params, size_t nparams,
+                      size_t max_rows, store_read_cb cb, void *arg)
+{
+    struct store_read_call *call = malloc(sizeof(*call));
+    if (!call)
+        return -ENOMEM;
+    *call = (struct store_read_call){cb, arg};
+    int rc = sink_read(ctx, sql, params, nparams, max_rows, store_read_done, call);
+    if (rc != 0)
+        free(call);
+    return rc;
 }
 
 /* --- signals and reload ------------------------------------------------------------------- */
@@ -580,7 +608,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         if (!(d->apis[i] = api_new(d->fetcher, &cfg->sources[i])))
             goto fail_setup;
     }
-    struct store store = {.submit = store_submit, .read = NULL, .ctx = d->sink};
+    struct store store = {.submit = store_submit, .read = store_read, .ctx = d->sink};
     d->runner = runner_new(cfg, d->apis, store);
     d->sched = sched_new(d->timers);
     d->nslots = cfg->njobs;

@@ -635,10 +635,13 @@ class App:
             self.conn_seq += 1
             return self.conn_seq
 
-    def take_fault(self, route, path):
+    def take_fault(self, route, path, params=None):
         with self.lock:
             for f in self.faults:
                 m = f.get("match", "")
+                want = f.get("params") or {}
+                if any((params or {}).get(k) != str(v) for k, v in want.items()):
+                    continue
                 if route.startswith(m) or path.startswith(m):
                     f["remaining"] -= 1
                     if f["remaining"] <= 0:
@@ -805,7 +808,7 @@ class Handler(BaseHTTPRequestHandler):
                  "status": None, "fault": None, "bytes": 0}
         app.add_log(entry)
         try:
-            fault = app.take_fault(route or "", path)
+            fault = app.take_fault(route or "", path, params)
             if fault:
                 entry["fault"] = fault["kind"]
                 self.apply_fault(app, fault, route, params, entry)

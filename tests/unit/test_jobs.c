@@ -1,0 +1,480 @@
+/*
+ * test_jobs: the CoinGecko jobs under the generic runner, against the fake API, with an
+ * in-memory store instead of the sink: no database. Covers universe resolution (on demand,
+ * cached, explicit ids, top N), page walks that stop exactly at the end of the data, a 429 in
+ * the middle of a walk (the same page again, none skipped, none twice), the job_runs row (by
+ * column name), failures, -EBUSY and cancellation.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "coingest/batch.h"
+#include "coingest/config.h"
+#include "coingest/fetch.h"
+#include "coingest/runner.h"
+#include "coingest/source.h"
+#include "coingest/timers.h"
+#include "fakeapi_proc.h"
+
+#define UNIVERSE 600
+#define WAIT_MS  30000
+
+/* ---- the in-memory store ------------------------------------------------------------------ */
+
+struct memstore {
+    uint64_t rows[BATCH_SPEC_COUNT];
+    uint64_t batches[BATCH_SPEC_COUNT];
+    struct batch *job_runs; /* every job_runs row, appended */
+    struct batch *delist;   /* the delisting statements */
+    bool refuse;            /* submit fails: rows cannot be kept */
+};
+
+static int mem_submit(void *ctx, struct batch *b)
+{
+    struct memstore *m = ctx;
+    if (m->refuse) {
+        batch_free(b);
+        return -EIO;
+    }
+    enum batch_spec_id id = b->spec->id;
+    m->rows[id] += b->nrows;
+    m->batches[id]++;
+    struct batch **keep = id == BATCH_JOB_RUNS        ? &m->job_runs
+                          : id == BATCH_ASSETS_DELIST ? &m->delist
+                                                      : NULL;
+    int rc = 0;
+    if (keep && !*keep)
+        *keep = batch_new(id, 4);
+    if (keep)
+        rc = *keep ? batch_append(*keep, b) : -ENOMEM;
+    batch_free(b);
+    return rc;
+}
+
+/* ---- fixture ------------------------------------------------------------------------------- */
+
+struct env {
+    struct fakeapi *fake;
+    uv_loop_t loop;
+    struct timers *timers;
+    struct fetcher *f;
+    struct api *apis[4];
+    struct config *cfg;
+    struct runner *rn;
+    struct memstore mem;
+    char conf[PATH_MAX];
+
+    bool done;
+    struct run_summary sum;
+};
+
+static void on_run_done(const struct run_summary *s, void *arg)
+{
+    struct env *e = arg;
+    e->sum = *s;
+    e->done = true;
+}
+
+static void deadline_cb(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+    uv_stop(t->loop);
+}
+
+/* Runs the loop until the run is reported, failing after WAIT_MS. */
+static void wait_done(struct env *e)
+{
+    bool expired = false;
+    uv_timer_t t;
+    uv_timer_init(&e->loop, &t);
+    t.data = &expired;
+    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
+    while (!e->done && !expired)
+        uv_run(&e->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&e->loop, UV_RUN_NOWAIT);
+    if (!e->done)
+        fail_msg("the run did not finish within %d ms", WAIT_MS);
+}
+
+static size_t job(const struct env *e, const char *name)
+{
+    int i = config_job_index(e->cfg, name);
+    assert_true(i >= 0);
+    return (size_t)i;
+}
+
+static void do_run(struct env *e, const char *name)
+{
+    e->done = false;
+    memset(&e->sum, 0, sizeof(e->sum));
+    assert_int_equal(runner_start(e->rn, job(e, name), on_run_done, e), 0);
+    wait_done(e);
+}
+
+/* Loads a config whose [source.coingecko] points at the fake API, plus `extra` lines. */
+static void load_config(struct env *e, const char *extra)
+{
+    FILE *fp = fopen(e->conf, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
+            "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\nper_page = 100\n%s",
+            fakeapi_base_url(e->fake), extra ? extra : "");
+    fclose(fp);
+    char err[1024];
+    if (config_load(e->conf, &e->cfg, err, sizeof(err)) != 0)
+        fail_msg("config: %s", err);
+}
+
+static void start_runner(struct env *e)
+{
+    memset(e->apis, 0, sizeof(e->apis));
+    assert_true(e->cfg->nsources <= 4);
+    for (size_t i = 0; i < e->cfg->nsources; i++)
+        if (e->cfg->sources[i].enabled)
+            assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
+    struct store store = {.submit = mem_submit, .read = NULL, .ctx = &e->mem};
+    e->rn = runner_new(e->cfg, e->apis, store);
+    assert_non_null(e->rn);
+}
+
+static int setup_with(void **state, const char *extra)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    assert_non_null(e);
+    static const char *const args[] = {"--universe", "600", NULL};
+    e->fake = fakeapi_start(args);
+    assert_non_null(e->fake);
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    e->timers = timers_new(&e->loop);
+    e->f = fetcher_new(&e->loop, e->timers);
+    assert_non_null(e->f);
+    snprintf(e->conf, sizeof(e->conf), "/tmp/test_jobs.%d.conf", (int)getpid());
+    load_config(e, extra);
+    start_runner(e);
+    *state = e;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, "[universe]\nvs_currencies = usd, eur\n");
+}
+
+static void fetcher_gone(void *arg)
+{
+    (void)arg;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+    runner_free(e->rn);
+    for (size_t i = 0; i < 4; i++)
+        api_free(e->apis[i]);
+    fetcher_free(e->f, fetcher_gone, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    timers_free(e->timers);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+    config_free(e->cfg);
+    batch_free(e->mem.job_runs);
+    batch_free(e->mem.delist);
+    fakeapi_stop(e->fake);
+    unlink(e->conf);
+    free(e);
+    return 0;
+}
+
+/* ---- helpers to look at what happened ------------------------------------------------------ */
+
+/* Requests the fake API served for a route, and how many of them carried `param=value`. */
+static size_t served(struct env *e, const char *route, const char *param, const char *value)
+{
+    json_t *log = fakeapi_log(e->fake, 0);
+    assert_non_null(log);
+    size_t n = 0, i;
+    json_t *entry;
+    json_array_foreach(log, i, entry)
+    {
+        const char *r = json_string_value(json_object_get(entry, "route"));
+        if (!r || strcmp(r, route) != 0)
+            continue;
+        if (param) {
+            const char *v =
+                json_string_value(json_object_get(json_object_get(entry, "params"), param));
+            if (!v || strcmp(v, value) != 0)
+                continue;
+        }
+        n++;
+    }
+    json_decref(log);
+    return n;
+}
+
+static const struct val *job_runs_val(const struct env *e, uint32_t row, const char *col)
+{
+    const struct batch *b = e->mem.job_runs;
+    assert_non_null(b);
+    assert_true(row < b->nrows);
+    int c = batch_spec_col(b->spec, col);
+    assert_true(c >= 0);
+    return batch_val(b, row, (uint16_t)c);
+}
+
+static void assert_val_str(const struct val *v, const char *want)
+{
+    assert_int_equal(v->type, VAL_STR);
+    assert_int_equal(v->len, strlen(want));
+    assert_memory_equal(v->u.s, want, v->len);
+}
+
+/* ---- tests ----------------------------------------------------------------------------------- */
+
+static void test_assets(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    assert_string_equal(e->sum.name, "assets");
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_LIST], UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_CATEGORIES], 12);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1); /* after the whole list */
+    assert_int_equal(e->sum.requests, 2);
+    assert_int_equal(served(e, "/coins/list", "include_platform", "true"), 1);
+
+    /* The job_runs row, read by column name. */
+    assert_int_equal(e->mem.job_runs->nrows, 1);
+    assert_val_str(job_runs_val(e, 0, "job"), "assets");
+    assert_val_str(job_runs_val(e, 0, "status"), "ok");
+    assert_int_equal(job_runs_val(e, 0, "requests")->u.i, 2);
+    assert_int_equal(job_runs_val(e, 0, "rows_written")->u.i, (int64_t)e->sum.rows);
+    assert_int_equal(job_runs_val(e, 0, "error")->type, VAL_NULL);
+    assert_int_equal(job_runs_val(e, 0, "started_at")->type, VAL_TIME);
+
+    /* The listed ids are the universe of the next prices run: no second /coins/list. */
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
+}
+
+static void test_prices_resolves_on_demand(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    /* No assets run yet: the list is fetched on demand, then the prices in URL-sized parts. */
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
+    size_t parts = served(e, "/simple/price", NULL, NULL);
+    assert_true(parts >= 1);
+    assert_int_equal(e->sum.requests, 1 + parts);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_LIST], 0); /* the resolution stores nothing */
+}
+
+static void test_market_caps_walk(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    /* 600 coins at 100 a page: six full pages and a seventh, empty, that ends the walk, for
+     * each currency; then /global. */
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 7);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 7);
+    assert_int_equal(served(e, "/coins/markets", "page", "7"), 2);
+    assert_int_equal(served(e, "/coins/markets", "page", "8"), 0);
+    assert_int_equal(served(e, "/global", NULL, NULL), 1);
+    assert_int_equal(e->sum.requests, 15);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_MARKET], UNIVERSE); /* rank, image: once */
+    assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
+}
+
+/* A 429 on page 3: the bucket pauses, the same page is asked again, no page is skipped or
+ * fetched twice, and every row arrives. */
+static void test_429_resumes_the_walk(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"params\":{\"page\":"
+                                            "\"3\",\"vs_currency\":\"usd\"},\"status\":429,"
+                                            "\"retry_after\":\"1\"}"),
+                     0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/markets", "page", "3"), 3); /* usd twice, eur once */
+    for (int p = 1; p <= 7; p++) {
+        char page[8];
+        snprintf(page, sizeof(page), "%d", p);
+        assert_int_equal(served(e, "/coins/markets", "page", page), p == 3 ? 3 : 2);
+    }
+    assert_int_equal(e->sum.requests, 16); /* the 429 counts as an attempt */
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * UNIVERSE);
+}
+
+static void test_failed_request_fails_the_run(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/list\",\"status\":404,"
+                                            "\"body\":{\"error\":\"gone\"}}"),
+                     0);
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_FAILED);
+    assert_string_equal(e->sum.error, "GET /coins/list: gone");
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
+    assert_val_str(job_runs_val(e, 0, "status"), "failed");
+    assert_val_str(job_runs_val(e, 0, "error"), "GET /coins/list: gone");
+}
+
+/* A page that fails for good ends that currency's walk; the run goes on and is partial. */
+static void test_partial_run(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"params\":"
+                                            "{\"vs_currency\":\"eur\"},\"status\":400}"),
+                     0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "GET /coins/markets?vs_currency=eur"));
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], UNIVERSE); /* usd only */
+    assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
+}
+
+static void test_busy_and_cancel(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
+                                            "\"seconds\":5}"),
+                     0);
+    e->done = false;
+    size_t id = job(e, "market_caps");
+    assert_int_equal(runner_start(e->rn, id, on_run_done, e), 0);
+    assert_true(runner_running(e->rn, id));
+    assert_true(runner_any_running(e->rn));
+    assert_int_equal(runner_start(e->rn, id, on_run_done, e), -EBUSY);
+    assert_int_equal(runner_start(e->rn, 999, on_run_done, e), -EINVAL);
+    uv_run(&e->loop, UV_RUN_NOWAIT);
+    runner_cancel(e->rn);
+    wait_done(e);
+    assert_false(runner_running(e->rn, id));
+    assert_int_equal(e->sum.status, RUN_FAILED);
+    assert_string_equal(e->sum.error, "run: cancelled by shutdown");
+    assert_int_equal(runner_last(e->rn, id)->status, RUN_FAILED);
+    assert_val_str(job_runs_val(e, 0, "job"), "market_caps");
+}
+
+/* Rows the store refuses make the run record the loss. */
+static void test_store_refuses(void **state)
+{
+    struct env *e = *state;
+    e->mem.refuse = true;
+    do_run(e, "assets");
+    assert_string_equal(e->sum.error, "sink: rows could not be stored or spooled");
+    assert_int_equal(e->sum.rows, 0);
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+}
+
+static int setup_top(void **state)
+{
+    return setup_with(state, "[universe]\ntop = 150\n");
+}
+
+/* top = 150: market_caps walks two full pages and keeps 150; prices resolves the same top N
+ * (one walk) and prices exactly those. */
+static void test_top_n(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/markets", NULL, NULL), 2);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 150);
+
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    /* The walk market_caps just made is the cache: no new markets page. */
+    assert_int_equal(served(e, "/coins/markets", NULL, NULL), 2);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 150);
+}
+
+static int setup_ids(void **state)
+{
+    return setup_with(state, "[universe]\nids = coin-00001, coin-00002, coin-00004\n");
+}
+
+static void test_explicit_ids(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 0);
+    assert_int_equal(served(e, "/simple/price", "ids", "coin-00001,coin-00002,coin-00004"), 1);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 3);
+
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/markets", "ids", "coin-00001,coin-00002,coin-00004"), 1);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 3);
+}
+
+/* The registry: every job has a definition, a unique name and a source; the budget adds up. */
+static void test_registry_and_budget(void **state)
+{
+    struct env *e = *state;
+    assert_true(source_count >= 1);
+    assert_non_null(source_find("coingecko"));
+    assert_null(source_find("nope"));
+    size_t n = 0;
+    for (size_t i = 0; i < source_count; i++)
+        n += source_defs[i]->njobs;
+    assert_int_equal(e->cfg->njobs, n);
+    for (size_t i = 0; i < e->cfg->njobs; i++) {
+        assert_non_null(e->cfg->jobs[i].def);
+        assert_non_null(e->cfg->jobs[i].def->start);
+        assert_int_equal(config_job_index(e->cfg, e->cfg->jobs[i].name), (int)i);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    assert_non_null(mem);
+    assert_true(runner_print_budget(e->cfg, 600, mem));
+    fclose(mem);
+    /* assets 2, prices 1 part of 600 ids, market_caps 2 x 6 pages + /global. */
+    assert_non_null(strstr(text, "job=assets requests_per_run=2 "));
+    assert_non_null(strstr(text, "job=market_caps requests_per_run=13 "));
+    assert_non_null(strstr(text, "source=coingecko"));
+    free(text);
+}
+
+int main(void)
+{
+    if (!fakeapi_available()) {
+        printf("test_jobs: skipped: the fake API (python3 and FAKEAPI) is not available\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_assets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_resolves_on_demand, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_market_caps_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_429_resumes_the_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_request_fails_the_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_partial_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_top_n, setup_top, teardown),
+        cmocka_unit_test_setup_teardown(test_explicit_ids, setup_ids, teardown),
+        cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
