@@ -37,7 +37,8 @@
 #include "coingest/metrics.h"
 #include "coingest/server.h"
 
-#define GUARD_MS 20000
+#define GUARD_MS       20000
+#define CURL_TIMEOUT_S 20
 
 /* ---- a raw HTTP client on the loop ---- */
 
@@ -133,22 +134,50 @@ static void client_free(struct client *c)
     c->resp = NULL;
 }
 
-static void guard_fired(uv_timer_t *t)
+static void on_expired(uv_timer_t *t)
 {
-    (void)t;
-    fail_msg("a round did not finish within %d ms", GUARD_MS);
+    *(bool *)t->data = true;
 }
 
-/* Runs the loop until every client started on r is done. */
+/* Runs the loop until nothing keeps it alive; fails, naming `what`, after limit_ms. The
+ * guard timer is unreferenced: it keeps nothing alive but wakes a blocked uv_run. */
+static void run_dry(uv_loop_t *loop, uint64_t limit_ms, const char *what)
+{
+    uv_timer_t guard;
+    bool expired = false;
+    assert_int_equal(uv_timer_init(loop, &guard), 0);
+    guard.data = &expired;
+    assert_int_equal(uv_timer_start(&guard, on_expired, limit_ms, 0), 0);
+    uv_unref((uv_handle_t *)&guard);
+    while (!expired && uv_run(loop, UV_RUN_ONCE) != 0)
+        ;
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (expired)
+        fail_msg("%s: the loop still had work after %llu ms", what, (unsigned long long)limit_ms);
+}
+
+static void guard_fired(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+    uv_stop(t->loop);
+}
+
+/* Runs the loop until every client started on r is done; fails after GUARD_MS. */
 static void round_run(struct round *r)
 {
     uv_timer_t guard;
+    bool expired = false;
     assert_int_equal(uv_timer_init(r->loop, &guard), 0);
+    guard.data = &expired;
     assert_int_equal(uv_timer_start(&guard, guard_fired, GUARD_MS, 0), 0);
-    while (r->remaining > 0)
+    while (r->remaining > 0 && !expired)
         uv_run(r->loop, UV_RUN_DEFAULT);
     uv_close((uv_handle_t *)&guard, NULL);
     uv_run(r->loop, UV_RUN_NOWAIT);
+    if (r->remaining > 0)
+        fail_msg("a round did not finish within %d ms: %d client(s) still open", GUARD_MS,
+                 r->remaining);
 }
 
 /* The status code of a response, or -1 when it has none. */
@@ -250,7 +279,7 @@ static void fx_open(struct fx *f, server_health_cb cb)
 static void fx_close(struct fx *f)
 {
     server_close(f->srv, on_server_closed, f);
-    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    run_dry(&f->loop, GUARD_MS, "closing the server");
     assert_true(f->closed);
     assert_int_equal(uv_loop_close(&f->loop), 0);
 }
@@ -531,7 +560,7 @@ static void test_close_with_clients(void **state)
     closing_srv = f.srv;
     assert_int_equal(uv_timer_start(&t, close_server_now, 20, 0), 0);
     round_run(&f.round);
-    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    run_dry(&f.loop, GUARD_MS, "closing the server with clients connected");
     assert_true(f.closed);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(idle[i].len, 0);
@@ -575,7 +604,7 @@ static void test_listen_addresses(void **state)
     assert_non_null(strstr(err, addr));
     assert_non_null(strstr(err, "address already in use"));
     server_close(a, NULL, NULL);
-    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    run_dry(&loop, GUARD_MS, "closing the listeners");
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
@@ -607,7 +636,7 @@ static void test_listen_ipv6(void **state)
         fail_msg("server_new([::1]:0): %s", err);
     assert_true(server_port(b) > 0);
     server_close(b, NULL, NULL);
-    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    run_dry(&loop, GUARD_MS, "closing the IPv6 listener");
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
@@ -649,7 +678,7 @@ static void *curl_thread(void *arg)
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, curl_sink);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, j);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)CURL_TIMEOUT_S);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
         j->rc = curl_easy_perform(h);
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &j->code);
@@ -696,8 +725,9 @@ static void test_libcurl_client(void **state)
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&th[i], NULL, curl_thread, &jobs[i]), 0);
-    /* Runs until curl_done has closed the server and the async handle. */
-    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    /* Runs until curl_done has closed the server and the async handle; the clients give up
+     * after CURL_TIMEOUT_S, so a server that never answers fails here, not in a hang. */
+    run_dry(&f.loop, (CURL_TIMEOUT_S + 10) * 1000u, "the libcurl clients");
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_join(th[i], NULL), 0);
     assert_int_equal(uv_loop_close(&f.loop), 0);
@@ -805,7 +835,7 @@ static void test_promtool_accepts_metrics(void **state)
     assert_int_equal(write(fd, body, blen), (ssize_t)blen);
     close(fd);
     char cmd[256];
-    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s 2>&1", tmp);
+    snprintf(cmd, sizeof(cmd), "timeout 60 promtool check metrics < %s 2>&1", tmp);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char out[4096];
