@@ -21,7 +21,7 @@ struct mdesc {
     const char *help;
 };
 
-/* Every metric the daemon exports. */
+/* Every metric the daemon exports; docs/operations.md lists them for operators. */
 static const struct mdesc descs[] = {
     {"coingest_http_requests_total", M_COUNTER, "HTTP requests sent, by API and status"},
     {"coingest_http_retries_total", M_COUNTER, "HTTP requests retried, by API and reason"},
@@ -43,14 +43,25 @@ static const struct mdesc descs[] = {
      "Rows neither committed nor spooled (spool failing and memory full, out of memory, left "
      "in memory at shutdown), by reason"},
     {"coingest_db_up", M_GAUGE, "1 while the database is reachable"},
-    {"coingest_parse_errors_total", M_COUNTER, "Responses that failed to parse, by endpoint"},
+    {"coingest_parse_errors_total", M_COUNTER, "Responses that failed to parse, by API and job"},
     {"coingest_field_errors_total", M_COUNTER, "Fields of the wrong type stored as NULL"},
     {"coingest_job_runs_total", M_COUNTER, "Job runs, by job and status"},
-    {"coingest_job_skipped_total", M_COUNTER, "Ticks skipped because the run was still going"},
+    {"coingest_job_skipped_total", M_COUNTER,
+     "Ticks skipped because the previous run was still going, by job"},
     {"coingest_job_duration_seconds", M_SUMMARY, "Job run duration, by job"},
     {"coingest_job_last_success_timestamp_seconds", M_GAUGE, "Last successful run, by job"},
     {"coingest_reloads_total", M_COUNTER, "Configuration reloads applied"},
     {"coingest_reload_failures_total", M_COUNTER, "Configuration reloads refused"},
+};
+
+/* Counters without labels that are rendered at 0 until their first event, so that rate() and
+ * increase() see that event (a series that appears at 1 shows no increase). A labelled
+ * counter cannot be listed here: only the module that counts knows its label values. */
+static const char *const zero_at_start[] = {
+    "coingest_spool_corrupt_records_total",
+    "coingest_field_errors_total",
+    "coingest_reloads_total",
+    "coingest_reload_failures_total",
 };
 
 struct series {
@@ -204,6 +215,8 @@ char *metrics_render(size_t *len)
     if (!f)
         return NULL;
     pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < sizeof(zero_at_start) / sizeof(zero_at_start[0]); i++)
+        lookup(zero_at_start[i], "", 0); /* on OOM it is just not shown yet */
     struct series **sorted = calloc(used ? used : 1, sizeof(*sorted));
     size_t k = 0;
     for (size_t i = 0; sorted && i < cap; i++)

@@ -18,15 +18,18 @@
  *    clock stepped forward, the machine slept, or the loop was blocked): they are counted
  *    and logged, and only one run starts. The next slot is the first grid point after W,
  *    computed from the grid and not from when any run ended, so runs do not drift.
- * A tick that finds the previous run still going is skipped and counted; the first skip of
+ * A tick that finds the previous run still going is skipped and counted (in the job's stats
+ * and in coingest_job_skipped_total{job}, which sched_add registers at 0); the first skip of
  * a run is logged, and the count when that run ends.
  */
 #include "coingest/sched.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "coingest/log.h"
+#include "coingest/metrics.h"
 #include "coingest/util.h"
 
 struct job {
@@ -44,6 +47,7 @@ struct job {
     bool start_pending; /* the pending tick is the run_at_start one */
     bool running;
     uint64_t run_skips; /* ticks skipped during the current run */
+    char *skip_labels;  /* job="NAME", the labels of coingest_job_skipped_total */
     struct job_stats st;
 };
 
@@ -180,6 +184,7 @@ static void tick(struct job *job, uint64_t wall)
     }
     if (job->running) {
         job->st.skipped++;
+        metrics_add("coingest_job_skipped_total", job->skip_labels, 1);
         if (++job->run_skips == 1)
             log_warn("job still running, tick skipped", LOG_S("job", job->name),
                      LOG_U("running_ms", wall - job->st.last_start_wall_ms));
@@ -258,10 +263,28 @@ void sched_free(struct sched *s)
         struct job *next = job->next;
         timer_cancel(s, &job->tm);
         free(job->name);
+        free(job->skip_labels);
         free(job);
         job = next;
     }
     free(s);
+}
+
+/* `job="NAME"` with NAME escaped as Prometheus label values require; NULL on OOM. */
+static char *job_label(const char *name)
+{
+    size_t n = strlen(name);
+    char *out = malloc(sizeof("job=\"\"") + 2 * n);
+    if (!out)
+        return NULL;
+    char *p = out + sprintf(out, "job=\"");
+    for (const char *c = name; *c; c++) {
+        if (*c == '\\' || *c == '"' || *c == '\n')
+            *p++ = '\\';
+        *p++ = *c == '\n' ? 'n' : *c;
+    }
+    strcpy(p, "\"");
+    return out;
 }
 
 struct job *sched_add(struct sched *s, const struct cfg_job *cfg, job_run_cb run, void *arg)
@@ -272,10 +295,14 @@ struct job *sched_add(struct sched *s, const struct cfg_job *cfg, job_run_cb run
     if (!job)
         return NULL;
     job->name = strdup(cfg->name ? cfg->name : "");
-    if (!job->name) {
+    job->skip_labels = job->name ? job_label(job->name) : NULL;
+    if (!job->skip_labels) {
+        free(job->name);
         free(job);
         return NULL;
     }
+    /* At 0 from the start, so the first skip shows as an increase. */
+    metrics_add("coingest_job_skipped_total", job->skip_labels, 0);
     job->sched = s;
     job->cfg = *cfg;
     job->cfg.name = job->name;

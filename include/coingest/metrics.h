@@ -5,7 +5,10 @@
  * (`api="coingecko",status="200"`, or "" for none). Series are created on first use, so
  * modules just count: metrics_add("coingest_http_requests_total", labels, 1). Every metric
  * name a module uses must be described once in the table in metrics.c (type and help text);
- * an undescribed name is still counted, with an untyped TYPE line.
+ * an undescribed name is still counted, with an untyped TYPE line. A few counters without
+ * labels (listed in metrics.c) are rendered at 0 before their first use, so a scraper sees
+ * their first increase. docs/operations.md lists every metric for operators, and an integration
+ * test (tests/integration/test_metrics_docs.py) holds that list and /metrics to each other.
  *
  * Thread: any. One mutex guards the table; modules count per request, batch or run, never
  * per row, so contention is negligible. The HTTP endpoint (server.c) calls metrics_render().

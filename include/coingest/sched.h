@@ -1,7 +1,8 @@
 /*
  * sched: the job scheduler. Each job ticks on a wall-clock grid (every, align, offset), with
  * an optional random jitter per tick; a tick starts a run unless the previous run is still
- * going, in which case the tick is skipped and counted.
+ * going, in which case the tick is skipped and counted (job_stats.skipped, and the metric
+ * coingest_job_skipped_total{job="NAME"}).
  *
  * Due times are computed on the wall clock and waited for on the monotonic timer facility
  * (timers.h): at each tick the next grid point is computed from the schedule (never from
@@ -55,8 +56,9 @@ void sched_free(struct sched *s);
 
 /* Adds a job scheduled per `cfg` (copied; cfg->name is copied too). With run_at_start the
  * first run starts on the next loop iteration (no jitter); otherwise at the first grid
- * point. A disabled job is kept but never ticks until an update enables it. Returns the job
- * (owned by the scheduler), or NULL on OOM or when cfg->every_ms is 0. */
+ * point. A disabled job is kept but never ticks until an update enables it. Registers the
+ * job's coingest_job_skipped_total series at 0. Returns the job (owned by the scheduler), or
+ * NULL on OOM or when cfg->every_ms is 0. */
 struct job *sched_add(struct sched *s, const struct cfg_job *cfg, job_run_cb run, void *arg);
 
 /* The run started by the last tick is over. Calling it when no run is going is a no-op. */

@@ -657,9 +657,18 @@ class App:
             if len(self.log) > self.args.log_keep:
                 del self.log[:len(self.log) - self.args.log_keep]
 
-    def finish_log(self, entry):
-        if self.log_file:
-            with self.lock:
+    def record(self, entry, status, nbytes):
+        """Completes a log entry with what is about to be sent, before a byte of it goes out:
+        a client that has its answer always finds the entry complete, in memory and (flushed)
+        in the --log file. So t_done_mono is the time the answer was ready to be written; the
+        client cannot have seen any of it earlier."""
+        with self.lock:
+            if entry["t_done_mono"] is not None:
+                return
+            entry["status"] = status
+            entry["bytes"] = nbytes
+            entry["t_done_mono"] = time.monotonic()
+            if self.log_file:
                 self.log_file.write(json.dumps(entry) + "\n")
                 self.log_file.flush()
 
@@ -698,7 +707,8 @@ class App:
             since = int(params.get("since", "0") or 0)
             with self.lock:
                 k = bisect.bisect_right([e["seq"] for e in self.log], since) if since else 0
-                return 200, {"requests": self.log[k:], "last_seq": self.seq}
+                # Copies taken under the lock: handler threads complete entries in place.
+                return 200, {"requests": [dict(e) for e in self.log[k:]], "last_seq": self.seq}
         if name == "reset" and method == "POST":
             with self.lock:
                 self.faults = []
@@ -774,8 +784,6 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             pass
         self.close_connection = True
-        entry["t_done_mono"] = time.monotonic()
-        app.finish_log(entry)
 
     def read_body(self):
         n = int(self.headers.get("Content-Length", "0") or 0)
@@ -825,8 +833,9 @@ class Handler(BaseHTTPRequestHandler):
             status, body = self.route(app, method, route, params)
             self.answer(entry, status, body)
         finally:
-            entry["t_done_mono"] = time.monotonic()
-            app.finish_log(entry)
+            # Only an answer that failed before it was recorded (a bug in a route) gets here
+            # unrecorded; record it as it stands so the log still shows the request.
+            app.record(entry, entry["status"], entry["bytes"])
 
     def key_ok(self, key):
         return key in (self.headers.get("x-cg-demo-api-key"), self.headers.get("x-cg-pro-api-key"))
@@ -873,27 +882,24 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(entry, int(f.get("status", 200)), body, extra, "text/html; charset=UTF-8")
         elif kind == "truncate":
             status, body = self.route(app, "GET", route, params)
+            app.record(entry, status, len(body) // 2)
             self.send(status, body, headers=extra, truncate=True)
-            entry["status"] = status
-            entry["bytes"] = len(body) // 2
         elif kind == "big":
             n = int(f.get("bytes", 1 << 20))
             body = b"[" + b"0," * max(0, (n - 3) // 2) + b"0" + b"]"
             body = body + b" " * max(0, n - len(body))
             if f.get("chunked"):
+                app.record(entry, 200, len(body))
                 self.send_chunked(200, body)
-                entry["status"] = 200
-                entry["bytes"] = len(body)
             else:
                 self.answer(entry, 200, body, extra)
         elif kind == "reset":
-            entry["status"] = 0
+            app.record(entry, 0, 0)
             self.reset()
 
     def answer(self, entry, status, body, headers=None, ctype=None):
+        self.server.app.record(entry, status, len(body))
         self.send(status, body, ctype=ctype, headers=headers)
-        entry["status"] = status
-        entry["bytes"] = len(body)
 
     def send(self, status, body, ctype=None, headers=None, truncate=False):
         enc = None

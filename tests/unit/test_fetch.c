@@ -125,6 +125,50 @@ static void on_freed(void *arg)
     ((struct env *)arg)->freed = true;
 }
 
+static void on_watchdog(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Every wait in this file has a limit: the loop runs under an unreferenced watchdog timer
+ * (it keeps no loop alive, but wakes a blocked uv_run) and a test that overruns it fails
+ * with a message saying what it was waiting for. */
+#define WAIT_MS 120000u
+
+struct watchdog {
+    uv_timer_t t;
+    bool expired;
+    uint64_t limit_ms;
+};
+
+static void watchdog_start(uv_loop_t *loop, struct watchdog *w, uint64_t limit_ms)
+{
+    w->expired = false;
+    w->limit_ms = limit_ms;
+    assert_int_equal(uv_timer_init(loop, &w->t), 0);
+    w->t.data = &w->expired;
+    assert_int_equal(uv_timer_start(&w->t, on_watchdog, limit_ms, 0), 0);
+    uv_unref((uv_handle_t *)&w->t);
+}
+
+static void watchdog_stop(uv_loop_t *loop, struct watchdog *w)
+{
+    uv_close((uv_handle_t *)&w->t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* Runs the loop until nothing keeps it alive; fails, naming `what`, after limit_ms. */
+static void run_dry(uv_loop_t *loop, uint64_t limit_ms, const char *what)
+{
+    struct watchdog w;
+    watchdog_start(loop, &w, limit_ms);
+    while (!w.expired && uv_run(loop, UV_RUN_ONCE) != 0)
+        ;
+    watchdog_stop(loop, &w);
+    if (w.expired)
+        fail_msg("%s: the loop still had work after %llu ms", what, (unsigned long long)limit_ms);
+}
+
 /* Frees everything and requires the loop to close with no handle left. */
 static void env_stop(struct env *e)
 {
@@ -133,7 +177,7 @@ static void env_stop(struct env *e)
     e->api = NULL;
     fetcher_free(e->f, on_freed, e);
     timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
+    run_dry(&e->loop, 10000, "freeing the fetcher");
     assert_true(e->freed);
     assert_int_equal(uv_loop_close(&e->loop), 0);
 }
@@ -174,32 +218,39 @@ static void res_free(struct res *x)
     x->body = NULL;
 }
 
-static void on_watchdog(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
 /* Runs the loop until *remaining reaches 0, nothing is left to run, or `limit_ms` passed
  * (a broken engine fails the test instead of hanging it). */
 static void run_until_ms(struct env *e, int *remaining, uint64_t limit_ms)
 {
-    uv_timer_t wd;
-    bool expired = false;
-    uv_timer_init(&e->loop, &wd);
-    wd.data = &expired;
-    uv_timer_start(&wd, on_watchdog, limit_ms, 0);
-    uv_unref((uv_handle_t *)&wd);
-    while (*remaining > 0 && !expired && uv_run(&e->loop, UV_RUN_ONCE) != 0)
+    struct watchdog w;
+    watchdog_start(&e->loop, &w, limit_ms);
+    while (*remaining > 0 && !w.expired && uv_run(&e->loop, UV_RUN_ONCE) != 0)
         ;
-    uv_close((uv_handle_t *)&wd, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    assert_false(expired);
-    assert_int_equal(*remaining, 0);
+    watchdog_stop(&e->loop, &w);
+    if (*remaining > 0)
+        fail_msg("%d request(s) still without their done callback %s", *remaining,
+                 w.expired ? "when the time limit passed" : "and nothing left on the loop");
 }
 
 static void run_until(struct env *e, int *remaining)
 {
-    run_until_ms(e, remaining, 120000);
+    run_until_ms(e, remaining, WAIT_MS);
+}
+
+/* Runs the loop once at a time until done(arg) is true; fails, naming `what`, when the loop
+ * runs dry first or after limit_ms. */
+static void run_until_true(struct env *e, bool (*done)(void *), void *arg, uint64_t limit_ms,
+                           const char *what)
+{
+    struct watchdog w;
+    watchdog_start(&e->loop, &w, limit_ms);
+    bool alive = true;
+    while (!done(arg) && !w.expired && alive)
+        alive = uv_run(&e->loop, UV_RUN_ONCE) != 0;
+    watchdog_stop(&e->loop, &w);
+    if (!done(arg))
+        fail_msg("waiting for %s: %s", what,
+                 w.expired ? "the time limit passed" : "nothing left on the loop");
 }
 
 /* One request, run to completion. */
@@ -989,8 +1040,8 @@ static void test_cancel(void **state)
     assert_int_equal(queued.attempts, 0);
     assert_int_equal(tbucket_queued(api_bucket(e->api)), 0);
 
-    /* let r1 reach the server, then cancel it in flight */
-    int spins = 0;
+    /* let r1 reach the server (its 5 s delay holds it there), then cancel it in flight */
+    uint64_t deadline = uv_hrtime() + 4000000000ull;
     for (;;) {
         uv_run(&e->loop, UV_RUN_NOWAIT);
         json_t *log = server_log();
@@ -998,7 +1049,8 @@ static void test_cancel(void **state)
         json_decref(log);
         if (n == 1)
             break;
-        assert_true(++spins < 100000);
+        if (uv_hrtime() > deadline)
+            fail_msg("the first request did not reach the fake API within 4 s");
     }
     fetch_cancel(r1);
     assert_int_equal(inflight.calls, 1);
@@ -1018,6 +1070,12 @@ static void test_cancel(void **state)
     res_free(&other);
 }
 
+static bool got_500(void *arg)
+{
+    (void)arg;
+    return metric("coingest_http_requests_total", LABEL ",status=\"500\"") >= 1;
+}
+
 static void test_cancel_in_backoff(void **state)
 {
     struct env *e = *state;
@@ -1030,8 +1088,7 @@ static void test_cancel_in_backoff(void **state)
     x.remaining = &remaining;
     struct fetch_req *r = api_get(e->api, "/ping", 0, NULL, on_done, &x);
     /* run until the 500 came back and the request sleeps in its backoff */
-    while (metric("coingest_http_requests_total", LABEL ",status=\"500\"") < 1)
-        assert_true(uv_run(&e->loop, UV_RUN_ONCE) != 0);
+    run_until_true(e, got_500, NULL, 20000, "the first answer, a 500");
     assert_int_equal(x.calls, 0);
     assert_int_equal(api_pending(e->api), 1);
     fetch_cancel(r);
@@ -1120,8 +1177,8 @@ static void test_connection_refused(void **state)
     int blen = sizeof(bound);
     uv_tcp_getsockname(&s, (struct sockaddr *)&bound, &blen);
     uv_close((uv_handle_t *)&s, NULL);
-    uv_run(&l, UV_RUN_DEFAULT);
-    uv_loop_close(&l);
+    run_dry(&l, 10000, "closing the probe socket");
+    assert_int_equal(uv_loop_close(&l), 0);
     snprintf(e->base_url, sizeof(e->base_url), "http://127.0.0.1:%d/api/v3", ntohs(bound.sin_port));
     env_start(e);
     struct res x;
@@ -1190,6 +1247,11 @@ static void on_done_free_all(const struct fetch_result *r, void *arg)
     }
 }
 
+static bool is_freed(void *arg)
+{
+    return ((struct env *)arg)->freed;
+}
+
 static void test_free_from_done_callback(void **state)
 {
     struct env *e = *state;
@@ -1199,12 +1261,11 @@ static void test_free_from_done_callback(void **state)
     assert_non_null(api_get(e->api, "/ping", 0, NULL, on_done_free_all, &c));
     for (int i = 0; i < 4; i++)
         assert_non_null(api_get(e->api, "/global", 0, NULL, on_done_free_all, &c));
-    while (!e->freed && uv_run(&e->loop, UV_RUN_ONCE) != 0)
-        ;
+    run_until_true(e, is_freed, e, 20000, "the fetcher freed from a done callback");
     assert_int_equal(c.done, 1);
     assert_int_equal(c.cancelled, 4);
     timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
+    run_dry(&e->loop, 10000, "freeing the timers");
     assert_true(e->freed);
     assert_int_equal(uv_loop_close(&e->loop), 0);
 }
@@ -1256,8 +1317,9 @@ static void test_tls_verification(void **state)
 {
     struct env *e = *state;
     if (system("openssl version >/dev/null 2>&1") != 0) {
-        print_message("openssl missing: TLS test skipped\n");
-        return;
+        print_message("SKIP test_tls_verification: the openssl command is not installed; it "
+                      "makes the test's self-signed certificate\n");
+        skip();
     }
     char dir[] = "/tmp/test_fetch_tls.XXXXXX";
     assert_non_null(mkdtemp(dir));
