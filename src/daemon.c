@@ -40,8 +40,8 @@ struct daemon;
 /* A job's place on the schedule. */
 struct jobslot {
     struct daemon *d;
-    size_t id; /* index into cfg->jobs */
-    struct job *sched_job;
+    size_t id;                     /* index into cfg->jobs */
+    struct sched_entry *sched_job; /* NULL when not scheduled */
 };
 
 struct daemon {
@@ -402,7 +402,7 @@ static void tick_done(const struct run_summary *s, void *arg)
     stop_progress(d);
 }
 
-static void tick(struct job *job, void *arg)
+static void tick(struct sched_entry *job, void *arg)
 {
     struct jobslot *slot = arg;
     struct daemon *d = slot->d;

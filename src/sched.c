@@ -32,12 +32,12 @@
 #include "coingest/metrics.h"
 #include "coingest/util.h"
 
-struct job {
+struct sched_entry {
     struct sched *sched;
-    struct job *next;
+    struct sched_entry *next;
     char *name;
     struct cfg_job cfg; /* cfg.name points at name */
-    job_run_cb run;
+    sched_fire_cb run;
     void *arg;
     struct wheel_timer tm;
     uint64_t base;      /* grid phase, in [0, every) */
@@ -48,7 +48,7 @@ struct job {
     bool running;
     uint64_t run_skips; /* ticks skipped during the current run */
     char *skip_labels;  /* job="NAME", the labels of coingest_job_skipped_total */
-    struct job_stats st;
+    struct sched_entry_stats st;
 };
 
 struct sched {
@@ -60,7 +60,7 @@ struct sched {
     void *wall_arg;
     struct rng rng;
     bool stopped;
-    struct job *jobs;
+    struct sched_entry *jobs;
 };
 
 static uint64_t default_wall(void *arg)
@@ -110,25 +110,25 @@ uint64_t sched_next_tick(const struct cfg_job *cfg, uint64_t after_wall_ms)
 }
 
 /* The first grid point strictly after x. */
-static uint64_t grid_after(const struct job *job, uint64_t x)
+static uint64_t grid_after(const struct sched_entry *job, uint64_t x)
 {
     return sched_next_aligned(x, job->cfg.every_ms, job->base);
 }
 
 /* How many grid points are <= x. */
-static uint64_t grid_count_upto(const struct job *job, uint64_t x)
+static uint64_t grid_count_upto(const struct sched_entry *job, uint64_t x)
 {
     return x < job->base ? 0 : (x - job->base) / job->cfg.every_ms + 1;
 }
 
-static void set_base(struct job *job, uint64_t wall)
+static void set_base(struct sched_entry *job, uint64_t wall)
 {
     uint64_t every = job->cfg.every_ms;
     job->base = job->cfg.align ? job->cfg.offset_ms % every : wall % every;
 }
 
 /* Makes `slot` the pending tick, with a fresh jitter. */
-static void set_slot(struct job *job, uint64_t slot)
+static void set_slot(struct sched_entry *job, uint64_t slot)
 {
     uint64_t jitter = job->cfg.jitter_ms;
     if (jitter > job->cfg.every_ms / 2)
@@ -140,7 +140,7 @@ static void set_slot(struct job *job, uint64_t slot)
 }
 
 /* Arms the monotonic wait for the pending tick, seen from wall time `wall`. */
-static void arm(struct job *job, uint64_t wall)
+static void arm(struct sched_entry *job, uint64_t wall)
 {
     uint64_t delay = job->due > wall ? job->due - wall : 0;
     if (delay > SCHED_RECHECK_MS)
@@ -148,14 +148,14 @@ static void arm(struct job *job, uint64_t wall)
     timer_arm(job->sched, &job->tm, delay);
 }
 
-static void unschedule(struct job *job)
+static void unschedule(struct sched_entry *job)
 {
     timer_cancel(job->sched, &job->tm);
     job->pending = false;
     job->start_pending = false;
 }
 
-static void start_run(struct job *job, uint64_t wall)
+static void start_run(struct sched_entry *job, uint64_t wall)
 {
     job->running = true;
     job->run_skips = 0;
@@ -164,7 +164,7 @@ static void start_run(struct job *job, uint64_t wall)
     job->run(job, job->arg);
 }
 
-static void tick(struct job *job, uint64_t wall)
+static void tick(struct sched_entry *job, uint64_t wall)
 {
     uint64_t missed = 0;
     uint64_t late_ms = wall - job->due;
@@ -195,7 +195,7 @@ static void tick(struct job *job, uint64_t wall)
 
 static void on_timer(struct wheel_timer *tm, void *arg)
 {
-    struct job *job = arg;
+    struct sched_entry *job = arg;
     struct sched *s = job->sched;
     (void)tm;
 
@@ -258,9 +258,9 @@ void sched_free(struct sched *s)
 {
     if (!s)
         return;
-    struct job *job = s->jobs;
+    struct sched_entry *job = s->jobs;
     while (job) {
-        struct job *next = job->next;
+        struct sched_entry *next = job->next;
         timer_cancel(s, &job->tm);
         free(job->name);
         free(job->skip_labels);
@@ -287,11 +287,12 @@ static char *job_label(const char *name)
     return out;
 }
 
-struct job *sched_add(struct sched *s, const struct cfg_job *cfg, job_run_cb run, void *arg)
+struct sched_entry *sched_add(struct sched *s, const struct cfg_job *cfg, sched_fire_cb run,
+                              void *arg)
 {
     if (cfg->every_ms == 0)
         return NULL;
-    struct job *job = calloc(1, sizeof(*job));
+    struct sched_entry *job = calloc(1, sizeof(*job));
     if (!job)
         return NULL;
     job->name = strdup(cfg->name ? cfg->name : "");
@@ -328,7 +329,7 @@ struct job *sched_add(struct sched *s, const struct cfg_job *cfg, job_run_cb run
     return job;
 }
 
-void sched_job_done(struct job *job)
+void sched_job_done(struct sched_entry *job)
 {
     if (!job->running)
         return;
@@ -340,7 +341,7 @@ void sched_job_done(struct job *job)
                  LOG_U("took_ms", job->st.last_end_wall_ms - job->st.last_start_wall_ms));
 }
 
-void sched_job_update(struct job *job, const struct cfg_job *cfg)
+void sched_job_update(struct sched_entry *job, const struct cfg_job *cfg)
 {
     struct sched *s = job->sched;
     uint64_t every = cfg->every_ms ? cfg->every_ms : job->cfg.every_ms;
@@ -372,18 +373,18 @@ void sched_job_update(struct job *job, const struct cfg_job *cfg)
 void sched_stop(struct sched *s)
 {
     s->stopped = true;
-    for (struct job *job = s->jobs; job; job = job->next)
+    for (struct sched_entry *job = s->jobs; job; job = job->next)
         unschedule(job);
 }
 
-void sched_job_stats(const struct job *job, struct job_stats *out)
+void sched_job_stats(const struct sched_entry *job, struct sched_entry_stats *out)
 {
     *out = job->st;
     out->running = job->running;
     out->next_due_wall_ms = job->pending ? job->due : 0;
 }
 
-const char *sched_job_name(const struct job *job)
+const char *sched_job_name(const struct sched_entry *job)
 {
     return job->name;
 }

@@ -29,11 +29,13 @@
 #define SCHED_RECHECK_MS 60000u
 
 struct sched;
-struct job;
+/* A job's place on the schedule (its grid, jitter, whether a run is going), as opposed to the
+ * job's definition (runner.h, struct job_def) and one run of it (struct run). */
+struct sched_entry;
 
 /* Starts a run, on the loop thread. The run calls sched_job_done(job) once when it is over,
  * from this callback or later. */
-typedef void (*job_run_cb)(struct job *job, void *arg);
+typedef void (*sched_fire_cb)(struct sched_entry *job, void *arg);
 
 /* A scheduler whose jobs wait on `timers` (not owned; it must outlive the scheduler) and
  * read the wall clock with util_wall_ms(). The jitter source is seeded from the clocks.
@@ -59,21 +61,22 @@ void sched_free(struct sched *s);
  * point. A disabled job is kept but never ticks until an update enables it. Registers the
  * job's coingest_job_skipped_total series at 0. Returns the job (owned by the scheduler), or
  * NULL on OOM or when cfg->every_ms is 0. */
-struct job *sched_add(struct sched *s, const struct cfg_job *cfg, job_run_cb run, void *arg);
+struct sched_entry *sched_add(struct sched *s, const struct cfg_job *cfg, sched_fire_cb run,
+                              void *arg);
 
 /* The run started by the last tick is over. Calling it when no run is going is a no-op. */
-void sched_job_done(struct job *job);
+void sched_job_done(struct sched_entry *job);
 
 /* Applies a reloaded job config. The pending tick moves only when every, align, offset or
  * jitter changed (to the first grid point of the new schedule after now); enabling a job
  * schedules its next grid point, disabling it cancels its pending tick (a run going on
  * finishes). A run going on is never interrupted. */
-void sched_job_update(struct job *job, const struct cfg_job *cfg);
+void sched_job_update(struct sched_entry *job, const struct cfg_job *cfg);
 
 /* Shutdown: no new run starts from now on; runs going on finish and call sched_job_done. */
 void sched_stop(struct sched *s);
 
-struct job_stats {
+struct sched_entry_stats {
     uint64_t runs;    /* runs started */
     uint64_t skipped; /* ticks that came while a run was still going */
     uint64_t missed;  /* ticks that passed unseen (clock stepped forward, loop paused) */
@@ -82,8 +85,8 @@ struct job_stats {
     bool running;
 };
 
-void sched_job_stats(const struct job *job, struct job_stats *out);
-const char *sched_job_name(const struct job *job);
+void sched_job_stats(const struct sched_entry *job, struct sched_entry_stats *out);
+const char *sched_job_name(const struct sched_entry *job);
 
 /* The first time strictly after `after_wall_ms` of the grid offset + k * every (k >= 0,
  * counted from the Unix epoch; an offset of a period or more wraps round). UINT64_MAX when

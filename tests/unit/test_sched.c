@@ -122,7 +122,7 @@ static void sim_run_until_wall(struct sim *m, uint64_t wall)
 
 struct rec {
     struct sim *sim;
-    struct job *job;
+    struct sched_entry *job;
     uint64_t starts[REC_MAX];
     size_t n;
     uint64_t hold_ms;       /* run length; 0: done inside the run callback */
@@ -139,10 +139,10 @@ static void rec_done(struct wheel_timer *tm, void *arg)
     sched_job_done(r->job);
 }
 
-static void rec_run(struct job *job, void *arg)
+static void rec_run(struct sched_entry *job, void *arg)
 {
     struct rec *r = arg;
-    struct job_stats st;
+    struct sched_entry_stats st;
     r->job = job;
     assert_true(r->n < REC_MAX);
     r->starts[r->n++] = r->sim->wall;
@@ -179,9 +179,9 @@ static struct cfg_job job_cfg(uint64_t every, bool align, bool at_start)
                             .run_at_start = at_start};
 }
 
-static struct job_stats stats(const struct job *job)
+static struct sched_entry_stats stats(const struct sched_entry *job)
 {
-    struct job_stats st;
+    struct sched_entry_stats st;
     sched_job_stats(job, &st);
     return st;
 }
@@ -226,7 +226,7 @@ static void test_aligned_run_at_start_no_drift(void **state)
     sim_init(&m, t0, 1);
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, true);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     assert_non_null(job);
     assert_string_equal(sched_job_name(job), "prices");
     /* Not inline: the start run waits for the loop. */
@@ -247,7 +247,7 @@ static void test_aligned_run_at_start_no_drift(void **state)
     assert_int_equal(r->n, 14);
     for (size_t i = 1; i < r->n; i++)
         assert_true(r->starts[i] == iso("2026-11-23T13:05:00Z") + (i - 1) * 5 * MINUTE);
-    struct job_stats st = stats(job);
+    struct sched_entry_stats st = stats(job);
     assert_int_equal(st.runs, 14);
     assert_int_equal(st.skipped, 0);
     assert_int_equal(st.missed, 0);
@@ -273,7 +273,7 @@ static void test_alignment_periods(void **state)
             struct rec *r = rec_new(&m);
             struct cfg_job c = job_cfg(every[i], true, false);
             c.offset_ms = offset[2 * i + (size_t)k];
-            struct job *job = sched_add(m.s, &c, rec_run, r);
+            struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
             uint64_t first = sched_next_aligned(t0, every[i], c.offset_ms);
             assert_true(stats(job).next_due_wall_ms == first);
             sim_run_until_wall(&m, first + 3 * every[i]);
@@ -320,14 +320,14 @@ static void test_skip_on_overlap(void **state)
     struct rec *r = rec_new(&m);
     r->first_hold_ms = 12 * MINUTE;
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     sim_run_until_wall(&m, iso("2026-11-23T13:20:00Z"));
     assert_int_equal(r->n, 3);
     assert_true(r->starts[0] == iso("2026-11-23T13:00:00Z"));
     assert_true(r->starts[1] == iso("2026-11-23T13:15:00Z"));
     assert_true(r->starts[2] == iso("2026-11-23T13:20:00Z"));
     assert_int_equal(r->max_active, 1);
-    struct job_stats st = stats(job);
+    struct sched_entry_stats st = stats(job);
     assert_int_equal(st.runs, 3);
     assert_int_equal(st.skipped, 2);
     assert_int_equal(st.missed, 0);
@@ -351,7 +351,7 @@ static void test_clock_step_forward(void **state)
     log_count("");
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     sim_run_until_wall(&m, iso("2026-11-23T13:02:30Z"));
     assert_int_equal(r->n, 1);
 
@@ -360,7 +360,7 @@ static void test_clock_step_forward(void **state)
     sim_run(&m, SCHED_RECHECK_MS);
     assert_int_equal(r->n, 2);
     assert_true(r->starts[1] == iso("2026-11-23T14:03:00Z"));
-    struct job_stats st = stats(job);
+    struct sched_entry_stats st = stats(job);
     assert_int_equal(st.missed, 11); /* 13:10 ... 14:00; 13:05 is the one that ran */
     assert_int_equal(st.runs, 2);
     assert_int_equal(log_count("missed ticks"), 1);
@@ -385,7 +385,7 @@ static void test_long_pause(void **state)
     log_count("");
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     sim_run_until_wall(&m, iso("2026-11-23T13:00:00Z"));
     assert_int_equal(r->n, 1);
 
@@ -412,7 +412,7 @@ static void test_clock_step_back_small(void **state)
     sim_init(&m, iso("2026-11-23T12:59:00Z"), 7);
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     sim_run_until_wall(&m, iso("2026-11-23T13:05:00.500Z"));
     assert_int_equal(r->n, 2);
 
@@ -446,7 +446,7 @@ static void test_clock_step_back_large(void **state)
     log_count("");
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     sim_run_until_wall(&m, iso("2026-11-23T13:07:00Z"));
     assert_int_equal(r->n, 2);
 
@@ -471,7 +471,7 @@ static void run_jittered(uint64_t seed, uint64_t jitter, uint64_t *starts, size_
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
     c.jitter_ms = jitter;
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     sim_run_until_wall(&m, iso("2026-11-23T14:59:00Z"));
     memcpy(starts, r->starts, r->n * sizeof(*starts));
     *n = r->n;
@@ -521,7 +521,7 @@ static void test_update(void **state)
     log_count("");
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(5 * MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     assert_true(stats(job).next_due_wall_ms == iso("2026-11-23T13:00:00Z"));
 
     struct cfg_job same = c;
@@ -574,7 +574,7 @@ static void test_disabled_and_invalid(void **state)
     struct rec *r = rec_new(&m);
     struct cfg_job c = job_cfg(MINUTE, true, true);
     c.enabled = false;
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     assert_non_null(job);
     sim_run(&m, HOUR);
     assert_int_equal(r->n, 0);
@@ -596,11 +596,11 @@ static void test_stop(void **state)
     struct rec *r = rec_new(&m);
     r->hold_ms = 10 * MINUTE;
     struct cfg_job c = job_cfg(MINUTE, true, false);
-    struct job *job = sched_add(m.s, &c, rec_run, r);
+    struct sched_entry *job = sched_add(m.s, &c, rec_run, r);
     struct rec *r2 = rec_new(&m);
     struct cfg_job c2 = job_cfg(HOUR, false, true);
     c2.name = "assets";
-    struct job *job2 = sched_add(m.s, &c2, rec_run, r2);
+    struct sched_entry *job2 = sched_add(m.s, &c2, rec_run, r2);
     sim_run_until_wall(&m, iso("2026-11-23T13:01:30Z"));
     assert_int_equal(r->n, 1);
     assert_int_equal(r2->n, 1);
@@ -612,7 +612,7 @@ static void test_stop(void **state)
     sim_run(&m, 2 * HOUR);
     assert_int_equal(r->n, 1);
     assert_int_equal(r2->n, 1);
-    struct job_stats st = stats(job);
+    struct sched_entry_stats st = stats(job);
     assert_false(st.running);
     assert_true(st.last_end_wall_ms == iso("2026-11-23T13:10:00Z"));
     assert_string_equal(sched_job_name(job2), "assets");
@@ -626,7 +626,7 @@ static void test_stop(void **state)
     sim_free(&m);
 }
 
-static void count_run(struct job *job, void *arg)
+static void count_run(struct sched_entry *job, void *arg)
 {
     (*(int *)arg)++;
     sched_job_done(job);
@@ -645,13 +645,13 @@ static void test_on_real_timers(void **state)
     struct sched *s = sched_new(t);
     assert_non_null(s);
     struct cfg_job c = job_cfg(HOUR, true, true);
-    struct job *job = sched_add(s, &c, count_run, &runs);
+    struct sched_entry *job = sched_add(s, &c, count_run, &runs);
     assert_non_null(job);
     assert_int_equal(runs, 0);
     for (int i = 0; i < 100 && runs == 0; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
     assert_int_equal(runs, 1);
-    struct job_stats st = stats(job);
+    struct sched_entry_stats st = stats(job);
     assert_false(st.running);
     uint64_t wall = util_wall_ms();
     assert_true(st.next_due_wall_ms % HOUR == 0);
