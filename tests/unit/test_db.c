@@ -436,8 +436,9 @@ static void test_concurrent_migrators(void **state)
     /* Two connections migrate the same directory at once: the lock makes one apply all three
      * and the other find nothing left to do. */
     char err[1024];
-    struct migrator m[2] = {{.conn = c->conn, .dir = c->dir},
-                            {.conn = db_connect(&c->cfg->database, err, sizeof(err)), .dir = c->dir}};
+    struct migrator m[2] = {
+        {.conn = c->conn, .dir = c->dir},
+        {.conn = db_connect(&c->cfg->database, err, sizeof(err)), .dir = c->dir}};
     assert_non_null(m[1].conn);
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
