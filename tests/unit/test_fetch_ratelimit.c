@@ -6,8 +6,8 @@
  * never grants early). About two minutes of real time, so it is its own executable and
  * CTest runs it alongside the others.
  *
- * To show that the server's limit was live and full, one more request from an unlimited API
- * right after the run must get the server's 429.
+ * To show that the server's limit was live and full, unpaced requests right after the run must
+ * meet the server's 429 (within a few probes, whatever the machine's load).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -102,23 +102,34 @@ static void test_sixty_requests_at_thirty_per_minute(void **state)
     assert_int_equal(run.single_attempt, NREQ);
     assert_true(metrics_get("coingest_http_429_total", "api=\"coingecko\"") == 0);
 
-    /* the server's window is full now: an unpaced request is refused */
+    /* The server's window is full now: unpaced requests are refused. The first probe may still
+     * get through when the machine is slow (the window's oldest request left it while the
+     * probe was on its way), but then the probe itself fills the window again, so one of a few
+     * probes in a row must meet the server's 429. */
     char name2[] = "unpaced";
     struct cfg_source src2 =
         source(fakeapi_base_url(fake), name2, (struct rate){.count = 0, .period_ms = 0}, 1, 0);
     struct api *unpaced = api_new(f, &src2);
-    struct run probe = {.remaining = 1};
-    struct fetch_req *req = api_get(unpaced, "/ping", 0, NULL, on_done, &probe);
-    assert_non_null(req);
-    /* A 429 does not end a request (it waits for Retry-After and tries again), so the probe
-     * is cancelled once its first answer, the 429, has come back. */
-    while (probe.remaining > 0 && metrics_get("coingest_http_429_total", "api=\"unpaced\"") < 1 &&
-           uv_run(&loop, UV_RUN_ONCE) != 0)
-        ;
-    if (probe.remaining > 0)
-        fetch_cancel(req);
-    assert_int_equal(probe.remaining, 0);
-    assert_int_equal(probe.last_status, 429);
+    int probes = 0;
+    long status = 0;
+    while (status != 429 && probes < 5) {
+        struct run probe = {.remaining = 1};
+        struct fetch_req *req = api_get(unpaced, "/ping", 0, NULL, on_done, &probe);
+        assert_non_null(req);
+        probes++;
+        double seen = metrics_get("coingest_http_429_total", "api=\"unpaced\"");
+        /* A 429 does not end a request (it waits for Retry-After and tries again), so the
+         * probe is cancelled once its first answer, the 429, has come back. */
+        while (probe.remaining > 0 &&
+               metrics_get("coingest_http_429_total", "api=\"unpaced\"") <= seen &&
+               uv_run(&loop, UV_RUN_ONCE) != 0)
+            ;
+        if (probe.remaining > 0)
+            fetch_cancel(req);
+        assert_int_equal(probe.remaining, 0);
+        status = probe.last_status;
+    }
+    assert_int_equal(status, 429);
 
     api_free(unpaced);
     api_free(api);
@@ -131,7 +142,7 @@ static void test_sixty_requests_at_thirty_per_minute(void **state)
 
     json_t *log = fakeapi_log(fake, 0);
     assert_non_null(log);
-    assert_int_equal(json_array_size(log), NREQ + 1);
+    assert_int_equal(json_array_size(log), NREQ + (size_t)probes);
     for (size_t i = 0; i < NREQ; i++) {
         json_t *e = json_array_get(log, i);
         assert_int_equal(json_integer_value(json_object_get(e, "status")), 200);
