@@ -1543,6 +1543,15 @@ static int read_secret_file(struct parse *p, int line, int sec, const char *labe
         free(data);
         return -EINVAL;
     }
+    if (has_control(data, n)) {
+        /* A CR or LF inside the key would become a second header line (an injection); the
+         * secret itself is never printed. */
+        fail(p, line, sec, label, -EINVAL,
+             "\"%s\" holds a control character (CR, LF, tab or other) in its first line", path);
+        explicit_bzero(data, len);
+        free(data);
+        return -EINVAL;
+    }
     data[n] = '\0';
     free(*out);
     *out = data;
@@ -1555,7 +1564,8 @@ static const char *env_value(const char *name)
     return v && *v ? v : NULL;
 }
 
-/* Resolves one secret: env value > env file > file *_file key > file value. */
+/* Resolves one secret: env value > env file > file *_file key > file value. From whichever
+ * source, a secret with a control character is refused (the file value is checked in apply). */
 static int resolve_secret(struct parse *p, int sec, const char *key, const char *file_key,
                           const char *env, const char *env_file, char *file_path, char **slot)
 {
@@ -1564,6 +1574,12 @@ static int resolve_secret(struct parse *p, int sec, const char *key, const char 
     char label[96];
     if (ev && ef) {
         fail(p, 0, sec, key, -EINVAL, "%s and %s are both set (set one)", env, env_file);
+        return -EINVAL;
+    }
+    if (ev && has_control(ev, strlen(ev))) {
+        snprintf(label, sizeof(label), "%s (%s)", key, env);
+        fail(p, 0, sec, label, -EINVAL,
+             "%s holds a control character (CR, LF, tab or other); its value is not used", env);
         return -EINVAL;
     }
     if (ev)

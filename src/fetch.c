@@ -49,7 +49,18 @@
  * the fetcher (they may cancel their own request: it is finished once the parse returns).
  *
  * Secrets. The API key goes in a request header only; it is never logged, counted or copied
- * into an error message (messages derived from the network are scrubbed of it besides).
+ * into an error message. api_new and api_update register it with log_add_secret, and every
+ * error message goes through log_mask_secrets, the same routine that masks log lines, before
+ * it is cut to FETCH_ERR_MAX: a server that echoes the key back, whole or in part, gets
+ * "********" in the message (the cut comes after the mask, so it cannot leave part of a key
+ * behind). A key with a control character is never put in a header line: CR or LF there would
+ * end the header and start another (header injection); the config refuses such keys, and
+ * build_headers refuses them again.
+ *
+ * Response headers. More than FETCH_HEADER_MAX bytes of headers in one response (or one header
+ * line over curl's own limit, which curl reports as "Out of memory") is a broken answer from
+ * the server or something in between, retried like a 5xx with the error "response header too
+ * large".
  */
 #include "coingest/fetch.h"
 
@@ -88,6 +99,12 @@
 #define FETCH_DEFAULT_CONNECT_MS (10u * 1000u)
 #define FETCH_DEFAULT_BODY_MAX   (64ull << 20)
 #define FETCH_ERR_MAX            256
+/* Room for a message before it is masked and cut to FETCH_ERR_MAX: an API's error message is
+ * read whole up to this size, so a key near its end is masked before anything is cut. */
+#define FETCH_MSG_MAX 4096
+/* Bytes of response headers one response may have; curl's own limit for one header line
+ * (CURL_MAX_HTTP_HEADER) is the same. */
+#define FETCH_HEADER_MAX (100u * 1024u)
 /* Zero-timeout re-arms of curl's timer in a row before a millisecond is given to I/O. */
 #define FETCH_TIMER_SPIN_MAX 64
 /* 429 answers one request may get before it ends: they do not use up max_retries (see the
@@ -193,6 +210,9 @@ struct fetch_req {
     char *body; /* NUL-terminated */
     size_t len, cap, max_body;
     bool too_large, oom;
+    size_t header_bytes;   /* of the response being received */
+    bool in_headers;       /* a status line came, the blank line after the headers did not */
+    bool header_too_large; /* over FETCH_HEADER_MAX: aborted in on_header */
     unsigned attempts;     /* requests sent, 429s included */
     unsigned rate_limited; /* of those, answered 429: not counted against max_retries */
     uint64_t start_ns;     /* uv_hrtime at api_get */
@@ -216,33 +236,26 @@ static void curl_init_once(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-/* Replaces every occurrence of the key in buf (cap bytes) with "********". */
-static void scrub_key(char *buf, size_t cap, const char *key)
+/* Copies n bytes of text from outside into buf (cap bytes): masked first (the API key and any
+ * other registered secret, whole or in part, see log.h), then cut on a UTF-8 boundary with
+ * control characters made spaces. Masking before cutting is what keeps a cut from leaving
+ * part of a key behind. */
+static void copy_masked(char *buf, size_t cap, const char *src, size_t n)
 {
-    static const char mask[] = "********";
-    size_t klen = key ? strlen(key) : 0;
-    if (klen == 0)
-        return;
-    char *p = buf;
-    while ((p = strstr(p, key)) != NULL) {
-        size_t tail = strlen(p + klen);
-        size_t at = (size_t)(p - buf);
-        size_t room = cap - 1 - at; /* bytes available from p on */
-        size_t mlen = sizeof(mask) - 1 < room ? sizeof(mask) - 1 : room;
-        if (mlen + tail > room)
-            tail = room - mlen;
-        memmove(p + mlen, p + klen, tail);
-        memcpy(p, mask, mlen);
-        p[mlen + tail] = '\0';
-        p += mlen; /* never search the mask itself */
-    }
+    /* Room for the text and for masks longer than the short secrets they replace. */
+    char tmp[2 * FETCH_MSG_MAX];
+    if (n > FETCH_MSG_MAX)
+        n = FETCH_MSG_MAX;
+    memcpy(tmp, src, n);
+    n = log_mask_secrets(tmp, n, sizeof(tmp));
+    util_copy_clean(buf, cap, tmp, n);
 }
 
 static void set_error(struct fetch_req *r, const char *msg)
 {
-    if (msg != r->err)
-        util_copy_clean(r->err, sizeof(r->err), msg, strlen(msg));
-    scrub_key(r->err, sizeof(r->err), r->api->cfg.api_key);
+    char tmp[FETCH_ERR_MAX];
+    copy_masked(tmp, sizeof(tmp), msg, strlen(msg)); /* msg may be r->err */
+    memcpy(r->err, tmp, strlen(tmp) + 1);
 }
 
 static bool looks_like_json(const char *body, size_t len)
@@ -545,12 +558,48 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* Counts the response's header bytes; aborts the transfer (CURLE_WRITE_ERROR) past
+ * FETCH_HEADER_MAX. A status line starts a response (an interim 1xx has its own); the blank
+ * line ends its headers. */
+static size_t on_header(char *ptr, size_t size, size_t nitems, void *userdata)
+{
+    struct fetch_req *r = userdata;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
+        r->header_bytes = 0;
+        r->in_headers = true;
+    }
+    if (n > FETCH_HEADER_MAX || r->header_bytes > FETCH_HEADER_MAX - n) {
+        r->header_too_large = true;
+        return 0;
+    }
+    r->header_bytes += n;
+    if ((n == 2 && ptr[0] == '\r' && ptr[1] == '\n') || (n == 1 && ptr[0] == '\n'))
+        r->in_headers = false;
+    return n;
+}
+
 /* The plan the API is on, from its source's definition; NULL without one. */
 static const struct source_plan *api_plan(const struct cfg_source *c)
 {
     return c->def && c->plan < c->def->nplans ? &c->def->plans[c->plan] : NULL;
 }
 
+/* Can `v` be a header value? Not with CR or LF (they would end the line and start another
+ * header: an injection), nor any other control character but tab. A NUL cannot be in a C
+ * string: a key with one was cut there when it was read, and the config refuses it. */
+static bool header_value_ok(const char *v)
+{
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* The request's header list. Returns 0, -ENOMEM, or -EINVAL for a key that cannot be a header
+ * value (nothing is sent then). */
 static int build_headers(struct fetch_req *r)
 {
     const struct cfg_source *c = &r->api->cfg;
@@ -560,6 +609,10 @@ static int build_headers(struct fetch_req *r)
     const struct source_plan *plan = api_plan(c);
     const char *name = plan ? plan->key_header : NULL;
     if (name && c->api_key && *c->api_key) {
+        if (!header_value_ok(c->api_key)) {
+            curl_slist_free_all(h);
+            return -EINVAL;
+        }
         size_t len = strlen(name) + 2 + strlen(c->api_key) + 1;
         char *line = malloc(len);
         if (!line)
@@ -611,6 +664,8 @@ static CURLcode setup_easy(struct fetch_req *r, const char *url)
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, r);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, r);
     SET(CURLOPT_ERRORBUFFER, r->curl_err);
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
@@ -658,7 +713,15 @@ static void req_send(struct fetch_req *r, uint64_t now)
     memcpy(url + blen, r->path, plen + 1);
     if (!r->easy && !(r->easy = curl_easy_init()))
         goto oom_url;
-    if (build_headers(r) != 0)
+    int hrc = build_headers(r);
+    if (hrc == -EINVAL) {
+        free(url);
+        req_defer_finish(r, FETCH_HTTP_ERROR,
+                         "the API key contains a control character (CR, LF or other); "
+                         "no request was sent");
+        return;
+    }
+    if (hrc != 0)
         goto oom_url;
     r->max_body = c->max_body_bytes > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)c->max_body_bytes;
     CURLcode rc = setup_easy(r, url);
@@ -670,6 +733,8 @@ static void req_send(struct fetch_req *r, uint64_t now)
     }
     r->len = 0;
     r->too_large = r->oom = false;
+    r->header_bytes = 0;
+    r->in_headers = r->header_too_large = false;
     r->curl_err[0] = '\0';
     if (r->body)
         r->body[0] = '\0';
@@ -932,11 +997,25 @@ static void handle_429(struct fetch_req *r, const char *retry_after, const char 
     req_retry(r, "429", FETCH_HTTP_ERROR, msg, 0, true);
 }
 
+/* Did the attempt fail on its response headers? Over FETCH_HEADER_MAX in all (on_header), or
+ * one header line over curl's limit, which curl reports as out of memory (7.x) or too large
+ * (8.6 on) while a response's headers are being read. */
+static bool header_too_large(const struct fetch_req *r, CURLcode rc)
+{
+    if (r->header_too_large)
+        return true;
+#if LIBCURL_VERSION_NUM >= 0x080600
+    if (rc == CURLE_TOO_LARGE && r->in_headers)
+        return true;
+#endif
+    return rc == CURLE_OUT_OF_MEMORY && r->in_headers;
+}
+
 static void on_transfer_done(struct fetch_req *r, CURLcode rc)
 {
     struct api *a = r->api;
     struct fetcher *f = a->f;
-    char msg[FETCH_ERR_MAX];
+    char msg[FETCH_MSG_MAX];
     char retry_after[128] = "";
     long status = 0;
     struct curl_header *h;
@@ -966,6 +1045,12 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
         req_finish(r, FETCH_NETWORK_ERROR, "out of memory for the response body");
         return;
     }
+    if (header_too_large(r, rc)) {
+        snprintf(msg, sizeof(msg), "response header too large (over %u KiB)",
+                 FETCH_HEADER_MAX / 1024u);
+        req_retry(r, "header_too_large", FETCH_NETWORK_ERROR, msg, 0, false);
+        return;
+    }
     if (rc != CURLE_OK) {
         snprintf(msg, sizeof(msg), "%s", r->curl_err[0] ? r->curl_err : curl_easy_strerror(rc));
         if (retryable_curl(rc))
@@ -980,13 +1065,13 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
     if (status >= 200 && status < 300) {
         if (!looks_like_json(r->body, r->len)) {
             char snippet[64];
-            util_copy_clean(snippet, sizeof(snippet), r->body ? r->body : "", r->len);
+            copy_masked(snippet, sizeof(snippet), r->body ? r->body : "", r->len);
             snprintf(msg, sizeof(msg), "response is not JSON: \"%s\"", snippet);
             req_retry(r, "bad_body", FETCH_BAD_BODY, msg, 0, false);
             return;
         }
         if (r->parse) {
-            char perr[FETCH_ERR_MAX - 8] = "";
+            char perr[FETCH_MSG_MAX - 8] = "";
             r->state = REQ_PARSING;
             int prc = r->parse(r->body, r->len, r->arg, perr, sizeof(perr));
             r->state = REQ_IDLE;
@@ -1103,6 +1188,7 @@ struct api *api_new(struct fetcher *f, const struct cfg_source *src)
         return NULL;
     if (source_copy(&a->cfg, src) != 0)
         goto fail_copy;
+    log_add_secret(a->cfg.api_key); /* masked in every log line and error message */
     uint32_t burst;
     struct rate rate = api_rate(&a->cfg, &burst);
     a->bucket = tbucket_new(rate, burst, timers_now(f->timers));
@@ -1144,6 +1230,7 @@ void api_update(struct api *a, const struct cfg_source *src)
      * each request owns its header list. */
     source_clear(&a->cfg);
     a->cfg = c;
+    log_add_secret(a->cfg.api_key);
     api_set_label(a);
     if (rate_changed) {
         uint32_t burst;

@@ -9,12 +9,15 @@
  * Secrets are masked while a line is formatted, on the raw text of the message and of every
  * string value, before any escaping: a registered secret is found even when it holds characters
  * that the output escapes, and the replacement is written whole or not at all, so a line that is
- * cut at LOG_LINE_MAX never ends in half a secret. The values of the query parameters and
- * headers that carry keys (api_key=, apikey=, plus each source's own, registered at startup
- * with log_add_secret_param) are masked up to the next '&', quote or whitespace whether or not
- * the key was registered. The registered secrets are a small array kept sorted
- * longest first (so a secret that contains another is masked whole) and guarded by a mutex that
- * is held only while a line is formatted.
+ * cut at LOG_LINE_MAX never ends in half a secret. Not only whole secrets are masked: any run of
+ * LOG_SECRET_FRAGMENT_MIN (8) or more consecutive characters of one (a secret cut short by
+ * whoever wrote the text, or quoted in part) is masked too, longest run first, so text cut
+ * before it reached us shows at most 7 characters of a secret at the cut. The values of the query
+ * parameters and headers that carry keys (api_key=, apikey=, plus each source's own, registered at
+ * startup with log_add_secret_param) are masked up to the next '&', quote or whitespace whether or
+ * not the key was registered. The registered secrets are a small array kept sorted longest first
+ * (so a secret that contains another is masked whole) and guarded by a mutex that is held only
+ * while a line is formatted.
  *
  * Cutting: a line that does not fit ends with "..." (inside a quoted value: `..."`); a cut JSON
  * line stays valid JSON and ends with "truncated":true (a value cut inside a string ends with
@@ -171,6 +174,28 @@ int log_add_secret_param(const char *name)
     return rc;
 }
 
+/* Length of the longest run at the start of s[0..n) that is also a run of the secret's
+ * characters, if it is at least LOG_SECRET_FRAGMENT_MIN long (or the whole secret, for one
+ * shorter than that); else 0. A whole secret is the longest run there is, so it is masked in
+ * one piece. */
+static size_t fragment_at(const char *s, size_t n, const char *secret, size_t len)
+{
+    size_t min = len < LOG_SECRET_FRAGMENT_MIN ? len : LOG_SECRET_FRAGMENT_MIN;
+    size_t best = 0;
+    if (n < min)
+        return 0;
+    for (size_t j = 0; j + min <= len; j++) {
+        if (secret[j] != s[0])
+            continue;
+        size_t m = 1;
+        while (m < n && j + m < len && s[m] == secret[j + m])
+            m++;
+        if (m >= min && m > best)
+            best = m;
+    }
+    return best;
+}
+
 static bool ends_param(char c)
 {
     return c == '&' || c == '"' || c == '\'' || (unsigned char)c <= ' ' || c == 0x7f;
@@ -181,12 +206,15 @@ static bool ends_param(char c)
  * replaces the rest. Caller holds secrets_lock. */
 static size_t mask_at(const char *s, size_t n, size_t i, size_t *keep)
 {
+    size_t best = 0;
     for (size_t k = 0; k < nsecrets; k++) {
-        if (secret_lens[k] <= n - i && s[i] == secrets[k][0] &&
-            memcmp(s + i, secrets[k], secret_lens[k]) == 0) {
-            *keep = 0;
-            return secret_lens[k];
-        }
+        size_t m = fragment_at(s + i, n - i, secrets[k], secret_lens[k]);
+        if (m > best)
+            best = m;
+    }
+    if (best) {
+        *keep = 0;
+        return best;
     }
     char c = (char)(s[i] | 0x20);
     for (size_t k = 0; k < nkey_params; k++) {

@@ -12,10 +12,11 @@
  * without it) and is retried without counting against max_retries, up to 50 rate-limited
  * answers per request, so a long rate-limit episode delays a page walk but never skips a page.
  * Other 4xx are final. The done callback runs exactly once per request, on the loop thread, with
- * the final outcome.
+ * the final outcome. Response headers over 100 KiB are retried like a 5xx.
  *
  * API keys go in the header the source's plan names, never in the URL, and never appear in
- * logs, metrics or error messages.
+ * logs, metrics or error messages, whole or as a run of LOG_SECRET_FRAGMENT_MIN characters
+ * (log.h). A key with a control character is never sent (the request ends at once).
  *
  * Thread: loop thread only.
  */
@@ -37,8 +38,9 @@ struct fetch_req;
 
 enum fetch_outcome {
     FETCH_OK = 0,        /* 2xx, body accepted by the parse callback (if any) */
-    FETCH_HTTP_ERROR,    /* a final HTTP error (4xx other than 408/429), or retries exhausted */
-    FETCH_NETWORK_ERROR, /* connection/timeout/truncation and retries exhausted */
+    FETCH_HTTP_ERROR,    /* a final HTTP error (4xx other than 408/429), retries exhausted, or
+                            a key that cannot be a header value (nothing sent) */
+    FETCH_NETWORK_ERROR, /* connection/timeout/truncation/oversized headers, retries exhausted */
     FETCH_BAD_BODY,      /* 2xx whose body was not JSON or failed to parse, retries exhausted */
     FETCH_TOO_LARGE,     /* body exceeded max_body_bytes */
     FETCH_CANCELLED      /* fetch_cancel / api_cancel_all / fetcher shutdown */
@@ -53,7 +55,8 @@ struct fetch_result {
     double seconds;    /* from first send to done, including waits */
     const char *error; /* human-readable reason when outcome != FETCH_OK: the API's own
                           message (read by its source's error reader) when it sent one, else
-                          curl's or the engine's; never contains a key */
+                          curl's or the engine's; masked with log_mask_secrets before it is
+                          cut to 255 bytes: never contains a key nor 8 characters of one */
 };
 
 /* Called on a 2xx JSON-looking body before it counts as success. Returns 0 to accept, or a

@@ -10,9 +10,11 @@
  * prefixed with its syslog priority (`<6>` for info) so journald keeps levels.
  *
  * Secrets registered with log_add_secret() are replaced by "********" wherever they appear in a
- * line, and the values of query parameters and headers that carry API keys are masked too
- * (api_key=, apikey= and whatever the sources register with log_add_secret_param(), e.g.
- * x_cg_pro_api_key=), so no secret reaches a log line even by accident.
+ * line, and so is any run of LOG_SECRET_FRAGMENT_MIN or more consecutive characters of one
+ * (a secret shorter than that is masked when whole), and the values of query parameters and headers
+ * that carry API keys are masked too (api_key=, apikey= and whatever the sources register with
+ * log_add_secret_param(), e.g. x_cg_pro_api_key=), so no secret reaches a log line even by
+ * accident.
  *
  * Each line is formatted into a local buffer and written with one write(2): lines from
  * different threads never interleave. Lines longer than LOG_LINE_MAX are cut with "...".
@@ -27,6 +29,14 @@
 #include "coingest/config.h"
 
 #define LOG_LINE_MAX 8192
+
+/* The rule for parts of a secret: a run of this many consecutive characters of a registered
+ * secret is masked wherever it appears (at the start or end of a text cut by someone else
+ * too); a shorter run is too common to mean anything ("CG-", a few digits) and is left. Text
+ * that this process cuts itself is masked first and cut after, so no cut of ours ever leaves a
+ * run behind. Masking errs on the side of hiding: an unrelated 8-character run that happens to
+ * occur in a secret is masked as well. */
+#define LOG_SECRET_FRAGMENT_MIN 8
 
 enum log_field_type { LOG_T_END = 0, LOG_T_STR, LOG_T_INT, LOG_T_UINT, LOG_T_DBL, LOG_T_BOOL };
 
@@ -87,7 +97,11 @@ size_t log_format_line(char *buf, size_t cap, enum log_level level, enum log_for
                        bool journal, uint64_t wall_ms, const char *msg,
                        const struct log_field *fields);
 
-/* Masks registered secrets and key query parameters in place; returns the new length. */
+/* Masks registered secrets (and runs of their characters, see LOG_SECRET_FRAGMENT_MIN) and
+ * key query parameters in buf[0..len) in place, within cap bytes with the NUL; returns the new
+ * length. A mask that does not fit is dropped with the rest of the text, never written in part.
+ * The one routine for every text that leaves the process: log lines and the fetch engine's
+ * error messages (which become job_runs.error and the --once summary). Thread: any. */
 size_t log_mask_secrets(char *buf, size_t len, size_t cap);
 
 /* Name of a level ("error", "warn", "info", "debug"). */

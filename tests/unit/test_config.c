@@ -983,6 +983,66 @@ static void test_secret_files(void **state)
     config_free(c);
 }
 
+/* Issue 12, finding 7: a key with CR/LF from the environment or a secret file reached the API
+ * as a second header line. Every path refuses a secret with a control character, names where
+ * it came from, and never prints the secret. */
+static void test_secret_control_characters(void **state)
+{
+    (void)state;
+    char key[PATH_MAX + 16], text[2 * PATH_MAX], want[3 * PATH_MAX];
+    static const char base[] = "[source.coingecko]\nplan = demo\n";
+
+    setenv("COINGEST_COINGECKO_API_KEY", "CG-abc\r\nx-injected: yes", 1);
+    expect_error(base, "0: [source.coingecko] api_key (COINGEST_COINGECKO_API_KEY): "
+                       "COINGEST_COINGECKO_API_KEY holds a control character (CR, LF, tab or "
+                       "other); its value is not used");
+    setenv("COINGEST_COINGECKO_API_KEY", "CG-abc\tdef", 1);
+    expect_error(base, "0: [source.coingecko] api_key (COINGEST_COINGECKO_API_KEY): "
+                       "COINGEST_COINGECKO_API_KEY holds a control character (CR, LF, tab or "
+                       "other); its value is not used");
+    clear_env();
+    setenv("COINGEST_DB_PASSWORD", "pw\nx", 1);
+    expect_error("[database]\n", "0: [database] password (COINGEST_DB_PASSWORD): "
+                                 "COINGEST_DB_PASSWORD holds a control character (CR, LF, tab "
+                                 "or other); its value is not used");
+    clear_env();
+
+    /* Files: only the first line is the secret, so an injection there is a lone CR (or
+     * another control character) inside that line. A CRLF line end is fine. */
+    tmp_path(key, sizeof(key), "key");
+    static const char *const bad[] = {"CG-abc\rx-injected: yes\n", "CG-abc\x1b[0m\n", "CG-\x7f\n",
+                                      "CG-abc\r\r\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_file(key, bad[i]);
+        snprintf(text, sizeof(text), "%sapi_key_file = %s\n", base, key);
+        snprintf(want, sizeof(want),
+                 "3: [source.coingecko] api_key_file: \"%s\" holds a control character (CR, LF, "
+                 "tab or other) in its first line",
+                 key);
+        expect_error(text, want);
+
+        setenv("COINGEST_COINGECKO_API_KEY_FILE", key, 1);
+        snprintf(want, sizeof(want),
+                 "0: [source.coingecko] api_key_file (COINGEST_COINGECKO_API_KEY_FILE): \"%s\" "
+                 "holds a control character (CR, LF, tab or other) in its first line",
+                 key);
+        expect_error(base, want);
+        clear_env();
+
+        snprintf(text, sizeof(text), "[database]\npassword_file = %s\n", key);
+        snprintf(want, sizeof(want),
+                 "2: [database] password_file: \"%s\" holds a control character (CR, LF, tab or "
+                 "other) in its first line",
+                 key);
+        expect_error(text, want);
+    }
+    write_file(key, "CG-abc\r\n");
+    snprintf(text, sizeof(text), "%sapi_key_file = %s\n", base, key);
+    struct config *c = load_ok(text);
+    assert_string_equal(CG(c)->api_key, "CG-abc");
+    config_free(c);
+}
+
 /* ---- dump and diff ---------------------------------------------------------------------- */
 
 static char *dump_string(const struct config *c)
@@ -1213,6 +1273,7 @@ int main(void)
         cmocka_unit_test_teardown(test_syntax_details, test_teardown),
         cmocka_unit_test_teardown(test_env_overrides, test_teardown),
         cmocka_unit_test_teardown(test_secret_files, test_teardown),
+        cmocka_unit_test_teardown(test_secret_control_characters, test_teardown),
         cmocka_unit_test_teardown(test_dump_masks_secrets, test_teardown),
         cmocka_unit_test_teardown(test_dump_long_list_round_trip, test_teardown),
         cmocka_unit_test_teardown(test_diff, test_teardown),

@@ -539,6 +539,153 @@ static void test_key_never_logged(void **state)
     res_free(&d);
 }
 
+/* Does `text` hold a run of LOG_SECRET_FRAGMENT_MIN characters of `key`? Returns the first
+ * such run's offset in the key, or -1. */
+static int key_fragment_in(const char *text, const char *key)
+{
+    size_t klen = strlen(key);
+    for (size_t j = 0; j + LOG_SECRET_FRAGMENT_MIN <= klen; j++) {
+        char frag[LOG_SECRET_FRAGMENT_MIN + 1];
+        memcpy(frag, key + j, LOG_SECRET_FRAGMENT_MIN);
+        frag[LOG_SECRET_FRAGMENT_MIN] = '\0';
+        if (strstr(text, frag))
+            return (int)j;
+    }
+    return -1;
+}
+
+/* Issue 12, finding 6, as it was found: a 401 whose message is 210 'A's and then the key put 28
+ * of the key's 31 characters into the error (cut to 256 bytes before the key was masked).
+ * No run of 8 of its characters may reach the result's error or any log line. */
+static void test_key_fragment_not_in_error(void **state)
+{
+    struct env *e = *state;
+    static const char key[] = "CG-SuperSecretKey1234567890abcd";
+    snprintf(e->key, sizeof(e->key), "%s", key);
+    e->src.max_retries = 1;
+    log_setup(LOG_DEBUG, LOG_FORMAT_TEXT);
+    char as[211], body[1024];
+    memset(as, 'A', 210);
+    as[210] = '\0';
+    snprintf(body, sizeof(body),
+             "[{\"match\":\"/global\",\"kind\":\"status\",\"status\":401,"
+             "\"body\":{\"error\":\"Invalid API key %s %s\"}},"
+             "{\"match\":\"/coins/list\",\"kind\":\"status\",\"status\":503,\"count\":2,"
+             "\"body\":{\"error\":\"Invalid API key %s %s\"}}]",
+             as, key, as, key);
+    fault(body);
+    env_start(e);
+    struct res a, b;
+    int remaining = 2;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    a.remaining = b.remaining = &remaining;
+    assert_non_null(api_get(e->api, "/global", 0, NULL, on_done, &a));
+    assert_non_null(api_get(e->api, "/coins/list", 0, NULL, on_done, &b));
+    run_until(e, &remaining);
+    env_stop(e);
+    log_setup(LOG_INFO, LOG_FORMAT_TEXT);
+
+    assert_int_equal(a.outcome, FETCH_HTTP_ERROR);
+    assert_int_equal(a.status, 401);
+    assert_int_equal(key_fragment_in(a.error, key), -1);
+    assert_int_equal(strncmp(a.error, "Invalid API key AAAA", 20), 0);
+    assert_true(strlen(a.error) <= 255);
+    assert_int_equal(b.outcome, FETCH_HTTP_ERROR);
+    assert_int_equal(b.attempts, 2);
+    assert_int_equal(key_fragment_in(b.error, key), -1);
+
+    char *lines = captured_log(e);
+    assert_non_null(strstr(lines, "request failed"));
+    assert_non_null(strstr(lines, "retrying request"));
+    int at = key_fragment_in(lines, key);
+    if (at >= 0)
+        fail_msg("the log holds the key's characters from %d on:\n%s", at, lines);
+    free(lines);
+    res_free(&a);
+    res_free(&b);
+}
+
+/* Issue 12, finding 7: a key with CR/LF (from the environment or a file) became a second
+ * header. The engine refuses to build such a header line: nothing is sent. */
+static void test_key_with_newline_not_sent(void **state)
+{
+    struct env *e = *state;
+    snprintf(e->key, sizeof(e->key), "CG-abcdefghij\r\nx-injected: yes");
+    env_start(e);
+    struct res x;
+    fetch_one(e, "/ping", &x);
+    assert_int_equal(x.outcome, FETCH_HTTP_ERROR);
+    assert_int_equal(x.attempts, 0);
+    assert_non_null(strstr(x.error, "control character"));
+    assert_null(strstr(x.error, "CG-abcdefghij"));
+    res_free(&x);
+
+    /* A tab is a legal header character; other control characters are not. */
+    struct cfg_source s2 = e->src;
+    s2.api_key = "CG-abc\x01"
+                 "def";
+    api_update(e->api, &s2);
+    fetch_one(e, "/ping", &x);
+    assert_int_equal(x.attempts, 0);
+    res_free(&x);
+    env_stop(e);
+
+    json_t *log = server_log();
+    assert_int_equal(json_array_size(log), 0);
+    json_decref(log);
+}
+
+/* A fault whose answer carries header `name` `n` times with `len`-byte values. */
+static void big_header_fault(const char *route, int count, int n, size_t len)
+{
+    json_t *headers = json_object();
+    char *value = malloc(len + 1);
+    assert_non_null(value);
+    memset(value, 'A', len);
+    value[len] = '\0';
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "X-Big-%d", i);
+        json_object_set_new(headers, name, json_string(value));
+    }
+    free(value);
+    json_t *f = json_pack("{s:s, s:s, s:i, s:i, s:o}", "match", route, "kind", "status", "status",
+                          200, "count", count, "headers", headers);
+    char *text = json_dumps(f, 0);
+    assert_non_null(text);
+    fault(text);
+    free(text);
+    json_decref(f);
+}
+
+/* Issue 12, finding 10: a 200 KB response header came back as curl's "Out of memory" and was
+ * not retried. It is "response header too large", retried like a server fault, within
+ * max_retries. Two shapes: one header line over curl's own limit, and many headers over
+ * FETCH_HEADER_MAX in all. */
+static void test_huge_header_retried(void **state)
+{
+    struct env *e = *state;
+    e->src.max_retries = 2;
+    big_header_fault("/global", 1, 1, 200 * 1000);
+    big_header_fault("/global", 1, 150, 1000);
+    env_start(e);
+    struct res x;
+    fetch_one(e, "/global", &x);
+    assert_int_equal(x.outcome, FETCH_OK);
+    assert_int_equal(x.attempts, 3);
+    assert_true(metric("coingest_http_retries_total", LABEL ",reason=\"header_too_large\"") == 2);
+    res_free(&x);
+
+    big_header_fault("/ping", 10, 1, 200 * 1000);
+    fetch_one(e, "/ping", &x);
+    env_stop(e);
+    assert_int_equal(x.outcome, FETCH_NETWORK_ERROR);
+    assert_int_equal(x.attempts, 3);
+    assert_string_equal(x.error, "response header too large (over 100 KiB)");
+    res_free(&x);
+}
+
 /* Issues request C the first time the bucket is seen paused (after a 429 arrived). */
 struct pause_probe {
     uv_check_t check;
@@ -1466,6 +1613,9 @@ int main(void)
         T(test_pro_plan_header),
         T(test_public_plan_sends_no_key),
         T(test_key_never_logged),
+        T(test_key_fragment_not_in_error),
+        T(test_key_with_newline_not_sent),
+        T(test_huge_header_retried),
         T(test_retry_after_seconds_pauses_bucket),
         T(test_retry_after_http_date),
         T(test_429_without_header_backs_off),

@@ -364,6 +364,62 @@ static void test_mask_buffer(void **state)
     assert_int_equal(log_mask_secrets(buf, 0, 0), 0);
 }
 
+/* Issue 12, finding 6: an API error body of 210 'A's and the key, cut to 256 bytes before the
+ * key was masked, showed 28 of its 31 characters. Any run of LOG_SECRET_FRAGMENT_MIN or more
+ * of a secret's characters is masked, wherever it is and however the text was cut. */
+static void test_secret_fragments(void **state)
+{
+    (void)state;
+    static const char key[] = "CG-SuperSecretKey1234567890abcd";
+    char body[512], buf[1024];
+    int w =
+        snprintf(body, sizeof(body), "Invalid API key %.*s %s", 210,
+                 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                 key);
+    assert_int_equal(w, 16 + 210 + 1 + 31);
+    log_add_secret(key);
+
+    /* The text as the old code cut it (255 bytes): 28 characters of the key at the end. */
+    snprintf(buf, sizeof(buf), "%.255s", body);
+    assert_non_null(strstr(buf, "CG-SuperSecretKey1234567890"));
+    size_t n = log_mask_secrets(buf, strlen(buf), sizeof(buf));
+    assert_int_equal(n, 16 + 210 + 1 + 8);
+    assert_string_equal(buf + 16 + 210, " ********");
+
+    /* Whole, in the middle, at the start of a cut text; and in a log line either format. */
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"k=CG-SuperSecretKey1234567890abcd!", "k=********!"},
+        {"x Secret-Key12 y", "x Secret-Key12 y"}, /* 11 of its characters, not in one run */
+        {"x SecretKey12 y", "x ******** y"},
+        {"7890abcd tail", "******** tail"},
+        {"CG-Supe ok", "CG-Supe ok"}, /* 7: too short to matter */
+        {"CG-Super", "********"},     /* 8 at the end */
+        {"CG-SuperCG-Super", "****************"},
+        {"1234567", "1234567"},
+        {"12345678", "********"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(buf, sizeof(buf), "%s", cases[i].in);
+        log_mask_secrets(buf, strlen(buf), sizeof(buf));
+        if (strcmp(buf, cases[i].out) != 0)
+            fail_msg("masking \"%s\": got \"%s\", want \"%s\"", cases[i].in, buf, cases[i].out);
+    }
+    snprintf(buf, sizeof(buf), "%.255s", body);
+    assert_string_equal(logfmt1(LOG_S("error", buf)) + 7 + 16 + 210, " ********\"");
+    const char *j = json1(LOG_S("error", buf));
+    assert_null(strstr(j, "Key12"));
+    assert_non_null(strstr(j, "A ********\""));
+    assert_string_equal(logfmt1(LOG_S("e", "ab1234567890abcdXY")), "e=ab********XY");
+
+    /* A secret shorter than the rule is masked whole only. */
+    log_add_secret("pw4x");
+    assert_string_equal(logfmt1(LOG_S("s", "pw4 pw4x")), "s=\"pw4 ********\"");
+}
+
 /* ---- cutting long lines -----------------------------------------------------------------------
  */
 
@@ -558,6 +614,7 @@ int main(void)
         cmocka_unit_test_teardown(test_registered_secrets, teardown),
         cmocka_unit_test_teardown(test_key_parameters, teardown),
         cmocka_unit_test_teardown(test_mask_buffer, teardown),
+        cmocka_unit_test_teardown(test_secret_fragments, teardown),
         cmocka_unit_test_teardown(test_truncation, teardown),
         cmocka_unit_test_teardown(test_threads, teardown),
     };
