@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coingest/sbuf.h"
 #include "coingest/util.h"
 
 #define LOAD_FLAGS (JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL)
@@ -64,47 +65,18 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* --- growing text buffer ------------------------------------------------------------------ */
-
-struct sbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static int sb_put(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->cap - b->len < n) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return 0;
-}
-
-static int sb_putc(struct sbuf *b, char c)
-{
-    return sb_put(b, &c, 1);
-}
-
 /* --- compact JSON serializer -------------------------------------------------------------- */
 
 static int dump_string(struct sbuf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    int rc = sb_putc(b, '"');
+    int rc = sbuf_putc(b, '"');
     size_t run = 0; /* start of the bytes not yet copied */
     for (size_t i = 0; i < len && !rc; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
-        rc = sb_put(b, s + run, i - run);
+        rc = sbuf_append(b, s + run, i - run);
         run = i + 1;
         char esc[6] = {'\\', 0};
         size_t n = 2;
@@ -137,12 +109,12 @@ static int dump_string(struct sbuf *b, const char *s, size_t len)
             n = 6;
         }
         if (!rc)
-            rc = sb_put(b, esc, n);
+            rc = sbuf_append(b, esc, n);
     }
     if (!rc)
-        rc = sb_put(b, s + run, len - run);
+        rc = sbuf_append(b, s + run, len - run);
     if (!rc)
-        rc = sb_putc(b, '"');
+        rc = sbuf_putc(b, '"');
     return rc;
 }
 
@@ -151,7 +123,7 @@ static int dump_number(struct sbuf *b, double d)
 {
     char tmp[40];
     if (!isfinite(d))
-        return sb_put(b, "null", 4);
+        return sbuf_append(b, "null", 4);
     if (d == floor(d) && fabs(d) < 9007199254740992.0) {
         snprintf(tmp, sizeof(tmp), "%.0f", d);
     } else {
@@ -161,7 +133,7 @@ static int dump_number(struct sbuf *b, double d)
                 break;
         }
     }
-    return sb_put(b, tmp, strlen(tmp));
+    return sbuf_append(b, tmp, strlen(tmp));
 }
 
 /* Recursion depth is bounded by jansson's own parse depth limit. */
@@ -171,29 +143,29 @@ static int dump_value(struct sbuf *b, const json_t *v)
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         json_t *obj = (json_t *)v; /* jansson's iterators take non-const objects */
-        rc = sb_putc(b, '{');
+        rc = sbuf_putc(b, '{');
         for (void *it = json_object_iter(obj); it && !rc; it = json_object_iter_next(obj, it)) {
             const char *key = json_object_iter_key(it);
             if (it != json_object_iter(obj))
-                rc = sb_putc(b, ',');
+                rc = sbuf_putc(b, ',');
             if (!rc)
                 rc = dump_string(b, key, strlen(key));
             if (!rc)
-                rc = sb_putc(b, ':');
+                rc = sbuf_putc(b, ':');
             if (!rc)
                 rc = dump_value(b, json_object_iter_value(it));
         }
-        return rc ? rc : sb_putc(b, '}');
+        return rc ? rc : sbuf_putc(b, '}');
     }
     case JSON_ARRAY: {
-        rc = sb_putc(b, '[');
+        rc = sbuf_putc(b, '[');
         for (size_t i = 0; i < json_array_size(v) && !rc; i++) {
             if (i)
-                rc = sb_putc(b, ',');
+                rc = sbuf_putc(b, ',');
             if (!rc)
                 rc = dump_value(b, json_array_get(v, i));
         }
-        return rc ? rc : sb_putc(b, ']');
+        return rc ? rc : sbuf_putc(b, ']');
     }
     case JSON_STRING:
         return dump_string(b, json_string_value(v), json_string_length(v));
@@ -201,12 +173,12 @@ static int dump_value(struct sbuf *b, const json_t *v)
     case JSON_REAL:
         return dump_number(b, json_number_value(v));
     case JSON_TRUE:
-        return sb_put(b, "true", 4);
+        return sbuf_append(b, "true", 4);
     case JSON_FALSE:
-        return sb_put(b, "false", 5);
+        return sbuf_append(b, "false", 5);
     case JSON_NULL:
     default:
-        return sb_put(b, "null", 4);
+        return sbuf_append(b, "null", 4);
     }
 }
 
@@ -506,7 +478,7 @@ static int parse_finish(struct parse *p, int rc, struct coingecko_stats *st, cha
                     p->what);
     }
     free(p->ids);
-    free(p->sb.p);
+    sbuf_free(&p->sb);
     return rc;
 }
 
@@ -612,7 +584,7 @@ static int put_value(struct parse *p, struct batch *b, uint32_t row, uint16_t co
             p->st.field_type_errors++;
             return 0;
         }
-        p->sb.len = 0;
+        sbuf_reset(&p->sb);
         int rc = dump_value(&p->sb, v);
         return rc ? rc : batch_set_json(b, row, col, p->sb.p, p->sb.len);
     }
