@@ -95,12 +95,20 @@ int batch_add_row(struct batch *b);
 /* Removes the last row (a parser that gives up on a row halfway). */
 void batch_drop_last(struct batch *b);
 
-/* Setters for row `row`, column `col`. Strings are copied. Return 0 or -ENOMEM. */
+/* Setters for row `row` (< nrows), column `col` (< spec->ncols; look it up by name with
+ * batch_spec_col, never by a bare number). A row starts out all NULL. */
+
+/* Stores NULL. Cannot fail. */
 void batch_set_null(struct batch *b, uint32_t row, uint16_t col);
+/* Stores a VAL_INT. Cannot fail. */
 void batch_set_int(struct batch *b, uint32_t row, uint16_t col, int64_t v);
-/* NaN and +-Inf are stored as NULL and return 1 (so parsers can count them). */
+/* Stores a VAL_DBL and returns 0; NaN and +-Inf are stored as NULL and return 1 (so parsers
+ * can count them). Cannot fail otherwise. */
 int batch_set_dbl(struct batch *b, uint32_t row, uint16_t col, double v);
+/* Stores a VAL_TIME (ms since the epoch). Cannot fail. */
 void batch_set_time(struct batch *b, uint32_t row, uint16_t col, int64_t wall_ms);
+/* Copies s[0..len) into the batch's arena as a VAL_STR / VAL_JSON value. 0, -ENOMEM or
+ * -EINVAL (len above UINT32_MAX); on error the cell keeps its previous value. */
 int batch_set_str(struct batch *b, uint32_t row, uint16_t col, const char *s, size_t len);
 int batch_set_json(struct batch *b, uint32_t row, uint16_t col, const char *s, size_t len);
 
