@@ -49,7 +49,7 @@ struct row {
     char id[32];
     int64_t snap;
     int64_t rank;
-    double d[17]; /* columns 5..22 (price .. atl_change_pct) except 20 (ath_date) */
+    double d[17]; /* the columns price .. atl_change_pct, except ath_date */
     int64_t ath_date, atl_date;
     bool has_roi;
 };
@@ -79,23 +79,24 @@ static struct batch *make_page(uint64_t from, uint32_t n)
         struct row r;
         make_row(i, &r);
         uint32_t x = (uint32_t)batch_add_row(b);
-        batch_set_str(b, x, 0, r.id, strlen(r.id));
-        batch_set_str(b, x, 1, "usd", 3);
-        batch_set_str(b, x, 2, "coingecko", 9);
-        batch_set_time(b, x, 3, r.snap);
-        batch_set_int(b, x, 4, r.rank);
-        /* Columns 5..22: doubles, except 20 (ath_date). */
+        batch_set_str(b, x, BATCH_MARKET_SNAPSHOTS_COL_ASSET_ID, r.id, strlen(r.id));
+        batch_set_str(b, x, BATCH_MARKET_SNAPSHOTS_COL_VS_CURRENCY, "usd", 3);
+        batch_set_str(b, x, BATCH_MARKET_SNAPSHOTS_COL_SOURCE, "coingecko", 9);
+        batch_set_time(b, x, BATCH_MARKET_SNAPSHOTS_COL_SNAPSHOT_AT, r.snap);
+        batch_set_int(b, x, BATCH_MARKET_SNAPSHOTS_COL_MARKET_CAP_RANK, r.rank);
+        /* The columns from price to atl_change_pct: doubles, except ath_date. */
         int k = 0;
-        for (uint16_t c = 5; c <= 22; c++) {
-            if (c == 20)
+        for (uint16_t c = BATCH_MARKET_SNAPSHOTS_COL_PRICE;
+             c <= BATCH_MARKET_SNAPSHOTS_COL_ATL_CHANGE_PCT; c++) {
+            if (c == BATCH_MARKET_SNAPSHOTS_COL_ATH_DATE)
                 batch_set_time(b, x, c, r.ath_date);
             else
                 batch_set_dbl(b, x, c, r.d[k++]);
         }
-        batch_set_time(b, x, 23, r.atl_date);
+        batch_set_time(b, x, BATCH_MARKET_SNAPSHOTS_COL_ATL_DATE, r.atl_date);
         if (r.has_roi)
-            batch_set_json(b, x, 24, roi, strlen(roi));
-        batch_set_time(b, x, 25, T0);
+            batch_set_json(b, x, BATCH_MARKET_SNAPSHOTS_COL_ROI, roi, strlen(roi));
+        batch_set_time(b, x, BATCH_MARKET_SNAPSHOTS_COL_FETCHED_AT, T0);
     }
     return b;
 }

@@ -19,51 +19,15 @@
 
 /* --- specs -------------------------------------------------------------------------------- */
 
-static const char *const assets_list_cols[] = {
-    "id", "symbol", "name", "platforms", "listed_at", "first_seen_at", "updated_at"};
-static const char *const assets_market_cols[] = {
-    "id", "symbol", "name", "market_cap_rank", "image_url", "first_seen_at", "updated_at"};
-static const char *const prices_cols[] = {"asset_id",          "vs_currency",    "source",
-                                          "source_updated_at", "price",          "market_cap",
-                                          "volume_24h",        "change_24h_pct", "fetched_at"};
-static const char *const market_snapshots_cols[] = {"asset_id",
-                                                    "vs_currency",
-                                                    "source",
-                                                    "snapshot_at",
-                                                    "market_cap_rank",
-                                                    "price",
-                                                    "market_cap",
-                                                    "fully_diluted_valuation",
-                                                    "total_volume",
-                                                    "high_24h",
-                                                    "low_24h",
-                                                    "price_change_24h",
-                                                    "price_change_pct_24h",
-                                                    "market_cap_change_24h",
-                                                    "market_cap_change_pct_24h",
-                                                    "circulating_supply",
-                                                    "total_supply",
-                                                    "max_supply",
-                                                    "ath",
-                                                    "ath_change_pct",
-                                                    "ath_date",
-                                                    "atl",
-                                                    "atl_change_pct",
-                                                    "atl_date",
-                                                    "roi",
-                                                    "fetched_at"};
-static const char *const global_snapshots_cols[] = {
-    "source",           "snapshot_at",          "active_cryptocurrencies",
-    "markets",          "total_market_cap_usd", "total_volume_usd",
-    "btc_dominance",    "eth_dominance",        "market_cap_change_pct_24h_usd",
-    "total_market_cap", "total_volume",         "market_cap_percentage",
-    "fetched_at"};
-static const char *const categories_cols[] = {"id", "name", "updated_at"};
-static const char *const asset_categories_cols[] = {"category_id", "asset_id", "first_seen_at",
-                                                    "last_seen_at"};
-static const char *const job_runs_cols[] = {"job",      "started_at",   "finished_at", "status",
-                                            "requests", "rows_written", "duration_ms", "error"};
-static const char *const assets_delist_cols[] = {"delisted_at", "listed_before"};
+static const char *const assets_list_cols[] = {BATCH_ASSETS_LIST_COLUMNS(BATCH_COL_NAME)};
+static const char *const assets_market_cols[] = {BATCH_ASSETS_MARKET_COLUMNS(BATCH_COL_NAME)};
+static const char *const prices_cols[] = {BATCH_PRICES_COLUMNS(BATCH_COL_NAME)};
+static const char *const market_snapshots_cols[] = {BATCH_MARKET_SNAPSHOTS_COLUMNS(BATCH_COL_NAME)};
+static const char *const global_snapshots_cols[] = {BATCH_GLOBAL_SNAPSHOTS_COLUMNS(BATCH_COL_NAME)};
+static const char *const categories_cols[] = {BATCH_CATEGORIES_COLUMNS(BATCH_COL_NAME)};
+static const char *const asset_categories_cols[] = {BATCH_ASSET_CATEGORIES_COLUMNS(BATCH_COL_NAME)};
+static const char *const job_runs_cols[] = {BATCH_JOB_RUNS_COLUMNS(BATCH_COL_NAME)};
+static const char *const assets_delist_cols[] = {BATCH_ASSETS_DELIST_COLUMNS(BATCH_COL_NAME)};
 
 #define COLS(a) a, (uint16_t)(sizeof(a) / sizeof((a)[0]))
 

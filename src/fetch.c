@@ -74,9 +74,10 @@
 #include <string.h>
 
 #include "coingest/backoff.h"
-#include "coingest/source.h"
+#include "coingest/list.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
+#include "coingest/source.h"
 #include "coingest/util.h"
 #include "coingest/version.h"
 
@@ -111,34 +112,6 @@
  * retry budget above), this bounds them instead. */
 #define FETCH_RATE_LIMITED_MAX 50
 
-/* ---- intrusive lists -------------------------------------------------------------------- */
-
-struct link {
-    struct link *prev, *next;
-};
-
-#define FETCH_CONTAINER(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
-static void list_init(struct link *h)
-{
-    h->prev = h->next = h;
-}
-
-static void list_append(struct link *h, struct link *n)
-{
-    n->prev = h->prev;
-    n->next = h;
-    h->prev->next = n;
-    h->prev = n;
-}
-
-static void list_remove(struct link *n)
-{
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->prev = n->next = n;
-}
-
 /* ---- types ------------------------------------------------------------------------------ */
 
 struct fetcher {
@@ -148,8 +121,8 @@ struct fetcher {
     uv_timer_t curl_timer;
     uint64_t spin_time; /* loop time of the last zero-timeout re-arm of curl_timer */
     unsigned spin_count;
-    struct link apis;
-    struct link socks; /* polled sockets */
+    struct list_link apis;
+    struct list_link socks; /* polled sockets */
     struct rng rng;
     uint64_t next_seq;
     unsigned depth;           /* engine callbacks on the stack */
@@ -163,19 +136,19 @@ struct fetcher {
 /* One polled curl socket. */
 struct sock {
     uv_poll_t poll;
-    struct link link; /* in fetcher->socks */
+    struct list_link link; /* in fetcher->socks */
     struct fetcher *f;
     curl_socket_t fd;
 };
 
 struct api {
-    struct link link; /* in fetcher->apis */
+    struct list_link link; /* in fetcher->apis */
     struct fetcher *f;
     struct cfg_source cfg; /* deep copy; base_url defaulted by plan, no trailing '/' */
     char label[128];       /* api="name" for metrics */
     struct tbucket *bucket;
     struct wheel_timer bucket_timer;
-    struct link reqs; /* in order of creation (seq) */
+    struct list_link reqs; /* in order of creation (seq) */
     size_t pending;
     bool rl_episode;   /* a 429 was logged and no answer since has ended the episode */
     uint64_t rl_until; /* monotonic ms at which the latest 429 pause ends */
@@ -193,7 +166,7 @@ enum req_state {
 };
 
 struct fetch_req {
-    struct link link; /* in api->reqs */
+    struct list_link link; /* in api->reqs */
     struct api *api;
     uint64_t seq;
     char *path;
@@ -1246,8 +1219,9 @@ static void cancel_reqs(struct api *a, uint64_t limit)
 {
     for (;;) {
         struct fetch_req *victim = NULL;
-        for (struct link *l = a->reqs.next; l != &a->reqs; l = l->next) {
-            struct fetch_req *r = FETCH_CONTAINER(l, struct fetch_req, link);
+        struct list_link *l;
+        LIST_FOR_EACH (l, &a->reqs) {
+            struct fetch_req *r = LIST_CONTAINER_OF(l, struct fetch_req, link);
             if (r->seq >= limit)
                 break;
             if (r->state == REQ_PARSING) {
@@ -1386,8 +1360,9 @@ static void teardown(struct fetcher *f)
     f->multi = NULL;
     /* curl removes every socket it watched before closing it; anything left is closed here
      * rather than left polling for a freed fetcher. */
-    while (f->socks.next != &f->socks)
-        sock_close(f, FETCH_CONTAINER(f->socks.next, struct sock, link));
+    struct list_link *l;
+    while ((l = list_first(&f->socks)) != NULL)
+        sock_close(f, LIST_CONTAINER_OF(l, struct sock, link));
     f->closing_handles++;
     uv_close((uv_handle_t *)&f->curl_timer, on_handle_closed);
 }
@@ -1395,10 +1370,11 @@ static void teardown(struct fetcher *f)
 /* An API with a request that cancel_reqs would cancel (one not inside its parse callback). */
 static struct api *api_with_cancellable(struct fetcher *f)
 {
-    for (struct link *l = f->apis.next; l != &f->apis; l = l->next) {
-        struct api *a = FETCH_CONTAINER(l, struct api, link);
-        for (struct link *k = a->reqs.next; k != &a->reqs; k = k->next)
-            if (FETCH_CONTAINER(k, struct fetch_req, link)->state != REQ_PARSING)
+    struct list_link *l, *k;
+    LIST_FOR_EACH (l, &f->apis) {
+        struct api *a = LIST_CONTAINER_OF(l, struct api, link);
+        LIST_FOR_EACH (k, &a->reqs)
+            if (LIST_CONTAINER_OF(k, struct fetch_req, link)->state != REQ_PARSING)
                 return a;
     }
     return NULL;

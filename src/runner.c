@@ -150,7 +150,7 @@ const struct run_summary *runner_last(const struct runner *rn, size_t job)
 
 /* ---- the run's record -------------------------------------------------------------------- */
 
-/* The job_runs row, columns by name. */
+/* The job_runs row, columns by name (the constants come from the table's one spec). */
 static struct batch *job_runs_row(const struct run_summary *s)
 {
     struct batch *b = batch_new(BATCH_JOB_RUNS, 1);
@@ -158,21 +158,17 @@ static struct batch *job_runs_row(const struct run_summary *s)
         batch_free(b);
         return NULL;
     }
-    const struct batch_spec *spec = b->spec;
     const char *status = run_status_name(s->status);
-    int rc = 0;
-    rc |= batch_set_str(b, 0, (uint16_t)batch_spec_col(spec, "job"), s->name, strlen(s->name));
-    batch_set_time(b, 0, (uint16_t)batch_spec_col(spec, "started_at"), (int64_t)s->started_wall_ms);
-    batch_set_time(b, 0, (uint16_t)batch_spec_col(spec, "finished_at"),
-                   (int64_t)s->finished_wall_ms);
-    rc |= batch_set_str(b, 0, (uint16_t)batch_spec_col(spec, "status"), status, strlen(status));
-    batch_set_int(b, 0, (uint16_t)batch_spec_col(spec, "requests"), (int64_t)s->requests);
-    batch_set_int(b, 0, (uint16_t)batch_spec_col(spec, "rows_written"), (int64_t)s->rows);
-    batch_set_int(b, 0, (uint16_t)batch_spec_col(spec, "duration_ms"),
+    int rc = batch_set_str(b, 0, BATCH_JOB_RUNS_COL_JOB, s->name, strlen(s->name));
+    batch_set_time(b, 0, BATCH_JOB_RUNS_COL_STARTED_AT, (int64_t)s->started_wall_ms);
+    batch_set_time(b, 0, BATCH_JOB_RUNS_COL_FINISHED_AT, (int64_t)s->finished_wall_ms);
+    rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_STATUS, status, strlen(status));
+    batch_set_int(b, 0, BATCH_JOB_RUNS_COL_REQUESTS, (int64_t)s->requests);
+    batch_set_int(b, 0, BATCH_JOB_RUNS_COL_ROWS_WRITTEN, (int64_t)s->rows);
+    batch_set_int(b, 0, BATCH_JOB_RUNS_COL_DURATION_MS,
                   (int64_t)(s->finished_wall_ms - s->started_wall_ms));
     if (s->error[0])
-        rc |= batch_set_str(b, 0, (uint16_t)batch_spec_col(spec, "error"), s->error,
-                            strlen(s->error));
+        rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_ERROR, s->error, strlen(s->error));
     if (rc) {
         batch_free(b);
         return NULL;

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coingest/list.h"
 #include "coingest/metrics.h"
 
 #define SERVER_LINGER_MS  1000
@@ -51,7 +52,7 @@ struct server;
 
 struct conn {
     struct server *srv;
-    struct conn *prev, *next; /* the server's list of open connections */
+    struct list_link link; /* in the server's list of open connections */
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wreq;
@@ -71,7 +72,7 @@ struct server {
     uv_tcp_t listener;
     server_health_cb health;
     void *health_arg;
-    struct conn *conns;
+    struct list_link conns; /* open connections (struct conn) */
     unsigned nconns;
     unsigned max_clients;
     uint64_t timeout_ms;
@@ -115,13 +116,7 @@ static void conn_close(struct conn *c)
         return;
     c->state = CONN_CLOSING;
     struct server *s = c->srv;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    list_remove(&c->link);
     s->nconns--;
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
@@ -346,16 +341,18 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
 /* The connection to evict when the table is full and `fresh` wants a slot: the oldest one still
  * reading its head, else the oldest lingering one (its answer is already written), else NULL.
- * The list runs newest first, so the last match is the oldest. */
+ * The list runs oldest first (connections are appended), so the first match is the oldest. */
 static struct conn *eviction_victim(struct server *s, const struct conn *fresh)
 {
     struct conn *reading = NULL, *linger = NULL;
-    for (struct conn *c = s->conns; c; c = c->next) {
+    struct list_link *l;
+    LIST_FOR_EACH (l, &s->conns) {
+        struct conn *c = LIST_CONTAINER_OF(l, struct conn, link);
         if (c == fresh)
             continue;
-        if (c->state == CONN_READING)
+        if (c->state == CONN_READING && !reading)
             reading = c;
-        else if (c->state == CONN_LINGER)
+        else if (c->state == CONN_LINGER && !linger)
             linger = c;
     }
     return reading ? reading : linger;
@@ -382,10 +379,7 @@ static void on_connection(uv_stream_t *listener, int status)
     c->timer.data = c;
     c->handles = 2;
     c->state = CONN_READING;
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
+    list_append(&s->conns, &c->link);
     s->nconns++;
     s->live++;
 
@@ -508,6 +502,7 @@ struct server *server_new(uv_loop_t *loop, const char *listen, server_health_cb 
     s->loop = loop;
     s->health = health;
     s->health_arg = arg;
+    list_init(&s->conns);
     s->max_clients = SERVER_DEFAULT_MAX_CLIENTS;
     s->timeout_ms = SERVER_DEFAULT_TIMEOUT_MS;
     s->head_timeout_ms = SERVER_DEFAULT_HEAD_TIMEOUT_MS;
@@ -567,7 +562,8 @@ void server_close(struct server *s, void (*cb)(void *), void *arg)
     s->closing = true;
     s->close_cb = cb;
     s->close_arg = arg;
-    while (s->conns)
-        conn_close(s->conns);
+    struct list_link *l;
+    while ((l = list_first(&s->conns)) != NULL)
+        conn_close(LIST_CONTAINER_OF(l, struct conn, link));
     uv_close((uv_handle_t *)&s->listener, on_listener_closed);
 }

@@ -33,6 +33,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "coingest/list.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/util.h"
@@ -52,7 +53,7 @@ struct segment {
 };
 
 struct spool_rec {
-    struct spool_rec *next, *prev; /* all records */
+    struct list_link link; /* in spool->all */
     struct segment *seg;
     uint64_t off; /* of the header */
     uint64_t seq;
@@ -75,7 +76,7 @@ struct spool {
     int read_fd;
     struct spool_rec **heap;
     size_t heap_n, heap_cap;
-    struct spool_rec all; /* list head */
+    struct list_link all; /* every record (struct spool_rec) */
     struct spool_stats st;
 };
 
@@ -283,10 +284,7 @@ static struct spool_rec *rec_new(struct spool *sp, struct segment *seg, uint64_t
         free(r);
         return NULL;
     }
-    r->next = sp->all.next;
-    r->prev = &sp->all;
-    sp->all.next->prev = r;
-    sp->all.next = r;
+    list_append(&sp->all, &r->link);
     seg->live++;
     sp->st.records++;
     sp->st.rows += nrows;
@@ -300,8 +298,7 @@ static void rec_drop(struct spool *sp, struct spool_rec *r)
 {
     if (r->heap_idx != SIZE_MAX)
         heap_remove(sp, r);
-    r->prev->next = r->next;
-    r->next->prev = r->prev;
+    list_remove(&r->link);
     struct segment *seg = r->seg;
     seg->live--;
     sp->st.records--;
@@ -533,7 +530,7 @@ int spool_open(const char *dir, uint64_t segment_bytes, struct spool **out)
     if (!sp)
         return -ENOMEM;
     sp->dirfd = sp->lockfd = sp->active_fd = sp->read_fd = -1;
-    sp->all.next = sp->all.prev = &sp->all;
+    list_init(&sp->all);
     sp->seg_max = segment_bytes ? segment_bytes : SPOOL_SEGMENT_BYTES_DEFAULT;
     sp->next_seg_id = 1;
     sp->dir = strdup(dir);
@@ -573,11 +570,10 @@ void spool_close(struct spool *sp)
 {
     if (!sp)
         return;
-    while (sp->all.next != &sp->all) {
-        struct spool_rec *r = sp->all.next;
-        r->prev->next = r->next;
-        r->next->prev = r->prev;
-        free(r);
+    struct list_link *l;
+    while ((l = list_first(&sp->all)) != NULL) {
+        list_remove(l);
+        free(LIST_CONTAINER_OF(l, struct spool_rec, link));
     }
     while (sp->segs) {
         struct segment *s = sp->segs;

@@ -28,6 +28,8 @@
 
 #include <stdlib.h>
 
+#include "coingest/list.h"
+
 #define LEVEL_BITS    6
 #define LEVEL_SLOTS   (1 << LEVEL_BITS)
 #define LEVELS        6
@@ -44,47 +46,10 @@ struct wheel {
     bool advancing;
     uint64_t occupied[LEVELS];
     uint64_t overflow_min; /* lower bound of the overflow expiries; UINT64_MAX when empty */
-    /* Circular list sentinels; only next/prev are used. */
-    struct wheel_timer lists[NLISTS];
+    struct list_link lists[NLISTS]; /* of struct wheel_timer, by `link` */
 };
 
-static void list_init(struct wheel_timer *head)
-{
-    head->next = head->prev = head;
-}
-
-static bool list_empty(const struct wheel_timer *head)
-{
-    return head->next == head;
-}
-
-static void list_append(struct wheel_timer *head, struct wheel_timer *tm)
-{
-    tm->prev = head->prev;
-    tm->next = head;
-    head->prev->next = tm;
-    head->prev = tm;
-}
-
-static void list_unlink(struct wheel_timer *tm)
-{
-    tm->prev->next = tm->next;
-    tm->next->prev = tm->prev;
-    tm->next = tm->prev = NULL;
-}
-
-/* Moves every element of `from` (in order) to the empty list `to`. */
-static void list_splice(struct wheel_timer *from, struct wheel_timer *to)
-{
-    list_init(to);
-    if (list_empty(from))
-        return;
-    to->next = from->next;
-    to->prev = from->prev;
-    to->next->prev = to;
-    to->prev->next = to;
-    list_init(from);
-}
+#define WHEEL_TIMER_OF(l) LIST_CONTAINER_OF(l, struct wheel_timer, link)
 
 static unsigned highest_bit(uint64_t x)
 {
@@ -119,7 +84,7 @@ static void place(struct wheel *w, struct wheel_timer *tm, bool cascading)
             idx = (int)(level * LEVEL_SLOTS + slot);
         }
     }
-    list_append(&w->lists[idx], tm);
+    list_append(&w->lists[idx], &tm->link);
     tm->slot = idx;
 }
 
@@ -142,7 +107,7 @@ void wheel_free(struct wheel *w)
 
 void wheel_timer_init(struct wheel_timer *tm, wheel_cb cb, void *arg)
 {
-    tm->next = tm->prev = NULL;
+    list_init(&tm->link);
     tm->expires = 0;
     tm->cb = cb;
     tm->arg = arg;
@@ -159,7 +124,7 @@ void wheel_cancel(struct wheel *w, struct wheel_timer *tm)
     if (tm->slot < 0)
         return;
     int idx = tm->slot;
-    list_unlink(tm);
+    list_remove(&tm->link);
     tm->slot = -1;
     w->count--;
     /* The bit mirrors "list not empty"; re-deriving it here is right in every state, also
@@ -204,15 +169,16 @@ static uint64_t level_event(const struct wheel *w, int l)
 
 /* Fires, in order, every timer of the list `from` (spliced out first, so callbacks that add
  * timers never extend the batch being fired). */
-static size_t fire_list(struct wheel *w, struct wheel_timer *from)
+static size_t fire_list(struct wheel *w, struct list_link *from)
 {
-    struct wheel_timer batch;
+    struct list_link batch, *l;
     size_t n = 0;
 
+    list_init(&batch);
     list_splice(from, &batch);
-    while (!list_empty(&batch)) {
-        struct wheel_timer *tm = batch.next;
-        list_unlink(tm);
+    while ((l = list_first(&batch)) != NULL) {
+        struct wheel_timer *tm = WHEEL_TIMER_OF(l);
+        list_remove(l);
         tm->slot = -1;
         w->count--;
         n++;
@@ -222,15 +188,15 @@ static size_t fire_list(struct wheel *w, struct wheel_timer *from)
 }
 
 /* Re-places every timer of the list `from` against the wheel's (new) time, keeping order. */
-static void cascade_list(struct wheel *w, struct wheel_timer *from)
+static void cascade_list(struct wheel *w, struct list_link *from)
 {
-    struct wheel_timer batch;
+    struct list_link batch, *l;
 
+    list_init(&batch);
     list_splice(from, &batch);
-    while (!list_empty(&batch)) {
-        struct wheel_timer *tm = batch.next;
-        list_unlink(tm);
-        place(w, tm, true);
+    while ((l = list_first(&batch)) != NULL) {
+        list_remove(l);
+        place(w, WHEEL_TIMER_OF(l), true);
     }
 }
 
@@ -276,13 +242,15 @@ size_t wheel_advance(struct wheel *w, uint64_t now)
 }
 
 /* The earliest expiry in a list when it is short enough to scan, else `fallback`. */
-static uint64_t scan_min(const struct wheel_timer *head, uint64_t fallback)
+static uint64_t scan_min(const struct list_link *head, uint64_t fallback)
 {
     uint64_t min = UINT64_MAX;
     int n = 0;
-    for (const struct wheel_timer *tm = head->next; tm != head; tm = tm->next) {
+    const struct list_link *l;
+    LIST_FOR_EACH (l, head) {
         if (++n > NEXT_DUE_SCAN)
             return fallback;
+        const struct wheel_timer *tm = WHEEL_TIMER_OF(l);
         if (tm->expires < min)
             min = tm->expires;
     }

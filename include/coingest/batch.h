@@ -47,9 +47,138 @@ enum batch_spec_id {
     BATCH_CATEGORIES = 5,
     BATCH_ASSET_CATEGORIES = 6,
     BATCH_JOB_RUNS = 7,
-    BATCH_ASSETS_DELIST = 8, /* statement: (listed_before, now) marks assets not listed since */
+    /* statement (delisted_at, listed_before): assets last listed before listed_before are
+     * marked delisted */
+    BATCH_ASSETS_DELIST = 8,
     BATCH_SPEC_COUNT
 };
+
+/*
+ * The columns of each spec, in value order: the one place they are listed. Each
+ * BATCH_<SPEC>_COLUMNS(X) expands X(constant, "column") per column; batch.c builds the specs'
+ * name arrays from them, and the enums below give each column a constant (its index) and each
+ * spec its count, BATCH_<SPEC>_NCOLS. Code that fills a spec it knows at compile time uses the
+ * constants (batch_set_int(b, row, BATCH_JOB_RUNS_COL_DURATION_MS, ms)); code driven by a table
+ * of names uses batch_spec_col. Never a bare number: reordering a list here must not silently
+ * move values between columns.
+ */
+#define BATCH_COL_ENUM(constant, name) constant,
+#define BATCH_COL_NAME(constant, name) name,
+
+/* BATCH_ASSETS_LIST: the assets table, as an asset list fills it. */
+#define BATCH_ASSETS_LIST_COLUMNS(X)                                                               \
+    X(BATCH_ASSETS_LIST_COL_ID, "id")                                                              \
+    X(BATCH_ASSETS_LIST_COL_SYMBOL, "symbol")                                                      \
+    X(BATCH_ASSETS_LIST_COL_NAME, "name")                                                          \
+    X(BATCH_ASSETS_LIST_COL_PLATFORMS, "platforms")                                                \
+    X(BATCH_ASSETS_LIST_COL_LISTED_AT, "listed_at")                                                \
+    X(BATCH_ASSETS_LIST_COL_FIRST_SEEN_AT, "first_seen_at")                                        \
+    X(BATCH_ASSETS_LIST_COL_UPDATED_AT, "updated_at")
+enum { BATCH_ASSETS_LIST_COLUMNS(BATCH_COL_ENUM) BATCH_ASSETS_LIST_NCOLS };
+
+/* BATCH_ASSETS_MARKET: the assets table, as a market page fills it. */
+#define BATCH_ASSETS_MARKET_COLUMNS(X)                                                             \
+    X(BATCH_ASSETS_MARKET_COL_ID, "id")                                                            \
+    X(BATCH_ASSETS_MARKET_COL_SYMBOL, "symbol")                                                    \
+    X(BATCH_ASSETS_MARKET_COL_NAME, "name")                                                        \
+    X(BATCH_ASSETS_MARKET_COL_MARKET_CAP_RANK, "market_cap_rank")                                  \
+    X(BATCH_ASSETS_MARKET_COL_IMAGE_URL, "image_url")                                              \
+    X(BATCH_ASSETS_MARKET_COL_FIRST_SEEN_AT, "first_seen_at")                                      \
+    X(BATCH_ASSETS_MARKET_COL_UPDATED_AT, "updated_at")
+enum { BATCH_ASSETS_MARKET_COLUMNS(BATCH_COL_ENUM) BATCH_ASSETS_MARKET_NCOLS };
+
+/* BATCH_PRICES: the prices table. */
+#define BATCH_PRICES_COLUMNS(X)                                                                    \
+    X(BATCH_PRICES_COL_ASSET_ID, "asset_id")                                                       \
+    X(BATCH_PRICES_COL_VS_CURRENCY, "vs_currency")                                                 \
+    X(BATCH_PRICES_COL_SOURCE, "source")                                                           \
+    X(BATCH_PRICES_COL_SOURCE_UPDATED_AT, "source_updated_at")                                     \
+    X(BATCH_PRICES_COL_PRICE, "price")                                                             \
+    X(BATCH_PRICES_COL_MARKET_CAP, "market_cap")                                                   \
+    X(BATCH_PRICES_COL_VOLUME_24H, "volume_24h")                                                   \
+    X(BATCH_PRICES_COL_CHANGE_24H_PCT, "change_24h_pct")                                           \
+    X(BATCH_PRICES_COL_FETCHED_AT, "fetched_at")
+enum { BATCH_PRICES_COLUMNS(BATCH_COL_ENUM) BATCH_PRICES_NCOLS };
+
+/* BATCH_MARKET_SNAPSHOTS: the market_snapshots table. */
+#define BATCH_MARKET_SNAPSHOTS_COLUMNS(X)                                                          \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ASSET_ID, "asset_id")                                             \
+    X(BATCH_MARKET_SNAPSHOTS_COL_VS_CURRENCY, "vs_currency")                                       \
+    X(BATCH_MARKET_SNAPSHOTS_COL_SOURCE, "source")                                                 \
+    X(BATCH_MARKET_SNAPSHOTS_COL_SNAPSHOT_AT, "snapshot_at")                                       \
+    X(BATCH_MARKET_SNAPSHOTS_COL_MARKET_CAP_RANK, "market_cap_rank")                               \
+    X(BATCH_MARKET_SNAPSHOTS_COL_PRICE, "price")                                                   \
+    X(BATCH_MARKET_SNAPSHOTS_COL_MARKET_CAP, "market_cap")                                         \
+    X(BATCH_MARKET_SNAPSHOTS_COL_FULLY_DILUTED_VALUATION, "fully_diluted_valuation")               \
+    X(BATCH_MARKET_SNAPSHOTS_COL_TOTAL_VOLUME, "total_volume")                                     \
+    X(BATCH_MARKET_SNAPSHOTS_COL_HIGH_24H, "high_24h")                                             \
+    X(BATCH_MARKET_SNAPSHOTS_COL_LOW_24H, "low_24h")                                               \
+    X(BATCH_MARKET_SNAPSHOTS_COL_PRICE_CHANGE_24H, "price_change_24h")                             \
+    X(BATCH_MARKET_SNAPSHOTS_COL_PRICE_CHANGE_PCT_24H, "price_change_pct_24h")                     \
+    X(BATCH_MARKET_SNAPSHOTS_COL_MARKET_CAP_CHANGE_24H, "market_cap_change_24h")                   \
+    X(BATCH_MARKET_SNAPSHOTS_COL_MARKET_CAP_CHANGE_PCT_24H, "market_cap_change_pct_24h")           \
+    X(BATCH_MARKET_SNAPSHOTS_COL_CIRCULATING_SUPPLY, "circulating_supply")                         \
+    X(BATCH_MARKET_SNAPSHOTS_COL_TOTAL_SUPPLY, "total_supply")                                     \
+    X(BATCH_MARKET_SNAPSHOTS_COL_MAX_SUPPLY, "max_supply")                                         \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ATH, "ath")                                                       \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ATH_CHANGE_PCT, "ath_change_pct")                                 \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ATH_DATE, "ath_date")                                             \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ATL, "atl")                                                       \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ATL_CHANGE_PCT, "atl_change_pct")                                 \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ATL_DATE, "atl_date")                                             \
+    X(BATCH_MARKET_SNAPSHOTS_COL_ROI, "roi")                                                       \
+    X(BATCH_MARKET_SNAPSHOTS_COL_FETCHED_AT, "fetched_at")
+enum { BATCH_MARKET_SNAPSHOTS_COLUMNS(BATCH_COL_ENUM) BATCH_MARKET_SNAPSHOTS_NCOLS };
+
+/* BATCH_GLOBAL_SNAPSHOTS: the global_snapshots table. */
+#define BATCH_GLOBAL_SNAPSHOTS_COLUMNS(X)                                                          \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_SOURCE, "source")                                                 \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_SNAPSHOT_AT, "snapshot_at")                                       \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_ACTIVE_CRYPTOCURRENCIES, "active_cryptocurrencies")               \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_MARKETS, "markets")                                               \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_TOTAL_MARKET_CAP_USD, "total_market_cap_usd")                     \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_TOTAL_VOLUME_USD, "total_volume_usd")                             \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_BTC_DOMINANCE, "btc_dominance")                                   \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_ETH_DOMINANCE, "eth_dominance")                                   \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_MARKET_CAP_CHANGE_PCT_24H_USD, "market_cap_change_pct_24h_usd")   \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_TOTAL_MARKET_CAP, "total_market_cap")                             \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_TOTAL_VOLUME, "total_volume")                                     \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_MARKET_CAP_PERCENTAGE, "market_cap_percentage")                   \
+    X(BATCH_GLOBAL_SNAPSHOTS_COL_FETCHED_AT, "fetched_at")
+enum { BATCH_GLOBAL_SNAPSHOTS_COLUMNS(BATCH_COL_ENUM) BATCH_GLOBAL_SNAPSHOTS_NCOLS };
+
+/* BATCH_CATEGORIES: the categories table. */
+#define BATCH_CATEGORIES_COLUMNS(X)                                                                \
+    X(BATCH_CATEGORIES_COL_ID, "id")                                                               \
+    X(BATCH_CATEGORIES_COL_NAME, "name")                                                           \
+    X(BATCH_CATEGORIES_COL_UPDATED_AT, "updated_at")
+enum { BATCH_CATEGORIES_COLUMNS(BATCH_COL_ENUM) BATCH_CATEGORIES_NCOLS };
+
+/* BATCH_ASSET_CATEGORIES: the asset_categories table. */
+#define BATCH_ASSET_CATEGORIES_COLUMNS(X)                                                          \
+    X(BATCH_ASSET_CATEGORIES_COL_CATEGORY_ID, "category_id")                                       \
+    X(BATCH_ASSET_CATEGORIES_COL_ASSET_ID, "asset_id")                                             \
+    X(BATCH_ASSET_CATEGORIES_COL_FIRST_SEEN_AT, "first_seen_at")                                   \
+    X(BATCH_ASSET_CATEGORIES_COL_LAST_SEEN_AT, "last_seen_at")
+enum { BATCH_ASSET_CATEGORIES_COLUMNS(BATCH_COL_ENUM) BATCH_ASSET_CATEGORIES_NCOLS };
+
+/* BATCH_JOB_RUNS: the job_runs table. */
+#define BATCH_JOB_RUNS_COLUMNS(X)                                                                  \
+    X(BATCH_JOB_RUNS_COL_JOB, "job")                                                               \
+    X(BATCH_JOB_RUNS_COL_STARTED_AT, "started_at")                                                 \
+    X(BATCH_JOB_RUNS_COL_FINISHED_AT, "finished_at")                                               \
+    X(BATCH_JOB_RUNS_COL_STATUS, "status")                                                         \
+    X(BATCH_JOB_RUNS_COL_REQUESTS, "requests")                                                     \
+    X(BATCH_JOB_RUNS_COL_ROWS_WRITTEN, "rows_written")                                             \
+    X(BATCH_JOB_RUNS_COL_DURATION_MS, "duration_ms")                                               \
+    X(BATCH_JOB_RUNS_COL_ERROR, "error")
+enum { BATCH_JOB_RUNS_COLUMNS(BATCH_COL_ENUM) BATCH_JOB_RUNS_NCOLS };
+
+/* BATCH_ASSETS_DELIST: the delist statement's parameters, in order. */
+#define BATCH_ASSETS_DELIST_COLUMNS(X)                                                             \
+    X(BATCH_ASSETS_DELIST_COL_DELISTED_AT, "delisted_at")                                          \
+    X(BATCH_ASSETS_DELIST_COL_LISTED_BEFORE, "listed_before")
+enum { BATCH_ASSETS_DELIST_COLUMNS(BATCH_COL_ENUM) BATCH_ASSETS_DELIST_NCOLS };
 
 enum batch_kind { BATCH_KIND_UPSERT = 0, BATCH_KIND_STATEMENT = 1 };
 
@@ -95,12 +224,20 @@ int batch_add_row(struct batch *b);
 /* Removes the last row (a parser that gives up on a row halfway). */
 void batch_drop_last(struct batch *b);
 
-/* Setters for row `row`, column `col`. Strings are copied. Return 0 or -ENOMEM. */
+/* Setters for row `row` (< nrows), column `col` (< spec->ncols; look it up by name with
+ * batch_spec_col, never by a bare number). A row starts out all NULL. */
+
+/* Stores NULL. Cannot fail. */
 void batch_set_null(struct batch *b, uint32_t row, uint16_t col);
+/* Stores a VAL_INT. Cannot fail. */
 void batch_set_int(struct batch *b, uint32_t row, uint16_t col, int64_t v);
-/* NaN and +-Inf are stored as NULL and return 1 (so parsers can count them). */
+/* Stores a VAL_DBL and returns 0; NaN and +-Inf are stored as NULL and return 1 (so parsers
+ * can count them). Cannot fail otherwise. */
 int batch_set_dbl(struct batch *b, uint32_t row, uint16_t col, double v);
+/* Stores a VAL_TIME (ms since the epoch). Cannot fail. */
 void batch_set_time(struct batch *b, uint32_t row, uint16_t col, int64_t wall_ms);
+/* Copies s[0..len) into the batch's arena as a VAL_STR / VAL_JSON value. 0, -ENOMEM or
+ * -EINVAL (len above UINT32_MAX); on error the cell keeps its previous value. */
 int batch_set_str(struct batch *b, uint32_t row, uint16_t col, const char *s, size_t len);
 int batch_set_json(struct batch *b, uint32_t row, uint16_t col, const char *s, size_t len);
 

@@ -15,13 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "coingest/list.h"
+
 struct wheel_timer;
 typedef void (*wheel_cb)(struct wheel_timer *tm, void *arg);
 
 /* Intrusive timer: embed it, initialise it with wheel_timer_init, and keep it alive while
  * pending. Fields are private to the wheel. */
 struct wheel_timer {
-    struct wheel_timer *next, *prev;
+    struct list_link link;
     uint64_t expires;
     wheel_cb cb;
     void *arg;

@@ -2,7 +2,8 @@
  * coingecko: parsers that turn complete CoinGecko response bodies into typed rows.
  *
  * One function per endpoint. Each takes the whole body (as the fetch engine hands it to its
- * parse callback), parses it with jansson, and appends rows to batches the caller owns
+ * parse callback), parses it with jansson (through include/coingest/jrows.h, the JSON -> rows
+ * library every source shares), and appends rows to batches the caller owns
  * (include/coingest/batch.h; the columns are those of sql/001_initial.sql). docs/parsing.md
  * lists, endpoint by endpoint, which JSON field fills which column.
  *
@@ -13,9 +14,10 @@
  *   counted in `overflow_numbers`, it does not fail the body.
  * - Strings are stored byte-exact after JSON unescaping (\u escapes and surrogate pairs become
  *   UTF-8); empty strings stay empty strings, ids with spaces stay as they are.
- * - `null` or a missing key gives a NULL column. A field of the wrong JSON type (a string where
- *   a number belongs, a non-integral rank, a time that does not parse) gives a NULL column and
- *   is counted; the row and the rest of the body are kept.
+ * - `null` or a missing key gives a NULL column (a missing key is counted in missing_fields).
+ *   A field of the wrong JSON type (a string where a number belongs, a non-integral rank, a
+ *   time that does not parse) gives a NULL column and is counted; the row and the rest of the
+ *   body are kept.
  * - An element without a usable id (not an object, id missing, not a string, empty, or holding
  *   a NUL byte) is skipped and counted in `skipped`.
  * - A body that is not JSON, or whose top level is not the endpoint's shape (an object where
@@ -61,6 +63,8 @@ struct coingecko_stats {
     uint64_t missing_coins;        /* simple/price: requested ids absent, or answered {} */
     uint64_t missing_currencies;   /* simple/price: (coin, currency) pairs without a price key */
     uint64_t overflow_numbers;     /* numbers beyond the range of a double, stored NULL */
+    uint64_t missing_fields;       /* mapped keys absent from an element (not null), stored NULL;
+                                      information, not an error */
 };
 
 /*
