@@ -182,6 +182,7 @@ struct fetch_req {
     struct curl_slist *headers;
     char *body; /* NUL-terminated */
     size_t len, cap, max_body;
+    size_t body_limit; /* the caller's limit for this request (0: none), below max_body_bytes */
     bool too_large, oom;
     size_t header_bytes;   /* of the response being received */
     bool in_headers;       /* a status line came, the blank line after the headers did not */
@@ -697,6 +698,8 @@ static void req_send(struct fetch_req *r, uint64_t now)
     if (hrc != 0)
         goto oom_url;
     r->max_body = c->max_body_bytes > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)c->max_body_bytes;
+    if (r->body_limit && r->body_limit < r->max_body)
+        r->max_body = r->body_limit; /* what this endpoint's body can be */
     CURLcode rc = setup_easy(r, url);
     free(url);
     if (rc != CURLE_OK) {
@@ -1052,6 +1055,15 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
                 req_finish(r, FETCH_CANCELLED, "cancelled");
                 return;
             }
+            if (prc == -E2BIG) {
+                /* The body's shape would take too much memory: no retry brings a better one
+                 * sooner than the next run. */
+                snprintf(msg, sizeof(msg), "parse: %s", perr[0] ? perr : "too large to parse");
+                log_warn("response refused: too large to parse", LOG_S("api", a->cfg.name),
+                         LOG_S("path", r->path), LOG_U("bytes", r->len));
+                req_finish(r, FETCH_TOO_LARGE, msg);
+                return;
+            }
             if (prc < 0) {
                 snprintf(msg, sizeof(msg), "parse: %s", perr[0] ? perr : "rejected");
                 req_retry(r, "parse", FETCH_BAD_BODY, msg, 0, false);
@@ -1261,6 +1273,12 @@ void api_free(struct api *a)
 struct fetch_req *api_get(struct api *a, const char *path_query, int prio, fetch_parse_cb parse,
                           fetch_done_cb done, void *arg)
 {
+    return api_get_limited(a, path_query, prio, 0, parse, done, arg);
+}
+
+struct fetch_req *api_get_limited(struct api *a, const char *path_query, int prio, size_t max_body,
+                                  fetch_parse_cb parse, fetch_done_cb done, void *arg)
+{
     if (!a || !path_query || !done || a->closing || a->f->closing)
         return NULL;
     struct fetcher *f = a->f;
@@ -1278,6 +1296,7 @@ struct fetch_req *api_get(struct api *a, const char *path_query, int prio, fetch
     r->parse = parse;
     r->done = done;
     r->arg = arg;
+    r->body_limit = max_body;
     r->start_ns = uv_hrtime();
     wheel_timer_init(&r->timer, on_req_timer, r);
     list_append(&a->reqs, &r->link);

@@ -18,6 +18,15 @@
  * drops the rows added since. Ids for the caller's list are kept as pointers into the
  * document and copied out only after every row is in (one realloc of the list).
  *
+ * Memory. What a body becomes in memory depends on its shape, not only its size: the real
+ * coin list takes about 6 bytes of jansson allocations per byte of text and a markets page
+ * about 5, but `[{},{},...]` takes 72. While jrows_load parses, every allocation jansson makes
+ * is counted against a budget of JROWS_MEM_FACTOR bytes per byte of body plus JROWS_MEM_SLACK
+ * (jansson's allocator is set once, process-wide, to a counting malloc that only counts on a
+ * thread inside jrows_load); past it the allocation fails, the parse stops, and the body is
+ * refused as too large (-E2BIG) instead of taking gigabytes. Allocations are counted gross
+ * (frees are not subtracted), which errs on the side of refusing.
+ *
  * JSON text. Columns holding JSON are written by a small serializer rather than json_dumps:
  * jansson prints doubles with %.17g (0.1 -> 0.10000000000000001, 1 -> 1.0), while we print the
  * shortest text that reads back as the same double, and whole numbers below 2^53 without a
@@ -27,12 +36,58 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define LOAD_FLAGS (JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL)
+
+/* --- the parse's memory budget ------------------------------------------------------------- */
+
+static _Thread_local bool budget_on;
+static _Thread_local size_t budget_left;
+static _Thread_local bool budget_hit;
+
+static void *counting_malloc(size_t n)
+{
+    if (budget_on) {
+        if (n > budget_left) {
+            budget_hit = true;
+            return NULL;
+        }
+        budget_left -= n;
+    }
+    return malloc(n);
+}
+
+static void install_allocator(void)
+{
+    /* free() stays free(): blocks jansson allocated before this point free the same way. */
+    json_set_alloc_funcs(counting_malloc, free);
+}
+
+static pthread_once_t allocator_once = PTHREAD_ONCE_INIT;
+
+size_t jrows_mem_budget(size_t len)
+{
+    if (len > (SIZE_MAX - JROWS_MEM_SLACK) / JROWS_MEM_FACTOR)
+        return SIZE_MAX;
+    return len * JROWS_MEM_FACTOR + JROWS_MEM_SLACK;
+}
+
+static json_t *load_budgeted(const char *body, size_t len, json_error_t *je)
+{
+    pthread_once(&allocator_once, install_allocator);
+    budget_left = jrows_mem_budget(len);
+    budget_hit = false;
+    budget_on = true;
+    json_t *root = json_loadb(body, len, LOAD_FLAGS, je);
+    budget_on = false;
+    return root;
+}
 
 /* Times must fit DATETIME(3): from the epoch to the end of year 9999. */
 #define MAX_WALL_MS 253402300800000LL
@@ -233,8 +288,8 @@ int jrows_load(struct jrows *j, const char *body, size_t len, json_t **root)
     char *copy = NULL;
     unsigned n = 0;
     memset(&je, 0, sizeof(je)); /* jansson does not always set the error code */
-    *root = json_loadb(body, len, LOAD_FLAGS, &je);
-    while (!*root && json_error_code(&je) == json_error_numeric_overflow &&
+    *root = load_budgeted(body, len, &je);
+    while (!*root && !budget_hit && json_error_code(&je) == json_error_numeric_overflow &&
            n < JROWS_MAX_OVERFLOWS) {
         if (!copy) {
             copy = malloc(len);
@@ -246,9 +301,16 @@ int jrows_load(struct jrows *j, const char *body, size_t len, json_t **root)
             break;
         n++;
         memset(&je, 0, sizeof(je));
-        *root = json_loadb(copy, len, LOAD_FLAGS, &je);
+        *root = load_budgeted(copy, len, &je);
     }
     free(copy);
+    if (!*root && budget_hit) {
+        jrows_error(j,
+                    "body of %zu bytes would take more than %zu MiB to parse (the shape of "
+                    "its data, not its size; refused)",
+                    len, jrows_mem_budget(len) >> 20);
+        return -E2BIG;
+    }
     if (!*root) {
         /* jansson leaves the error text empty when an allocation fails inside the parser. */
         if (json_error_code(&je) == json_error_out_of_memory || je.text[0] == '\0')

@@ -361,12 +361,19 @@ static void on_done(const struct fetch_result *res, void *arg)
 
 int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_done_cb done)
 {
+    return run_get_limited(r, path_query, 0, parse, done);
+}
+
+int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
+                    fetch_done_cb done)
+{
     struct api *api = r->rn->apis[r->rn->cfg->jobs[r->job].source];
     r->parse = parse;
     r->req_done = done;
     /* Long id lists make long paths: the error message keeps their beginning. */
     snprintf(r->path, sizeof(r->path), "%.100s", path_query);
-    r->req = api_get(api, path_query, r->def->priority, parse ? on_parse : NULL, on_done, r);
+    r->req = api_get_limited(api, path_query, r->def->priority, max_body, parse ? on_parse : NULL,
+                             on_done, r);
     return r->req ? 0 : -ENOMEM;
 }
 

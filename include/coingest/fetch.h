@@ -42,7 +42,8 @@ enum fetch_outcome {
                             a key that cannot be a header value (nothing sent) */
     FETCH_NETWORK_ERROR, /* connection/timeout/truncation/oversized headers, retries exhausted */
     FETCH_BAD_BODY,      /* 2xx whose body was not JSON or failed to parse, retries exhausted */
-    FETCH_TOO_LARGE,     /* body exceeded max_body_bytes */
+    FETCH_TOO_LARGE,     /* body exceeded max_body_bytes or the request's limit, or its parse
+                            would take too much memory */
     FETCH_CANCELLED      /* fetch_cancel / api_cancel_all / fetcher shutdown */
 };
 
@@ -60,7 +61,8 @@ struct fetch_result {
 };
 
 /* Called on a 2xx JSON-looking body before it counts as success. Returns 0 to accept, or a
- * negative value to reject (the request is retried like a bad body); writes why into err.
+ * negative value to reject (the request is retried like a bad body; -E2BIG: the body is too
+ * large to parse and the request ends with FETCH_TOO_LARGE, no retry); writes why into err.
  * It must have no lasting effect when it rejects (parse into a temporary, keep on accept). */
 typedef int (*fetch_parse_cb)(const char *body, size_t len, void *arg, char *err, size_t errlen);
 typedef void (*fetch_done_cb)(const struct fetch_result *res, void *arg);
@@ -86,6 +88,12 @@ void api_free(struct api *a);
  * The request is freed by the engine after `done` returns. */
 struct fetch_req *api_get(struct api *a, const char *path_query, int prio, fetch_parse_cb parse,
                           fetch_done_cb done, void *arg);
+
+/* As api_get, with a limit on this request's body (0: none) below the API's max_body_size:
+ * a source knows how large each endpoint's answer can be, and a larger one is refused
+ * (FETCH_TOO_LARGE) before it is parsed. */
+struct fetch_req *api_get_limited(struct api *a, const char *path_query, int prio, size_t max_body,
+                                  fetch_parse_cb parse, fetch_done_cb done, void *arg);
 
 /* Cancels a request still in flight or waiting; its done callback runs (FETCH_CANCELLED)
  * before this returns. */

@@ -125,8 +125,15 @@ void jrows_begin(struct jrows *j, const char *what, struct strlist *ids, jrows_m
 int jrows_out(struct jrows *j, struct batch *b, enum batch_spec_id id, const char *const *fixed,
               size_t nfixed, const struct jrows_field *fields, size_t nfields, uint16_t *cols);
 
+/* The memory a parse may allocate: JROWS_MEM_FACTOR bytes per byte of body plus
+ * JROWS_MEM_SLACK. Real bodies take 3-10 per byte; `[{},{},...]` takes 72. */
+#define JROWS_MEM_FACTOR 16u
+#define JROWS_MEM_SLACK  (4u << 20)
+size_t jrows_mem_budget(size_t len);
+
 /* Parses a whole body into *root (the caller json_decref's it). Counts overflow_numbers.
- * 0, -EBADMSG (not JSON; message set) or -ENOMEM. */
+ * 0, -EBADMSG (not JSON; message set), -E2BIG (its parse would allocate more than
+ * jrows_mem_budget(len); message set: the body is refused, not retried) or -ENOMEM. */
 int jrows_load(struct jrows *j, const char *body, size_t len, json_t **root);
 
 /* Calls `elem` for each element of an array. */

@@ -156,6 +156,11 @@ bool run_cancelled(const struct run *r);
  * Returns 0 or -ENOMEM (no callback). */
 int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_done_cb done);
 
+/* As run_get, with a limit on the body's size (0: only the source's max_body_size): what the
+ * endpoint's answer can be, so a hostile or broken answer is refused before it is parsed. */
+int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
+                    fetch_done_cb done);
+
 /* Hands a batch to the store (which takes it); an empty batch is just freed. Counts the rows.
  * Returns 0, or -errno after recording an error when the store refused the rows. */
 int run_emit(struct run *r, struct batch *b);

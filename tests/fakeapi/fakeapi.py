@@ -886,7 +886,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send(status, body, headers=extra, truncate=True)
         elif kind == "big":
             n = int(f.get("bytes", 1 << 20))
-            body = b"[" + b"0," * max(0, (n - 3) // 2) + b"0" + b"]"
+            elem = str(f.get("element", "0")).encode()
+            body = b"[" + (elem + b",") * max(0, (n - 2 - len(elem)) // (len(elem) + 1)) + elem + b"]"
             body = body + b" " * max(0, n - len(body))
             if f.get("chunked"):
                 app.record(entry, 200, len(body))

@@ -385,6 +385,27 @@ static void on_done(const struct fetch_result *res, void *arg)
     advance(r);
 }
 
+/* How large each endpoint's answer can be. The real coin list with platforms is 2.3 MB
+ * (2024), a 250-row markets page 250 KB, a /simple/price answer for ~600 ids in a dozen
+ * currencies under 1 MB, /global 4 KB, the category list 6 KB; each limit leaves room to grow.
+ * A larger body is refused unparsed, and jrows bounds what a body may take to parse. */
+#define MIB (1024u * 1024u)
+static size_t body_limit(const struct cg_run *r)
+{
+    switch (r->step) {
+    case ST_RESOLVE_LIST:
+    case ST_ASSETS_LIST:
+        return 8 * MIB;
+    case ST_PRICES:
+        return 8 * MIB;
+    case ST_GLOBAL:
+    case ST_ASSETS_CATEGORIES:
+        return 1 * MIB;
+    default: /* /coins/markets pages */
+        return 4 * MIB;
+    }
+}
+
 /* Sends r->path with fresh batches of the given specs (-1: none). */
 static int send_request(struct cg_run *r, int b0, int b1, int b2)
 {
@@ -397,7 +418,7 @@ static int send_request(struct cg_run *r, int b0, int b1, int b2)
     r->got_ncoins = 0;
     r->sent = false;
     r->last_ok = false;
-    return run_get(r->run, r->path, parse_body, on_done);
+    return run_get_limited(r->run, r->path, body_limit(r), parse_body, on_done);
 }
 
 /* Enters a step with fresh pagination state. */
