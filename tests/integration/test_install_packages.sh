@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2015 # ok and fail always succeed: "test && ok || fail" is an if-else
 # scripts/install-packages (used by scripts/quickstart and scripts/test; issue 18, finding 9):
 # installing mariadb-server must not leave a system MariaDB running or enabled. With stub
 # dpkg-query, apt-get, sudo and systemctl first on PATH (nothing is installed), it checks that
@@ -31,8 +32,8 @@ case "$1" in update) exit 0 ;; esac
 if [ -x "$POLICY" ]; then "$POLICY" mariadb start; echo "policy-rc.d says $?" >>"$LOG"; else echo "no policy-rc.d" >>"$LOG"; fi
 exit 0
 STUB
-printf '#!/bin/sh\nexec "$@"\n' >"$tmp/bin/sudo"
-printf '#!/bin/sh\necho "systemctl $*" >>"$LOG"\n' >"$tmp/bin/systemctl"
+# shellcheck disable=SC2016 # literal $@, $* and $LOG for the stubs
+{ printf '#!/bin/sh\nexec "$@"\n' >"$tmp/bin/sudo"; printf '#!/bin/sh\necho "systemctl $*" >>"$LOG"\n' >"$tmp/bin/systemctl"; }
 chmod +x "$tmp/bin/"*
 export LOG=$tmp/log POLICY=$tmp/policy-rc.d PATH="$tmp/bin:$PATH"
 export INSTALL_PACKAGES_POLICY_RC_D=$POLICY INSTALL_PACKAGES_SYSTEMD_DIR=$tmp/systemd

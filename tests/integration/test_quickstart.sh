@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2015 # ok and fail always succeed: "test && ok || fail" is an if-else
 # scripts/quickstart as a newcomer runs it (issue 18, findings 4, 6 and 9), with the built
 # daemon (QUICKSTART_COINGESTD: no build) and its ./var in a temp dir (QUICKSTART_VAR):
 #   --help            lists --once and --stop, and no line of the script itself
