@@ -6,8 +6,10 @@
  * our own line reader. Debian's libinih is built without INI_HANDLER_LINENO, so the handler is
  * never told which line it is on; the reader counts lines instead (inih asks for exactly one line
  * before each handler call, so the reader's count is the handler's line). The reader also makes
- * the parse independent of how inih was built: it removes comments itself (a ';' at the start of
- * a line or after whitespace, '#' at the start of a line), strips a UTF-8 BOM, rejects lines
+ * the parse independent of how inih was built: it removes comments itself (a ';' or '#' at the
+ * start of a line or after whitespace), unquotes a value written in double quotes (inside them
+ * ';' and '#' are literal; the value reaches the handler through p->qval, because inih would
+ * otherwise cut it at an inline comment and trim its blanks), strips a UTF-8 BOM, rejects lines
  * longer than inih's line buffer instead of letting inih split them, and checks each [section]
  * header as it passes, so an unknown or repeated section is reported on its own line even when it
  * holds no keys. Indented lines that hold no '=' are continuation lines; only list keys (ids,
@@ -791,6 +793,8 @@ struct parse {
     bool cont_line;   /* that line is an indented continuation line */
     const char *pend; /* the rest of a long list line, still to be handed over in pieces */
     size_t pend_len;
+    const char *qval; /* the line's value without its quotes, when it was quoted; else NULL */
+    size_t qlen;
     int sec; /* enum section_id, SEC_NONE or SEC_BAD */
 
     int *sec_line;  /* per section: its header's line, 0 when absent */
@@ -1303,6 +1307,30 @@ static char *next_piece(struct parse *p, char *str, int num)
 
 /* inih's fgets-style reader: hands over one cleaned-up physical line per call (see the file
  * comment), so that the handler can use p->line. */
+/* Finds a quoted value in the key line s[lead..len): after the first '=' or ':' (where inih
+ * splits key and value) and any blanks, a '"' opens it and the next '"' closes it. Sets *open
+ * and *close to their offsets (both 0 when the value is not quoted); -EINVAL when the closing
+ * quote is missing. There are no escapes: a value that starts with '"' and holds another one
+ * belongs in a *_file key or the environment. */
+static int quoted_value(const char *s, size_t lead, size_t len, size_t *open, size_t *close)
+{
+    size_t i = lead;
+    while (i < len && s[i] != '=' && s[i] != ':')
+        i++;
+    if (i == len)
+        return 0;
+    for (i++; i < len && (s[i] == ' ' || s[i] == '\t'); i++)
+        ;
+    if (i == len || s[i] != '"')
+        return 0;
+    const char *end = memchr(s + i + 1, '"', len - i - 1);
+    if (!end)
+        return -EINVAL;
+    *open = i;
+    *close = (size_t)(end - s);
+    return 0;
+}
+
 static char *read_line(char *str, int num, void *stream)
 {
     struct parse *p = stream;
@@ -1318,6 +1346,7 @@ static char *read_line(char *str, int num, void *stream)
     p->pos += len + (nl ? 1 : 0);
     p->line++;
     p->cont_line = false;
+    p->qval = NULL;
 
     const char *out = "\n";
     char scratch[80];
@@ -1329,20 +1358,32 @@ static char *read_line(char *str, int num, void *stream)
         s += 3;
         len -= 3;
     }
-    /* Comments: ';' at the start or after whitespace, '#' at the start. */
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == ';' && (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t')) {
+    size_t lead = 0;
+    while (lead < len && isspace((unsigned char)s[lead]))
+        lead++;
+    if (lead == len || s[lead] == '#' || s[lead] == ';')
+        goto done;
+    /* A value that starts with '"' runs to the next '"'; no comment starts inside it. */
+    size_t qopen = 0, qclose = 0;
+    if (s[lead] != '[' && quoted_value(s, lead, len, &qopen, &qclose) != 0) {
+        fail(p, p->line, -1, NULL, -EINVAL, "a value that starts with '\"' needs a closing '\"'");
+        goto done;
+    }
+    /* Comments: ';' or '#' at the start, after whitespace or right after a closing quote. */
+    for (size_t i = qclose ? qclose + 1 : 0; i < len; i++) {
+        if ((s[i] == ';' || s[i] == '#') &&
+            (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t' || (qclose && i == qclose + 1))) {
             len = i;
             break;
         }
     }
     while (len && isspace((unsigned char)s[len - 1]))
         len--;
-    size_t lead = 0;
-    while (lead < len && isspace((unsigned char)s[lead]))
-        lead++;
-    if (lead == len || s[lead] == '#')
+    if (qclose && len != qclose + 1) {
+        fail(p, p->line, -1, NULL, -EINVAL,
+             "only a comment may follow the closing '\"' of a quoted value");
         goto done;
+    }
 
     const char *t = s + lead;
     size_t tlen = len - lead;
@@ -1363,7 +1404,15 @@ static char *read_line(char *str, int num, void *stream)
         fail(p, p->line, -1, NULL, -EINVAL, "line buffer too small");
         goto done;
     }
-    if (tlen > (size_t)num - 2) {
+    if (qclose && tlen <= (size_t)num - 2) {
+        /* inih gets "key = \"" and the handler takes the value from p->qval. */
+        p->qval = s + qopen + 1;
+        p->qlen = qclose - qopen - 1;
+        tlen = qopen + 1 - lead;
+    } else if (tlen > (size_t)num - 2 && qclose) {
+        fail(p, p->line, -1, NULL, -EINVAL, "line is longer than %d characters", num - 2);
+        goto done;
+    } else if (tlen > (size_t)num - 2) {
         /* Only a list can be cut (after a comma); anything else this long is an error. */
         size_t cut = list_cut(t, tlen, (size_t)num - 2);
         if (cut == 0) {
@@ -1390,6 +1439,12 @@ static int on_value(void *user, const char *section, const char *name, const cha
     (void)section; /* the reader tracks sections itself */
     int line = p->line;
     int sec = p->sec;
+    char unquoted[256]; /* a line is at most 198 characters */
+    if (p->qval) {
+        snprintf(unquoted, sizeof(unquoted), "%.*s", (int)p->qlen, p->qval);
+        value = unquoted;
+        p->qval = NULL;
+    }
 
     if (sec == SEC_BAD)
         return 1; /* reported at the header */
@@ -1954,6 +2009,20 @@ static void dump_list(FILE *out, const char *key, const struct strlist *l)
     fputc('\n', out);
 }
 
+/* Whether a string must be written in quotes to read back the same: it has blanks at either
+ * end, starts with '"', or holds what would start a comment. */
+static bool needs_quotes(const char *s)
+{
+    size_t n = strlen(s);
+    if (isspace((unsigned char)s[0]) || isspace((unsigned char)s[n - 1]) || s[0] == '"' ||
+        s[0] == ';' || s[0] == '#')
+        return true;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] == ';' || s[i] == '#') && (s[i - 1] == ' ' || s[i - 1] == '\t'))
+            return true;
+    return false;
+}
+
 static void dump_key(FILE *out, const struct config *cfg, int sec, const struct keydef *k)
 {
     const void *f = cfield(cfg, sec, k);
@@ -1976,7 +2045,8 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
     case K_LISTEN:
     case K_URL: {
         const char *s = *(char *const *)f;
-        fprintf(out, s && *s ? "%s = %s\n" : "%s =\n", k->name, s ? s : "");
+        const char *fmt = !s || !*s ? "%s =\n" : needs_quotes(s) ? "%s = \"%s\"\n" : "%s = %s\n";
+        fprintf(out, fmt, k->name, s ? s : "");
         break;
     }
     case K_SECRET:

@@ -398,10 +398,13 @@ static void format_double(double d, bool json, char *buf, size_t cap)
         snprintf(buf, cap, "%s", json ? "null" : d > 0 ? "+Inf" : "-Inf");
         return;
     }
-    /* The shortest of %.15g and %.17g that reads back as the same double. */
-    snprintf(buf, cap, "%.15g", d);
-    if (strtod(buf, NULL) != d)
-        snprintf(buf, cap, "%.17g", d);
+    /* Six significant digits, as people read a log line (rates, seconds, ratios: 8.98472, not
+     * 8.9847222222222225); a large whole amount keeps all its digits instead of an exponent. */
+    double a = fabs(d);
+    if (a >= 1e6 && a < 1e15)
+        snprintf(buf, cap, "%.0f", d);
+    else
+        snprintf(buf, cap, "%.6g", d);
 }
 
 /* A field's scalar value as text; false for strings. */

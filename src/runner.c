@@ -11,6 +11,7 @@
 #include "coingest/runner.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -458,9 +459,13 @@ bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE 
                         "plan\n",
                         src->name);
         } else {
+            /* Rates to two decimals and monthly counts as whole numbers, as the
+             * --check-config lines above print them. */
             log_info("request budget", LOG_S("source", src->name),
-                     LOG_F("requests_per_min", per_min), LOG_F("rate_limit_per_min", limit),
-                     LOG_F("plan_limit_per_min", plan), LOG_F("requests_per_month", per_month),
+                     LOG_F("requests_per_min", round(per_min * 100) / 100),
+                     LOG_F("rate_limit_per_min", round(limit * 100) / 100),
+                     LOG_F("plan_limit_per_min", round(plan * 100) / 100),
+                     LOG_U("requests_per_month", (uint64_t)llround(per_month)),
                      LOG_U("monthly_credits", src->monthly_credits), LOG_U("universe", n),
                      LOG_B("fits", fits));
             if (!fits)

@@ -18,6 +18,7 @@ rate limited. tests/fakeapi/README.md documents every route, option and control 
 
 import argparse
 import bisect
+import calendar
 import email.utils
 import gzip
 import json
@@ -103,6 +104,11 @@ def iso(ts):
     ms = int(round(ts * 1000))
     t = time.gmtime(ms // 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + ".%03dZ" % (ms % 1000)
+
+
+def iso_seconds(text):
+    """Unix seconds of an ISO time as the API writes it ("2025-02-09T17:44:04.143Z")."""
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
 
 
 def unit(i, t, k):
@@ -530,6 +536,33 @@ class FixtureRoutes:
     def usd_rows(self):
         return json.loads(self.load(FIXTURE_USD_PAGE))
 
+    def simple_price_from_page(self, params):
+        """/simple/price for ids no recording answers, from the 2025 page's rows: the price,
+        and as the real API does when asked (include_*=true), market cap, 24h volume, 24h
+        change and last_updated_at (the row's last_updated, so that asking again gives the
+        same rows). Only usd is known; other currencies leave {} as the real API does."""
+        rows = {r["id"]: r for r in self.usd_rows()}
+        vs_list = [v.strip() for v in params["vs_currencies"].split(",")]
+        flag = lambda f: params.get(f, "false") == "true"
+        out = {}
+        for cid in (i.strip() for i in params["ids"].split(",")):
+            r = rows.get(cid)
+            if r is None:
+                continue  # unknown ids are dropped
+            e = {}
+            if "usd" in vs_list:
+                e["usd"] = r["current_price"]
+                if flag("include_market_cap"):
+                    e["usd_market_cap"] = r["market_cap"]
+                if flag("include_24hr_vol"):
+                    e["usd_24h_vol"] = r["total_volume"]
+                if flag("include_24hr_change"):
+                    e["usd_24h_change"] = r["price_change_percentage_24h"]
+                if flag("include_last_updated_at") and r.get("last_updated"):
+                    e["last_updated_at"] = int(iso_seconds(r["last_updated"]))
+            out[cid] = e
+        return out
+
     def route(self, path, params):
         if path == "/ping":
             return {"gecko_says": "(V3) To the Moon!"}
@@ -555,14 +588,7 @@ class FixtureRoutes:
             ids = set(params["ids"].split(","))
             return [r for r in self.usd_rows() if r["id"] in ids]
         if path == "/simple/price" and best_score < 2:
-            ids = params["ids"].split(",")
-            rows = {r["id"]: r for r in self.usd_rows()}
-            out = {}
-            for cid in ids:
-                if cid in rows:
-                    out[cid] = ({"usd": rows[cid]["current_price"]}
-                                if "usd" in params["vs_currencies"].split(",") else {})
-            return out
+            return self.simple_price_from_page(params)
         if best is None:
             raise ApiError(404, NOT_FOUND_BODY)
         return self.load(best)

@@ -1136,6 +1136,49 @@ static void test_dump_long_list_round_trip(void **state)
     config_free(c);
 }
 
+/* '#' after whitespace starts a comment like ';' does; a value in double quotes loses them, and
+ * inside them ';' and '#' are literal. */
+static void test_inline_hash_and_quotes(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[database]\n"
+                               "user = \"coingest\"\n"
+                               "password = \"p ;w #rd \"   ; the quotes keep blanks and comments\n"
+                               "host = \"db.example\"# no blank before the comment\n"
+                               "socket = \"\"\n"
+                               "[job.prices]\n"
+                               "every = 5m # five minutes\n"
+                               "[job.assets]\n"
+                               "every = 2h\t# two hours\n");
+    assert_string_equal(c->database.user, "coingest");
+    assert_string_equal(c->database.password, "p ;w #rd ");
+    assert_null(c->database.socket); /* "" is empty: not set */
+    assert_int_equal(c->jobs[config_job_index(c, "prices")].every_ms, 5 * 60 * 1000);
+    assert_int_equal(c->jobs[config_job_index(c, "assets")].every_ms, 2 * 60 * 60 * 1000);
+    config_free(c);
+
+    /* A quote inside a value that does not start with one is part of it. */
+    c = load_ok("[database]\npassword = pa\"ss\"\n");
+    assert_string_equal(c->database.password, "pa\"ss\"");
+    config_free(c);
+
+    expect_error("[database]\npassword = \"secret\n",
+                 "2: a value that starts with '\"' needs a closing '\"'");
+    expect_error("[database]\n\npassword = \"secret\" extra\n",
+                 "3: only a comment may follow the closing '\"' of a quoted value");
+
+    /* The dump quotes what would otherwise read back differently. */
+    c = load_ok("[database]\nuser = \"a #b\"\nsocket = \" /tmp/s\"\n");
+    char *dump = dump_string(c);
+    assert_non_null(strstr(dump, "user = \"a #b\"\n"));
+    struct config *back = load_ok(dump);
+    assert_string_equal(back->database.user, "a #b");
+    assert_string_equal(back->database.socket, " /tmp/s");
+    free(dump);
+    config_free(back);
+    config_free(c);
+}
+
 static void set(char **slot, const char *v)
 {
     free(*slot);
@@ -1276,6 +1319,7 @@ int main(void)
         cmocka_unit_test_teardown(test_secret_control_characters, test_teardown),
         cmocka_unit_test_teardown(test_dump_masks_secrets, test_teardown),
         cmocka_unit_test_teardown(test_dump_long_list_round_trip, test_teardown),
+        cmocka_unit_test_teardown(test_inline_hash_and_quotes, test_teardown),
         cmocka_unit_test_teardown(test_diff, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
