@@ -21,6 +21,7 @@
 #include "coingest/batch.h"
 #include "coingest/config.h"
 #include "coingest/fetch.h"
+#include "coingest/metrics.h"
 #include "coingest/runner.h"
 #include "coingest/source.h"
 #include "coingest/timers.h"
@@ -37,7 +38,50 @@ struct memstore {
     struct batch *job_runs; /* every job_runs row, appended */
     struct batch *delist;   /* the delisting statements */
     bool refuse;            /* submit fails: rows cannot be kept */
+
+    /* Reads: with `answer_reads`, every SELECT is answered (later, on the loop, as the store
+     * contract says) with one cell, `db_listed`; the last SQL is kept. Without, reads are not
+     * supported, as for a store without a database. */
+    bool answer_reads;
+    uint64_t db_listed;
+    char read_sql[256];
+    unsigned reads;
+    uv_timer_t read_timer;
+    bool read_timer_init;
+    store_read_cb read_cb;
+    void *read_arg;
 };
+
+static void mem_read_answer(uv_timer_t *t)
+{
+    struct memstore *m = t->data;
+    char cell[32];
+    snprintf(cell, sizeof(cell), "%llu", (unsigned long long)m->db_listed);
+    char *names[] = {"COUNT(*)"};
+    char *cells[] = {cell};
+    struct store_rows rows = {.nrows = 1, .ncols = 1, .names = names, .cells = cells};
+    store_read_cb cb = m->read_cb;
+    m->read_cb = NULL;
+    cb(0, &rows, NULL, m->read_arg);
+}
+
+static int mem_read(void *ctx, const char *sql, const char *const *params, size_t nparams,
+                    size_t max_rows, store_read_cb cb, void *arg)
+{
+    struct memstore *m = ctx;
+    (void)params;
+    (void)nparams;
+    (void)max_rows;
+    if (!m->answer_reads)
+        return -ENOTSUP;
+    assert_null(m->read_cb); /* one read at a time */
+    snprintf(m->read_sql, sizeof(m->read_sql), "%s", sql);
+    m->reads++;
+    m->read_cb = cb;
+    m->read_arg = arg;
+    m->read_timer.data = m;
+    return uv_timer_start(&m->read_timer, mem_read_answer, 0, 0);
+}
 
 static int mem_submit(void *ctx, struct batch *b)
 {
@@ -144,7 +188,11 @@ static void start_runner(struct env *e)
     for (size_t i = 0; i < e->cfg->nsources; i++)
         if (e->cfg->sources[i].enabled)
             assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
-    struct store store = {.submit = mem_submit, .read = NULL, .ctx = &e->mem};
+    if (!e->mem.read_timer_init) {
+        assert_int_equal(uv_timer_init(&e->loop, &e->mem.read_timer), 0);
+        e->mem.read_timer_init = true;
+    }
+    struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
     e->rn = runner_new(e->cfg, e->apis, store);
     assert_non_null(e->rn);
 }
@@ -184,6 +232,8 @@ static int teardown(void **state)
     for (size_t i = 0; i < 4; i++)
         api_free(e->apis[i]);
     fetcher_free(e->f, fetcher_gone, NULL);
+    if (e->mem.read_timer_init)
+        uv_close((uv_handle_t *)&e->mem.read_timer, NULL);
     uv_run(&e->loop, UV_RUN_DEFAULT);
     timers_free(e->timers);
     uv_run(&e->loop, UV_RUN_DEFAULT);
@@ -238,6 +288,32 @@ static void assert_val_str(const struct val *v, const char *want)
     assert_int_equal(v->type, VAL_STR);
     assert_int_equal(v->len, strlen(want));
     assert_memory_equal(v->u.s, want, v->len);
+}
+
+/* coingest_source_errors_total of a job and reason. */
+static double source_errors(const char *job, const char *reason)
+{
+    char labels[160];
+    snprintf(labels, sizeof(labels), "api=\"coingecko\",job=\"%s\",reason=\"%s\"", job, reason);
+    return metrics_get("coingest_source_errors_total", labels);
+}
+
+/* A fault that answers the next /coins/list with coins coin-00001 .. coin-N (malloc'd JSON,
+ * then queued). */
+static void fault_short_list(struct env *e, unsigned n)
+{
+    size_t cap = 128 + (size_t)n * 64, len = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    len += (size_t)snprintf(json + len, cap - len,
+                            "{\"match\":\"/coins/list\",\"status\":200,\"body\":[");
+    for (unsigned i = 1; i <= n; i++)
+        len += (size_t)snprintf(json + len, cap - len,
+                                "%s{\"id\":\"coin-%05u\",\"symbol\":\"c%05u\",\"name\":\"C\"}",
+                                i > 1 ? "," : "", i, i);
+    snprintf(json + len, cap - len, "]}");
+    assert_int_equal(fakeapi_fault(e->fake, json), 0);
+    free(json);
 }
 
 /* ---- tests ----------------------------------------------------------------------------------- */
@@ -428,6 +504,130 @@ static void test_explicit_ids(void **state)
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 3);
 }
 
+/* A cache in front of the API that ignores `page` answers page 1 for every page: each walk
+ * stops at the first page that brings no new coin, as a source error, and the run goes on
+ * to the next currency and /global (issue 12, item 3). */
+static void test_walk_ignoring_page_stops(void **state)
+{
+    struct env *e = *state;
+    double before = source_errors("market_caps", "walk_stalled");
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"rewrite\","
+                                            "\"set_params\":{\"page\":\"1\"},\"count\":100000}"),
+                     0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "walk /coins/markets?vs_currency=usd"));
+    assert_non_null(strstr(e->sum.error, "page 2 brought no coin the walk had not seen"));
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 2);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 2);
+    assert_int_equal(served(e, "/coins/markets", "page", "3"), 0);
+    assert_int_equal(served(e, "/global", NULL, NULL), 1);
+    /* The repeated page's rows are not handed on a second time. */
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 100);
+    assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
+    assert_true(source_errors("market_caps", "walk_stalled") == before + 2);
+    assert_val_str(job_runs_val(e, 0, "status"), "partial");
+}
+
+/* A walk takes at most the listed coins / per_page pages plus a margin: with a list of 100
+ * coins and 100 a page, three pages, although the markets go on for 600 coins. */
+static void test_walk_is_bounded(void **state)
+{
+    struct env *e = *state;
+    fault_short_list(e, 100);
+    do_run(e, "prices"); /* resolves the universe: the 100-coin list */
+    assert_int_equal(e->sum.status, RUN_OK);
+    /* coin-00003, -00012 and -00014 are not the universe's ids ("coin 00003", "_", "-2"). */
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * 97);
+
+    double before = source_errors("market_caps", "walk_too_long");
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "still full pages after 3 pages (100 coins listed"));
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 3);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 3);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 300);
+    assert_int_equal(served(e, "/global", NULL, NULL), 1);
+    assert_true(source_errors("market_caps", "walk_too_long") == before + 2);
+}
+
+/* An empty /coins/list, or one without a usable id, after a good one: nothing is delisted,
+ * the run is partial, and the universe keeps the good list (issue 12, item 4). */
+static void test_empty_list_delists_nothing(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+
+    static const char *const bodies[] = {"[]", "[{},{\"symbol\":\"x\"},{\"id\":\"\"},7]"};
+    for (size_t i = 0; i < 2; i++) {
+        char fault[256];
+        snprintf(fault, sizeof(fault), "{\"match\":\"/coins/list\",\"status\":200,\"body\":%s}",
+                 bodies[i]);
+        assert_int_equal(fakeapi_fault(e->fake, fault), 0);
+        double before = source_errors("assets", "list_gutted");
+        do_run(e, "assets");
+        assert_int_equal(e->sum.status, RUN_PARTIAL);
+        assert_non_null(strstr(e->sum.error, "the list has no usable coin id"));
+        assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1); /* no second statement */
+        assert_true(source_errors("assets", "list_gutted") == before + 1);
+    }
+
+    /* prices still tracks the 600 coins of the good list. */
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 3);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
+}
+
+/* A list that lost more than max_delist_percent (10) of the previous one is refused; one that
+ * lost a few coins is not. */
+static void test_gutted_list_delists_nothing(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "assets");
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+
+    fault_short_list(e, 100);
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "of the 600 coins of the previous list are missing"));
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+
+    /* 590 coins (13 of the 600 gone: 2%) is believable: they are delisted. */
+    fault_short_list(e, 590);
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 2);
+
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/simple/price", NULL, NULL) > 0, 1);
+}
+
+/* On the first run there is no previous list in memory: the database's count of listed
+ * assets is the reference. */
+static void test_gutted_list_first_run_checks_database(void **state)
+{
+    struct env *e = *state;
+    e->mem.answer_reads = true;
+    e->mem.db_listed = 600;
+    fault_short_list(e, 100);
+    do_run(e, "assets");
+    assert_int_equal(e->mem.reads, 1);
+    assert_non_null(strstr(e->mem.read_sql, "FROM assets WHERE delisted_at IS NULL"));
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "100 coins listed against 600 listed in the database"));
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 0);
+
+    /* The whole list agrees with the database: delisting goes ahead. */
+    do_run(e, "assets");
+    assert_int_equal(e->mem.reads, 2);
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+}
+
 /* The registry: every job has a definition, a unique name and a source; the budget adds up. */
 static void test_registry_and_budget(void **state)
 {
@@ -455,6 +655,16 @@ static void test_registry_and_budget(void **state)
     assert_non_null(strstr(text, "job=market_caps requests_per_run=13 "));
     assert_non_null(strstr(text, "source=coingecko"));
     free(text);
+
+    /* Each job's source error reasons are on /metrics at 0 from the start. */
+    size_t mlen = 0;
+    char *m = metrics_render(&mlen);
+    assert_non_null(m);
+    assert_non_null(strstr(m, "coingest_source_errors_total{api=\"coingecko\",job=\"prices\","
+                              "reason=\"no_rows\"}"));
+    assert_non_null(strstr(m, "coingest_source_errors_total{api=\"coingecko\",job=\"assets\","
+                              "reason=\"list_gutted\"}"));
+    free(m);
 }
 
 int main(void)
@@ -474,6 +684,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_top_n, setup_top, teardown),
         cmocka_unit_test_setup_teardown(test_explicit_ids, setup_ids, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_ignoring_page_stops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_is_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_list_delists_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gutted_list_delists_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gutted_list_first_run_checks_database, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
