@@ -628,6 +628,69 @@ static void test_gutted_list_first_run_checks_database(void **state)
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
 }
 
+/* A fault that answers the next request for `match` (with `params`, a JSON object) normally,
+ * plus one element {"id": ID, "symbol": "x", "name": "x"} where ID is `rep` repeated n times
+ * (rep is JSON string text, e.g. "\\u00e9"). */
+static void fault_extra_coin(struct env *e, const char *match, const char *params, const char *rep,
+                             unsigned n)
+{
+    size_t cap = 256 + strlen(params) + (size_t)n * strlen(rep), len = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    len += (size_t)snprintf(json + len, cap - len,
+                            "{\"match\":\"%s\",\"params\":%s,\"kind\":\"extend\","
+                            "\"append\":[{\"id\":\"",
+                            match, params);
+    for (unsigned i = 0; i < n; i++)
+        len += (size_t)snprintf(json + len, cap - len, "%s", rep);
+    snprintf(json + len, cap - len, "\",\"symbol\":\"x\",\"name\":\"x\"}]}");
+    assert_int_equal(fakeapi_fault(e->fake, json), 0);
+    free(json);
+}
+
+/* Two ids in /coins/list that no request URL can hold (3,000 'é': 18,000 bytes encoded, more
+ * than the path buffer; 9,000 'x': more than max_url_bytes): each is skipped and counted, and
+ * every other coin is priced (issue 12, item 5). */
+static void test_long_id_skipped_prices(void **state)
+{
+    struct env *e = *state;
+    fault_extra_coin(e, "/coins/list", "{}", "\\u00e9", 3000);
+    fault_extra_coin(e, "/coins/list", "{}", "x", 9000);
+    do_run(e, "prices"); /* the first /coins/list: é */
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
+    assert_true(e->sum.counted >= 1);
+
+    do_run(e, "assets"); /* the second: x */
+    assert_int_equal(e->sum.status, RUN_OK);
+    uint64_t before = e->mem.rows[BATCH_PRICES];
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_PRICES] - before, 2 * UNIVERSE);
+    assert_true(e->sum.counted >= 1);
+}
+
+static int setup_category(void **state)
+{
+    return setup_with(state, "[universe]\nvs_currencies = usd, eur\ncategories = layer-1\n");
+}
+
+/* The same for market_caps by ids: a category member whose id no URL can hold is skipped for
+ * both currencies, the 300 other members are fetched. */
+static void test_long_id_skipped_markets(void **state)
+{
+    struct env *e = *state;
+    fault_extra_coin(e, "/coins/markets", "{\"category\":\"layer-1\",\"page\":\"1\"}", "x", 9000);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    /* 300 members at 250 ids a request: two requests per currency. */
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 2);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 300);
+    assert_true(e->sum.counted >= 1);
+}
+
 /* The registry: every job has a definition, a unique name and a source; the budget adds up. */
 static void test_registry_and_budget(void **state)
 {
@@ -690,6 +753,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gutted_list_delists_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gutted_list_first_run_checks_database, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_long_id_skipped_prices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_id_skipped_markets, setup_category, teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -253,9 +253,27 @@ static int append_raw(char *buf, size_t cap, size_t *n, const char *s)
     return 0;
 }
 
+/* Drops r->ids.items[i], an id that alone makes a request too long: it cannot be asked for
+ * at all. One id must not stop the others, so it is counted and logged (once: it leaves the
+ * run's ids, so later requests and currencies never meet it again) and the run goes on. */
+static void drop_id(struct cg_run *r, size_t i)
+{
+    char *id = r->ids.items[i];
+    size_t len = strlen(id);
+    char head[65];
+    util_copy_clean(head, sizeof(head), id, len < 64 ? len : 64);
+    log_warn("coin id too long for a request; skipped", LOG_S("job", run_name(r->run)),
+             LOG_S("id_start", head), LOG_U("bytes", len));
+    run_count(r->run, 1);
+    free(id);
+    memmove(&r->ids.items[i], &r->ids.items[i + 1], (r->ids.n - i - 1) * sizeof(*r->ids.items));
+    r->ids.n--;
+}
+
 /* Builds prefix + ids + suffix from r->ids starting at r->next_id, with as many ids (at most
- * max_ids, at least one) as keep the path within the URL budget. Sets req_ids/req_nids and
- * advances next_id. */
+ * max_ids) as keep the path within the URL budget; an id that does not fit even alone is
+ * dropped (drop_id). Sets req_ids/req_nids and advances next_id. Returns 0, -ENOENT when no
+ * id is left to ask for, or -ENOSPC when prefix and suffix alone do not fit. */
 static int build_ids_path(struct cg_run *r, const char *prefix, const char *suffix, size_t max_ids)
 {
     size_t n = 0;
@@ -264,20 +282,27 @@ static int build_ids_path(struct cg_run *r, const char *prefix, const char *suff
         return -ENOSPC;
     size_t limit = r->url_budget < sizeof(r->path) - 1 ? r->url_budget : sizeof(r->path) - 1;
     size_t fixed = n + strlen(suffix);
-    size_t budget = limit > fixed ? limit - fixed : 0;
-    size_t first = r->next_id, used = 0;
+    if (fixed >= limit)
+        return -ENOSPC;
+    size_t budget = limit - fixed, first = r->next_id, used = 0;
     while (r->next_id < r->ids.n && r->next_id - first < max_ids) {
         const char *id = r->ids.items[r->next_id];
-        size_t add = enc_len(id) + (r->next_id > first ? 3 : 0); /* "%2C" separator */
-        if (r->next_id > first && used + add > budget)
+        size_t len = enc_len(id);
+        if (len > budget) {
+            drop_id(r, r->next_id);
+            continue;
+        }
+        size_t add = len + (r->next_id > first ? 3 : 0); /* "%2C" separator */
+        if (used + add > budget)
             break;
-        if (r->next_id > first && append_raw(r->path, sizeof(r->path), &n, "%2C"))
-            break;
-        if (append_enc(r->path, sizeof(r->path) - strlen(suffix), &n, id))
-            return -ENOSPC; /* one id alone does not fit */
+        if ((r->next_id > first && append_raw(r->path, sizeof(r->path), &n, "%2C")) ||
+            append_enc(r->path, sizeof(r->path), &n, id))
+            return -ENOSPC; /* cannot happen: the budget is within the buffer */
         used += add;
         r->next_id++;
     }
+    if (r->next_id == first)
+        return -ENOENT;
     if (append_raw(r->path, sizeof(r->path), &n, suffix))
         return -ENOSPC;
     r->req_ids = (const char *const *)&r->ids.items[first];
@@ -726,12 +751,6 @@ static int prices_step(struct cg_run *r)
 {
     if (r->sent)
         submit_all(r);
-    if (r->next_id >= r->ids.n) {
-        if (r->ids.n == 0)
-            set_error(r, "universe", "no ids to track");
-        next_step(r, ST_DONE);
-        return 1;
-    }
     char prefix[1024];
     size_t n = 0;
     prefix[0] = '\0';
@@ -750,6 +769,12 @@ static int prices_step(struct cg_run *r)
                             "&include_24hr_change=true&include_last_updated_at=true"
                             "&precision=full",
                             SIZE_MAX);
+    if (rc == -ENOENT) { /* every id was asked for (or dropped) */
+        if (r->ids.n == 0)
+            set_error(r, "universe", "no ids to track");
+        next_step(r, ST_DONE);
+        return 1;
+    }
     if (rc)
         return rc;
     return send_request(r, BATCH_PRICES, -1, -1);
@@ -757,62 +782,73 @@ static int prices_step(struct cg_run *r)
 
 /* market_caps: `ids = all` without categories walks the pages (with `top`: the first N
  * coins); any other universe is fetched by id, 250 ids a request (a page's maximum). */
+/* market_caps: one currency is done; the next one starts at its first page or id. */
+static void markets_next_currency(struct cg_run *r)
+{
+    /* The first currency's walk of the top N refreshes the cache prices uses. */
+    if (r->ids_all && r->top && r->vs_idx == 0 && !r->walk_failed)
+        cache_store(r, &r->j->top);
+    strlist_clear(&r->scratch);
+    r->vs_idx++;
+    next_walk(r);
+    r->next_id = 0;
+    r->walk_failed = false;
+}
+
 static int markets_step(struct cg_run *r)
 {
     if (r->sent) {
-        bool ok = r->last_ok;
         bool more;
         if (r->ids_all) {
             more = page_done(r);
         } else {
             more = r->next_id < r->ids.n;
-            if (!ok)
+            if (!r->last_ok)
                 r->walk_failed = true;
         }
         submit_all(r);
-        if (more) {
+        r->sent = false;
+        if (more)
             r->page++;
-        } else {
-            /* The first currency's walk of the top N refreshes the cache prices uses. */
-            if (r->ids_all && r->top && r->vs_idx == 0 && !r->walk_failed)
-                cache_store(r, &r->j->top);
-            strlist_clear(&r->scratch);
-            r->vs_idx++;
-            next_walk(r);
-            r->next_id = 0;
-            r->walk_failed = false;
-        }
+        else
+            markets_next_currency(r);
     }
-    if (r->vs_idx >= r->vs.n) {
-        next_step(r, ST_GLOBAL);
-        return 1;
-    }
-    /* Rank and image come once, with the first currency. */
-    int assets_spec = r->vs_idx == 0 ? BATCH_ASSETS_MARKET : -1;
-    int rc;
-    if (r->ids_all) {
-        rc = markets_page_path(r, r->vs.items[r->vs_idx], NULL);
-    } else {
-        if (r->ids.n == 0) {
-            set_error(r, "universe", "no ids to track");
+    for (;;) {
+        if (r->vs_idx >= r->vs.n) {
             next_step(r, ST_GLOBAL);
             return 1;
         }
-        char prefix[256];
-        size_t n = 0;
-        prefix[0] = '\0';
-        rc = append_raw(prefix, sizeof(prefix), &n, "/coins/markets?vs_currency=");
-        if (!rc)
-            rc = append_enc(prefix, sizeof(prefix), &n, r->vs.items[r->vs_idx]);
-        if (!rc)
-            rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
-        if (!rc)
-            rc = build_ids_path(r, prefix,
-                                "&order=market_cap_desc&per_page=250&page=1&precision=full", 250);
+        /* Rank and image come once, with the first currency. */
+        int assets_spec = r->vs_idx == 0 ? BATCH_ASSETS_MARKET : -1;
+        int rc;
+        if (r->ids_all) {
+            rc = markets_page_path(r, r->vs.items[r->vs_idx], NULL);
+        } else {
+            char prefix[256];
+            size_t n = 0;
+            prefix[0] = '\0';
+            rc = append_raw(prefix, sizeof(prefix), &n, "/coins/markets?vs_currency=");
+            if (!rc)
+                rc = append_enc(prefix, sizeof(prefix), &n, r->vs.items[r->vs_idx]);
+            if (!rc)
+                rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
+            if (!rc)
+                rc = build_ids_path(
+                    r, prefix, "&order=market_cap_desc&per_page=250&page=1&precision=full", 250);
+            if (rc == -ENOENT && r->ids.n == 0) {
+                set_error(r, "universe", "no ids to track");
+                next_step(r, ST_GLOBAL);
+                return 1;
+            }
+            if (rc == -ENOENT) { /* the ids left were dropped: this currency is done */
+                markets_next_currency(r);
+                continue;
+            }
+        }
+        if (rc)
+            return rc;
+        return send_request(r, BATCH_MARKET_SNAPSHOTS, assets_spec, -1);
     }
-    if (rc)
-        return rc;
-    return send_request(r, BATCH_MARKET_SNAPSHOTS, assets_spec, -1);
 }
 
 /* Moves the run to its next request, or finishes it. Called at the start and after each
