@@ -691,6 +691,38 @@ static void test_long_id_skipped_markets(void **state)
     assert_true(e->sum.counted >= 1);
 }
 
+/* /simple/price answering {} for every id is no success: the run is partial with a clear
+ * error, and the last-success time stays where it was (issue 12, item 10). The same for
+ * markets pages that are all empty. */
+static void test_no_rows_is_not_ok(void **state)
+{
+    struct env *e = *state;
+    const char *last = "job=\"prices\"";
+    double before_ok = metrics_get("coingest_job_last_success_timestamp_seconds", last);
+    double before = source_errors("prices", "no_rows");
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/simple/price\",\"status\":200,"
+                                            "\"body\":{},\"count\":1000}"),
+                     0);
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
+    assert_non_null(strstr(e->sum.error, "/simple/price: "));
+    assert_non_null(strstr(e->sum.error, "successful answers, not one row, for 600 ids"));
+    assert_val_str(job_runs_val(e, 0, "status"), "partial");
+    assert_true(source_errors("prices", "no_rows") == before + 1);
+    assert_true(metrics_get("coingest_job_last_success_timestamp_seconds", last) == before_ok);
+
+    before = source_errors("market_caps", "no_rows");
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"status\":200,"
+                                            "\"body\":[],\"count\":1000}"),
+                     0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "/coins/markets: 2 successful answers, not one row"));
+    assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1); /* /global still comes */
+    assert_true(source_errors("market_caps", "no_rows") == before + 1);
+}
+
 /* The registry: every job has a definition, a unique name and a source; the budget adds up. */
 static void test_registry_and_budget(void **state)
 {
@@ -755,6 +787,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_long_id_skipped_prices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_id_skipped_markets, setup_category, teardown),
+        cmocka_unit_test_setup_teardown(test_no_rows_is_not_ok, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -104,6 +104,9 @@ struct cg_run {
     bool count_asked;
     uint64_t db_listed; /* 0: unknown (no database to read, or the read failed) */
 
+    /* prices and market_caps: requests for quotes that succeeded, and the rows they gave */
+    uint64_t answered, quotes;
+
     enum step step;
     enum step after_resolve;
     struct fetch_req *req;
@@ -747,8 +750,32 @@ static int category_pages_step(struct cg_run *r)
     return send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET, BATCH_ASSET_CATEGORIES);
 }
 
+/* Records the quotes a prices or markets request gave, before its batches go. */
+static void count_quotes(struct cg_run *r)
+{
+    if (r->sent && r->last_ok) {
+        r->answered++;
+        r->quotes += r->b[0] ? r->b[0]->nrows : 0;
+    }
+}
+
+/* Every answer came back empty although ids were asked for: the API (or a cache) answered
+ * nothing, which must not pass for a successful run. */
+static void check_quotes(struct cg_run *r, const char *what)
+{
+    if (r->answered == 0 || r->quotes > 0)
+        return;
+    char why[160];
+    int n = snprintf(why, sizeof(why), "%llu successful answers, not one row",
+                     (unsigned long long)r->answered);
+    if (r->ids.n && n > 0 && (size_t)n < sizeof(why))
+        snprintf(why + n, sizeof(why) - (size_t)n, ", for %zu ids", r->ids.n);
+    run_source_error(r->run, "no_rows", what, why);
+}
+
 static int prices_step(struct cg_run *r)
 {
+    count_quotes(r);
     if (r->sent)
         submit_all(r);
     char prefix[1024];
@@ -772,6 +799,7 @@ static int prices_step(struct cg_run *r)
     if (rc == -ENOENT) { /* every id was asked for (or dropped) */
         if (r->ids.n == 0)
             set_error(r, "universe", "no ids to track");
+        check_quotes(r, "/simple/price");
         next_step(r, ST_DONE);
         return 1;
     }
@@ -797,6 +825,7 @@ static void markets_next_currency(struct cg_run *r)
 
 static int markets_step(struct cg_run *r)
 {
+    count_quotes(r);
     if (r->sent) {
         bool more;
         if (r->ids_all) {
@@ -815,6 +844,7 @@ static int markets_step(struct cg_run *r)
     }
     for (;;) {
         if (r->vs_idx >= r->vs.n) {
+            check_quotes(r, "/coins/markets");
             next_step(r, ST_GLOBAL);
             return 1;
         }
