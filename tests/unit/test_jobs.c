@@ -3,7 +3,10 @@
  * in-memory store instead of the sink: no database. Covers universe resolution (on demand,
  * cached, explicit ids, top N), page walks that stop exactly at the end of the data, a 429 in
  * the middle of a walk (the same page again, none skipped, none twice), the job_runs row (by
- * column name), failures, -EBUSY and cancellation.
+ * column name), failures, -EBUSY and cancellation; and the bad answers of issue 12: a cache
+ * that ignores `page`, a walk past its bound, empty and gutted coin lists (against the
+ * previous list and the database's count, which the in-memory store answers), ids too long
+ * for any URL, and quote answers that are all empty.
  */
 #include <errno.h>
 #include <limits.h>

@@ -28,6 +28,13 @@
  *
  * The `top` walk always asks for full pages (CoinGecko's `page` counts in units of
  * per_page) and keeps only the first N coins of the last one.
+ *
+ * Answers that parse but cannot be right are source errors (run_source_error; docs/jobs.md,
+ * "Bad answers"): a walk stops at a page that brings no new coin and after a bounded number
+ * of pages; a coin list without ids, or one that would delist more than max_delist_percent
+ * of what was listed (the previous list, and the database's count), delists nothing and does
+ * not replace the universe; quote requests that all come back empty are no success. One id
+ * that no URL can hold is dropped and counted, never the run.
  */
 #include <errno.h>
 #include <stdlib.h>
