@@ -45,6 +45,9 @@ static const struct mdesc descs[] = {
     {"coingest_db_up", M_GAUGE, "1 while the database is reachable"},
     {"coingest_parse_errors_total", M_COUNTER, "Responses that failed to parse, by API and job"},
     {"coingest_field_errors_total", M_COUNTER, "Fields of the wrong type stored as NULL"},
+    {"coingest_source_errors_total", M_COUNTER,
+     "Answers that cannot be right (endless walks, gutted coin lists, no rows), by API, job and "
+     "reason"},
     {"coingest_job_runs_total", M_COUNTER, "Job runs, by job and status"},
     {"coingest_job_skipped_total", M_COUNTER,
      "Ticks skipped because the previous run was still going, by job"},

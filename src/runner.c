@@ -87,6 +87,14 @@ struct runner *runner_new(const struct config *cfg, struct api *const *apis, str
     for (size_t i = 0; i < rn->njobs; i++) {
         rn->last[i].job = i;
         rn->last[i].name = cfg->jobs[i].name;
+        const struct job_def *def = cfg->jobs[i].def;
+        const char *api = config_job_source(cfg, &cfg->jobs[i])->name;
+        for (size_t k = 0; def && def->source_errors && def->source_errors[k]; k++) {
+            char labels[256];
+            snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\",reason=\"%s\"", api,
+                     cfg->jobs[i].name, def->source_errors[k]);
+            metrics_add("coingest_source_errors_total", labels, 0);
+        }
     }
     return rn;
 fail:
@@ -315,6 +323,17 @@ void run_fail(struct run *r, const char *what, const char *why)
     if (r->sum.error[0])
         return;
     snprintf(r->sum.error, sizeof(r->sum.error), "%s: %s", what, why ? why : "failed");
+}
+
+void run_source_error(struct run *r, const char *reason, const char *what, const char *why)
+{
+    char labels[256];
+    snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\",reason=\"%s\"", run_source(r)->name,
+             r->sum.name, reason);
+    metrics_add("coingest_source_errors_total", labels, 1);
+    log_warn("source error", LOG_S("job", r->sum.name), LOG_S("reason", reason),
+             LOG_S("what", what), LOG_S("error", why));
+    run_fail(r, what, why);
 }
 
 void run_fail_request(struct run *r, const char *what, const char *why)

@@ -712,7 +712,8 @@ class App:
             queued = []
             for f in items:
                 kind = f.get("kind", "status")
-                if kind not in ("status", "delay", "truncate", "html", "reset", "big"):
+                if kind not in ("status", "delay", "truncate", "html", "reset", "big", "rewrite",
+                                "extend"):
                     return 400, {"error": "unknown fault kind %r" % kind}
                 f = dict(f)
                 f["kind"] = kind
@@ -923,6 +924,24 @@ class Handler(BaseHTTPRequestHandler):
         elif kind == "reset":
             app.record(entry, 0, 0)
             self.reset()
+        elif kind == "rewrite":
+            # The answer to the same route with some parameters replaced: {"page": "1"} is a
+            # cache in front of the API that ignores `page`.
+            q = dict(params)
+            q.update({k: str(v) for k, v in (f.get("set_params") or {}).items()})
+            status, body = self.route(app, "GET", route, q)
+            self.answer(entry, status, body, extra)
+        elif kind == "extend":
+            # The normal answer with elements appended (an array) or keys merged (an object).
+            status, body = self.route(app, "GET", route, params)
+            if status == 200:
+                doc = json.loads(body)
+                if isinstance(doc, list):
+                    doc.extend(f.get("append") or [])
+                elif isinstance(doc, dict):
+                    doc.update(f.get("merge") or {})
+                body = dumps(doc)
+            self.answer(entry, status, body, extra)
 
     def answer(self, entry, status, body, headers=None, ctype=None):
         self.server.app.record(entry, status, len(body))

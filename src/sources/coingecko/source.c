@@ -28,6 +28,9 @@ static const struct source_plan plans[] = {
 static const struct cfg_key keys[] = {
     /* /coins/markets page size; CoinGecko serves at most 250. */
     {"per_page", CFG_KEY_U64, "250", 1, 250},
+    /* A /coins/list that would delist more than this share (percent) of the coins listed
+     * before is refused: no delisting, the universe keeps the previous list (jobs.c). */
+    {"max_delist_percent", CFG_KEY_U64, "10", 0, 100},
 };
 
 static const char *const secret_params[] = {
