@@ -122,6 +122,7 @@ struct env {
     char conf[PATH_MAX];
 
     bool done;
+    bool waiting; /* inside wait_done: the run's end stops the loop */
     struct run_summary sum;
 };
 
@@ -130,6 +131,8 @@ static void on_run_done(const struct run_summary *s, void *arg)
     struct env *e = arg;
     e->sum = *s;
     e->done = true;
+    if (e->waiting)
+        uv_stop(&e->loop);
 }
 
 static void deadline_cb(uv_timer_t *t)
@@ -146,8 +149,12 @@ static void wait_done(struct env *e)
     uv_timer_init(&e->loop, &t);
     t.data = &expired;
     uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
+    /* The loop runs as the daemon runs it (UV_RUN_DEFAULT) until the run reports, which
+     * stops it, or the deadline does. */
+    e->waiting = true;
     while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
+        uv_run(&e->loop, UV_RUN_DEFAULT);
+    e->waiting = false;
     uv_close((uv_handle_t *)&t, NULL);
     uv_run(&e->loop, UV_RUN_NOWAIT);
     if (!e->done)
