@@ -448,6 +448,10 @@ static int scan_segment(struct spool *sp, struct segment *seg)
         return -errno;
     const unsigned char *p = map, *end = map + seg->size;
     int rc = 0;
+    /* Corrupt regions are summed up in one line per segment: a segment of garbage that happens
+     * to repeat the magic would otherwise log a line per 4 bytes. */
+    uint64_t bad = 0, bad_bytes = 0, first_off = 0;
+    const char *first_why = NULL;
     while (p < end) {
         const char *why = NULL;
         bool done = false;
@@ -466,11 +470,21 @@ static int scan_segment(struct spool *sp, struct segment *seg)
             continue;
         }
         const unsigned char *next = find_magic(p + 1, end);
-        report_corrupt(sp, seg->id, (uint64_t)(p - map), (uint64_t)(next - p),
-                       next == end ? (strcmp(why, "bad magic") ? why : "torn tail") : why);
+        if (bad++ == 0) {
+            first_off = (uint64_t)(p - map);
+            first_why = next == end ? (strcmp(why, "bad magic") ? why : "torn tail") : why;
+        }
+        bad_bytes += (uint64_t)(next - p);
         p = next;
     }
     munmap(map, seg->size);
+    if (bad) {
+        log_warn("spool: corrupt records skipped", LOG_S("dir", sp->dir), LOG_S("file", name),
+                 LOG_U("records", bad), LOG_U("bytes", bad_bytes), LOG_U("first_offset", first_off),
+                 LOG_S("first_reason", first_why));
+        metrics_add("coingest_spool_corrupt_records_total", "", (double)bad);
+        sp->st.corrupt += bad;
+    }
     return rc;
 }
 

@@ -22,7 +22,8 @@
  * index entry (seq, segment, offset, length, rows) per valid record, about 64 bytes per record
  * (a record is a whole batch), so memory does not grow with the rows in the spool. A record
  * that fails its checksum, or a torn tail after a crash, is reported with a warning, counted
- * in coingest_spool_corrupt_records_total and skipped: the scan resumes at the next magic.
+ * in coingest_spool_corrupt_records_total and skipped: the scan resumes at the next magic. One
+ * warning per segment sums up its corrupt regions (count, bytes, first offset and reason).
  * Records are loaded (read, checked again, decoded) a few at a time as the sink replays them,
  * and forgotten once committed; a segment whose records are all committed is deleted.
  *

@@ -4,9 +4,10 @@
  * order, segment rotation and deletion, the directory lock, a process killed with SIGKILL
  * right after a sync, and damage: a torn tail, a corrupt record in the middle, garbage
  * between records and a record damaged after it was indexed. Damage must be skipped with a
- * warning and a counter, never crash the replay, and never hide the good records around it.
- * Held records (the sink's journal): a committed one is marked and never replayed, an uncommitted
- * one replays after a restart, and a drained spool leaves no file behind.
+ * warning and a counter, never crash the replay, and never hide the good records around it;
+ * a segment full of garbage gets one warning line, not one per region. Held records (the
+ * sink's journal): a committed one is marked and never replayed, an uncommitted one replays
+ * after a restart, and a drained spool leaves no file behind.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -25,6 +26,7 @@
 #include <cmocka.h>
 
 #include "coingest/batch.h"
+#include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/spool.h"
 
@@ -541,6 +543,59 @@ static void test_held_records(void **state)
     assert_int_equal(count_files(), 0); /* ...and deleted at close */
 }
 
+/* 400 KB of the record magic repeated: every 4 bytes start a "record" with a bad length, so
+ * the scan skips 102,400 regions. One warning line sums them up; the counter has them all;
+ * the good record before them still replays. */
+static void test_garbage_segment_one_line(void **state)
+{
+    (void)state;
+    struct spool *sp = NULL;
+    assert_int_equal(spool_open(dir, 0, &sp), 0);
+    append(sp, 1, "a", 2);
+    assert_int_equal(spool_sync(sp), 0);
+    spool_close(sp);
+    char path[512];
+    first_segment(path, sizeof(path));
+    size_t n = 400 * 1024;
+    char *junk = malloc(n);
+    assert_non_null(junk);
+    for (size_t i = 0; i < n; i += 4)
+        memcpy(junk + i, "CGSP", 4);
+    int fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, junk, n), (ssize_t)n);
+    close(fd);
+    free(junk);
+
+    char logpath[256];
+    snprintf(logpath, sizeof(logpath), "%s/log", dir);
+    int lfd = open(logpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(lfd >= 0);
+    log_set_fd(lfd);
+    int rc = spool_open(dir, 0, &sp);
+    log_set_fd(2);
+    assert_int_equal(rc, 0);
+    struct spool_stats st;
+    spool_get_stats(sp, &st);
+    assert_int_equal(st.corrupt, n / 4);
+    assert_int_equal((uint64_t)metrics_get("coingest_spool_corrupt_records_total", ""), n / 4);
+    load_expect(sp, 1, "a", 2);
+    spool_close(sp);
+
+    char text[4096];
+    ssize_t got = pread(lfd, text, sizeof(text) - 1, 0);
+    close(lfd);
+    unlink(logpath);
+    assert_true(got > 0);
+    text[got] = '\0';
+    int lines = 0;
+    for (char *p = text; (p = strchr(p, '\n')) != NULL; p++)
+        lines++;
+    assert_int_equal(lines, 1);
+    assert_non_null(strstr(text, "records=102400"));
+    assert_non_null(strstr(text, "first_offset="));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -555,6 +610,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_damaged_after_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_batch_and_big_strings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_held_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_segment_one_line, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
