@@ -55,6 +55,7 @@
 #include "coingest/sink.h"
 #include "coingest/spool.h"
 #include "coingest/timers.h"
+#include "coingest/util.h"
 #include "coingest/wheel.h"
 #include "testdb.h"
 
@@ -765,6 +766,10 @@ static void test_db_down_at_start(void **state)
     sink_get_stats(h->s, &st);
     assert_false(st.db_up);
     assert_int_equal(st.rows_committed, 0);
+    /* When the outage began, for /healthz: the first failed connection. */
+    assert_true(st.db_down_since_mono_ms > 0 && st.db_down_since_mono_ms <= util_mono_ms());
+    assert_true(util_mono_ms() - st.db_down_since_mono_ms >= 1000); /* the spill waited 1 s */
+    assert_false(st.spool_failing);
     assert_true(count_segments(h->spool) > 0);
     /* Rows that arrive now go straight to the spool. */
     assert_int_equal(sink_submit(h->s, snapshots("down", 1000, 50)), 0);
@@ -781,6 +786,7 @@ static void test_db_down_at_start(void **state)
     sink_get_stats(h->s, &st);
     assert_int_equal(st.rows_spooled, 0);
     assert_int_equal(st.rows_committed, 1050);
+    assert_int_equal(st.db_down_since_mono_ms, 0);
     assert_int_equal(count_segments(h->spool), 0);
     stop_sink(h, 5000);
     config_free(down);
