@@ -2122,6 +2122,25 @@ fail:
     return NULL;
 }
 
+/* The loss and rejection counters exist at 0 from the start, one series per reason and per
+ * table, so an alert on increase() sees their first event. */
+static void register_counters(void)
+{
+    static const char *const reasons[] = {"spool", "memory", "shutdown"};
+    char lbl[128];
+    for (size_t i = 0; i < ARRAY_SIZE(reasons); i++) {
+        snprintf(lbl, sizeof(lbl), "reason=\"%s\"", reasons[i]);
+        metrics_add("coingest_rows_lost_total", lbl, 0);
+    }
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++) {
+        const struct batch_spec *spec = batch_spec((enum batch_spec_id)i);
+        if (!spec)
+            continue;
+        table_labels(lbl, sizeof(lbl), spec->table);
+        metrics_add("coingest_rejected_rows_total", lbl, 0); /* twice for a shared table: +0 */
+    }
+}
+
 int sink_start(struct sink *s)
 {
     if (s->started)
@@ -2165,6 +2184,7 @@ int sink_start(struct sink *s)
     s->async_init = true;
     s->started = true;
     metrics_set("coingest_db_up", "", 0);
+    register_counters();
     for (unsigned i = 0; i < s->nworkers; i++) {
         rc = start_writer(s, i);
         if (rc) {

@@ -792,6 +792,30 @@ static void test_db_down_at_start(void **state)
     config_free(down);
 }
 
+/* The loss and rejection counters are on /metrics at 0 once the sink started, before any
+ * event, so an alert on increase() sees the first one. */
+static void test_counters_exist_at_zero(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    size_t len;
+    char *text = metrics_render(&len);
+    assert_non_null(text);
+    static const char *const want[] = {
+        "coingest_rows_lost_total{reason=\"spool\"} 0\n",
+        "coingest_rows_lost_total{reason=\"memory\"} 0\n",
+        "coingest_rows_lost_total{reason=\"shutdown\"} 0\n",
+        "coingest_rejected_rows_total{table=\"market_snapshots\"} 0\n",
+        "coingest_rejected_rows_total{table=\"assets\"} 0\n",
+        "coingest_rejected_rows_total{table=\"job_runs\"} 0\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (!strstr(text, want[i]))
+            fail_msg("/metrics lacks %s", want[i]);
+    free(text);
+    stop_sink(h, 5000);
+}
+
 static void test_restart_replays_spool(void **state)
 {
     struct h *h = *state;
@@ -1440,6 +1464,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_down_at_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counters_exist_at_zero, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_spool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hard_shutdown_spools, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_and_ready_callbacks, setup, teardown),
