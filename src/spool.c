@@ -332,6 +332,7 @@ static void drain_active(struct spool *sp)
     struct segment *seg = sp->active;
     if (seg->size == 0)
         return;
+    sync_older_marks(sp, seg); /* its records must not outlive older unmarked ones */
     if (ftruncate(sp->active_fd, 0) != 0) {
         log_debug("spool: cannot empty the drained segment", LOG_S("dir", sp->dir),
                   LOG_S("error", strerror(errno)));
