@@ -147,32 +147,29 @@ static void log_stats(struct daemon *d)
 /*
  * /healthz. A database that is away is not by itself unhealthy: rows wait in the spool, and an
  * orchestrator restarting the daemon would only make things worse. So the answer is 503 only
- * when rows are being lost (the spool failed and memory was full: a promise broken, and it stays
- * 503 until a restart, so the loss is not hidden by the next good probe), or when the database
- * has been unreachable for longer than [daemon] health_db_grace (0: at once). Otherwise 200,
- * with "db":"down" and the spool's counts while the database is away.
- *
- * How long the database has been away is counted from the first probe that saw it down (the
- * sink does not say when it went down), so it can read up to one probe interval short.
+ * when the spool is failing (new rows are not accepted: a promise broken), when rows were lost
+ * (it stays 503 until a restart, so the loss is not hidden by the next good probe), or when
+ * the database has been unreachable for at least [daemon] health_db_grace (0: at once), counted
+ * from when the sink found it unreachable. Otherwise 200, with "db":"down" and the spool's
+ * counts while the database is away.
  */
 static int health(void *arg, char *json, size_t cap)
 {
-    static uint64_t down_since_ms; /* loop thread only; 0 while the database is up */
     struct daemon *d = arg;
     struct sink_stats st;
     sink_get_stats(d->sink, &st);
     uint64_t now = util_mono_ms();
-    if (st.db_up)
-        down_since_ms = 0;
-    else if (down_since_ms == 0)
-        down_since_ms = now ? now : 1;
-    unsigned long long down_s = st.db_up ? 0 : (now - down_since_ms) / 1000;
+    uint64_t since = st.db_down_since_mono_ms;
+    uint64_t down_ms = since && now > since ? now - since : 0;
+    unsigned long long down_s = down_ms / 1000;
     uint64_t grace = d->cfg->daemon.health_db_grace_ms;
     char reason[96] = "";
-    if (st.rows_lost > 0)
+    if (st.spool_failing)
+        snprintf(reason, sizeof(reason), "the spool cannot be written: rows are not accepted");
+    else if (st.rows_lost > 0)
         snprintf(reason, sizeof(reason), "%llu rows lost (the spool is failing)",
                  (unsigned long long)st.rows_lost);
-    else if (!st.db_up && (grace == 0 || now - down_since_ms >= grace))
+    else if (since && down_ms >= grace)
         snprintf(reason, sizeof(reason), "database unreachable for %llus", down_s);
     int n = snprintf(json, cap, "{\"status\":\"%s\",", reason[0] ? "unhealthy" : "ok");
     if (reason[0] && n > 0 && (size_t)n < cap)
