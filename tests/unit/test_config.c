@@ -599,7 +599,7 @@ static void test_errors_structure(void **state)
     (void)state;
     expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
                  "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
-                 "[universe], [job.assets], [job.prices], [job.market_caps])");
+                 "[universe], [job.assets], [job.prices], [job.market_caps], [aliases])");
     expect_error("[source.coinmarketcap]\n",
                  "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko)");
     expect_error("\n[job.price]\nevery = 5m\n",
