@@ -19,6 +19,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "coingest/log.h"
+#include "coingest/metrics.h"
 #include "coingest/runner.h"
 
 struct asset {
@@ -388,4 +390,34 @@ int alias_add_row(struct batch *b, const char *source, const struct alias_key *k
     if (rc)
         batch_drop_last(b);
     return rc;
+}
+
+size_t alias_map_keys(const struct alias_universe *u, bool universe_known, const char *source,
+                      const struct alias_key *keys, size_t n, struct alias_result *res,
+                      struct batch *rows, int64_t now_ms)
+{
+    size_t unmapped = 0;
+    char list[512] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        alias_map(u, &keys[i], &res[i]);
+        bool mapped = res[i].asset_id != NULL;
+        if (rows && (mapped || universe_known))
+            alias_add_row(rows, source, &keys[i], &res[i], now_ms);
+        if (mapped)
+            continue;
+        unmapped++;
+        if (len + strlen(keys[i].key) + 20 < sizeof(list))
+            len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s (%s)", len ? ", " : "",
+                                    keys[i].key, alias_method_name(res[i].method));
+        else if (len + 5 < sizeof(list) && strcmp(list + len - 3, "...") != 0)
+            len += (size_t)snprintf(list + len, sizeof(list) - len, ", ...");
+    }
+    if (unmapped) {
+        log_warn("asset keys not mapped; their rows are not stored (see unmapped_asset_keys)",
+                 LOG_S("source", source), LOG_U("unmapped", unmapped), LOG_U("keys", n),
+                 LOG_S("which", list), LOG_B("universe_known", universe_known));
+        metrics_add("coingest_unmapped_keys_total", "", (double)unmapped);
+    }
+    return unmapped;
 }

@@ -29,6 +29,7 @@
 #ifndef COINGEST_ALIAS_H
 #define COINGEST_ALIAS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -110,5 +111,16 @@ void alias_map(const struct alias_universe *u, const struct alias_key *k, struct
  * 0, -EINVAL (another spec) or -ENOMEM. */
 int alias_add_row(struct batch *b, const char *source, const struct alias_key *k,
                   const struct alias_result *r, int64_t now_ms);
+
+/*
+ * A mapping pass over a source's keys: maps keys[i] into res[i], appends to `rows`
+ * (BATCH_ASSET_ALIASES, may be NULL) a row per mapped key and, when `universe_known`, per
+ * unmapped key (a universe that could not be read must not overwrite good mappings with
+ * NULLs), and names the unmapped keys in one warn line and in the counter
+ * coingest_unmapped_keys_total. Returns how many keys are not mapped.
+ */
+size_t alias_map_keys(const struct alias_universe *u, bool universe_known, const char *source,
+                      const struct alias_key *keys, size_t n, struct alias_result *res,
+                      struct batch *rows, int64_t now_ms);
 
 #endif
