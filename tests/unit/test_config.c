@@ -612,6 +612,18 @@ static void test_errors_structure(void **state)
     expect_error("\n[job.price]\nevery = 5m\n",
                  "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, "
                  "coinbase_candles)");
+    expect_error("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.BTC = batcat\n",
+                 "3: [aliases] coinbase.BTC: duplicate alias");
+    expect_error("[aliases]\nkraken.XBT = bitcoin\n",
+                 "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase)");
+    expect_error("[aliases]\nBTC = bitcoin\n",
+                 "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
+    struct config *ac = load_ok("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.btc = batcat\n");
+    assert_int_equal(ac->naliases, 2);
+    assert_string_equal(config_alias(ac, "coinbase", "BTC"), "bitcoin");
+    assert_string_equal(config_alias(ac, "coinbase", "btc"), "batcat");
+    assert_null(config_alias(ac, "coingecko", "BTC"));
+    config_free(ac);
     expect_error("[daemon]\nlog_levl = info\n",
                  "2: [daemon] log_levl: unknown key (known: log_level, log_format, "
                  "metrics_listen, spool_dir, shutdown_timeout, health_db_grace)");
