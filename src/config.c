@@ -394,8 +394,9 @@ static const struct keydef job_keys[] = {
 };
 
 /* The sections, in the order config_dump writes them: [daemon], [database], one
- * [source.NAME] per registered source, [universe], one [job.NAME] per job; the ones from the
- * registry are built once (sections_init). */
+ * [source.NAME] per registered source, [universe], one [job.NAME] per job, [aliases]; the ones
+ * from the registry are built once (sections_init). [aliases] has no key table: its keys are
+ * free-form (SK_FREE), each line an entry of a list (see alias_line). */
 enum section_id {
     SEC_DAEMON,
     SEC_DATABASE,
@@ -404,7 +405,7 @@ enum section_id {
     SEC_BAD = -2,  /* inside a section already reported as wrong */
 };
 
-enum section_kind { SK_ROOT, SK_SOURCE, SK_JOB };
+enum section_kind { SK_ROOT, SK_SOURCE, SK_JOB, SK_FREE };
 
 struct section {
     char name[64];
@@ -461,7 +462,7 @@ static void sections_init(void)
         sections_rc = -E2BIG;
         return;
     }
-    nsections = SEC_FIRST_SOURCE + (int)(source_count + 1 + njobs);
+    nsections = SEC_FIRST_SOURCE + (int)(source_count + 1 + njobs + 1);
     sec_universe = SEC_FIRST_SOURCE + (int)source_count;
     sections = calloc((size_t)nsections, sizeof(*sections));
     if (!sections) {
@@ -511,6 +512,7 @@ static void sections_init(void)
             }
         }
     }
+    sections[sec] = (struct section){.name = "aliases", .kind = SK_FREE};
     njobs_total = njobs;
     for (int i = 0; i < nsections; i++)
         if (sections[i].nkeys > max_keys)
@@ -777,6 +779,12 @@ void config_free(struct config *cfg)
     strlist_clear(&cfg->universe.ids);
     strlist_clear(&cfg->universe.categories);
     strlist_clear(&cfg->universe.vs_currencies);
+    for (size_t i = 0; i < cfg->naliases; i++) {
+        free(cfg->aliases[i].source);
+        free(cfg->aliases[i].key);
+        free(cfg->aliases[i].asset_id);
+    }
+    free(cfg->aliases);
     free(cfg);
 }
 
@@ -1433,6 +1441,72 @@ done:
     return str;
 }
 
+/* One line of [aliases]: `SOURCE.KEY = ASSET_ID`, SOURCE a registered source, each
+ * SOURCE.KEY at most once. Returns 0, or -errno after recording the error. */
+static int alias_line(struct parse *p, int line, int sec, const char *name, const char *value)
+{
+    struct config *cfg = p->cfg;
+    if (p->cont_line) {
+        fail(p, line, sec, NULL, -EINVAL, "indented continuation line (one alias per line)");
+        return -EINVAL;
+    }
+    const char *dot = strchr(name, '.');
+    char src[64];
+    size_t n = dot ? (size_t)(dot - name) : 0;
+    if (!dot || n == 0 || n >= sizeof(src) || dot[1] == '\0') {
+        fail(p, line, sec, name, -EINVAL,
+             "expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
+        return -EINVAL;
+    }
+    memcpy(src, name, n);
+    src[n] = '\0';
+    if (!source_find(src)) {
+        char known[512];
+        list_sections(SK_SOURCE, known, sizeof(known));
+        fail(p, line, sec, name, -EINVAL, "unknown source \"%s\" (known: %s)", src, known);
+        return -EINVAL;
+    }
+    if (*value == '\0') {
+        fail(p, line, sec, name, -EINVAL, "no asset id");
+        return -EINVAL;
+    }
+    for (const char *c = value; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            fail(p, line, sec, name, -EINVAL, "control character in the asset id");
+            return -EINVAL;
+        }
+    }
+    if (config_alias(cfg, src, dot + 1)) {
+        fail(p, line, sec, name, -EINVAL, "duplicate alias");
+        return -EINVAL;
+    }
+    struct cfg_alias *a = realloc(cfg->aliases, (cfg->naliases + 1) * sizeof(*a));
+    if (!a) {
+        fail_nomem(p, line);
+        return -ENOMEM;
+    }
+    cfg->aliases = a;
+    a = &cfg->aliases[cfg->naliases];
+    *a = (struct cfg_alias){strdup(src), strdup(dot + 1), strdup(value)};
+    if (!a->source || !a->key || !a->asset_id) {
+        free(a->source);
+        free(a->key);
+        free(a->asset_id);
+        fail_nomem(p, line);
+        return -ENOMEM;
+    }
+    cfg->naliases++;
+    return 0;
+}
+
+const char *config_alias(const struct config *cfg, const char *source, const char *key)
+{
+    for (size_t i = 0; source && key && i < cfg->naliases; i++)
+        if (strcmp(cfg->aliases[i].source, source) == 0 && strcmp(cfg->aliases[i].key, key) == 0)
+            return cfg->aliases[i].asset_id;
+    return NULL;
+}
+
 static int on_value(void *user, const char *section, const char *name, const char *value)
 {
     struct parse *p = user;
@@ -1452,6 +1526,8 @@ static int on_value(void *user, const char *section, const char *name, const cha
         fail(p, line, -1, name, -EINVAL, "key outside any [section]");
         return 0;
     }
+    if (sections[sec].kind == SK_FREE)
+        return alias_line(p, line, sec, name, value) == 0;
     if (p->cont_line) {
         if (p->last_key < 0)
             return 1; /* continues a key already reported */
@@ -2096,6 +2172,10 @@ void config_dump(const struct config *cfg, FILE *out)
         fprintf(out, "\n[%s]\n", sections[sec].name);
         for (size_t i = 0; i < sections[sec].nkeys; i++)
             dump_key(out, cfg, sec, &sections[sec].keys[i]);
+        if (sections[sec].kind == SK_FREE)
+            for (size_t i = 0; i < cfg->naliases; i++)
+                fprintf(out, "%s.%s = %s\n", cfg->aliases[i].source, cfg->aliases[i].key,
+                        cfg->aliases[i].asset_id);
     }
 }
 
@@ -2213,6 +2293,11 @@ bool config_database_equal(const struct cfg_database *a, const struct cfg_databa
 void config_diff(const struct config *a, const struct config *b, struct config_diff *d)
 {
     memset(d, 0, sizeof(*d));
+    d->aliases = a->naliases != b->naliases;
+    for (size_t i = 0; !d->aliases && i < a->naliases; i++)
+        d->aliases = strcmp(a->aliases[i].source, b->aliases[i].source) != 0 ||
+                     strcmp(a->aliases[i].key, b->aliases[i].key) != 0 ||
+                     strcmp(a->aliases[i].asset_id, b->aliases[i].asset_id) != 0;
     for (int sec = 0; sec < nsections; sec++) {
         for (size_t i = 0; i < sections[sec].nkeys; i++) {
             const struct keydef *k = &sections[sec].keys[i];

@@ -582,16 +582,17 @@ static int build_headers(struct fetch_req *r)
         return -ENOMEM;
     const struct source_plan *plan = api_plan(c);
     const char *name = plan ? plan->key_header : NULL;
+    const char *prefix = plan && plan->key_prefix ? plan->key_prefix : "";
     if (name && c->api_key && *c->api_key) {
         if (!header_value_ok(c->api_key)) {
             curl_slist_free_all(h);
             return -EINVAL;
         }
-        size_t len = strlen(name) + 2 + strlen(c->api_key) + 1;
+        size_t len = strlen(name) + 2 + strlen(prefix) + strlen(c->api_key) + 1;
         char *line = malloc(len);
         if (!line)
             goto fail;
-        snprintf(line, len, "%s: %s", name, c->api_key);
+        snprintf(line, len, "%s: %s%s", name, prefix, c->api_key);
         struct curl_slist *nh = curl_slist_append(h, line);
         explicit_bzero(line, len);
         free(line);

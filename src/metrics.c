@@ -55,6 +55,8 @@ static const struct mdesc descs[] = {
     {"coingest_job_last_success_timestamp_seconds", M_GAUGE, "Last successful run, by job"},
     {"coingest_reloads_total", M_COUNTER, "Configuration reloads applied"},
     {"coingest_reload_failures_total", M_COUNTER, "Configuration reloads refused"},
+    {"coingest_unmapped_keys_total", M_COUNTER,
+     "Source asset keys a mapping pass left unmapped (ambiguous or unknown)"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and
@@ -65,6 +67,7 @@ static const char *const zero_at_start[] = {
     "coingest_field_errors_total",
     "coingest_reloads_total",
     "coingest_reload_failures_total",
+    "coingest_unmapped_keys_total",
 };
 
 struct series {

@@ -636,7 +636,9 @@ def parse_rate(s):
 class App:
     """Shared state: routes, faults, rate limit, request log. One lock guards it."""
 
-    def __init__(self, args):
+    def __init__(self, args, routes=None):
+        """`routes` (for the other APIs' fakes, which import this module): a function of the
+        App that returns the routes object; default the CoinGecko routes."""
         self.args = args
         self.lock = threading.Lock()
         self.tick = 0
@@ -648,7 +650,9 @@ class App:
         self.rate_initial = (count, window)
         self.rate = RateLimit(count, window, args.rate_slack_ms / 1000.0)
         self.log_file = open(args.log, "a", encoding="utf-8") if args.log else None
-        if args.universe:
+        if routes:
+            self.routes = routes(self)
+        elif args.universe:
             epoch = int(time.time()) if args.epoch == "now" else int(args.epoch or EPOCH_DEFAULT)
             self.routes = SyntheticRoutes(self, args.universe, epoch)
         else:
@@ -669,6 +673,9 @@ class App:
                 if any((params or {}).get(k) != str(v) for k, v in want.items()):
                     continue
                 if route.startswith(m) or path.startswith(m):
+                    if f.get("skip", 0) > 0:  # let this many matching requests through first
+                        f["skip"] -= 1
+                        continue
                     f["remaining"] -= 1
                     if f["remaining"] <= 0:
                         self.faults.remove(f)
@@ -772,6 +779,11 @@ class App:
 
 
 class Handler(BaseHTTPRequestHandler):
+    """The API side of the server. Another API's fake subclasses it and sets these: the
+    path prefix of the API, its 429 and 404 bodies, and which request headers carry a key."""
+    prefix = PREFIX
+    err_429_body = ERR_429_BODY
+    not_found_body = NOT_FOUND_BODY
     protocol_version = "HTTP/1.1"
     server_version = "fakeapi/1"
     sys_version = ""
@@ -834,7 +846,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def serve_api(self, app, method, path, query, params, t_mono, t_wall):
-        route = path[len(PREFIX):] if path.startswith(PREFIX + "/") else None
+        route = path[len(self.prefix):] if path.startswith(self.prefix + "/") else None
         entry = {"conn": self.conn_id, "method": method, "path": path, "route": route,
                  "query": query, "params": params,
                  "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -855,7 +867,7 @@ class Handler(BaseHTTPRequestHandler):
             with app.lock:
                 wait = app.rate.check(time.monotonic())
             if wait is not None:
-                self.answer(entry, 429, ERR_429_BODY, {"Retry-After": str(wait)})
+                self.answer(entry, 429, self.err_429_body, {"Retry-After": str(wait)})
                 return
             status, body = self.route(app, method, route, params)
             self.answer(entry, status, body)
@@ -869,7 +881,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, app, method, route, params):
         if method != "GET" or route is None:
-            return 404, NOT_FOUND_BODY
+            return 404, self.not_found_body
         try:
             out = app.routes.route(route, params)
         except ApiError as e:
@@ -895,7 +907,7 @@ class Handler(BaseHTTPRequestHandler):
             status = int(f.get("status", 500))
             body = f.get("body")
             if body is None:
-                body = ERR_429_BODY if status == 429 else dumps(
+                body = self.err_429_body if status == 429 else dumps(
                     {"error": "injected %d" % status})
             elif not isinstance(body, str):
                 body = dumps(body)
@@ -1033,9 +1045,9 @@ def build_parser():
     return p
 
 
-def make_server(args):
-    app = App(args)
-    httpd = Server((args.host, args.port), Handler)
+def make_server(args, routes=None, handler=Handler):
+    app = App(args, routes)
+    httpd = Server((args.host, args.port), handler)
     httpd.app = app
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1070,11 +1082,9 @@ def watch_parent(httpd):
     threading.Thread(target=run, daemon=True).start()
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.selftest:
-        return selftest(args)
-    httpd = make_server(args)
+def serve(args, routes=None, handler=Handler):
+    """Runs a server until SIGTERM/SIGINT or the parent's exit (the other fakes call this)."""
+    httpd = make_server(args, routes, handler)
 
     def stop(signum, frame):
         threading.Thread(target=httpd.shutdown, daemon=True).start()
@@ -1088,6 +1098,13 @@ def main(argv=None):
     finally:
         httpd.server_close()
     return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.selftest:
+        return selftest(args)
+    return serve(args)
 
 
 # ---- self test ---------------------------------------------------------------------------

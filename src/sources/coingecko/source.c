@@ -20,9 +20,14 @@
 #define MINUTE_MS 60000u
 
 static const struct source_plan plans[] = {
-    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL},
-    {"demo", "https://api.coingecko.com/api/v3", {30, MINUTE_MS}, 10000, "x-cg-demo-api-key"},
-    {"pro", "https://pro-api.coingecko.com/api/v3", {500, MINUTE_MS}, 500000, "x-cg-pro-api-key"},
+    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL, NULL},
+    {"demo", "https://api.coingecko.com/api/v3", {30, MINUTE_MS}, 10000, "x-cg-demo-api-key", NULL},
+    {"pro",
+     "https://pro-api.coingecko.com/api/v3",
+     {500, MINUTE_MS},
+     500000,
+     "x-cg-pro-api-key",
+     NULL},
 };
 
 static const struct cfg_key keys[] = {
