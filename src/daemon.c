@@ -7,9 +7,13 @@
  * uv_signal (they were blocked in main() until the handlers existed, so an early SIGHUP waits
  * instead of killing the process).
  *
- * Stopping: SIGTERM/SIGINT (or the end of a --once run) stops the scheduler, lets running jobs
- * finish within shutdown_timeout (then cancels them), then asks the sink to flush, which
- * spools whatever it cannot commit in the time left. A second signal cuts both waits short.
+ * Stopping: SIGTERM/SIGINT (or the end of a --once run) stops the scheduler and stops the APIs
+ * (api_stop: requests waiting for a token, a backoff or a 429 pause end at once, nothing is
+ * retried), so the running jobs finish as soon as their transfers in flight have ended; those
+ * get DAEMON_STOP_INFLIGHT_MS (at most shutdown_timeout) before they are cancelled. Then the sink
+ * flushes in what is left of shutdown_timeout, so with the database up every row, the runs'
+ * job_runs rows included, is committed and nothing is spooled; only what cannot be committed in
+ * time is. A second signal cuts every wait short.
  * Only then are the HTTP endpoint, the APIs, the fetch engine and the timers closed, and the
  * loop runs until every handle is closed, so uv_loop_close() succeeds.
  */
@@ -35,6 +39,9 @@
 #include "coingest/timers.h"
 #include "coingest/util.h"
 
+/* How long transfers in flight may go on after a stop signal before they are cancelled. */
+#define DAEMON_STOP_INFLIGHT_MS 1000u
+
 struct daemon;
 
 /* A job's place on the schedule. */
@@ -42,6 +49,7 @@ struct jobslot {
     struct daemon *d;
     size_t id;                     /* index into cfg->jobs */
     struct sched_entry *sched_job; /* NULL when not scheduled */
+    unsigned failed_streak;        /* runs in a row that failed, up to the last one */
 };
 
 struct daemon {
@@ -64,6 +72,7 @@ struct daemon {
     struct wheel_timer watchdog_timer;
     struct wheel_timer stop_timer;
     struct wheel_timer once_timer;
+    struct wheel_timer inflight_timer; /* a stop: when transfers in flight are cancelled */
     uint64_t watchdog_ms;
     uint64_t stop_deadline; /* monotonic ms */
 
@@ -150,11 +159,42 @@ static void log_stats(struct daemon *d)
  * when rows are being lost (the spool failed and memory was full: a promise broken, and it stays
  * 503 until a restart, so the loss is not hidden by the next good probe), or when the database
  * has been unreachable for longer than [daemon] health_db_grace (0: at once). Otherwise 200,
- * with "db":"down" and the spool's counts while the database is away.
+ * with "db":"down" and the spool's counts while the database is away, and "status":"degraded"
+ * (still 200) while a job's last run failed (degraded() above says which).
  *
  * How long the database has been away is counted from the first probe that saw it down (the
  * sink does not say when it went down), so it can read up to one probe interval short.
  */
+/* "degraded": a source one of whose jobs failed its last run(s) (not a run the stop cut short).
+ * Writes the reason ("source coingecko: prices failed its last 2 runs (GET ...: why)") and
+ * returns true. Only the first such job is named in full; the others are counted. */
+static bool degraded(struct daemon *d, char *reason, size_t cap)
+{
+    size_t n = 0, more = 0;
+    for (size_t i = 0; d->runner && i < d->nslots; i++) {
+        const struct jobslot *slot = &d->slots[i];
+        if (!slot->failed_streak)
+            continue;
+        if (n) {
+            more++;
+            continue;
+        }
+        const struct run_summary *s = runner_last(d->runner, i);
+        const struct cfg_job *jb = &d->cfg->jobs[i];
+        int w = snprintf(reason, cap, "source %s: %s failed its last %u run%s (%.120s)",
+                         d->cfg->sources[jb->source].name, jb->name, slot->failed_streak,
+                         slot->failed_streak > 1 ? "s" : "", s ? s->error : "");
+        n = w > 0 ? (size_t)w : 0;
+    }
+    if (more && n < cap)
+        snprintf(reason + n, cap - n, "; %zu more job%s failing", more, more > 1 ? "s" : "");
+    /* The reason goes into a JSON string as it is: no quote, backslash or control character. */
+    for (char *c = reason; *c; c++)
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+            *c = *c == '"' ? '\'' : *c == '\\' ? '/' : ' ';
+    return n > 0;
+}
+
 static int health(void *arg, char *json, size_t cap)
 {
     static uint64_t down_since_ms; /* loop thread only; 0 while the database is up */
@@ -168,13 +208,18 @@ static int health(void *arg, char *json, size_t cap)
         down_since_ms = now ? now : 1;
     unsigned long long down_s = st.db_up ? 0 : (now - down_since_ms) / 1000;
     uint64_t grace = d->cfg->daemon.health_db_grace_ms;
-    char reason[96] = "";
+    char reason[320] = "";
     if (st.rows_lost > 0)
         snprintf(reason, sizeof(reason), "%llu rows lost (the spool is failing)",
                  (unsigned long long)st.rows_lost);
     else if (!st.db_up && (grace == 0 || now - down_since_ms >= grace))
         snprintf(reason, sizeof(reason), "database unreachable for %llus", down_s);
-    int n = snprintf(json, cap, "{\"status\":\"%s\",", reason[0] ? "unhealthy" : "ok");
+    bool unhealthy = reason[0] != '\0';
+    bool deg = !unhealthy && degraded(d, reason, sizeof(reason));
+    int n = snprintf(json, cap, "{\"status\":\"%s\",",
+                     unhealthy ? "unhealthy"
+                     : deg     ? "degraded"
+                               : "ok");
     if (reason[0] && n > 0 && (size_t)n < cap)
         n += snprintf(json + n, cap - (size_t)n, "\"reason\":\"%s\",", reason);
     if (n > 0 && (size_t)n < cap)
@@ -183,7 +228,7 @@ static int health(void *arg, char *json, size_t cap)
                  "\"rows_lost\":%llu}",
                  st.db_up ? "up" : "down", down_s, (unsigned long long)st.rows_pending,
                  (unsigned long long)st.rows_spooled, (unsigned long long)st.rows_lost);
-    return reason[0] ? 503 : 200;
+    return unhealthy ? 503 : 200;
 }
 
 static bool any_job_running(struct daemon *d)
@@ -240,6 +285,7 @@ static void teardown(struct daemon *d)
         timers_stop(d->timers, &d->watchdog_timer);
         timers_stop(d->timers, &d->stop_timer);
         timers_stop(d->timers, &d->once_timer);
+        timers_stop(d->timers, &d->inflight_timer);
     }
     if (d->server)
         server_close(d->server, server_closed, d);
@@ -288,6 +334,17 @@ static void stop_timeout(struct wheel_timer *tm, void *arg)
     stop_progress(d);
 }
 
+static void stop_inflight(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct daemon *d = arg;
+    if (!any_job_running(d))
+        return;
+    log_info("cancelling the transfers still in flight");
+    runner_cancel(d->runner);
+    stop_progress(d);
+}
+
 static void begin_stop(struct daemon *d, bool hurry)
 {
     if (d->closing)
@@ -307,9 +364,27 @@ static void begin_stop(struct daemon *d, bool hurry)
     d->stopping = 1;
     notify_stopping();
     sched_stop(d->sched);
-    d->stop_deadline = timers_now(d->timers) + d->cfg->daemon.shutdown_timeout_ms;
-    timers_start(d->timers, &d->stop_timer, d->cfg->daemon.shutdown_timeout_ms);
-    log_info("stopping", LOG_U("shutdown_timeout_ms", d->cfg->daemon.shutdown_timeout_ms));
+    uint64_t timeout = d->cfg->daemon.shutdown_timeout_ms;
+    d->stop_deadline = timers_now(d->timers) + timeout;
+    timers_start(d->timers, &d->stop_timer, timeout);
+    /* What the stop waits for, said before the waits that api_stop ends. */
+    size_t running = 0, in_flight = 0, waiting = 0;
+    for (size_t i = 0; d->runner && i < d->cfg->njobs; i++)
+        running += runner_running(d->runner, i);
+    for (size_t i = 0; i < d->napis; i++) {
+        struct api_stats as;
+        api_get_stats(d->apis[i], &as);
+        in_flight += as.in_flight;
+        waiting += as.pending - as.in_flight;
+    }
+    uint64_t inflight_ms = timeout < DAEMON_STOP_INFLIGHT_MS ? timeout : DAEMON_STOP_INFLIGHT_MS;
+    log_info("stopping", LOG_U("jobs_running", running), LOG_U("requests_in_flight", in_flight),
+             LOG_U("requests_waiting_cancelled", waiting), LOG_U("in_flight_grace_ms", inflight_ms),
+             LOG_U("shutdown_timeout_ms", timeout));
+    if (running)
+        timers_start(d->timers, &d->inflight_timer, inflight_ms);
+    for (size_t i = 0; i < d->napis; i++)
+        api_stop(d->apis[i]);
     stop_progress(d);
 }
 
@@ -394,10 +469,27 @@ static void tick_done(const struct run_summary *s, void *arg)
     struct jobslot *slot = arg;
     struct daemon *d = slot->d;
     sched_job_done(slot->sched_job);
-    log_info("job finished", LOG_S("job", s->name), LOG_S("status", run_status_name(s->status)),
-             LOG_U("requests", s->requests), LOG_U("rows", s->rows), LOG_U("counted", s->counted),
+    /* A failed run is an error (a warn when the stop cut it short), a partial one a warn. */
+    enum log_level level = s->status == RUN_OK        ? LOG_INFO
+                           : s->status == RUN_PARTIAL ? LOG_WARN
+                           : d->stopping              ? LOG_WARN
+                                                      : LOG_ERROR;
+    log_emit(level, "job finished", LOG_S("job", s->name),
+             LOG_S("status", run_status_name(s->status)), LOG_U("requests", s->requests),
+             LOG_U("rows", s->rows), LOG_U("counted", s->counted),
              LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
-             LOG_S("error", s->error));
+             LOG_S("error", s->error), LOG_END);
+    if (s->status == RUN_FAILED && !d->stopping) {
+        slot->failed_streak++;
+    } else if (s->status != RUN_FAILED && slot->failed_streak) {
+        log_info("job recovered", LOG_S("job", s->name),
+                 LOG_S("status", run_status_name(s->status)),
+                 LOG_U("failed_runs_before", slot->failed_streak));
+        slot->failed_streak = 0;
+    }
+    char labels[160];
+    snprintf(labels, sizeof(labels), "job=\"%s\"", s->name);
+    metrics_set("coingest_job_consecutive_failures", labels, slot->failed_streak);
     send_status(d);
     stop_progress(d);
 }
@@ -583,6 +675,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     wheel_timer_init(&d->watchdog_timer, watchdog, d);
     wheel_timer_init(&d->stop_timer, stop_timeout, d);
     wheel_timer_init(&d->once_timer, once_wait_timeout, d);
+    wheel_timer_init(&d->inflight_timer, stop_inflight, d);
 
     d->sink = sink_new(&d->loop, d->timers, cfg);
     if (!d->sink)
@@ -645,6 +738,9 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
             d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
             if (!d->slots[i].sched_job)
                 goto fail_setup;
+            char labels[160];
+            snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[i].name);
+            metrics_set("coingest_job_consecutive_failures", labels, 0);
         }
     }
 

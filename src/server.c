@@ -44,7 +44,7 @@
 #include "coingest/metrics.h"
 
 #define SERVER_LINGER_MS  1000
-#define SERVER_HEALTH_MAX 512
+#define SERVER_HEALTH_MAX 1024
 
 enum conn_state { CONN_READING, CONN_WRITING, CONN_LINGER, CONN_CLOSING };
 
