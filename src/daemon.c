@@ -36,6 +36,7 @@
 #include "coingest/server.h"
 #include "coingest/sink.h"
 #include "coingest/source.h"
+#include "coingest/status.h"
 #include "coingest/timers.h"
 #include "coingest/util.h"
 
@@ -65,6 +66,8 @@ struct daemon {
     struct runner *runner;
     struct sched *sched;
     struct server *server;
+    struct status *status; /* the status page's histories; with the server */
+    uint64_t started_wall_ms;
     struct jobslot *slots; /* per job */
     size_t nslots;
 
@@ -263,6 +266,8 @@ static void server_closed(void *arg)
 {
     struct daemon *d = arg;
     d->server = NULL;
+    status_free(d->status); /* the sink has answered its reads: it has shut down */
+    d->status = NULL;
     runner_free(d->runner);
     d->runner = NULL;
     sched_free(d->sched);
@@ -490,6 +495,7 @@ static void tick_done(const struct run_summary *s, void *arg)
     char labels[160];
     snprintf(labels, sizeof(labels), "job=\"%s\"", s->name);
     metrics_set("coingest_job_consecutive_failures", labels, slot->failed_streak);
+    status_run_finished(d->status);
     send_status(d);
     stop_progress(d);
 }
@@ -543,6 +549,62 @@ static int store_read(void *ctx, const char *sql, const char *const *params, siz
     return rc;
 }
 
+/* --- the status page ---------------------------------------------------------------------- */
+
+/* The snapshot of everything the page shows (status.h), or NULL on OOM. */
+static json_t *status_snapshot(struct daemon *d)
+{
+    size_t n = d->cfg->njobs;
+    uint64_t *next = calloc(n + 1, sizeof(*next));
+    unsigned *streak = calloc(n + 1, sizeof(*streak));
+    json_t *j = NULL;
+    if (next && streak) {
+        for (size_t i = 0; i < n && i < d->nslots; i++) {
+            struct sched_entry_stats ss = {0};
+            if (d->slots[i].sched_job)
+                sched_job_stats(d->slots[i].sched_job, &ss);
+            next[i] = ss.next_due_wall_ms;
+            streak[i] = d->slots[i].failed_streak;
+        }
+        char hjson[1024];
+        int hstatus = health(d, hjson, sizeof(hjson));
+        struct status_view v = {
+            .cfg = d->cfg,
+            .apis = d->apis,
+            .runner = d->runner,
+            .next_run_wall_ms = next,
+            .failed_streak = streak,
+            .health_json = hjson,
+            .health_status = hstatus,
+            .stopping = d->stopping != 0,
+            .started_wall_ms = d->started_wall_ms,
+        };
+        j = status_json(d->status, &v);
+    }
+    free(next);
+    free(streak);
+    return j;
+}
+
+static int serve_status_json(void *arg, const char **ctype, char **body, size_t *len)
+{
+    json_t *j = status_snapshot(arg);
+    *ctype = "application/json";
+    *body = j ? json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    *len = *body ? strlen(*body) : 0;
+    return 200;
+}
+
+static int serve_status_page(void *arg, const char **ctype, char **body, size_t *len)
+{
+    json_t *j = status_snapshot(arg);
+    *ctype = "text/html; charset=utf-8";
+    *body = j ? status_html(j, len) : NULL;
+    json_decref(j);
+    return 200;
+}
+
 /* --- signals and reload ------------------------------------------------------------------- */
 
 static void register_secrets(const struct config *cfg)
@@ -576,6 +638,7 @@ static void reload(struct daemon *d)
             api_update(d->apis[i], &next->sources[i]);
     sink_reconfigure(d->sink, next);
     runner_set_config(d->runner, next);
+    status_set_config(d->status, next);
     for (size_t i = 0; i < d->nslots; i++) {
         /* --once runs have no schedule to change. */
         if ((diff.job >> i & 1) && d->slots[i].sched_job)
@@ -652,6 +715,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     }
     d->cfg = cfg;
     d->opts = opts;
+    d->started_wall_ms = util_wall_ms();
     int status = EX_SOFTWARE;
     char err[512];
 
@@ -717,6 +781,10 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
             status = EX_OSERR;
             goto fail_setup;
         }
+        d->status = status_new(d->timers, d->sink, cfg);
+        if (!d->status || server_route(d->server, "/", serve_status_page, d) != 0 ||
+            server_route(d->server, "/status.json", serve_status_json, d) != 0)
+            goto fail_setup;
     }
 
     d->watchdog_ms = notify_watchdog_interval_ms();

@@ -783,7 +783,11 @@ static void note_failure(struct api *a, const struct fetch_req *r, bool retrying
     uint64_t held = 0;
     if (!log_ratelimit(&a->warn_rl, now, FETCH_WARN_INTERVAL_MS, &held))
         return;
-    log_warn("request failing", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
+    /* Long id lists make long paths: the line keeps their beginning. */
+    char path[128];
+    size_t plen = strlen(r->path);
+    snprintf(path, sizeof(path), "%.120s%s", r->path, plen > 120 ? "..." : "");
+    log_warn("request failing", LOG_S("api", a->cfg.name), LOG_S("path", path),
              LOG_I("status", r->status), LOG_U("attempt", r->attempts), LOG_B("retrying", retrying),
              LOG_S("error", r->err), LOG_U("failures", a->failures),
              LOG_U("failing_s", (now - a->failing_since) / 1000), LOG_U("not_logged", held));

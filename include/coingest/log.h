@@ -120,7 +120,7 @@ bool log_ratelimit(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_
  * LOG_RECENT_MAX of them, each masked like any line, in logfmt without the time stamp and cut
  * to LOG_RECENT_LINE bytes. */
 #define LOG_RECENT_MAX  20
-#define LOG_RECENT_LINE 320
+#define LOG_RECENT_LINE 512
 struct log_recent {
     uint64_t wall_ms;
     enum log_level level;
