@@ -59,8 +59,9 @@ struct log_field {
 #define LOG_B(k, x) ((struct log_field){.key = (k), .type = LOG_T_BOOL, .v.b = (bool)(x)})
 #define LOG_END     ((struct log_field){.key = NULL, .type = LOG_T_END})
 
-/* Emits one line if `level` is enabled. Fields are passed by value and end with LOG_END;
- * the macros below add it. Thread: any. */
+/* Emits one line if `level` is enabled; a warn or error line is also kept for log_recent,
+ * enabled or not. Fields are passed by value and end with LOG_END; the macros below add it.
+ * Thread: any. */
 void log_emit(enum log_level level, const char *msg, ...);
 
 #define log_error(...) log_emit(LOG_ERROR, __VA_ARGS__, LOG_END)
