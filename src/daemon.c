@@ -156,18 +156,6 @@ static void log_stats(struct daemon *d)
              LOG_U("requests_queued", queued), LOG_F("bucket_tokens", tokens < 0 ? 0 : tokens));
 }
 
-/*
- * /healthz. A database that is away is not by itself unhealthy: rows wait in the spool, and an
- * orchestrator restarting the daemon would only make things worse. So the answer is 503 only
- * when rows are being lost (the spool failed and memory was full: a promise broken, and it stays
- * 503 until a restart, so the loss is not hidden by the next good probe), or when the database
- * has been unreachable for longer than [daemon] health_db_grace (0: at once). Otherwise 200,
- * with "db":"down" and the spool's counts while the database is away, and "status":"degraded"
- * (still 200) while a job's last run failed (degraded() above says which).
- *
- * How long the database has been away is counted from the first probe that saw it down (the
- * sink does not say when it went down), so it can read up to one probe interval short.
- */
 /* "degraded": a source one of whose jobs failed its last run(s) (not a run the stop cut short).
  * Writes the reason ("source coingecko: prices failed its last 2 runs (GET ...: why)") and
  * returns true. Only the first such job is named in full; the others are counted. */
@@ -184,9 +172,12 @@ static bool degraded(struct daemon *d, char *reason, size_t cap)
         }
         const struct run_summary *s = runner_last(d->runner, i);
         const struct cfg_job *jb = &d->cfg->jobs[i];
-        int w = snprintf(reason, cap, "source %s: %s failed its last %u run%s (%.120s)",
+        char why[121] = ""; /* cut on a UTF-8 boundary: the reason is a JSON string */
+        if (s)
+            util_copy_clean(why, sizeof(why), s->error, strlen(s->error));
+        int w = snprintf(reason, cap, "source %s: %s failed its last %u run%s (%s)",
                          d->cfg->sources[jb->source].name, jb->name, slot->failed_streak,
-                         slot->failed_streak > 1 ? "s" : "", s ? s->error : "");
+                         slot->failed_streak > 1 ? "s" : "", why);
         n = w > 0 ? (size_t)w : 0;
     }
     if (more && n < cap)
@@ -198,6 +189,18 @@ static bool degraded(struct daemon *d, char *reason, size_t cap)
     return n > 0;
 }
 
+/*
+ * /healthz. A database that is away is not by itself unhealthy: rows wait in the spool, and an
+ * orchestrator restarting the daemon would only make things worse. So the answer is 503 only
+ * when rows are being lost (the spool failed and memory was full: a promise broken, and it stays
+ * 503 until a restart, so the loss is not hidden by the next good probe), or when the database
+ * has been unreachable for longer than [daemon] health_db_grace (0: at once). Otherwise 200,
+ * with "db":"down" and the spool's counts while the database is away, and "status":"degraded"
+ * (still 200) while a job's last run failed (degraded() above says which).
+ *
+ * How long the database has been away is counted from the first probe that saw it down (the
+ * sink does not say when it went down), so it can read up to one probe interval short.
+ */
 static int health(void *arg, char *json, size_t cap)
 {
     static uint64_t down_since_ms; /* loop thread only; 0 while the database is up */
