@@ -53,6 +53,7 @@ static const struct mdesc descs[] = {
      "Ticks skipped because the previous run was still going, by job"},
     {"coingest_job_duration_seconds", M_SUMMARY, "Job run duration, by job"},
     {"coingest_job_last_success_timestamp_seconds", M_GAUGE, "Last successful run, by job"},
+    {"coingest_job_consecutive_failures", M_GAUGE, "Runs in a row that failed, by job"},
     {"coingest_reloads_total", M_COUNTER, "Configuration reloads applied"},
     {"coingest_reload_failures_total", M_COUNTER, "Configuration reloads refused"},
     {"coingest_unmapped_keys_total", M_COUNTER,
