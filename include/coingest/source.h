@@ -35,6 +35,10 @@ struct source_plan {
     uint64_t monthly_credits; /* default monthly_credits; 0 = no monthly cap */
     const char *key_header;   /* the header that carries api_key ("x-api-key"); NULL when the
                                  plan takes no key */
+    const char *const *hosts; /* the API's hosts this plan's key works on, NULL-terminated; NULL:
+                                 any. A base_url set explicitly whose host belongs to another
+                                 plan of the source and not to this one is a config error (a
+                                 proxy or a test server on another host is fine). */
 };
 
 struct source_def {

@@ -19,10 +19,25 @@
 
 #define MINUTE_MS 60000u
 
+/* Demo (and keyless) requests go to api.coingecko.com, pro requests to pro-api.coingecko.com;
+ * each host refuses the other kind of key. */
+static const char *const public_hosts[] = {"api.coingecko.com", NULL};
+static const char *const pro_hosts[] = {"pro-api.coingecko.com", NULL};
+
 static const struct source_plan plans[] = {
-    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL},
-    {"demo", "https://api.coingecko.com/api/v3", {30, MINUTE_MS}, 10000, "x-cg-demo-api-key"},
-    {"pro", "https://pro-api.coingecko.com/api/v3", {500, MINUTE_MS}, 500000, "x-cg-pro-api-key"},
+    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL, public_hosts},
+    {"demo",
+     "https://api.coingecko.com/api/v3",
+     {30, MINUTE_MS},
+     10000,
+     "x-cg-demo-api-key",
+     public_hosts},
+    {"pro",
+     "https://pro-api.coingecko.com/api/v3",
+     {500, MINUTE_MS},
+     500000,
+     "x-cg-pro-api-key",
+     pro_hosts},
 };
 
 static const struct cfg_key keys[] = {
