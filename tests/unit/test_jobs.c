@@ -28,6 +28,7 @@
 #include "coingest/runner.h"
 #include "coingest/source.h"
 #include "coingest/timers.h"
+#include "coingest/util.h"
 #include "fakeapi_proc.h"
 
 #define UNIVERSE 600
@@ -207,11 +208,11 @@ static void start_runner(struct env *e)
     assert_non_null(e->rn);
 }
 
-static int setup_with(void **state, const char *extra)
+/* The fixture with the fake API started with `args` (NULL-terminated). */
+static int setup_fake(void **state, const char *const *args, const char *extra)
 {
     struct env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
-    static const char *const args[] = {"--universe", "600", NULL};
     e->fake = fakeapi_start(args);
     assert_non_null(e->fake);
     assert_int_equal(uv_loop_init(&e->loop), 0);
@@ -223,6 +224,12 @@ static int setup_with(void **state, const char *extra)
     start_runner(e);
     *state = e;
     return 0;
+}
+
+static int setup_with(void **state, const char *extra)
+{
+    static const char *const args[] = {"--universe", "600", NULL};
+    return setup_fake(state, args, extra);
 }
 
 static int setup(void **state)
@@ -734,6 +741,139 @@ static void test_no_rows_is_not_ok(void **state)
 }
 
 /* The registry: every job has a definition, a unique name and a source; the budget adds up. */
+/* ---- /simple/price: the ids cap and 414 answers -------------------------------------------- */
+
+/* What the fake API saw of /simple/price: the most ids one request carried, how many requests
+ * were answered 414, and how many ids were answered 200 (all of them, and distinct ones). */
+struct price_log {
+    size_t max_ids, refused, answered_ids, distinct_ids;
+};
+
+static struct price_log price_log(struct env *e)
+{
+    struct price_log pl = {0};
+    struct strlist answered = {0};
+    json_t *log = fakeapi_log(e->fake, 0);
+    assert_non_null(log);
+    size_t i;
+    json_t *entry;
+    json_array_foreach(log, i, entry)
+    {
+        const char *r = json_string_value(json_object_get(entry, "route"));
+        if (!r || strcmp(r, "/simple/price") != 0)
+            continue;
+        const char *ids =
+            json_string_value(json_object_get(json_object_get(entry, "params"), "ids"));
+        assert_non_null(ids);
+        json_int_t status = json_integer_value(json_object_get(entry, "status"));
+        size_t n = 0;
+        for (const char *p = ids; p;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            if (status == 200) {
+                assert_int_equal(strlist_push(&answered, p, len), 0);
+                pl.answered_ids++;
+            }
+            n++;
+            p = comma ? comma + 1 : NULL;
+        }
+        if (n > pl.max_ids)
+            pl.max_ids = n;
+        if (status == 414)
+            pl.refused++;
+    }
+    json_decref(log);
+    strlist_sort_uniq(&answered);
+    pl.distinct_ids = answered.n;
+    strlist_clear(&answered);
+    return pl;
+}
+
+#define BIG_UNIVERSE 1300
+
+static int setup_big(void **state)
+{
+    static const char *const args[] = {"--universe", "1300", NULL};
+    return setup_fake(state, args, "[universe]\nvs_currencies = usd\n");
+}
+
+/* 1,300 ids whose URL would hold ~600 a request: no request carries more than 500 (the
+ * default max_ids_per_request), and every id is asked for once. */
+static void test_prices_ids_cap(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    struct price_log pl = price_log(e);
+    assert_int_equal(pl.max_ids, 500);
+    assert_int_equal(pl.refused, 0);
+    assert_int_equal(pl.answered_ids, BIG_UNIVERSE);
+    assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], BIG_UNIVERSE);
+
+    /* The key lowers it. */
+    config_free(e->cfg);
+    e->cfg = NULL;
+    load_config(e, "max_ids_per_request = 200\n[universe]\nvs_currencies = usd\n");
+    runner_set_config(e->rn, e->cfg);
+    assert_int_equal(fakeapi_reset(e->fake), 0);
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    pl = price_log(e);
+    assert_int_equal(pl.max_ids, 200);
+    assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
+}
+
+/* An edge that refuses URLs over 3,000 bytes: each refused request is asked for again in
+ * halves until the halves pass; no id is lost or asked for twice, and the run is ok. */
+static int setup_414_url(void **state)
+{
+    static const char *const args[] = {"--universe", "1300", "--max-url-bytes", "3000", NULL};
+    return setup_fake(state, args, "[universe]\nvs_currencies = usd, eur\n");
+}
+
+static void test_prices_414_splits(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    struct price_log pl = price_log(e);
+    assert_true(pl.refused > 0);
+    assert_true(pl.max_ids == 500); /* the first requests were refused, then halved */
+    assert_int_equal(pl.answered_ids, BIG_UNIVERSE);
+    assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], e->cfg->universe.vs_currencies.n * BIG_UNIVERSE);
+}
+
+/* The same against an API whose own ids cap (70) is below the daemon's. */
+static int setup_414_ids(void **state)
+{
+    static const char *const args[] = {"--universe", "1300", "--max-ids", "70", NULL};
+    return setup_fake(state, args, "[universe]\nvs_currencies = usd\n");
+}
+
+/* An id that is refused even alone is a failed request, once; the run ends (no endless
+ * halving). */
+static int setup_414_always(void **state)
+{
+    static const char *const args[] = {"--universe", "600", "--max-url-bytes", "60", NULL};
+    return setup_fake(
+        state, args, "[universe]\nids = coin-00001, coin-00002, coin-00004\nvs_currencies = usd\n");
+}
+
+static void test_prices_414_single_id_fails(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_FAILED);
+    assert_non_null(strstr(e->sum.error, "414"));
+    struct price_log pl = price_log(e);
+    assert_int_equal(pl.refused, 5); /* 3 ids, then 1 + 2, then the 2 as 1 + 1 */
+    assert_int_equal(pl.answered_ids, 0);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
+}
+
 static void test_registry_and_budget(void **state)
 {
     struct env *e = *state;
@@ -798,6 +938,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_id_skipped_prices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_id_skipped_markets, setup_category, teardown),
         cmocka_unit_test_setup_teardown(test_no_rows_is_not_ok, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_ids_cap, setup_big, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_414_splits, setup_414_url, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_414_splits, setup_414_ids, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_414_single_id_fails, setup_414_always,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

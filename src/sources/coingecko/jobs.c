@@ -12,8 +12,10 @@
  *                (a sink barrier: it runs after the list is committed), /coins/categories/list
  *                -> categories, then per configured category the paged /coins/markets?category=
  *                -> asset_categories.
- *   prices:      the universe's ids split over /simple/price requests whose URL stays under
- *                max_url_bytes -> prices.
+ *   prices:      the universe's ids split over /simple/price requests of at most
+ *                max_ids_per_request ids whose URL stays under max_url_bytes -> prices. A
+ *                request answered 414 (URI Too Long) is asked for again in two halves, down
+ *                to single ids, so no id is dropped for it.
  *   market_caps: per vs_currency, /coins/markets pages (order=market_cap_desc, per_page,
  *                precision=full) until a short page or `top` -> market_snapshots and assets'
  *                rank/image; then /global -> global_snapshots.
@@ -129,17 +131,27 @@ struct cg_run {
     /* the ids the run tracks (sorted, unique) and a cursor over them */
     struct strlist ids;
     size_t next_id;
+    /* simple/price: ranges of ids (below next_id) to ask for again, in halves of a request
+     * the API refused as too long (414); served last in, first out, before next_id moves on.
+     * Each split halves a range, so the stack never holds more than log2(ids) + 1 of them. */
+    struct id_range {
+        size_t first, n;
+    } split[64];
+    size_t nsplit;
+    uint32_t max_ids;       /* ids one /simple/price request may carry (max_ids_per_request) */
     struct strlist scratch; /* ids gathered while walking pages */
 
     /* the current request and what it fills */
     char path[16384];
-    bool sent;    /* path holds a request that was answered */
-    bool last_ok; /* ... and it succeeded */
+    bool sent;        /* path holds a request that was answered */
+    bool last_ok;     /* ... and it succeeded */
+    long last_status; /* ... with this HTTP status (0: none) */
     struct batch *b[3];
     struct strlist got_ids;
     size_t got_ncoins;          /* coins in the page as served (before a top-N trim) */
     const char *const *req_ids; /* simple/price: the ids of this request */
     size_t req_nids;
+    size_t req_first; /* ... and the index of the first in ids */
 };
 
 static void idcache_clear(struct idcache *c)
@@ -317,6 +329,7 @@ static int build_ids_path(struct cg_run *r, const char *prefix, const char *suff
         return -ENOSPC;
     r->req_ids = (const char *const *)&r->ids.items[first];
     r->req_nids = r->next_id - first;
+    r->req_first = first;
     return 0;
 }
 
@@ -424,6 +437,7 @@ static void on_done(const struct fetch_result *res, void *arg)
     struct cg_run *r = run_state(arg);
     r->sent = true;
     r->last_ok = res->outcome == FETCH_OK;
+    r->last_status = res->status;
     /* The runner has counted the request and recorded a failure as the run's error. */
     if (!r->last_ok)
         drop_batches(r);
@@ -801,10 +815,32 @@ static void check_quotes(struct cg_run *r, const char *what)
     run_source_error(r->run, "no_rows", what, why);
 }
 
+/* simple/price: the answer to the last request was 414 (URI Too Long: a CDN in front of the
+ * API, or the API's own cap on ids). Its ids are asked for again in two halves; an id that
+ * alone is refused is a failed request, counted and recorded, and the run goes on. */
+static void prices_split(struct cg_run *r)
+{
+    if (r->req_nids > 1 && r->nsplit + 2 <= ARRAY_SIZE(r->split)) {
+        size_t half = r->req_nids / 2;
+        /* The second half goes below the first: the first is asked for next. */
+        r->split[r->nsplit++] = (struct id_range){r->req_first + half, r->req_nids - half};
+        r->split[r->nsplit++] = (struct id_range){r->req_first, half};
+        log_info("request refused as too long (414); asking for its ids in two halves",
+                 LOG_S("job", run_name(r->run)), LOG_U("ids", r->req_nids));
+        return;
+    }
+    char why[160];
+    snprintf(why, sizeof(why), "414 URI Too Long even for %zu id(s) from \"%.60s\"", r->req_nids,
+             r->req_nids ? r->req_ids[0] : "");
+    run_fail_request(r->run, "GET /simple/price", why);
+}
+
 static int prices_step(struct cg_run *r)
 {
     count_quotes(r);
-    if (r->sent)
+    if (r->sent && !r->last_ok && r->last_status == 414)
+        prices_split(r);
+    else if (r->sent)
         submit_all(r);
     char prefix[1024];
     size_t n = 0;
@@ -818,12 +854,21 @@ static int prices_step(struct cg_run *r)
     }
     if (!rc)
         rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
-    if (!rc)
-        rc = build_ids_path(r, prefix,
-                            "&include_market_cap=true&include_24hr_vol=true"
-                            "&include_24hr_change=true&include_last_updated_at=true"
-                            "&precision=full",
-                            SIZE_MAX);
+    static const char suffix[] = "&include_market_cap=true&include_24hr_vol=true"
+                                 "&include_24hr_change=true&include_last_updated_at=true"
+                                 "&precision=full";
+    if (!rc && r->nsplit) {
+        /* A half of a refused request: those ids fitted before, so they fit now. */
+        struct id_range h = r->split[--r->nsplit];
+        size_t resume = r->next_id;
+        r->next_id = h.first;
+        rc = build_ids_path(r, prefix, suffix, h.n);
+        r->next_id = resume;
+        if (!rc && r->req_nids < h.n) /* cannot happen; never lose the rest */
+            r->split[r->nsplit++] = (struct id_range){h.first + r->req_nids, h.n - r->req_nids};
+    } else if (!rc) {
+        rc = build_ids_path(r, prefix, suffix, r->max_ids);
+    }
     if (rc == -ENOENT) { /* every id was asked for (or dropped) */
         if (r->ids.n == 0)
             set_error(r, "universe", "no ids to track");
@@ -833,6 +878,7 @@ static int prices_step(struct cg_run *r)
     }
     if (rc)
         return rc;
+    run_handle_status(r->run, 414); /* prices_split() answers it */
     return send_request(r, BATCH_PRICES, -1, -1);
 }
 
@@ -1015,6 +1061,8 @@ static int cg_start(struct run *run, enum cg_job id)
     r->per_page = per_page && per_page->u ? (uint32_t)per_page->u : 250;
     const struct cfg_value *delist = config_source_value(src, "max_delist_percent");
     r->max_delist_percent = delist && delist->set ? (uint32_t)delist->u : 10;
+    const struct cfg_value *max_ids = config_source_value(src, "max_ids_per_request");
+    r->max_ids = max_ids && max_ids->u ? (uint32_t)max_ids->u : 500;
     size_t base = src->base_url ? strlen(src->base_url) : 0;
     size_t max_url = src->max_url_bytes ? src->max_url_bytes : 8000;
     r->url_budget = max_url > base ? max_url - base : 0;
@@ -1096,6 +1144,9 @@ static uint64_t prices_requests(const struct config *cfg, const struct cfg_job *
     const struct cfg_source *src = config_job_source(cfg, job);
     /* An id costs about its length plus a separator; CoinGecko ids average ~14 bytes. */
     uint64_t per_req = src->max_url_bytes > 400 ? (src->max_url_bytes - 300) / 17 : 1;
+    const struct cfg_value *max_ids = config_source_value(src, "max_ids_per_request");
+    if (max_ids && max_ids->u && per_req > max_ids->u)
+        per_req = max_ids->u;
     return (n + per_req - 1) / per_req;
 }
 

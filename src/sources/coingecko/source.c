@@ -46,6 +46,10 @@ static const struct cfg_key keys[] = {
     /* A /coins/list that would delist more than this share (percent) of the coins listed
      * before is refused: no delisting, the universe keeps the previous list (jobs.c). */
     {"max_delist_percent", CFG_KEY_U64, "10", 0, 100},
+    /* Ids one /simple/price request may carry, besides max_url_bytes: CoinGecko documents 515
+     * addresses a call for its token-price lookup and client projects report a cap of the
+     * same order for ids (docs/config.md). A 414 answer halves a request anyway (jobs.c). */
+    {"max_ids_per_request", CFG_KEY_U64, "500", 1, 100000},
 };
 
 static const char *const secret_params[] = {
