@@ -24,6 +24,7 @@
 #include "coingest/batch.h"
 #include "coingest/config.h"
 #include "coingest/fetch.h"
+#include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/runner.h"
 #include "coingest/source.h"
@@ -511,7 +512,8 @@ static void test_explicit_ids(void **state)
     struct env *e = *state;
     do_run(e, "prices");
     assert_int_equal(e->sum.status, RUN_OK);
-    assert_int_equal(served(e, "/coins/list", NULL, NULL), 0);
+    /* One coin list, to check the ids against; market_caps uses the same. */
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
     assert_int_equal(served(e, "/simple/price", "ids", "coin-00001,coin-00002,coin-00004"), 1);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 3);
 
@@ -519,6 +521,87 @@ static void test_explicit_ids(void **state)
     assert_int_equal(e->sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/markets", "ids", "coin-00001,coin-00002,coin-00004"), 1);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 3);
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
+}
+
+/* ---- configured ids CoinGecko does not know ------------------------------------------------ */
+
+static int setup_unknown_ids(void **state)
+{
+    /* Coin i is id coin-0000i, symbol c0000i, name "Coin 0000i" in the fake universe. */
+    return setup_with(state, "[universe]\nids = Coin-00001, C00002, coin 00004, nope, coin-00005\n"
+                             "vs_currencies = usd\n");
+}
+
+static double unknown_ids(const char *job)
+{
+    char labels[128];
+    snprintf(labels, sizeof(labels), "api=\"coingecko\",job=\"%s\"", job);
+    return metrics_get("coingest_unknown_ids_total", labels);
+}
+
+/* Runs a job with the log going to a file; returns the lines (malloc'd). */
+static char *run_logged(struct env *e, const char *name)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "/tmp/test_jobs.%d.log", (int)getpid());
+    FILE *f = fopen(path, "w+");
+    assert_non_null(f);
+    log_set_fd(fileno(f));
+    do_run(e, name);
+    log_set_fd(2);
+    fflush(f);
+    long len = ftell(f);
+    assert_true(len >= 0);
+    char *text = calloc(1, (size_t)len + 1);
+    assert_non_null(text);
+    rewind(f);
+    assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    unlink(path);
+    return text;
+}
+
+static size_t count_in(const char *text, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* `ids = Coin-00001, C00002, coin 00004, nope, coin-00005`: four ids the coin list does not
+ * hold, each reported once per run with what it may have meant (the id lower-cased, a symbol,
+ * a name; nothing for `nope`), counted per job; the known one gets its row. */
+static void test_unknown_ids_reported(void **state)
+{
+    struct env *e = *state;
+    double before = unknown_ids("prices");
+    char *log = run_logged(e, "prices");
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1); /* none yet: fetched */
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 1);
+    assert_true(unknown_ids("prices") - before == 4);
+    assert_int_equal(count_in(log, "configured id is not a CoinGecko coin id"), 4);
+    assert_non_null(strstr(log, "id=Coin-00001 did_you_mean=coin-00001"));
+    assert_non_null(strstr(log, "id=C00002 did_you_mean=coin-00002"));
+    assert_non_null(strstr(log, "did_you_mean=coin-00004"));
+    assert_non_null(strstr(log, "id=nope\n"));
+    assert_null(strstr(log, "id=coin-00005"));
+    free(log);
+
+    /* Once per run: the next run reports them again, from the list it already holds. */
+    log = run_logged(e, "market_caps");
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
+    assert_int_equal(count_in(log, "configured id is not a CoinGecko coin id"), 4);
+    assert_true(unknown_ids("market_caps") >= 4);
+    free(log);
+
+    /* Shown at 0 for every job that takes ids, before any run. */
+    size_t mlen = 0;
+    char *m = metrics_render(&mlen);
+    assert_non_null(m);
+    assert_non_null(strstr(m, "coingest_unknown_ids_total{api=\"coingecko\",job=\"prices\"}"));
+    free(m);
 }
 
 /* A cache in front of the API that ignores `page` answers page 1 for every page: each walk
@@ -866,7 +949,8 @@ static void test_prices_414_single_id_fails(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_FAILED);
+    /* Partial: the coin list the ids are checked against came; not one price did. */
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
     assert_non_null(strstr(e->sum.error, "414"));
     struct price_log pl = price_log(e);
     assert_int_equal(pl.refused, 5); /* 3 ids, then 1 + 2, then the 2 as 1 + 1 */
@@ -938,6 +1022,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_id_skipped_prices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_id_skipped_markets, setup_category, teardown),
         cmocka_unit_test_setup_teardown(test_no_rows_is_not_ok, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_ids_reported, setup_unknown_ids, teardown),
         cmocka_unit_test_setup_teardown(test_prices_ids_cap, setup_big, teardown),
         cmocka_unit_test_setup_teardown(test_prices_414_splits, setup_414_url, teardown),
         cmocka_unit_test_setup_teardown(test_prices_414_splits, setup_414_ids, teardown),
