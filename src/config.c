@@ -1732,13 +1732,56 @@ static int resolve_secret(struct parse *p, int sec, const char *key, const char 
     return 0;
 }
 
-/* COINGEST_<NAME>_API_KEY: the variable that holds a source's key. */
-static void key_env(const struct cfg_source *src, char *buf, size_t cap)
+/* COINGEST_<NAME>_<SUFFIX>: the variable that holds a key of a source's section. */
+static void source_env(const struct cfg_source *src, const char *suffix, char *buf, size_t cap)
 {
     size_t n = (size_t)snprintf(buf, cap, "COINGEST_");
     for (const char *c = src->name; *c && n + 1 < cap; c++)
         buf[n++] = (char)toupper((unsigned char)*c);
-    snprintf(buf + n, cap - n, "_API_KEY");
+    snprintf(buf + n, cap - n, "_%s", suffix);
+}
+
+/* COINGEST_<NAME>_API_KEY: the variable that holds a source's key. */
+static void key_env(const struct cfg_source *src, char *buf, size_t cap)
+{
+    source_env(src, "API_KEY", buf, cap);
+}
+
+/* The keys of every [source.NAME] a container can set without a file, and the suffix of
+ * their variable (COINGEST_<NAME>_PLAN, ...). The key is parsed and checked as in the file. */
+static const struct {
+    const char *key;
+    const char *suffix;
+} source_overrides[] = {
+    {"plan", "PLAN"},
+    {"base_url", "BASE_URL"},
+    {"rate_limit", "RATE_LIMIT"},
+    {"monthly_credits", "MONTHLY_CREDITS"},
+};
+
+/* How an error names a source key and which line it blames: "plan (COINGEST_COINGECKO_PLAN)"
+ * and line 0 when the variable set it, else the key and its line in the file. */
+static int source_key_label(const struct parse *p, size_t i, const char *key, char *label,
+                            size_t cap);
+
+static int apply_source_env(struct parse *p, size_t i)
+{
+    int sec = source_section(i);
+    for (size_t k = 0; k < ARRAY_SIZE(source_overrides); k++) {
+        char env[96], label[160];
+        source_env(&p->cfg->sources[i], source_overrides[k].suffix, env, sizeof(env));
+        const char *v = env_value(env);
+        if (!v)
+            continue;
+        int ki = find_key(sec, source_overrides[k].key);
+        snprintf(label, sizeof(label), "%s (%s)", source_overrides[k].key, env);
+        int r = apply(p, 0, sec, ki, label, v);
+        if (r)
+            return r;
+        /* Set, as if in the file: the plan's defaults do not replace it. */
+        *key_set_at(p, sec, ki) = true;
+    }
+    return 0;
 }
 
 static int apply_env(struct parse *p)
@@ -1764,6 +1807,8 @@ static int apply_env(struct parse *p)
     int r =
         resolve_secret(p, SEC_DATABASE, "password", "password_file", "COINGEST_DB_PASSWORD",
                        "COINGEST_DB_PASSWORD_FILE", p->password_file, &p->cfg->database.password);
+    for (size_t i = 0; !r && i < p->cfg->nsources; i++)
+        r = apply_source_env(p, i);
     for (size_t i = 0; !r && i < p->cfg->nsources; i++) {
         char env[96], env_file[104];
         key_env(&p->cfg->sources[i], env, sizeof(env));
@@ -1853,6 +1898,96 @@ static int blame_line(const struct parse *p, int sec, const char *key, const cha
     return l ? l : key_line(p, sec, other);
 }
 
+static int source_key_label(const struct parse *p, size_t i, const char *key, char *label,
+                            size_t cap)
+{
+    char env[96];
+    for (size_t k = 0; k < ARRAY_SIZE(source_overrides); k++) {
+        if (strcmp(source_overrides[k].key, key) != 0)
+            continue;
+        source_env(&p->cfg->sources[i], source_overrides[k].suffix, env, sizeof(env));
+        if (env_value(env)) {
+            snprintf(label, cap, "%s (%s)", key, env);
+            return 0;
+        }
+    }
+    snprintf(label, cap, "%s", key);
+    return key_line(p, source_section(i), key);
+}
+
+/* The host of an http(s) URL that valid_url() accepted, into buf (lower-cased). */
+static void url_host(const char *url, char *buf, size_t cap)
+{
+    const char *h = strstr(url, "://");
+    h = h ? h + 3 : url;
+    size_t n = strcspn(h, "/?#");
+    const char *at = memchr(h, '@', n);
+    if (at) {
+        n -= (size_t)(at + 1 - h);
+        h = at + 1;
+    }
+    size_t end = 0;
+    if (n && h[0] == '[') {
+        const char *rb = memchr(h, ']', n);
+        end = rb ? (size_t)(rb + 1 - h) : n;
+    } else {
+        const char *colon = memchr(h, ':', n);
+        end = colon ? (size_t)(colon - h) : n;
+    }
+    size_t k = 0;
+    for (; k < end && k + 1 < cap; k++)
+        buf[k] = (char)tolower((unsigned char)h[k]);
+    if (cap)
+        buf[k] = '\0';
+}
+
+static bool host_listed(const char *const *hosts, const char *host)
+{
+    for (; hosts && *hosts; hosts++)
+        if (strcasecmp(*hosts, host) == 0)
+            return true;
+    return false;
+}
+
+/* A base_url set explicitly on a host that belongs to another plan of the source, not to this
+ * one (a pro key sent to the demo host, or the reverse): the API would refuse every request.
+ * Any other host (a proxy, a test server) is the user's business. */
+static int check_plan_host(struct parse *p, size_t i)
+{
+    const struct cfg_source *src = &p->cfg->sources[i];
+    const struct source_plan *plan = &src->def->plans[src->plan];
+    int sec = source_section(i);
+    if (!plan->hosts || !src->base_url || !key_set(p, sec, "base_url"))
+        return 0;
+    char host[256];
+    url_host(src->base_url, host, sizeof(host));
+    if (host_listed(plan->hosts, host))
+        return 0;
+    char others[128] = "", mine[128] = "";
+    size_t n = 0;
+    for (size_t k = 0; k < src->def->nplans && n < sizeof(others); k++) {
+        if (k == src->plan || !host_listed(src->def->plans[k].hosts, host))
+            continue;
+        int w = snprintf(others + n, sizeof(others) - n, "%s%s", n ? ", " : "",
+                         src->def->plans[k].name);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    if (n == 0)
+        return 0;
+    n = 0;
+    for (const char *const *h = plan->hosts; *h && n < sizeof(mine); h++) {
+        int w = snprintf(mine + n, sizeof(mine) - n, "%s%s", n ? " or " : "", *h);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    char label[160];
+    int line = source_key_label(p, i, "base_url", label, sizeof(label));
+    fail(p, line, sec, label, -EINVAL,
+         "%s is the host of plan %s; plan %s goes with %s (leave base_url unset to get the "
+         "plan's own)",
+         host, others, plan->name, mine);
+    return -EINVAL;
+}
+
 static int check_source(struct parse *p, size_t i)
 {
     const struct cfg_source *src = &p->cfg->sources[i];
@@ -1863,7 +1998,9 @@ static int check_source(struct parse *p, size_t i)
     snprintf(env_file, sizeof(env_file), "%s_FILE", env);
 
     if (plan->key_header && !src->api_key) {
-        fail(p, key_line(p, sec, "plan"), sec, "plan", -EINVAL,
+        char label[160];
+        int line = source_key_label(p, i, "plan", label, sizeof(label));
+        fail(p, line, sec, label, -EINVAL,
              "plan \"%s\" needs an API key (set api_key or api_key_file, or %s or %s)", plan->name,
              env, env_file);
         return -EINVAL;
@@ -1894,10 +2031,14 @@ static int check_source(struct parse *p, size_t i)
                              src->def->plans[k].name);
             n += w > 0 ? (size_t)w : 0;
         }
-        fail(p, line, sec, label, -EINVAL, "an API key is set but plan is %s (set %s)", plan->name,
-             n ? keyed : "no key");
+        char plan_env[96];
+        source_env(src, "PLAN", plan_env, sizeof(plan_env));
+        fail(p, line, sec, label, -EINVAL, "an API key is set but plan is %s (set %s%s%s)",
+             plan->name, n ? keyed : "no key", n ? ", or " : "", n ? plan_env : "");
         return -EINVAL;
     }
+    if (check_plan_host(p, i))
+        return -EINVAL;
     if (src->backoff_cap_ms < src->backoff_base_ms) {
         format_duration(src->backoff_cap_ms, a, sizeof(a));
         format_duration(src->backoff_base_ms, b, sizeof(b));

@@ -48,6 +48,8 @@ static const struct mdesc descs[] = {
     {"coingest_source_errors_total", M_COUNTER,
      "Answers that cannot be right (endless walks, gutted coin lists, no rows), by API, job and "
      "reason"},
+    {"coingest_unknown_ids_total", M_COUNTER,
+     "Configured ids the API's coin list does not hold, once per run, by API and job"},
     {"coingest_job_runs_total", M_COUNTER, "Job runs, by job and status"},
     {"coingest_job_skipped_total", M_COUNTER,
      "Ticks skipped because the previous run was still going, by job"},

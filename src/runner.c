@@ -36,7 +36,8 @@ struct run {
     struct fetch_req *req;
     fetch_parse_cb parse;
     fetch_done_cb req_done;
-    char path[160]; /* its beginning, for error messages */
+    char path[160];      /* its beginning, for error messages */
+    long handled_status; /* a final HTTP status the job handles itself (run_handle_status) */
 
     void *state; /* def->run_size bytes */
 };
@@ -366,8 +367,12 @@ static void on_done(const struct fetch_result *res, void *arg)
     struct run *r = arg;
     r->req = NULL;
     r->sum.requests += res->attempts;
+    long handled = r->handled_status;
+    r->handled_status = 0;
     if (res->outcome == FETCH_CANCELLED) {
         r->cancelled = true;
+    } else if (res->outcome == FETCH_HTTP_ERROR && handled && res->status == handled) {
+        /* The job's own business (run_handle_status): neither a success nor a failure. */
     } else if (res->outcome != FETCH_OK) {
         r->failed_requests++;
         char what[192];
@@ -394,7 +399,14 @@ int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetc
     snprintf(r->path, sizeof(r->path), "%.100s", path_query);
     r->req = api_get_limited(api, path_query, r->def->priority, max_body, parse ? on_parse : NULL,
                              on_done, r);
+    if (!r->req)
+        r->handled_status = 0;
     return r->req ? 0 : -ENOMEM;
+}
+
+void run_handle_status(struct run *r, long status)
+{
+    r->handled_status = status;
 }
 
 int run_emit(struct run *r, struct batch *b)

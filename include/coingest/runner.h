@@ -164,6 +164,12 @@ int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_d
 int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
                     fetch_done_cb done);
 
+/* Makes a final answer with HTTP `status` (FETCH_HTTP_ERROR) to the next request sent with
+ * run_get() the job's own business: the runner then neither counts that request as failed nor
+ * records an error, and `done` decides what it means (a 414 the job answers by splitting the
+ * request). Applies to that one request; the attempts still count in `requests`. */
+void run_handle_status(struct run *r, long status);
+
 /* Hands a batch to the store (which takes it); an empty batch is just freed. Counts the rows.
  * Returns 0, or -errno after recording an error when the store refused the rows. */
 int run_emit(struct run *r, struct batch *b);

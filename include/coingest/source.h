@@ -37,6 +37,10 @@ struct source_plan {
                                  plan takes no key */
     const char *key_prefix;   /* written before the key in that header ("Bearer " for
                                  "Authorization: Bearer KEY"); NULL: the key alone */
+    const char *const *hosts; /* the API's hosts this plan's key works on, NULL-terminated; NULL:
+                                 any. A base_url set explicitly whose host belongs to another
+                                 plan of the source and not to this one is a config error (a
+                                 proxy or a test server on another host is fine). */
 };
 
 struct source_def {

@@ -88,6 +88,9 @@ ERR_429_BODY = (b'{"status":{"error_code":429,"error_message":"You\'ve exceeded 
                 b'Please visit https://www.coingecko.com/en/api/pricing to subscribe to our API '
                 b'plans for higher rate limits."}}')
 NOT_FOUND_BODY = b'{"error":"Incorrect path. Please check https://www.coingecko.com/api/"}'
+# What the CDN in front of the API answers to a request line it finds too long.
+ERR_414_BODY = (b"<html>\r\n<head><title>414 Request-URI Too Large</title></head>\r\n<body>\r\n"
+                b"<center><h1>414 Request-URI Too Large</h1></center>\r\n</body>\r\n</html>\r\n")
 HTML_1015 = b"error code: 1015"
 HTML_DENIED = (b"<!DOCTYPE html>\n<html><head><title>Access denied | api.coingecko.com used "
                b"Cloudflare to restrict access</title></head><body><h1>Access denied</h1>"
@@ -855,6 +858,9 @@ class Handler(BaseHTTPRequestHandler):
                  "status": None, "fault": None, "bytes": 0}
         app.add_log(entry)
         try:
+            if self.too_long(app, route, params):
+                self.answer(entry, 414, ERR_414_BODY, ctype="text/html")
+                return
             fault = app.take_fault(route or "", path, params)
             if fault:
                 entry["fault"] = fault["kind"]
@@ -875,6 +881,16 @@ class Handler(BaseHTTPRequestHandler):
             # Only an answer that failed before it was recorded (a bug in a route) gets here
             # unrecorded; record it as it stands so the log still shows the request.
             app.record(entry, entry["status"], entry["bytes"])
+
+    def too_long(self, app, route, params):
+        """--max-url-bytes: the request target (path and query) is longer; --max-ids: a
+        /simple/price asks for more ids. Both answer 414, before anything else, as an edge in
+        front of the API would."""
+        if app.args.max_url_bytes and len(self.path) > app.args.max_url_bytes:
+            return True
+        if app.args.max_ids and route == "/simple/price":
+            return len(params.get("ids", "").split(",")) > app.args.max_ids
+        return False
 
     def key_ok(self, key):
         return key in (self.headers.get("x-cg-demo-api-key"), self.headers.get("x-cg-pro-api-key"))
@@ -1032,6 +1048,10 @@ def build_parser():
     p.add_argument("--rate-slack-ms", type=float, default=100.0,
                    help="jitter tolerance at the window edge (default 100)")
     p.add_argument("--require-key", help="answer 401 unless a key header carries this value")
+    p.add_argument("--max-url-bytes", type=int, default=0,
+                   help="answer 414 to a request target (path + query) longer than this")
+    p.add_argument("--max-ids", type=int, default=0,
+                   help="answer 414 to a /simple/price asking for more ids than this")
     p.add_argument("--gzip", action="store_true", help="gzip bodies over 512 bytes if accepted")
     p.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
     p.add_argument("--tls-key", help="the certificate's PEM private key")
@@ -1210,6 +1230,17 @@ def selftest(args):
     st, _, body = get(c, PREFIX + "/simple/price?ids=coin-00001&vs_currencies=usd"
                       "&include_last_updated_at=true")
     check(json.loads(body)["coin-00001"]["last_updated_at"] > before, "universe: tick moves")
+    c.close()
+    srv.shutdown()
+    srv.server_close()
+
+    srv = start(["--universe", "50", "--max-url-bytes", "120", "--max-ids", "3"])
+    c = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+    q = PREFIX + "/simple/price?vs_currencies=usd&ids="
+    codes = [get(c, q + "coin-00001,coin-00002,coin-00004")[0],
+             get(c, q + "coin-00001,coin-00002,coin-00004,coin-00007")[0],
+             get(c, PREFIX + "/coins/markets?vs_currency=usd&ids=" + "x" * 120)[0]]
+    check(codes == [200, 414, 414], "414 on too many ids and on a long URL: %r" % codes)
     c.close()
     srv.shutdown()
     srv.server_close()

@@ -35,11 +35,19 @@ static char tmpdir[256];
 static char conf_path[PATH_MAX];
 
 static const char *const env_names[] = {
-    "COINGEST_DB_PASSWORD",       "COINGEST_DB_PASSWORD_FILE",
-    "COINGEST_COINGECKO_API_KEY", "COINGEST_COINGECKO_API_KEY_FILE",
-    "COINGEST_DB_HOST",           "COINGEST_DB_PORT",
-    "COINGEST_DB_SOCKET",         "COINGEST_DB_USER",
+    "COINGEST_DB_PASSWORD",
+    "COINGEST_DB_PASSWORD_FILE",
+    "COINGEST_COINGECKO_API_KEY",
+    "COINGEST_COINGECKO_API_KEY_FILE",
+    "COINGEST_DB_HOST",
+    "COINGEST_DB_PORT",
+    "COINGEST_DB_SOCKET",
+    "COINGEST_DB_USER",
     "COINGEST_DB_NAME",
+    "COINGEST_COINGECKO_PLAN",
+    "COINGEST_COINGECKO_BASE_URL",
+    "COINGEST_COINGECKO_RATE_LIMIT",
+    "COINGEST_COINGECKO_MONTHLY_CREDITS",
 };
 
 static void clear_env(void)
@@ -576,14 +584,14 @@ static void test_plan_defaults(void **state)
     /* An explicit value wins whatever the order of keys. */
     static const char *const orders[] = {
         "[source.coingecko]\nplan = pro\napi_key = k\nrate_limit = 5/s\n"
-        "base_url = https://api.coingecko.com/api/v3\nmonthly_credits = 7\nplan_limit = 9/s\n",
-        "[source.coingecko]\nrate_limit = 5/s\nbase_url = https://api.coingecko.com/api/v3\n"
+        "base_url = https://cg-proxy.example/api/v3\nmonthly_credits = 7\nplan_limit = 9/s\n",
+        "[source.coingecko]\nrate_limit = 5/s\nbase_url = https://cg-proxy.example/api/v3\n"
         "monthly_credits = 7\nplan_limit = 9/s\napi_key = k\nplan = pro\n",
     };
     for (size_t i = 0; i < 2; i++) {
         c = load_ok(orders[i]);
         assert_int_equal(CG(c)->plan, PLAN("pro"));
-        assert_string_equal(CG(c)->base_url, "https://api.coingecko.com/api/v3");
+        assert_string_equal(CG(c)->base_url, "https://cg-proxy.example/api/v3");
         assert_int_equal(CG(c)->rate_limit.count, 5);
         assert_int_equal(CG(c)->rate_limit.period_ms, 1000);
         assert_int_equal(CG(c)->monthly_credits, 7);
@@ -595,6 +603,42 @@ static void test_plan_defaults(void **state)
     c = load_ok("[source.coingecko]\nbase_url =\nplan = pro\napi_key = k\n");
     assert_string_equal(CG(c)->base_url, "https://pro-api.coingecko.com/api/v3");
     config_free(c);
+}
+
+/* A key sent to the other plan's host is refused, naming the host that goes with it; a host of
+ * no plan (a proxy, the fake API) is accepted, and so is the right one spelled differently. */
+static void test_plan_hosts(void **state)
+{
+    (void)state;
+    expect_error("[source.coingecko]\nplan = pro\napi_key = k\n"
+                 "base_url = https://api.coingecko.com/api/v3\n",
+                 "4: [source.coingecko] base_url: api.coingecko.com is the host of plan public, "
+                 "demo; plan pro goes with pro-api.coingecko.com (leave base_url unset to get "
+                 "the plan's own)");
+    expect_error("[source.coingecko]\nbase_url = https://user@PRO-API.coingecko.com:443/api/v3\n"
+                 "plan = demo\napi_key = k\n",
+                 "2: [source.coingecko] base_url: pro-api.coingecko.com is the host of plan pro; "
+                 "plan demo goes with api.coingecko.com (leave base_url unset to get the plan's "
+                 "own)");
+    expect_error("[source.coingecko]\nbase_url = https://pro-api.coingecko.com/api/v3\n",
+                 "2: [source.coingecko] base_url: pro-api.coingecko.com is the host of plan pro; "
+                 "plan public goes with api.coingecko.com (leave base_url unset to get the "
+                 "plan's own)");
+    static const char *const fine[] = {
+        "[source.coingecko]\nplan = pro\napi_key = k\nbase_url = http://127.0.0.1:8080/v3\n",
+        "[source.coingecko]\nplan = demo\napi_key = k\nbase_url = https://API.CoinGecko.com/x\n",
+        "[source.coingecko]\nplan = pro\napi_key = k\n"
+        "base_url = https://pro-api.coingecko.com:443/api/v3\n",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(fine); i++)
+        config_free(load_ok(fine[i]));
+
+    /* From the environment, the error names the variable. */
+    setenv("COINGEST_COINGECKO_BASE_URL", "https://api.coingecko.com/api/v3", 1);
+    expect_error("[source.coingecko]\nplan = pro\napi_key = k\n",
+                 "0: [source.coingecko] base_url (COINGEST_COINGECKO_BASE_URL): api.coingecko.com "
+                 "is the host of plan public, demo; plan pro goes with pro-api.coingecko.com "
+                 "(leave base_url unset to get the plan's own)");
 }
 
 /* ---- error messages ------------------------------------------------------------------------ */
@@ -763,7 +807,7 @@ static void test_errors_cross_field(void **state)
                  "COINGEST_COINGECKO_API_KEY_FILE)");
     expect_error("[source.coingecko]\n\napi_key = CG-x\n",
                  "3: [source.coingecko] api_key: an API key is set but plan is public (set plan "
-                 "= demo or plan = pro)");
+                 "= demo or plan = pro, or COINGEST_COINGECKO_PLAN)");
     expect_error("[source.coingecko]\nbackoff_cap = 500ms\n",
                  "2: [source.coingecko] backoff_cap: backoff_cap (500ms) is less than "
                  "backoff_base (1s)");
@@ -941,7 +985,7 @@ static void test_env_overrides(void **state)
     /* An env key with plan public is reported against the variable. */
     expect_error("[source.coingecko]\nplan = public\n",
                  "0: [source.coingecko] api_key (COINGEST_COINGECKO_API_KEY): an API key is set "
-                 "but plan is public (set plan = demo or plan = pro)");
+                 "but plan is public (set plan = demo or plan = pro, or COINGEST_COINGECKO_PLAN)");
 
     clear_env();
     setenv("COINGEST_DB_PORT", "http", 1);
@@ -959,6 +1003,69 @@ static void test_env_overrides(void **state)
     expect_error("[database]\npassword = filepw\n",
                  "0: [database] password_file (COINGEST_DB_PASSWORD_FILE): cannot read "
                  "\"/nonexistent\": No such file or directory");
+}
+
+/* A container without a file: the key and the plan from the environment are enough, and the
+ * plan's defaults follow the variable; the other keys a plan needs can come from there too. */
+static void test_env_source_overrides(void **state)
+{
+    (void)state;
+    setenv("COINGEST_COINGECKO_API_KEY", "CG-env", 1);
+    setenv("COINGEST_COINGECKO_PLAN", "demo", 1);
+    struct config *c = load_ok("");
+    assert_int_equal(CG(c)->plan, PLAN("demo"));
+    assert_string_equal(CG(c)->api_key, "CG-env");
+    assert_string_equal(CG(c)->base_url, "https://api.coingecko.com/api/v3");
+    assert_int_equal(CG(c)->rate_limit.count, 30);
+    assert_int_equal(CG(c)->monthly_credits, 10000);
+    config_free(c);
+
+    /* The variable wins over the file, and the plan's defaults follow the variable. */
+    setenv("COINGEST_COINGECKO_PLAN", "pro", 1);
+    c = load_ok("[source.coingecko]\nplan = public\n");
+    assert_int_equal(CG(c)->plan, PLAN("pro"));
+    assert_string_equal(CG(c)->base_url, "https://pro-api.coingecko.com/api/v3");
+    assert_int_equal(CG(c)->rate_limit.count, 500);
+    config_free(c);
+
+    setenv("COINGEST_COINGECKO_BASE_URL", "http://127.0.0.1:9/api/v3", 1);
+    setenv("COINGEST_COINGECKO_RATE_LIMIT", "20/min", 1);
+    setenv("COINGEST_COINGECKO_MONTHLY_CREDITS", "1234", 1);
+    c = load_ok("[source.coingecko]\nrate_limit = 1/s\nmonthly_credits = 5\n");
+    assert_string_equal(CG(c)->base_url, "http://127.0.0.1:9/api/v3");
+    assert_int_equal(CG(c)->rate_limit.count, 20);
+    assert_int_equal(CG(c)->rate_limit.period_ms, 60000);
+    assert_int_equal(CG(c)->monthly_credits, 1234);
+    assert_int_equal(CG(c)->plan_limit.count, 500); /* still the plan's */
+    config_free(c);
+
+    /* Bad values are reported against the variable, on line 0. */
+    clear_env();
+    setenv("COINGEST_COINGECKO_PLAN", "free", 1);
+    expect_error("", "0: [source.coingecko] plan (COINGEST_COINGECKO_PLAN): \"free\" is not a "
+                     "plan (public, demo, pro)");
+    clear_env();
+    setenv("COINGEST_COINGECKO_PLAN", "demo", 1);
+    expect_error("", "0: [source.coingecko] plan (COINGEST_COINGECKO_PLAN): plan \"demo\" needs "
+                     "an API key (set api_key or api_key_file, or COINGEST_COINGECKO_API_KEY or "
+                     "COINGEST_COINGECKO_API_KEY_FILE)");
+    clear_env();
+    setenv("COINGEST_COINGECKO_RATE_LIMIT", "lots", 1);
+    struct config *bad = NULL;
+    char err[1024] = "";
+    assert_int_equal(load_text("", &bad, err, sizeof(err)), -EINVAL);
+    assert_non_null(
+        strstr(err, ":0: [source.coingecko] rate_limit (COINGEST_COINGECKO_RATE_LIMIT): "));
+    clear_env();
+    setenv("COINGEST_COINGECKO_BASE_URL", "ftp://x", 1);
+    assert_int_equal(load_text("", &bad, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, ":0: [source.coingecko] base_url (COINGEST_COINGECKO_BASE_URL): "));
+    /* An empty variable counts as unset. */
+    clear_env();
+    setenv("COINGEST_COINGECKO_PLAN", "", 1);
+    c = load_ok("");
+    assert_int_equal(CG(c)->plan, PLAN("public"));
+    config_free(c);
 }
 
 static void test_secret_files(void **state)
@@ -1329,12 +1436,14 @@ int main(void)
         cmocka_unit_test_teardown(test_example_file, test_teardown),
         cmocka_unit_test_teardown(test_full_file, test_teardown),
         cmocka_unit_test_teardown(test_plan_defaults, test_teardown),
+        cmocka_unit_test_teardown(test_plan_hosts, test_teardown),
         cmocka_unit_test_teardown(test_errors_structure, test_teardown),
         cmocka_unit_test_teardown(test_errors_values, test_teardown),
         cmocka_unit_test_teardown(test_errors_cross_field, test_teardown),
         cmocka_unit_test_teardown(test_missing_file, test_teardown),
         cmocka_unit_test_teardown(test_syntax_details, test_teardown),
         cmocka_unit_test_teardown(test_env_overrides, test_teardown),
+        cmocka_unit_test_teardown(test_env_source_overrides, test_teardown),
         cmocka_unit_test_teardown(test_secret_files, test_teardown),
         cmocka_unit_test_teardown(test_secret_control_characters, test_teardown),
         cmocka_unit_test_teardown(test_dump_masks_secrets, test_teardown),

@@ -24,10 +24,12 @@
 #include "coingest/batch.h"
 #include "coingest/config.h"
 #include "coingest/fetch.h"
+#include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/runner.h"
 #include "coingest/source.h"
 #include "coingest/timers.h"
+#include "coingest/util.h"
 #include "fakeapi_proc.h"
 
 #define UNIVERSE 600
@@ -207,11 +209,11 @@ static void start_runner(struct env *e)
     assert_non_null(e->rn);
 }
 
-static int setup_with(void **state, const char *extra)
+/* The fixture with the fake API started with `args` (NULL-terminated). */
+static int setup_fake(void **state, const char *const *args, const char *extra)
 {
     struct env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
-    static const char *const args[] = {"--universe", "600", NULL};
     e->fake = fakeapi_start(args);
     assert_non_null(e->fake);
     assert_int_equal(uv_loop_init(&e->loop), 0);
@@ -223,6 +225,12 @@ static int setup_with(void **state, const char *extra)
     start_runner(e);
     *state = e;
     return 0;
+}
+
+static int setup_with(void **state, const char *extra)
+{
+    static const char *const args[] = {"--universe", "600", NULL};
+    return setup_fake(state, args, extra);
 }
 
 static int setup(void **state)
@@ -504,7 +512,8 @@ static void test_explicit_ids(void **state)
     struct env *e = *state;
     do_run(e, "prices");
     assert_int_equal(e->sum.status, RUN_OK);
-    assert_int_equal(served(e, "/coins/list", NULL, NULL), 0);
+    /* One coin list, to check the ids against; market_caps uses the same. */
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
     assert_int_equal(served(e, "/simple/price", "ids", "coin-00001,coin-00002,coin-00004"), 1);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 3);
 
@@ -512,6 +521,87 @@ static void test_explicit_ids(void **state)
     assert_int_equal(e->sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/markets", "ids", "coin-00001,coin-00002,coin-00004"), 1);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 3);
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
+}
+
+/* ---- configured ids CoinGecko does not know ------------------------------------------------ */
+
+static int setup_unknown_ids(void **state)
+{
+    /* Coin i is id coin-0000i, symbol c0000i, name "Coin 0000i" in the fake universe. */
+    return setup_with(state, "[universe]\nids = Coin-00001, C00002, coin 00004, nope, coin-00005\n"
+                             "vs_currencies = usd\n");
+}
+
+static double unknown_ids(const char *job)
+{
+    char labels[128];
+    snprintf(labels, sizeof(labels), "api=\"coingecko\",job=\"%s\"", job);
+    return metrics_get("coingest_unknown_ids_total", labels);
+}
+
+/* Runs a job with the log going to a file; returns the lines (malloc'd). */
+static char *run_logged(struct env *e, const char *name)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "/tmp/test_jobs.%d.log", (int)getpid());
+    FILE *f = fopen(path, "w+");
+    assert_non_null(f);
+    log_set_fd(fileno(f));
+    do_run(e, name);
+    log_set_fd(2);
+    fflush(f);
+    long len = ftell(f);
+    assert_true(len >= 0);
+    char *text = calloc(1, (size_t)len + 1);
+    assert_non_null(text);
+    rewind(f);
+    assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    unlink(path);
+    return text;
+}
+
+static size_t count_in(const char *text, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* `ids = Coin-00001, C00002, coin 00004, nope, coin-00005`: four ids the coin list does not
+ * hold, each reported once per run with what it may have meant (the id lower-cased, a symbol,
+ * a name; nothing for `nope`), counted per job; the known one gets its row. */
+static void test_unknown_ids_reported(void **state)
+{
+    struct env *e = *state;
+    double before = unknown_ids("prices");
+    char *log = run_logged(e, "prices");
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1); /* none yet: fetched */
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 1);
+    assert_true(unknown_ids("prices") - before == 4);
+    assert_int_equal(count_in(log, "configured id is not a CoinGecko coin id"), 4);
+    assert_non_null(strstr(log, "id=Coin-00001 did_you_mean=coin-00001"));
+    assert_non_null(strstr(log, "id=C00002 did_you_mean=coin-00002"));
+    assert_non_null(strstr(log, "did_you_mean=coin-00004"));
+    assert_non_null(strstr(log, "id=nope\n"));
+    assert_null(strstr(log, "id=coin-00005"));
+    free(log);
+
+    /* Once per run: the next run reports them again, from the list it already holds. */
+    log = run_logged(e, "market_caps");
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
+    assert_int_equal(count_in(log, "configured id is not a CoinGecko coin id"), 4);
+    assert_true(unknown_ids("market_caps") >= 4);
+    free(log);
+
+    /* Shown at 0 for every job that takes ids, before any run. */
+    size_t mlen = 0;
+    char *m = metrics_render(&mlen);
+    assert_non_null(m);
+    assert_non_null(strstr(m, "coingest_unknown_ids_total{api=\"coingecko\",job=\"prices\"}"));
+    free(m);
 }
 
 /* A cache in front of the API that ignores `page` answers page 1 for every page: each walk
@@ -734,6 +824,140 @@ static void test_no_rows_is_not_ok(void **state)
 }
 
 /* The registry: every job has a definition, a unique name and a source; the budget adds up. */
+/* ---- /simple/price: the ids cap and 414 answers -------------------------------------------- */
+
+/* What the fake API saw of /simple/price: the most ids one request carried, how many requests
+ * were answered 414, and how many ids were answered 200 (all of them, and distinct ones). */
+struct price_log {
+    size_t max_ids, refused, answered_ids, distinct_ids;
+};
+
+static struct price_log price_log(struct env *e)
+{
+    struct price_log pl = {0};
+    struct strlist answered = {0};
+    json_t *log = fakeapi_log(e->fake, 0);
+    assert_non_null(log);
+    size_t i;
+    json_t *entry;
+    json_array_foreach(log, i, entry)
+    {
+        const char *r = json_string_value(json_object_get(entry, "route"));
+        if (!r || strcmp(r, "/simple/price") != 0)
+            continue;
+        const char *ids =
+            json_string_value(json_object_get(json_object_get(entry, "params"), "ids"));
+        assert_non_null(ids);
+        json_int_t status = json_integer_value(json_object_get(entry, "status"));
+        size_t n = 0;
+        for (const char *p = ids; p;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            if (status == 200) {
+                assert_int_equal(strlist_push(&answered, p, len), 0);
+                pl.answered_ids++;
+            }
+            n++;
+            p = comma ? comma + 1 : NULL;
+        }
+        if (n > pl.max_ids)
+            pl.max_ids = n;
+        if (status == 414)
+            pl.refused++;
+    }
+    json_decref(log);
+    strlist_sort_uniq(&answered);
+    pl.distinct_ids = answered.n;
+    strlist_clear(&answered);
+    return pl;
+}
+
+#define BIG_UNIVERSE 1300
+
+static int setup_big(void **state)
+{
+    static const char *const args[] = {"--universe", "1300", NULL};
+    return setup_fake(state, args, "[universe]\nvs_currencies = usd\n");
+}
+
+/* 1,300 ids whose URL would hold ~600 a request: no request carries more than 500 (the
+ * default max_ids_per_request), and every id is asked for once. */
+static void test_prices_ids_cap(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    struct price_log pl = price_log(e);
+    assert_int_equal(pl.max_ids, 500);
+    assert_int_equal(pl.refused, 0);
+    assert_int_equal(pl.answered_ids, BIG_UNIVERSE);
+    assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], BIG_UNIVERSE);
+
+    /* The key lowers it. */
+    config_free(e->cfg);
+    e->cfg = NULL;
+    load_config(e, "max_ids_per_request = 200\n[universe]\nvs_currencies = usd\n");
+    runner_set_config(e->rn, e->cfg);
+    assert_int_equal(fakeapi_reset(e->fake), 0);
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    pl = price_log(e);
+    assert_int_equal(pl.max_ids, 200);
+    assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
+}
+
+/* An edge that refuses URLs over 3,000 bytes: each refused request is asked for again in
+ * halves until the halves pass; no id is lost or asked for twice, and the run is ok. */
+static int setup_414_url(void **state)
+{
+    static const char *const args[] = {"--universe", "1300", "--max-url-bytes", "3000", NULL};
+    return setup_fake(state, args, "[universe]\nvs_currencies = usd, eur\n");
+}
+
+static void test_prices_414_splits(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    struct price_log pl = price_log(e);
+    assert_true(pl.refused > 0);
+    assert_true(pl.max_ids == 500); /* the first requests were refused, then halved */
+    assert_int_equal(pl.answered_ids, BIG_UNIVERSE);
+    assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], e->cfg->universe.vs_currencies.n * BIG_UNIVERSE);
+}
+
+/* The same against an API whose own ids cap (70) is below the daemon's. */
+static int setup_414_ids(void **state)
+{
+    static const char *const args[] = {"--universe", "1300", "--max-ids", "70", NULL};
+    return setup_fake(state, args, "[universe]\nvs_currencies = usd\n");
+}
+
+/* An id that is refused even alone is a failed request, once; the run ends (no endless
+ * halving). */
+static int setup_414_always(void **state)
+{
+    static const char *const args[] = {"--universe", "600", "--max-url-bytes", "60", NULL};
+    return setup_fake(
+        state, args, "[universe]\nids = coin-00001, coin-00002, coin-00004\nvs_currencies = usd\n");
+}
+
+static void test_prices_414_single_id_fails(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    /* Partial: the coin list the ids are checked against came; not one price did. */
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "414"));
+    struct price_log pl = price_log(e);
+    assert_int_equal(pl.refused, 5); /* 3 ids, then 1 + 2, then the 2 as 1 + 1 */
+    assert_int_equal(pl.answered_ids, 0);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
+}
+
 static void test_registry_and_budget(void **state)
 {
     struct env *e = *state;
@@ -798,6 +1022,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_id_skipped_prices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_id_skipped_markets, setup_category, teardown),
         cmocka_unit_test_setup_teardown(test_no_rows_is_not_ok, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_ids_reported, setup_unknown_ids, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_ids_cap, setup_big, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_414_splits, setup_414_url, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_414_splits, setup_414_ids, teardown),
+        cmocka_unit_test_setup_teardown(test_prices_414_single_id_fails, setup_414_always,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,7 +13,7 @@
 #include "sources/coinbase/coinbase.h"
 
 static const struct source_plan plans[] = {
-    {"public", "https://api.exchange.coinbase.com", {10, 1000}, 0, NULL, NULL},
+    {.name = "public", .base_url = "https://api.exchange.coinbase.com", .rate_limit = {10, 1000}},
 };
 
 static const struct cfg_key keys[] = {

@@ -12,8 +12,10 @@
  *                (a sink barrier: it runs after the list is committed), /coins/categories/list
  *                -> categories, then per configured category the paged /coins/markets?category=
  *                -> asset_categories.
- *   prices:      the universe's ids split over /simple/price requests whose URL stays under
- *                max_url_bytes -> prices.
+ *   prices:      the universe's ids split over /simple/price requests of at most
+ *                max_ids_per_request ids whose URL stays under max_url_bytes -> prices. A
+ *                request answered 414 (URI Too Long) is asked for again in two halves, down
+ *                to single ids, so no id is dropped for it.
  *   market_caps: per vs_currency, /coins/markets pages (order=market_cap_desc, per_page,
  *                precision=full) until a short page or `top` -> market_snapshots and assets'
  *                rank/image; then /global -> global_snapshots.
@@ -55,6 +57,7 @@
 enum step {
     /* universe resolution, shared by prices and market_caps */
     ST_RESOLVE_LIST,
+    ST_IDS_LIST, /* explicit ids and no coin list yet: fetch one to check them against */
     ST_RESOLVE_CATEGORIES,
     ST_RESOLVE_TOP,
     /* assets */
@@ -83,6 +86,8 @@ enum cg_job { CG_ASSETS, CG_PRICES, CG_MARKET_CAPS };
 /* State the jobs share across runs (the source's state, runner.h). */
 struct cg_state {
     struct strlist listed; /* ids of the last /coins/list, sorted */
+    struct strlist names;  /* "symbol\x1fid" and "name\x1fid" of that list, lower-cased, sorted:
+                              suggestions for configured ids the list does not hold */
     struct idcache categories;
     struct idcache top;
     uint64_t gen; /* bumped when the universe's categories or top change on reload */
@@ -129,17 +134,28 @@ struct cg_run {
     /* the ids the run tracks (sorted, unique) and a cursor over them */
     struct strlist ids;
     size_t next_id;
+    /* simple/price: ranges of ids (below next_id) to ask for again, in halves of a request
+     * the API refused as too long (414); served last in, first out, before next_id moves on.
+     * Each split halves a range, so the stack never holds more than log2(ids) + 1 of them. */
+    struct id_range {
+        size_t first, n;
+    } split[64];
+    size_t nsplit;
+    uint32_t max_ids;       /* ids one /simple/price request may carry (max_ids_per_request) */
     struct strlist scratch; /* ids gathered while walking pages */
 
     /* the current request and what it fills */
     char path[16384];
-    bool sent;    /* path holds a request that was answered */
-    bool last_ok; /* ... and it succeeded */
+    bool sent;        /* path holds a request that was answered */
+    bool last_ok;     /* ... and it succeeded */
+    long last_status; /* ... with this HTTP status (0: none) */
     struct batch *b[3];
     struct strlist got_ids;
+    struct strlist got_names;   /* a coin list's names index (cg_state.names), as parsed */
     size_t got_ncoins;          /* coins in the page as served (before a top-N trim) */
     const char *const *req_ids; /* simple/price: the ids of this request */
     size_t req_nids;
+    size_t req_first; /* ... and the index of the first in ids */
 };
 
 static void idcache_clear(struct idcache *c)
@@ -150,6 +166,10 @@ static void idcache_clear(struct idcache *c)
 
 void *coingecko_state_new(void)
 {
+    /* Shown at 0 from the start, so a scraper sees the first increase. */
+    metrics_add("coingest_unknown_ids_total", "api=\"" COINGECKO_SOURCE "\",job=\"prices\"", 0);
+    metrics_add("coingest_unknown_ids_total", "api=\"" COINGECKO_SOURCE "\",job=\"market_caps\"",
+                0);
     return calloc(1, sizeof(struct cg_state));
 }
 
@@ -157,6 +177,7 @@ void coingecko_state_free(void *state)
 {
     struct cg_state *j = state;
     strlist_clear(&j->listed);
+    strlist_clear(&j->names);
     idcache_clear(&j->categories);
     idcache_clear(&j->top);
     free(j);
@@ -182,6 +203,7 @@ static void drop_batches(struct cg_run *r)
         r->b[i] = NULL;
     }
     strlist_clear(&r->got_ids);
+    strlist_clear(&r->got_names);
 }
 
 static void cg_cleanup(struct run *run)
@@ -317,6 +339,7 @@ static int build_ids_path(struct cg_run *r, const char *prefix, const char *suff
         return -ENOSPC;
     r->req_ids = (const char *const *)&r->ids.items[first];
     r->req_nids = r->next_id - first;
+    r->req_first = first;
     return 0;
 }
 
@@ -357,6 +380,35 @@ static bool top_walk(const struct cg_run *r)
     return r->top && (r->step == ST_RESOLVE_TOP || (r->step == ST_MARKETS && r->ids_all));
 }
 
+/* Appends "key\x1fid" to l, key lower-cased (ASCII). */
+static void push_name(struct strlist *l, const struct val *key, const struct val *id)
+{
+    if (key->type != VAL_STR || id->type != VAL_STR || key->len == 0 || key->len > 200 ||
+        id->len > 200)
+        return;
+    char buf[402];
+    size_t n = 0;
+    for (uint32_t i = 0; i < key->len; i++) {
+        unsigned char c = (unsigned char)key->u.s[i];
+        buf[n++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    }
+    buf[n++] = '\x1f';
+    memcpy(buf + n, id->u.s, id->len);
+    strlist_push(l, buf, n + id->len); /* out of memory: one suggestion fewer */
+}
+
+/* The names index of a coin list just parsed into r->b[0]: each coin's symbol and name. */
+static void index_names(struct cg_run *r)
+{
+    strlist_clear(&r->got_names);
+    const struct batch *b = r->b[0];
+    for (uint32_t row = 0; b && row < b->nrows; row++) {
+        const struct val *id = batch_val(b, row, BATCH_ASSETS_LIST_COL_ID);
+        push_name(&r->got_names, batch_val(b, row, BATCH_ASSETS_LIST_COL_SYMBOL), id);
+        push_name(&r->got_names, batch_val(b, row, BATCH_ASSETS_LIST_COL_NAME), id);
+    }
+}
+
 static int parse_body(const char *body, size_t len, void *arg, char *err, size_t errlen)
 {
     struct cg_run *r = run_state(arg);
@@ -365,9 +417,12 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
     int rc = -EINVAL;
     switch (r->step) {
     case ST_RESOLVE_LIST:
+    case ST_IDS_LIST:
     case ST_ASSETS_LIST:
         rc = coingecko_parse_coins_list(body, len, &r->times, r->b[0], &r->got_ids, &st, err,
                                         errlen);
+        if (rc == 0)
+            index_names(r);
         break;
     case ST_ASSETS_CATEGORIES:
         rc = coingecko_parse_categories_list(body, len, &r->times, r->b[0], &st, err, errlen);
@@ -424,6 +479,7 @@ static void on_done(const struct fetch_result *res, void *arg)
     struct cg_run *r = run_state(arg);
     r->sent = true;
     r->last_ok = res->outcome == FETCH_OK;
+    r->last_status = res->status;
     /* The runner has counted the request and recorded a failure as the run's error. */
     if (!r->last_ok)
         drop_batches(r);
@@ -439,6 +495,7 @@ static size_t body_limit(const struct cg_run *r)
 {
     switch (r->step) {
     case ST_RESOLVE_LIST:
+    case ST_IDS_LIST:
     case ST_ASSETS_LIST:
         return 8 * MIB;
     case ST_PRICES:
@@ -682,12 +739,104 @@ static bool list_believable(struct cg_run *r, const struct strlist *got)
     return false;
 }
 
-/* Replaces the universe's coin list with the run's (got_ids, sorted) and empties got_ids. */
+/* Replaces the universe's coin list with the run's (got_ids, sorted) and empties got_ids;
+ * the names index goes with it. */
 static void keep_list(struct cg_run *r)
 {
     strlist_clear(&r->j->listed);
     r->j->listed = r->got_ids;
     memset(&r->got_ids, 0, sizeof(r->got_ids));
+    strlist_clear(&r->j->names);
+    r->j->names = r->got_names;
+    memset(&r->got_names, 0, sizeof(r->got_names));
+    strlist_sort_uniq(&r->j->names);
+}
+
+/* Is `s` one of the items of the comma-separated list `csv`? */
+static bool listed_in(const char *csv, const char *s)
+{
+    size_t len = strlen(s);
+    for (const char *p = csv; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == len && strncmp(p, s, n) == 0)
+            return true;
+        p += n + (p[n] == ',');
+    }
+    return false;
+}
+
+/* Up to three listed ids that `id` may have meant, comma-separated into buf: the id itself
+ * lower-cased, then coins whose symbol or name is `id` (any case): "ETH" -> ethereum. */
+static void suggest(const struct cg_state *j, const char *id, char *buf, size_t cap)
+{
+    char key[202];
+    size_t n = 0, len = strlen(id);
+    buf[0] = '\0';
+    if (len > 200)
+        return;
+    for (; n < len; n++)
+        key[n] = (char)(id[n] >= 'A' && id[n] <= 'Z' ? id[n] + 32 : id[n]);
+    key[n] = '\0';
+    size_t out = 0, found = 0;
+    if (strcmp(key, id) != 0 && strlist_contains_sorted(&j->listed, key)) {
+        out += (size_t)snprintf(buf, cap, "%s", key);
+        found++;
+    }
+    key[n++] = '\x1f';
+    key[n] = '\0';
+    /* The first entry not below "key\x1f": the matches follow it. */
+    size_t lo = 0, hi = j->names.n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(j->names.items[mid], key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i < j->names.n && found < 3 && out < cap; i++) {
+        const char *e = j->names.items[i];
+        if (strncmp(e, key, n) != 0)
+            break;
+        const char *match = e + n;
+        if (listed_in(buf, match))
+            continue;
+        out += (size_t)snprintf(buf + out, cap - out, "%s%s", found ? "," : "", match);
+        found++;
+    }
+}
+
+/* Configured ids the last coin list does not hold get no rows: each is reported once per run
+ * (a warning, with suggestions) and counted in coingest_unknown_ids_total. They are still
+ * asked for: the list may be older than a coin just listed. */
+static void report_unknown_ids(struct cg_run *r)
+{
+    const struct cg_state *j = r->j;
+    if (!j->listed.n)
+        return;
+    uint64_t unknown = 0;
+    for (size_t i = 0; i < r->ids.n; i++) {
+        const char *id = r->ids.items[i];
+        if (strlist_contains_sorted(&j->listed, id))
+            continue;
+        unknown++;
+        char head[65], hint[256];
+        size_t len = strlen(id);
+        util_copy_clean(head, sizeof(head), id, len < 64 ? len : 64);
+        suggest(j, id, hint, sizeof(hint));
+        if (hint[0])
+            log_warn("configured id is not a CoinGecko coin id; it gets no rows",
+                     LOG_S("job", run_name(r->run)), LOG_S("id", head),
+                     LOG_S("did_you_mean", hint));
+        else
+            log_warn("configured id is not a CoinGecko coin id; it gets no rows",
+                     LOG_S("job", run_name(r->run)), LOG_S("id", head));
+    }
+    if (unknown) {
+        char labels[128];
+        snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\"", COINGECKO_SOURCE,
+                 run_name(r->run));
+        metrics_add("coingest_unknown_ids_total", labels, (double)unknown);
+    }
 }
 
 static void on_listed_count(int rc, const struct store_rows *rows, const char *err, void *arg)
@@ -801,10 +950,32 @@ static void check_quotes(struct cg_run *r, const char *what)
     run_source_error(r->run, "no_rows", what, why);
 }
 
+/* simple/price: the answer to the last request was 414 (URI Too Long: a CDN in front of the
+ * API, or the API's own cap on ids). Its ids are asked for again in two halves; an id that
+ * alone is refused is a failed request, counted and recorded, and the run goes on. */
+static void prices_split(struct cg_run *r)
+{
+    if (r->req_nids > 1 && r->nsplit + 2 <= ARRAY_SIZE(r->split)) {
+        size_t half = r->req_nids / 2;
+        /* The second half goes below the first: the first is asked for next. */
+        r->split[r->nsplit++] = (struct id_range){r->req_first + half, r->req_nids - half};
+        r->split[r->nsplit++] = (struct id_range){r->req_first, half};
+        log_info("request refused as too long (414); asking for its ids in two halves",
+                 LOG_S("job", run_name(r->run)), LOG_U("ids", r->req_nids));
+        return;
+    }
+    char why[160];
+    snprintf(why, sizeof(why), "414 URI Too Long even for %zu id(s) from \"%.60s\"", r->req_nids,
+             r->req_nids ? r->req_ids[0] : "");
+    run_fail_request(r->run, "GET /simple/price", why);
+}
+
 static int prices_step(struct cg_run *r)
 {
     count_quotes(r);
-    if (r->sent)
+    if (r->sent && !r->last_ok && r->last_status == 414)
+        prices_split(r);
+    else if (r->sent)
         submit_all(r);
     char prefix[1024];
     size_t n = 0;
@@ -818,12 +989,21 @@ static int prices_step(struct cg_run *r)
     }
     if (!rc)
         rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
-    if (!rc)
-        rc = build_ids_path(r, prefix,
-                            "&include_market_cap=true&include_24hr_vol=true"
-                            "&include_24hr_change=true&include_last_updated_at=true"
-                            "&precision=full",
-                            SIZE_MAX);
+    static const char suffix[] = "&include_market_cap=true&include_24hr_vol=true"
+                                 "&include_24hr_change=true&include_last_updated_at=true"
+                                 "&precision=full";
+    if (!rc && r->nsplit) {
+        /* A half of a refused request: those ids fitted before, so they fit now. */
+        struct id_range h = r->split[--r->nsplit];
+        size_t resume = r->next_id;
+        r->next_id = h.first;
+        rc = build_ids_path(r, prefix, suffix, h.n);
+        r->next_id = resume;
+        if (!rc && r->req_nids < h.n) /* cannot happen; never lose the rest */
+            r->split[r->nsplit++] = (struct id_range){h.first + r->req_nids, h.n - r->req_nids};
+    } else if (!rc) {
+        rc = build_ids_path(r, prefix, suffix, r->max_ids);
+    }
     if (rc == -ENOENT) { /* every id was asked for (or dropped) */
         if (r->ids.n == 0)
             set_error(r, "universe", "no ids to track");
@@ -833,6 +1013,7 @@ static int prices_step(struct cg_run *r)
     }
     if (rc)
         return rc;
+    run_handle_status(r->run, 414); /* prices_split() answers it */
     return send_request(r, BATCH_PRICES, -1, -1);
 }
 
@@ -941,6 +1122,21 @@ static void advance(struct cg_run *r)
             r->ids_all = false;
             next_step(r, ST_RESOLVE_CATEGORIES);
             break;
+        case ST_IDS_LIST:
+            if (!r->sent) {
+                snprintf(r->path, sizeof(r->path), "/coins/list");
+                rc = send_request(r, BATCH_ASSETS_LIST, -1, -1);
+                break;
+            }
+            if (r->last_ok) {
+                strlist_sort_uniq(&r->got_ids);
+                if (list_believable(r, &r->got_ids))
+                    keep_list(r);
+            }
+            drop_batches(r);
+            report_unknown_ids(r);
+            next_step(r, ST_RESOLVE_CATEGORIES);
+            break;
         case ST_RESOLVE_CATEGORIES:
         case ST_RESOLVE_TOP:
             rc = resolve_step(r);
@@ -1015,6 +1211,8 @@ static int cg_start(struct run *run, enum cg_job id)
     r->per_page = per_page && per_page->u ? (uint32_t)per_page->u : 250;
     const struct cfg_value *delist = config_source_value(src, "max_delist_percent");
     r->max_delist_percent = delist && delist->set ? (uint32_t)delist->u : 10;
+    const struct cfg_value *max_ids = config_source_value(src, "max_ids_per_request");
+    r->max_ids = max_ids && max_ids->u ? (uint32_t)max_ids->u : 500;
     size_t base = src->base_url ? strlen(src->base_url) : 0;
     size_t max_url = src->max_url_bytes ? src->max_url_bytes : 8000;
     r->url_budget = max_url > base ? max_url - base : 0;
@@ -1038,7 +1236,13 @@ static int cg_start(struct run *run, enum cg_job id)
             if (strlist_append(&r->ids, &cfg->universe.ids))
                 return -ENOMEM;
             strlist_sort_uniq(&r->ids);
-            next_step(r, ST_RESOLVE_CATEGORIES);
+            /* The ids are checked against the coin list: the last one, or one fetched now. */
+            if (j->listed.n) {
+                report_unknown_ids(r);
+                next_step(r, ST_RESOLVE_CATEGORIES);
+            } else {
+                next_step(r, ST_IDS_LIST);
+            }
         } else if (r->categories.n || (r->top && id == CG_PRICES)) {
             r->ids_all = true;
             next_step(r, ST_RESOLVE_CATEGORIES);
@@ -1096,6 +1300,9 @@ static uint64_t prices_requests(const struct config *cfg, const struct cfg_job *
     const struct cfg_source *src = config_job_source(cfg, job);
     /* An id costs about its length plus a separator; CoinGecko ids average ~14 bytes. */
     uint64_t per_req = src->max_url_bytes > 400 ? (src->max_url_bytes - 300) / 17 : 1;
+    const struct cfg_value *max_ids = config_source_value(src, "max_ids_per_request");
+    if (max_ids && max_ids->u && per_req > max_ids->u)
+        per_req = max_ids->u;
     return (n + per_req - 1) / per_req;
 }
 

@@ -19,15 +19,29 @@
 
 #define MINUTE_MS 60000u
 
+/* Demo (and keyless) requests go to api.coingecko.com, pro requests to pro-api.coingecko.com;
+ * each host refuses the other kind of key. */
+static const char *const public_hosts[] = {"api.coingecko.com", NULL};
+static const char *const pro_hosts[] = {"pro-api.coingecko.com", NULL};
+
 static const struct source_plan plans[] = {
-    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL, NULL},
-    {"demo", "https://api.coingecko.com/api/v3", {30, MINUTE_MS}, 10000, "x-cg-demo-api-key", NULL},
-    {"pro",
-     "https://pro-api.coingecko.com/api/v3",
-     {500, MINUTE_MS},
-     500000,
-     "x-cg-pro-api-key",
-     NULL},
+    {.name = "public",
+     .base_url = "https://api.coingecko.com/api/v3",
+     .rate_limit = {10, MINUTE_MS},
+     .monthly_credits = 0,
+     .hosts = public_hosts},
+    {.name = "demo",
+     .base_url = "https://api.coingecko.com/api/v3",
+     .rate_limit = {30, MINUTE_MS},
+     .monthly_credits = 10000,
+     .key_header = "x-cg-demo-api-key",
+     .hosts = public_hosts},
+    {.name = "pro",
+     .base_url = "https://pro-api.coingecko.com/api/v3",
+     .rate_limit = {500, MINUTE_MS},
+     .monthly_credits = 500000,
+     .key_header = "x-cg-pro-api-key",
+     .hosts = pro_hosts},
 };
 
 static const struct cfg_key keys[] = {
@@ -36,6 +50,10 @@ static const struct cfg_key keys[] = {
     /* A /coins/list that would delist more than this share (percent) of the coins listed
      * before is refused: no delisting, the universe keeps the previous list (jobs.c). */
     {"max_delist_percent", CFG_KEY_U64, "10", 0, 100},
+    /* Ids one /simple/price request may carry, besides max_url_bytes: CoinGecko documents 515
+     * addresses a call for its token-price lookup and client projects report a cap of the
+     * same order for ids (docs/config.md). A 414 answer halves a request anyway (jobs.c). */
+    {"max_ids_per_request", CFG_KEY_U64, "500", 1, 100000},
 };
 
 static const char *const secret_params[] = {
