@@ -62,8 +62,10 @@
 
 #include "coingest/backoff.h"
 #include "coingest/db.h"
+#include "coingest/list.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
+#include "coingest/sbuf.h"
 #include "coingest/spool.h"
 #include "coingest/util.h"
 
@@ -113,7 +115,7 @@ static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
 enum task_result { TASK_OK = 0, TASK_RETRY = 1 };
 
 struct task {
-    struct task *next, *prev;
+    struct list_link link; /* in one tlist at a time */
     struct batch *b;
     uint64_t seq;
     const char *table;
@@ -135,56 +137,56 @@ struct task {
     uint32_t committed, rejected;
 };
 
+/* A list of tasks (list.h) that knows its length. */
 struct tlist {
-    struct task head;
+    struct list_link head;
     size_t n;
 };
 
+#define TASK_OF(l) LIST_CONTAINER_OF(l, struct task, link)
+
 static void tl_init(struct tlist *l)
 {
-    l->head.next = l->head.prev = &l->head;
+    list_init(&l->head);
     l->n = 0;
 }
 
 static bool tl_empty(const struct tlist *l)
 {
-    return l->head.next == &l->head;
+    return list_empty(&l->head);
 }
 
 static struct task *tl_first(struct tlist *l)
 {
-    return tl_empty(l) ? NULL : l->head.next;
+    return tl_empty(l) ? NULL : TASK_OF(l->head.next);
 }
 
-static void tl_insert_after(struct tlist *l, struct task *pos, struct task *t)
+/* The task after t in l, or NULL at the end. */
+static struct task *tl_next(struct tlist *l, struct task *t)
 {
-    t->prev = pos;
-    t->next = pos->next;
-    pos->next->prev = t;
-    pos->next = t;
-    l->n++;
+    return t->link.next == &l->head ? NULL : TASK_OF(t->link.next);
 }
 
 static void tl_push(struct tlist *l, struct task *t)
 {
-    tl_insert_after(l, l->head.prev, t);
+    list_append(&l->head, &t->link);
+    l->n++;
 }
 
 static void tl_remove(struct tlist *l, struct task *t)
 {
-    t->prev->next = t->next;
-    t->next->prev = t->prev;
-    t->next = t->prev = NULL;
+    list_remove(&t->link);
     l->n--;
 }
 
 /* Inserts by ascending seq, searching from the tail (new tasks usually go last). */
 static void tl_insert_sorted(struct tlist *l, struct task *t)
 {
-    struct task *p = l->head.prev;
-    while (p != &l->head && p->seq > t->seq)
+    struct list_link *p = l->head.prev;
+    while (p != &l->head && TASK_OF(p)->seq > t->seq)
         p = p->prev;
-    tl_insert_after(l, p, t);
+    list_insert_after(p, &t->link);
+    l->n++;
 }
 
 static struct task *task_new(struct batch *b, uint64_t seq)
@@ -392,12 +394,6 @@ enum schema_state { SCHEMA_NONE = 0, SCHEMA_RUNNING, SCHEMA_READY };
 
 enum shut_state { SHUT_NONE = 0, SHUT_GRACEFUL, SHUT_HARD, SHUT_STOPPING, SHUT_DONE };
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
 struct writer {
     struct sink *s;
     unsigned idx;
@@ -524,50 +520,6 @@ static void table_labels(char *buf, size_t cap, const char *table)
     snprintf(buf, cap, "table=\"%s\"", table);
 }
 
-static void sb_reserve(struct sbuf *sb, size_t n)
-{
-    if (sb->oom || sb->cap - sb->len >= n)
-        return;
-    size_t cap = sb->cap ? sb->cap : 4096;
-    while (cap - sb->len < n)
-        cap *= 2;
-    char *p = realloc(sb->p, cap);
-    if (!p) {
-        sb->oom = true;
-        return;
-    }
-    sb->p = p;
-    sb->cap = cap;
-}
-
-static void sb_put(struct sbuf *sb, const char *s, size_t n)
-{
-    sb_reserve(sb, n + 1);
-    if (sb->oom)
-        return;
-    memcpy(sb->p + sb->len, s, n);
-    sb->len += n;
-    sb->p[sb->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *sb, const char *s)
-{
-    sb_put(sb, s, strlen(s));
-}
-
-static void sb_reset(struct sbuf *sb)
-{
-    sb->len = 0;
-    sb->oom = false;
-}
-
-static void sb_free(struct sbuf *sb)
-{
-    free(sb->p);
-    sb->p = NULL;
-    sb->len = sb->cap = 0;
-}
-
 /* --- SQL text (writer threads) ------------------------------------------------------------ */
 
 /* One value as an SQL literal. Doubles print with 17 significant digits and always as an
@@ -580,24 +532,24 @@ static void put_val(struct sbuf *sb, MYSQL *conn, const struct val *v)
     switch (v->type) {
     case VAL_INT:
         n = snprintf(tmp, sizeof(tmp), "%" PRId64, v->u.i);
-        sb_put(sb, tmp, (size_t)n);
+        sbuf_append(sb, tmp, (size_t)n);
         break;
     case VAL_DBL:
         n = snprintf(tmp, sizeof(tmp), "%.17g", v->u.d);
-        sb_put(sb, tmp, (size_t)n);
+        sbuf_append(sb, tmp, (size_t)n);
         if (!strpbrk(tmp, "eE"))
-            sb_put(sb, "e0", 2);
+            sbuf_append(sb, "e0", 2);
         break;
     case VAL_TIME:
         db_format_time(v->u.i, tmp + 1, sizeof(tmp) - 2);
         tmp[0] = '\'';
         n = (int)strlen(tmp);
         tmp[n++] = '\'';
-        sb_put(sb, tmp, (size_t)n);
+        sbuf_append(sb, tmp, (size_t)n);
         break;
     case VAL_STR:
     case VAL_JSON:
-        sb_reserve(sb, 2 * (size_t)v->len + 4);
+        sbuf_reserve(sb, 2 * (size_t)v->len + 4);
         if (sb->oom)
             return;
         sb->p[sb->len++] = '\'';
@@ -607,20 +559,20 @@ static void put_val(struct sbuf *sb, MYSQL *conn, const struct val *v)
         sb->p[sb->len] = '\0';
         break;
     default:
-        sb_put(sb, "NULL", 4);
+        sbuf_append(sb, "NULL", 4);
         break;
     }
 }
 
 static void put_row(struct sbuf *sb, MYSQL *conn, const struct batch *b, uint32_t r)
 {
-    sb_put(sb, "(", 1);
+    sbuf_append(sb, "(", 1);
     for (uint16_t c = 0; c < b->spec->ncols; c++) {
         if (c)
-            sb_put(sb, ",", 1);
+            sbuf_append(sb, ",", 1);
         put_val(sb, conn, batch_val(b, r, c));
     }
-    sb_put(sb, ")", 1);
+    sbuf_append(sb, ")", 1);
 }
 
 /* A row as a JSON object, for rejected_rows and the dead-letter file. */
@@ -728,8 +680,8 @@ static int wexec_stmt(struct writer *w)
 /* Ends the multi-row INSERT in w->stmt with its ON DUPLICATE KEY UPDATE clause and sends it. */
 static int wexec_upsert(struct writer *w, const char *upd, const char *sql)
 {
-    sb_puts(&w->stmt, upd);
-    sb_puts(&w->stmt, sql);
+    sbuf_puts(&w->stmt, upd);
+    sbuf_puts(&w->stmt, sql);
     return wexec_stmt(w);
 }
 
@@ -741,23 +693,23 @@ static int try_upsert(struct writer *w, struct task *t, uint32_t lo, uint32_t hi
     const struct batch_spec *spec = b->spec;
     uint64_t cap = stmt_limit(w, t);
     uint64_t hard = w->max_packet > 2 * PACKET_SLACK ? w->max_packet - PACKET_SLACK : UINT64_MAX;
-    sb_reset(&w->prefix);
-    sb_puts(&w->prefix, "INSERT INTO `");
-    sb_puts(&w->prefix, spec->table);
-    sb_puts(&w->prefix, "` (");
+    sbuf_reset(&w->prefix);
+    sbuf_puts(&w->prefix, "INSERT INTO `");
+    sbuf_puts(&w->prefix, spec->table);
+    sbuf_puts(&w->prefix, "` (");
     for (uint16_t c = 0; c < spec->ncols; c++) {
-        sb_puts(&w->prefix, c ? ",`" : "`");
-        sb_puts(&w->prefix, spec->cols[c]);
-        sb_puts(&w->prefix, "`");
+        sbuf_puts(&w->prefix, c ? ",`" : "`");
+        sbuf_puts(&w->prefix, spec->cols[c]);
+        sbuf_puts(&w->prefix, "`");
     }
-    sb_puts(&w->prefix, ") VALUES ");
+    sbuf_puts(&w->prefix, ") VALUES ");
     const char *upd = " ON DUPLICATE KEY UPDATE ";
     size_t tail = strlen(upd) + strlen(spec->sql);
     uint32_t in_stmt = 0;
-    sb_reset(&w->stmt);
-    sb_put(&w->stmt, w->prefix.p, w->prefix.len);
+    sbuf_reset(&w->stmt);
+    sbuf_append(&w->stmt, w->prefix.p, w->prefix.len);
     for (uint32_t r = lo; r < hi; r++) {
-        sb_reset(&w->row);
+        sbuf_reset(&w->row);
         put_row(&w->row, w->conn, b, r);
         if (w->row.oom || w->stmt.oom || w->prefix.oom) {
             werr(w, ERR_NOMEM, "out of memory building a statement");
@@ -767,8 +719,8 @@ static int try_upsert(struct writer *w, struct task *t, uint32_t lo, uint32_t hi
         if (in_stmt && w->stmt.len + 1 + w->row.len + tail > cap) {
             if (wexec_upsert(w, upd, spec->sql))
                 return -1;
-            sb_reset(&w->stmt);
-            sb_put(&w->stmt, w->prefix.p, w->prefix.len);
+            sbuf_reset(&w->stmt);
+            sbuf_append(&w->stmt, w->prefix.p, w->prefix.len);
             in_stmt = 0;
         }
         if (!in_stmt && w->prefix.len + w->row.len + tail > hard) {
@@ -780,8 +732,8 @@ static int try_upsert(struct writer *w, struct task *t, uint32_t lo, uint32_t hi
             return -1;
         }
         if (in_stmt)
-            sb_put(&w->stmt, ",", 1);
-        sb_put(&w->stmt, w->row.p, w->row.len);
+            sbuf_append(&w->stmt, ",", 1);
+        sbuf_append(&w->stmt, w->row.p, w->row.len);
         in_stmt++;
     }
     if (in_stmt) {
@@ -798,21 +750,21 @@ static int try_statement(struct writer *w, struct task *t, uint32_t lo, uint32_t
     const struct batch *b = t->b;
     const char *sql = b->spec->sql;
     for (uint32_t r = lo; r < hi; r++) {
-        sb_reset(&w->stmt);
+        sbuf_reset(&w->stmt);
         uint16_t col = 0;
         char quote = 0;
         for (const char *p = sql; *p; p++) {
             if (quote) {
                 if (*p == quote)
                     quote = 0;
-                sb_put(&w->stmt, p, 1);
+                sbuf_append(&w->stmt, p, 1);
             } else if (*p == '\'' || *p == '"' || *p == '`') {
                 quote = *p;
-                sb_put(&w->stmt, p, 1);
+                sbuf_append(&w->stmt, p, 1);
             } else if (*p == '?' && col < b->spec->ncols) {
                 put_val(&w->stmt, w->conn, batch_val(b, r, col++));
             } else {
-                sb_put(&w->stmt, p, 1);
+                sbuf_append(&w->stmt, p, 1);
             }
         }
         if (wexec_stmt(w))
@@ -884,14 +836,14 @@ static int reject_row(struct writer *w, struct task *t, uint32_t r)
         {.type = VAL_STR, .len = json ? (uint32_t)strlen(json) : 4, .u.s = json ? json : "null"},
         {.type = VAL_STR, .len = (uint32_t)strlen(reason), .u.s = reason},
     };
-    sb_reset(&w->stmt);
-    sb_puts(&w->stmt,
-            "INSERT INTO rejected_rows (table_name, row_json, error, rejected_at) VALUES (");
+    sbuf_reset(&w->stmt);
+    sbuf_puts(&w->stmt,
+              "INSERT INTO rejected_rows (table_name, row_json, error, rejected_at) VALUES (");
     for (int i = 0; i < 3; i++) {
         put_val(&w->stmt, w->conn, &vals[i]);
-        sb_puts(&w->stmt, ", ");
+        sbuf_puts(&w->stmt, ", ");
     }
-    sb_puts(&w->stmt, "UTC_TIMESTAMP(3))");
+    sbuf_puts(&w->stmt, "UTC_TIMESTAMP(3))");
     int rc = 0;
     if (w->stmt.oom) {
         dead_letter(w, table, json, reason);
@@ -1364,9 +1316,9 @@ static void *writer_main(void *arg)
     s->exited++;
     wake_loop(s);
     pthread_mutex_unlock(&s->mu);
-    sb_free(&w->stmt);
-    sb_free(&w->row);
-    sb_free(&w->prefix);
+    sbuf_free(&w->stmt);
+    sbuf_free(&w->row);
+    sbuf_free(&w->prefix);
     mysql_thread_end();
     return NULL;
 }
@@ -1629,7 +1581,7 @@ static void spill(struct sink *s)
     uint64_t rows = 0;
     struct task *t = tl_first(&s->ready);
     while (t) {
-        struct task *next = t->next == &s->ready.head ? NULL : t->next;
+        struct task *next = tl_next(&s->ready, t);
         uint32_t n = t->b->nrows;
         bool from_spool = t->replay;
         tl_remove(&s->ready, t);
@@ -1741,7 +1693,7 @@ static void dispatch(struct sink *s)
     unsigned nskipped = 0, scanned = 0, sent = 0;
     struct task *t = tl_first(&s->ready);
     while (t && s->ninflight < s->nworkers && scanned++ < DISPATCH_LOOKAHEAD) {
-        struct task *next = t->next == &s->ready.head ? NULL : t->next;
+        struct task *next = tl_next(&s->ready, t);
         if (t->seq > min_unread)
             break;
         if (t->barrier) {
@@ -1834,7 +1786,7 @@ static void check_shutdown(struct sink *s)
         if (s->ninflight == 0) {
             struct task *t = tl_first(&s->ready);
             while (t) {
-                struct task *next = t->next == &s->ready.head ? NULL : t->next;
+                struct task *next = tl_next(&s->ready, t);
                 if (t->replay) {
                     tl_remove(&s->ready, t);
                     task_to_spool(s, t);
