@@ -33,7 +33,7 @@ struct tbucket {
     uint64_t last;     /* time credits were last brought up to date */
     uint64_t paused_until;
     size_t queued;
-    struct tbucket_waiter heads[TBUCKET_PRIO_COUNT];
+    struct list_link heads[TBUCKET_PRIO_COUNT]; /* one queue per priority class */
 };
 
 static uint64_t mul_sat(uint64_t a, uint64_t b)
@@ -87,7 +87,7 @@ struct tbucket *tbucket_new(struct rate rate, uint32_t burst, uint64_t now)
     b->credits = b->capacity;
     b->last = now;
     for (int i = 0; i < TBUCKET_PRIO_COUNT; i++)
-        b->heads[i].next = b->heads[i].prev = &b->heads[i];
+        list_init(&b->heads[i]);
     return b;
 }
 
@@ -119,15 +119,11 @@ void tbucket_enqueue(struct tbucket *b, struct tbucket_waiter *w, int prio, tbuc
         prio = 0;
     if (prio >= TBUCKET_PRIO_COUNT)
         prio = TBUCKET_PRIO_COUNT - 1;
-    struct tbucket_waiter *head = &b->heads[prio];
     w->cb = cb;
     w->arg = arg;
     w->enqueued_at = now;
     w->prio = prio;
-    w->prev = head->prev;
-    w->next = head;
-    head->prev->next = w;
-    head->prev = w;
+    list_append(&b->heads[prio], &w->link);
     w->queued = true;
     b->queued++;
 }
@@ -136,9 +132,7 @@ void tbucket_cancel(struct tbucket *b, struct tbucket_waiter *w)
 {
     if (!w->queued)
         return;
-    w->prev->next = w->next;
-    w->next->prev = w->prev;
-    w->next = w->prev = NULL;
+    list_remove(&w->link);
     w->queued = false;
     b->queued--;
 }
@@ -146,8 +140,8 @@ void tbucket_cancel(struct tbucket *b, struct tbucket_waiter *w)
 static struct tbucket_waiter *first_waiter(struct tbucket *b)
 {
     for (int i = 0; i < TBUCKET_PRIO_COUNT; i++)
-        if (b->heads[i].next != &b->heads[i])
-            return b->heads[i].next;
+        if (!list_empty(&b->heads[i]))
+            return LIST_CONTAINER_OF(b->heads[i].next, struct tbucket_waiter, link);
     return NULL;
 }
 

@@ -30,10 +30,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "coingest/log.h"
 #include "coingest/util.h"
-
-enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
-enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 
 /* [database] ssl_mode, weakest first (docs/config.md says what each one guarantees). */
 enum db_ssl_mode {
@@ -42,12 +40,6 @@ enum db_ssl_mode {
     DB_SSL_REQUIRED = 2,        /* TLS or no connection, no certificate check */
     DB_SSL_VERIFY_CA = 3,       /* TLS, the server's chain must lead to ssl_ca */
     DB_SSL_VERIFY_IDENTITY = 4, /* verify_ca, and the certificate must name host */
-};
-
-/* A rate: `count` requests per `period_ms`. */
-struct rate {
-    uint32_t count;
-    uint64_t period_ms;
 };
 
 struct source_def;

@@ -26,7 +26,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "coingest/config.h"
+/* Levels (ascending verbosity) and line formats; config.h's [daemon] keys use them. */
+enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON = 1 };
 
 #define LOG_LINE_MAX 8192
 

@@ -20,7 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "coingest/config.h"
+#include "coingest/list.h"
+
+#include "coingest/util.h"
 
 /* Priority classes: live jobs before backfill. */
 enum tbucket_prio { TBUCKET_PRIO_LIVE = 0, TBUCKET_PRIO_BACKFILL = 1, TBUCKET_PRIO_COUNT = 2 };
@@ -29,7 +31,7 @@ struct tbucket_waiter;
 typedef void (*tbucket_grant_cb)(struct tbucket_waiter *w, void *arg);
 
 struct tbucket_waiter {
-    struct tbucket_waiter *next, *prev;
+    struct list_link link; /* in its priority's queue while queued */
     tbucket_grant_cb cb;
     void *arg;
     uint64_t enqueued_at; /* for wait-time metrics */

@@ -9,6 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A rate: `count` events per `period_ms` (a config value, the token bucket's refill). */
+struct rate {
+    uint32_t count;
+    uint64_t period_ms;
+};
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). Thread: any. */
