@@ -184,7 +184,8 @@ int alias_universe_seal(struct alias_universe *u)
     sorting = u;
     qsort(u->by_symbol, u->n, sizeof(size_t), by_symbol_cmp);
     sorting = NULL;
-    qsort(u->addrs, u->naddrs, sizeof(*u->addrs), by_addr_cmp);
+    if (u->naddrs) /* qsort must not be handed a NULL array, even an empty one */
+        qsort(u->addrs, u->naddrs, sizeof(*u->addrs), by_addr_cmp);
     return 0;
 }
 
