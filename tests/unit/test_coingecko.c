@@ -37,61 +37,7 @@ static const struct coingecko_times times = {RUN_MS, FETCHED_MS};
  * error paths. Sanitizer runtimes own malloc themselves, so
  * under ASan/TSan the replacement is left out and the test that needs it skips.
  */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define FAIL_ALLOC 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
-    __has_feature(memory_sanitizer)
-#define FAIL_ALLOC 0
-#endif
-#endif
-#ifndef FAIL_ALLOC
-#define FAIL_ALLOC 1
-#endif
-
-#if FAIL_ALLOC
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void __libc_free(void *p);
-
-static long alloc_countdown = -1; /* < 0: off; the call that finds it at 0 fails */
-static long alloc_live;           /* blocks allocated and not yet freed (for leak checks) */
-
-static int alloc_fails(void)
-{
-    return alloc_countdown >= 0 && alloc_countdown-- == 0;
-}
-
-void *malloc(size_t n)
-{
-    void *p = alloc_fails() ? NULL : __libc_malloc(n);
-    alloc_live += p != NULL;
-    return p;
-}
-
-void *calloc(size_t n, size_t size)
-{
-    void *p = alloc_fails() ? NULL : __libc_calloc(n, size);
-    alloc_live += p != NULL;
-    return p;
-}
-
-void *realloc(void *p, size_t n)
-{
-    if (alloc_fails())
-        return NULL;
-    void *q = __libc_realloc(p, n);
-    alloc_live += !p && q;
-    return q;
-}
-
-void free(void *p)
-{
-    alloc_live -= p != NULL;
-    __libc_free(p);
-}
-#endif
+#include "allocfail.h"
 
 static char *fixture(const char *name, size_t *len)
 {
@@ -1023,12 +969,12 @@ static void test_strings_and_json_text(void **state)
 static void test_out_of_memory_rolls_back(void **state)
 {
     (void)state;
-#if FAIL_ALLOC
+#if ALLOCFAIL
     size_t len;
     char *body = fixture("coins_markets_ids-bitcoin-ethereum_eth_2021-05.json", &len);
     long failures = 0, enomem = 0;
     for (long n = 0;; n++) {
-        long live = alloc_live;
+        long live = allocfail_live;
         struct batch *sn = batch_new(BATCH_MARKET_SNAPSHOTS, 1);
         struct batch *am = batch_new(BATCH_ASSETS_MARKET, 1);
         struct batch *ac = batch_new(BATCH_ASSET_CATEGORIES, 1);
@@ -1043,10 +989,10 @@ static void test_out_of_memory_rolls_back(void **state)
         struct coingecko_stats st = {0}, zero = {0};
         struct coingecko_markets_out out = {sn, am, ac, &ids, 0};
 
-        alloc_countdown = n;
+        allocfail_countdown = n;
         int rc = coingecko_parse_markets(body, len, &times, "eth", "layer-1", &out, &st, NULL, 0);
-        int injected = alloc_countdown < 0;
-        alloc_countdown = -1;
+        int injected = allocfail_countdown < 0;
+        allocfail_countdown = -1;
 
         if (rc == 0) {
             /* Success despite a failed allocation: jansson drops a byte of a long token when
@@ -1072,8 +1018,8 @@ static void test_out_of_memory_rolls_back(void **state)
         batch_free(sn);
         batch_free(am);
         batch_free(ac);
-        if (alloc_live != live)
-            fail_msg("allocation %ld failed: %ld blocks leaked", n, alloc_live - live);
+        if (allocfail_live != live)
+            fail_msg("allocation %ld failed: %ld blocks leaked", n, allocfail_live - live);
         if (rc == 0 && !injected)
             break;
     }

@@ -30,61 +30,7 @@
  * leaks on the error paths. Sanitizer runtimes own malloc, so under ASan/TSan the replacement
  * is left out and the test that needs it skips.
  */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define FAIL_ALLOC 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
-    __has_feature(memory_sanitizer)
-#define FAIL_ALLOC 0
-#endif
-#endif
-#ifndef FAIL_ALLOC
-#define FAIL_ALLOC 1
-#endif
-
-#if FAIL_ALLOC
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void __libc_free(void *p);
-
-static long alloc_countdown = -1; /* < 0: off; the call that finds it at 0 fails */
-static long alloc_live;           /* blocks allocated and not yet freed */
-
-static int alloc_fails(void)
-{
-    return alloc_countdown >= 0 && alloc_countdown-- == 0;
-}
-
-void *malloc(size_t n)
-{
-    void *p = alloc_fails() ? NULL : __libc_malloc(n);
-    alloc_live += p != NULL;
-    return p;
-}
-
-void *calloc(size_t n, size_t size)
-{
-    void *p = alloc_fails() ? NULL : __libc_calloc(n, size);
-    alloc_live += p != NULL;
-    return p;
-}
-
-void *realloc(void *p, size_t n)
-{
-    if (alloc_fails())
-        return NULL;
-    void *q = __libc_realloc(p, n);
-    alloc_live += !p && q;
-    return q;
-}
-
-void free(void *p)
-{
-    alloc_live -= p != NULL;
-    __libc_free(p);
-}
-#endif
+#include "allocfail.h"
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
@@ -553,14 +499,14 @@ static void test_dump(void **state)
 static void test_out_of_memory_rolls_back(void **state)
 {
     (void)state;
-#if FAIL_ALLOC
+#if ALLOCFAIL
     const char *body = "[{\"key\":\"a\",\"vs\":\"usd\",\"roi\":{\"x\":[1,2,{\"y\":\"z\"}]},"
                        "\"price\":1e400},"
                        "{\"key\":\"bb\",\"vs\":\"eur\",\"roi\":{\"w\":0.25}},"
                        "{\"key\":\"ccc\",\"ath_at\":\"2020-01-01T00:00:00Z\"}]";
     int failures = 0, enomem = 0;
     for (long n = 0;; n++) {
-        long live = alloc_live;
+        long live = allocfail_live;
         struct batch *b = batch_new(BATCH_MARKET_SNAPSHOTS, 1);
         assert_int_equal(batch_add_row(b), 0);
         assert_int_equal(
@@ -572,10 +518,10 @@ static void test_out_of_memory_rolls_back(void **state)
         struct strlist ids = {items, 1};
         char err[128] = "";
 
-        alloc_countdown = n;
+        allocfail_countdown = n;
         int rc = parse_snaps(body, b, &ids, NULL, err, sizeof(err), -1);
-        int injected = alloc_countdown < 0;
-        alloc_countdown = -1;
+        int injected = allocfail_countdown < 0;
+        allocfail_countdown = -1;
 
         if (rc == 0) {
             assert_int_equal(b->nrows, 4);
@@ -595,8 +541,8 @@ static void test_out_of_memory_rolls_back(void **state)
         }
         strlist_clear(&ids);
         batch_free(b);
-        if (alloc_live != live)
-            fail_msg("allocation %ld failed: %ld blocks leaked", n, alloc_live - live);
+        if (allocfail_live != live)
+            fail_msg("allocation %ld failed: %ld blocks leaked", n, allocfail_live - live);
         if (rc == 0 && !injected)
             break;
     }

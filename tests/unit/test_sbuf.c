@@ -21,45 +21,7 @@
  * replaced by versions that fail the Nth call once armed. Sanitizer runtimes own malloc, so
  * under ASan/TSan the replacement is left out and the tests that need it skip.
  */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define FAIL_ALLOC 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
-    __has_feature(memory_sanitizer)
-#define FAIL_ALLOC 0
-#endif
-#endif
-#ifndef FAIL_ALLOC
-#define FAIL_ALLOC 1
-#endif
-
-#if FAIL_ALLOC
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-
-static long alloc_countdown = -1; /* < 0: off; the call that finds it at 0 fails */
-
-static int alloc_fails(void)
-{
-    return alloc_countdown >= 0 && alloc_countdown-- == 0;
-}
-
-void *malloc(size_t n)
-{
-    return alloc_fails() ? NULL : __libc_malloc(n);
-}
-
-void *calloc(size_t n, size_t size)
-{
-    return alloc_fails() ? NULL : __libc_calloc(n, size);
-}
-
-void *realloc(void *p, size_t n)
-{
-    return alloc_fails() ? NULL : __libc_realloc(p, n);
-}
-#endif
+#include "allocfail.h"
 
 static void test_zero_is_empty(void **state)
 {
@@ -191,12 +153,12 @@ static void test_impossible_size(void **state)
 static void test_out_of_memory_is_sticky(void **state)
 {
     (void)state;
-#if FAIL_ALLOC
+#if ALLOCFAIL
     struct sbuf b = {0};
     /* The very first allocation fails: still empty, still owning nothing. */
-    alloc_countdown = 0;
+    allocfail_countdown = 0;
     assert_int_equal(sbuf_puts(&b, "x"), -ENOMEM);
-    alloc_countdown = -1;
+    allocfail_countdown = -1;
     assert_true(sbuf_failed(&b));
     assert_null(b.p);
     assert_int_equal(b.len, 0);
@@ -208,9 +170,9 @@ static void test_out_of_memory_is_sticky(void **state)
     memset(big, 'q', sizeof(big));
     /* Growing fails: content and size as before, and later appends fail too, even small
      * ones that would fit, and printf as well. */
-    alloc_countdown = 0;
+    allocfail_countdown = 0;
     assert_int_equal(sbuf_append(&b, big, sizeof(big)), -ENOMEM);
-    alloc_countdown = -1;
+    allocfail_countdown = -1;
     assert_true(sbuf_failed(&b));
     assert_int_equal(b.cap, cap);
     assert_int_equal(b.len, 4);
@@ -223,9 +185,9 @@ static void test_out_of_memory_is_sticky(void **state)
     /* printf that needs to grow and cannot: content unchanged (its first try is undone). */
     sbuf_reset(&b);
     assert_int_equal(sbuf_puts(&b, "ab"), 0);
-    alloc_countdown = 0;
+    allocfail_countdown = 0;
     assert_int_equal(sbuf_printf(&b, "%.*s", (int)sizeof(big), big), -ENOMEM);
-    alloc_countdown = -1;
+    allocfail_countdown = -1;
     assert_int_equal(b.len, 2);
     assert_string_equal(b.p, "ab");
 
