@@ -41,11 +41,12 @@ struct store_rows;
 #define ALIAS_DOMINANCE 10.0
 
 /* The read that gives alias_universe_from_rows its rows: id, symbol, name, platforms,
- * market_cap (no parameters). */
+ * market_cap. One parameter: the source whose usd market caps rank same-symbol candidates (the
+ * source of the canonical ids; the caller names it). */
 #define ALIAS_UNIVERSE_SQL                                                                         \
     "SELECT a.id, a.symbol, a.name, a.platforms, m.market_cap FROM assets a LEFT JOIN"             \
     " (SELECT asset_id, MAX(market_cap) AS market_cap FROM market_snapshots"                       \
-    " WHERE source = 'coingecko' AND vs_currency = 'usd'"                                          \
+    " WHERE source = ? AND vs_currency = 'usd'"                                                    \
     " AND snapshot_at >= UTC_TIMESTAMP() - INTERVAL 2 DAY GROUP BY asset_id) m"                    \
     " ON m.asset_id = a.id WHERE a.delisted_at IS NULL"
 

@@ -352,6 +352,9 @@ static int next_window(struct cb_run *r)
     return 1;
 }
 
+/* Coinbase's keys map onto CoinGecko's ids (assets.id), ranked by CoinGecko's market caps. */
+static const char *const canonical_source[] = {"coingecko"};
+
 static void advance(struct cb_run *r)
 {
     if (run_cancelled(r->run))
@@ -362,8 +365,8 @@ static void advance(struct cb_run *r)
         rc = run_get_limited(r->run, "/products", PRODUCTS_MAX_BODY, products_parse, products_done);
         break;
     case ST_UNIVERSE:
-        rc = run_read(r->run, ALIAS_UNIVERSE_SQL, NULL, 0, ALIAS_UNIVERSE_MAX_ROWS, universe_read,
-                      r->run);
+        rc = run_read(r->run, ALIAS_UNIVERSE_SQL, canonical_source, 1, ALIAS_UNIVERSE_MAX_ROWS,
+                      universe_read, r->run);
         if (rc == -ENOTSUP) { /* a store without a database: overrides only */
             map_bases(r);
             r->step = ST_FILL;
