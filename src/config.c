@@ -657,6 +657,8 @@ static int own_defaults(struct config *cfg);
 static int plan_defaults(struct cfg_source *src, bool base_url, bool rate, bool plan_limit,
                          bool credits)
 {
+    if (src->def->nplans == 0)
+        return 0; /* a source without a remote API */
     const struct source_plan *pl = &src->def->plans[src->plan];
     if (base_url && set_str(&src->base_url, pl->base_url))
         return -ENOMEM;
@@ -1725,6 +1727,8 @@ static int blame_line(const struct parse *p, int sec, const char *key, const cha
 static int check_source(struct parse *p, size_t i)
 {
     const struct cfg_source *src = &p->cfg->sources[i];
+    if (src->def->nplans == 0)
+        return 0; /* no remote API: nothing to check */
     const struct source_plan *plan = &src->def->plans[src->plan];
     int sec = source_section(i);
     char a[32], b[32], env[96], env_file[104];
@@ -1966,7 +1970,8 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
         fprintf(out, "%s = %s\n", k->name, format_names[*(const enum log_format *)f]);
         break;
     case K_PLAN:
-        fprintf(out, "%s = %s\n", k->name, sections[sec].src->plans[*(const uint32_t *)f].name);
+        if (sections[sec].src->nplans) /* a source without plans has no `plan` to print */
+            fprintf(out, "%s = %s\n", k->name, sections[sec].src->plans[*(const uint32_t *)f].name);
         break;
     case K_SSL_MODE:
         fprintf(out, "%s = %s\n", k->name, ssl_mode_names[*(const enum db_ssl_mode *)f]);

@@ -52,6 +52,8 @@ static const struct mdesc descs[] = {
     {"coingest_job_last_success_timestamp_seconds", M_GAUGE, "Last successful run, by job"},
     {"coingest_reloads_total", M_COUNTER, "Configuration reloads applied"},
     {"coingest_reload_failures_total", M_COUNTER, "Configuration reloads refused"},
+    {"coingest_retention_deleted_rows_total", M_COUNTER,
+     "Raw rows the retention job deleted (covered by a daily rollup), by table"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

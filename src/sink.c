@@ -90,11 +90,20 @@
 /* How many leading columns of each spec form the table's primary (or unique) key. The column
  * order in batch.c puts them first. 0: no key known, the task conflicts with every task of its
  * table (safe for a spec added later). */
-_Static_assert(BATCH_SPEC_COUNT == 9, "give the new spec its key width below");
+_Static_assert(BATCH_SPEC_COUNT == 19, "give the new spec its key width below");
 static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
-    [BATCH_ASSETS_LIST] = 1,      [BATCH_ASSETS_MARKET] = 1,    [BATCH_PRICES] = 4,
-    [BATCH_MARKET_SNAPSHOTS] = 4, [BATCH_GLOBAL_SNAPSHOTS] = 2, [BATCH_CATEGORIES] = 1,
-    [BATCH_ASSET_CATEGORIES] = 2, [BATCH_JOB_RUNS] = 2,         [BATCH_ASSETS_DELIST] = 0,
+    [BATCH_ASSETS_LIST] = 1,
+    [BATCH_ASSETS_MARKET] = 1,
+    [BATCH_PRICES] = 4,
+    [BATCH_MARKET_SNAPSHOTS] = 4,
+    [BATCH_GLOBAL_SNAPSHOTS] = 2,
+    [BATCH_CATEGORIES] = 1,
+    [BATCH_ASSET_CATEGORIES] = 2,
+    [BATCH_JOB_RUNS] = 2,
+    [BATCH_ASSETS_DELIST] = 0,
+    /* analytics: statements are barriers and need none */
+    [BATCH_ANALYTICS_STATE] = 1,
+    [BATCH_INDICATORS_DAILY] = 4,
 };
 
 /* --- tasks -------------------------------------------------------------------------------- */

@@ -4,3 +4,4 @@
  * (docs/architecture.md, "Adding a source").
  */
 SOURCE(coingecko)
+SOURCE(analytics)
