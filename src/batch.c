@@ -28,6 +28,12 @@ static const char *const categories_cols[] = {BATCH_CATEGORIES_COLUMNS(BATCH_COL
 static const char *const asset_categories_cols[] = {BATCH_ASSET_CATEGORIES_COLUMNS(BATCH_COL_NAME)};
 static const char *const job_runs_cols[] = {BATCH_JOB_RUNS_COLUMNS(BATCH_COL_NAME)};
 static const char *const assets_delist_cols[] = {BATCH_ASSETS_DELIST_COLUMNS(BATCH_COL_NAME)};
+static const char *const candles_cols[] = {BATCH_CANDLES_COLUMNS(BATCH_COL_NAME)};
+static const char *const asset_aliases_cols[] = {BATCH_ASSET_ALIASES_COLUMNS(BATCH_COL_NAME)};
+static const char *const prices_vwap_cols[] = {BATCH_PRICES_VWAP_COLUMNS(BATCH_COL_NAME)};
+static const char *const market_snapshots_vwap_cols[] = {
+    BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(BATCH_COL_NAME)};
+static const char *const candle_fill_cols[] = {BATCH_CANDLE_FILL_COLUMNS(BATCH_COL_NAME)};
 static const char *const analytics_mark_cols[] = {BATCH_ANALYTICS_MARK_COLUMNS(BATCH_COL_NAME)};
 static const char *const analytics_unmark_cols[] = {BATCH_ANALYTICS_UNMARK_COLUMNS(BATCH_COL_NAME)};
 static const char *const analytics_state_cols[] = {BATCH_ANALYTICS_STATE_COLUMNS(BATCH_COL_NAME)};
@@ -143,6 +149,34 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
                              COLS(assets_delist_cols),
                              "UPDATE assets SET delisted_at = ? WHERE delisted_at IS NULL"
                              " AND listed_at IS NOT NULL AND listed_at < ?"},
+    [BATCH_CANDLES] = {BATCH_CANDLES, "candles", "candles", BATCH_KIND_UPSERT, COLS(candles_cols),
+                       "product=VALUES(product), open=VALUES(open), high=VALUES(high),"
+                       " low=VALUES(low), close=VALUES(close), volume=VALUES(volume)"},
+    [BATCH_ASSET_ALIASES] = {BATCH_ASSET_ALIASES, "asset_aliases", "asset_aliases",
+                             BATCH_KIND_UPSERT, COLS(asset_aliases_cols),
+                             "asset_id=VALUES(asset_id), method=VALUES(method),"
+                             " symbol=VALUES(symbol), name=VALUES(name),"
+                             " candidates=VALUES(candidates), updated_at=VALUES(updated_at)"},
+    [BATCH_PRICES_VWAP] = {BATCH_PRICES_VWAP, "prices_vwap", "prices", BATCH_KIND_UPSERT,
+                           COLS(prices_vwap_cols),
+                           "price=VALUES(price), market_cap=VALUES(market_cap),"
+                           " volume_24h=VALUES(volume_24h), change_24h_pct=VALUES(change_24h_pct),"
+                           " vwap_24h=VALUES(vwap_24h)"},
+    [BATCH_MARKET_SNAPSHOTS_VWAP] = {BATCH_MARKET_SNAPSHOTS_VWAP, "market_snapshots_vwap",
+                                     "market_snapshots", BATCH_KIND_UPSERT,
+                                     COLS(market_snapshots_vwap_cols),
+                                     "market_cap_rank=VALUES(market_cap_rank), price=VALUES(price),"
+                                     " market_cap=VALUES(market_cap),"
+                                     " total_volume=VALUES(total_volume),"
+                                     " price_change_pct_24h=VALUES(price_change_pct_24h),"
+                                     " circulating_supply=VALUES(circulating_supply),"
+                                     " max_supply=VALUES(max_supply), vwap_24h=VALUES(vwap_24h)"},
+    [BATCH_CANDLE_FILL] = {BATCH_CANDLE_FILL, "candle_fill", "candle_fill", BATCH_KIND_STATEMENT,
+                           COLS(candle_fill_cols),
+                           "INSERT INTO candle_fill (source, product, interval_s, filled_to,"
+                           " updated_at) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE"
+                           " filled_to = GREATEST(filled_to, VALUES(filled_to)),"
+                           " updated_at = VALUES(updated_at)"},
     [BATCH_ANALYTICS_MARK] =
         {BATCH_ANALYTICS_MARK, "analytics_mark", "analytics_dirty", BATCH_KIND_STATEMENT,
          COLS(analytics_mark_cols),

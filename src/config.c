@@ -6,8 +6,10 @@
  * our own line reader. Debian's libinih is built without INI_HANDLER_LINENO, so the handler is
  * never told which line it is on; the reader counts lines instead (inih asks for exactly one line
  * before each handler call, so the reader's count is the handler's line). The reader also makes
- * the parse independent of how inih was built: it removes comments itself (a ';' at the start of
- * a line or after whitespace, '#' at the start of a line), strips a UTF-8 BOM, rejects lines
+ * the parse independent of how inih was built: it removes comments itself (a ';' or '#' at the
+ * start of a line or after whitespace), unquotes a value written in double quotes (inside them
+ * ';' and '#' are literal; the value reaches the handler through p->qval, because inih would
+ * otherwise cut it at an inline comment and trim its blanks), strips a UTF-8 BOM, rejects lines
  * longer than inih's line buffer instead of letting inih split them, and checks each [section]
  * header as it passes, so an unknown or repeated section is reported on its own line even when it
  * holds no keys. Indented lines that hold no '=' are continuation lines; only list keys (ids,
@@ -392,8 +394,9 @@ static const struct keydef job_keys[] = {
 };
 
 /* The sections, in the order config_dump writes them: [daemon], [database], one
- * [source.NAME] per registered source, [universe], one [job.NAME] per job; the ones from the
- * registry are built once (sections_init). */
+ * [source.NAME] per registered source, [universe], one [job.NAME] per job, [aliases]; the ones
+ * from the registry are built once (sections_init). [aliases] has no key table: its keys are
+ * free-form (SK_FREE), each line an entry of a list (see alias_line). */
 enum section_id {
     SEC_DAEMON,
     SEC_DATABASE,
@@ -402,7 +405,7 @@ enum section_id {
     SEC_BAD = -2,  /* inside a section already reported as wrong */
 };
 
-enum section_kind { SK_ROOT, SK_SOURCE, SK_JOB };
+enum section_kind { SK_ROOT, SK_SOURCE, SK_JOB, SK_FREE };
 
 struct section {
     char name[64];
@@ -459,7 +462,7 @@ static void sections_init(void)
         sections_rc = -E2BIG;
         return;
     }
-    nsections = SEC_FIRST_SOURCE + (int)(source_count + 1 + njobs);
+    nsections = SEC_FIRST_SOURCE + (int)(source_count + 1 + njobs + 1);
     sec_universe = SEC_FIRST_SOURCE + (int)source_count;
     sections = calloc((size_t)nsections, sizeof(*sections));
     if (!sections) {
@@ -509,6 +512,7 @@ static void sections_init(void)
             }
         }
     }
+    sections[sec] = (struct section){.name = "aliases", .kind = SK_FREE};
     njobs_total = njobs;
     for (int i = 0; i < nsections; i++)
         if (sections[i].nkeys > max_keys)
@@ -777,6 +781,12 @@ void config_free(struct config *cfg)
     strlist_clear(&cfg->universe.ids);
     strlist_clear(&cfg->universe.categories);
     strlist_clear(&cfg->universe.vs_currencies);
+    for (size_t i = 0; i < cfg->naliases; i++) {
+        free(cfg->aliases[i].source);
+        free(cfg->aliases[i].key);
+        free(cfg->aliases[i].asset_id);
+    }
+    free(cfg->aliases);
     free(cfg);
 }
 
@@ -793,6 +803,8 @@ struct parse {
     bool cont_line;   /* that line is an indented continuation line */
     const char *pend; /* the rest of a long list line, still to be handed over in pieces */
     size_t pend_len;
+    const char *qval; /* the line's value without its quotes, when it was quoted; else NULL */
+    size_t qlen;
     int sec; /* enum section_id, SEC_NONE or SEC_BAD */
 
     int *sec_line;  /* per section: its header's line, 0 when absent */
@@ -1305,6 +1317,30 @@ static char *next_piece(struct parse *p, char *str, int num)
 
 /* inih's fgets-style reader: hands over one cleaned-up physical line per call (see the file
  * comment), so that the handler can use p->line. */
+/* Finds a quoted value in the key line s[lead..len): after the first '=' or ':' (where inih
+ * splits key and value) and any blanks, a '"' opens it and the next '"' closes it. Sets *open
+ * and *close to their offsets (both 0 when the value is not quoted); -EINVAL when the closing
+ * quote is missing. There are no escapes: a value that starts with '"' and holds another one
+ * belongs in a *_file key or the environment. */
+static int quoted_value(const char *s, size_t lead, size_t len, size_t *open, size_t *close)
+{
+    size_t i = lead;
+    while (i < len && s[i] != '=' && s[i] != ':')
+        i++;
+    if (i == len)
+        return 0;
+    for (i++; i < len && (s[i] == ' ' || s[i] == '\t'); i++)
+        ;
+    if (i == len || s[i] != '"')
+        return 0;
+    const char *end = memchr(s + i + 1, '"', len - i - 1);
+    if (!end)
+        return -EINVAL;
+    *open = i;
+    *close = (size_t)(end - s);
+    return 0;
+}
+
 static char *read_line(char *str, int num, void *stream)
 {
     struct parse *p = stream;
@@ -1320,6 +1356,7 @@ static char *read_line(char *str, int num, void *stream)
     p->pos += len + (nl ? 1 : 0);
     p->line++;
     p->cont_line = false;
+    p->qval = NULL;
 
     const char *out = "\n";
     char scratch[80];
@@ -1331,20 +1368,32 @@ static char *read_line(char *str, int num, void *stream)
         s += 3;
         len -= 3;
     }
-    /* Comments: ';' at the start or after whitespace, '#' at the start. */
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == ';' && (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t')) {
+    size_t lead = 0;
+    while (lead < len && isspace((unsigned char)s[lead]))
+        lead++;
+    if (lead == len || s[lead] == '#' || s[lead] == ';')
+        goto done;
+    /* A value that starts with '"' runs to the next '"'; no comment starts inside it. */
+    size_t qopen = 0, qclose = 0;
+    if (s[lead] != '[' && quoted_value(s, lead, len, &qopen, &qclose) != 0) {
+        fail(p, p->line, -1, NULL, -EINVAL, "a value that starts with '\"' needs a closing '\"'");
+        goto done;
+    }
+    /* Comments: ';' or '#' at the start, after whitespace or right after a closing quote. */
+    for (size_t i = qclose ? qclose + 1 : 0; i < len; i++) {
+        if ((s[i] == ';' || s[i] == '#') &&
+            (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t' || (qclose && i == qclose + 1))) {
             len = i;
             break;
         }
     }
     while (len && isspace((unsigned char)s[len - 1]))
         len--;
-    size_t lead = 0;
-    while (lead < len && isspace((unsigned char)s[lead]))
-        lead++;
-    if (lead == len || s[lead] == '#')
+    if (qclose && len != qclose + 1) {
+        fail(p, p->line, -1, NULL, -EINVAL,
+             "only a comment may follow the closing '\"' of a quoted value");
         goto done;
+    }
 
     const char *t = s + lead;
     size_t tlen = len - lead;
@@ -1365,7 +1414,15 @@ static char *read_line(char *str, int num, void *stream)
         fail(p, p->line, -1, NULL, -EINVAL, "line buffer too small");
         goto done;
     }
-    if (tlen > (size_t)num - 2) {
+    if (qclose && tlen <= (size_t)num - 2) {
+        /* inih gets "key = \"" and the handler takes the value from p->qval. */
+        p->qval = s + qopen + 1;
+        p->qlen = qclose - qopen - 1;
+        tlen = qopen + 1 - lead;
+    } else if (tlen > (size_t)num - 2 && qclose) {
+        fail(p, p->line, -1, NULL, -EINVAL, "line is longer than %d characters", num - 2);
+        goto done;
+    } else if (tlen > (size_t)num - 2) {
         /* Only a list can be cut (after a comma); anything else this long is an error. */
         size_t cut = list_cut(t, tlen, (size_t)num - 2);
         if (cut == 0) {
@@ -1386,12 +1443,84 @@ done:
     return str;
 }
 
+/* One line of [aliases]: `SOURCE.KEY = ASSET_ID`, SOURCE a registered source, each
+ * SOURCE.KEY at most once. Returns 0, or -errno after recording the error. */
+static int alias_line(struct parse *p, int line, int sec, const char *name, const char *value)
+{
+    struct config *cfg = p->cfg;
+    if (p->cont_line) {
+        fail(p, line, sec, NULL, -EINVAL, "indented continuation line (one alias per line)");
+        return -EINVAL;
+    }
+    const char *dot = strchr(name, '.');
+    char src[64];
+    size_t n = dot ? (size_t)(dot - name) : 0;
+    if (!dot || n == 0 || n >= sizeof(src) || dot[1] == '\0') {
+        fail(p, line, sec, name, -EINVAL,
+             "expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
+        return -EINVAL;
+    }
+    memcpy(src, name, n);
+    src[n] = '\0';
+    if (!source_find(src)) {
+        char known[512];
+        list_sections(SK_SOURCE, known, sizeof(known));
+        fail(p, line, sec, name, -EINVAL, "unknown source \"%s\" (known: %s)", src, known);
+        return -EINVAL;
+    }
+    if (*value == '\0') {
+        fail(p, line, sec, name, -EINVAL, "no asset id");
+        return -EINVAL;
+    }
+    for (const char *c = value; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            fail(p, line, sec, name, -EINVAL, "control character in the asset id");
+            return -EINVAL;
+        }
+    }
+    if (config_alias(cfg, src, dot + 1)) {
+        fail(p, line, sec, name, -EINVAL, "duplicate alias");
+        return -EINVAL;
+    }
+    struct cfg_alias *a = realloc(cfg->aliases, (cfg->naliases + 1) * sizeof(*a));
+    if (!a) {
+        fail_nomem(p, line);
+        return -ENOMEM;
+    }
+    cfg->aliases = a;
+    a = &cfg->aliases[cfg->naliases];
+    *a = (struct cfg_alias){strdup(src), strdup(dot + 1), strdup(value)};
+    if (!a->source || !a->key || !a->asset_id) {
+        free(a->source);
+        free(a->key);
+        free(a->asset_id);
+        fail_nomem(p, line);
+        return -ENOMEM;
+    }
+    cfg->naliases++;
+    return 0;
+}
+
+const char *config_alias(const struct config *cfg, const char *source, const char *key)
+{
+    for (size_t i = 0; source && key && i < cfg->naliases; i++)
+        if (strcmp(cfg->aliases[i].source, source) == 0 && strcmp(cfg->aliases[i].key, key) == 0)
+            return cfg->aliases[i].asset_id;
+    return NULL;
+}
+
 static int on_value(void *user, const char *section, const char *name, const char *value)
 {
     struct parse *p = user;
     (void)section; /* the reader tracks sections itself */
     int line = p->line;
     int sec = p->sec;
+    char unquoted[256]; /* a line is at most 198 characters */
+    if (p->qval) {
+        snprintf(unquoted, sizeof(unquoted), "%.*s", (int)p->qlen, p->qval);
+        value = unquoted;
+        p->qval = NULL;
+    }
 
     if (sec == SEC_BAD)
         return 1; /* reported at the header */
@@ -1399,6 +1528,8 @@ static int on_value(void *user, const char *section, const char *name, const cha
         fail(p, line, -1, name, -EINVAL, "key outside any [section]");
         return 0;
     }
+    if (sections[sec].kind == SK_FREE)
+        return alias_line(p, line, sec, name, value) == 0;
     if (p->cont_line) {
         if (p->last_key < 0)
             return 1; /* continues a key already reported */
@@ -1958,6 +2089,20 @@ static void dump_list(FILE *out, const char *key, const struct strlist *l)
     fputc('\n', out);
 }
 
+/* Whether a string must be written in quotes to read back the same: it has blanks at either
+ * end, starts with '"', or holds what would start a comment. */
+static bool needs_quotes(const char *s)
+{
+    size_t n = strlen(s);
+    if (isspace((unsigned char)s[0]) || isspace((unsigned char)s[n - 1]) || s[0] == '"' ||
+        s[0] == ';' || s[0] == '#')
+        return true;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] == ';' || s[i] == '#') && (s[i - 1] == ' ' || s[i - 1] == '\t'))
+            return true;
+    return false;
+}
+
 static void dump_key(FILE *out, const struct config *cfg, int sec, const struct keydef *k)
 {
     const void *f = cfield(cfg, sec, k);
@@ -1981,7 +2126,8 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
     case K_LISTEN:
     case K_URL: {
         const char *s = *(char *const *)f;
-        fprintf(out, s && *s ? "%s = %s\n" : "%s =\n", k->name, s ? s : "");
+        const char *fmt = !s || !*s ? "%s =\n" : needs_quotes(s) ? "%s = \"%s\"\n" : "%s = %s\n";
+        fprintf(out, fmt, k->name, s ? s : "");
         break;
     }
     case K_SECRET:
@@ -2031,6 +2177,10 @@ void config_dump(const struct config *cfg, FILE *out)
         fprintf(out, "\n[%s]\n", sections[sec].name);
         for (size_t i = 0; i < sections[sec].nkeys; i++)
             dump_key(out, cfg, sec, &sections[sec].keys[i]);
+        if (sections[sec].kind == SK_FREE)
+            for (size_t i = 0; i < cfg->naliases; i++)
+                fprintf(out, "%s.%s = %s\n", cfg->aliases[i].source, cfg->aliases[i].key,
+                        cfg->aliases[i].asset_id);
     }
 }
 
@@ -2148,6 +2298,11 @@ bool config_database_equal(const struct cfg_database *a, const struct cfg_databa
 void config_diff(const struct config *a, const struct config *b, struct config_diff *d)
 {
     memset(d, 0, sizeof(*d));
+    d->aliases = a->naliases != b->naliases;
+    for (size_t i = 0; !d->aliases && i < a->naliases; i++)
+        d->aliases = strcmp(a->aliases[i].source, b->aliases[i].source) != 0 ||
+                     strcmp(a->aliases[i].key, b->aliases[i].key) != 0 ||
+                     strcmp(a->aliases[i].asset_id, b->aliases[i].asset_id) != 0;
     for (int sec = 0; sec < nsections; sec++) {
         for (size_t i = 0; i < sections[sec].nkeys; i++) {
             const struct keydef *k = &sections[sec].keys[i];

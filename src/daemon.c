@@ -7,9 +7,13 @@
  * uv_signal (they were blocked in main() until the handlers existed, so an early SIGHUP waits
  * instead of killing the process).
  *
- * Stopping: SIGTERM/SIGINT (or the end of a --once run) stops the scheduler, lets running jobs
- * finish within shutdown_timeout (then cancels them), then asks the sink to flush, which
- * spools whatever it cannot commit in the time left. A second signal cuts both waits short.
+ * Stopping: SIGTERM/SIGINT (or the end of a --once run) stops the scheduler and stops the APIs
+ * (api_stop: requests waiting for a token, a backoff or a 429 pause end at once, nothing is
+ * retried), so the running jobs finish as soon as their transfers in flight have ended; those
+ * get DAEMON_STOP_INFLIGHT_MS (at most shutdown_timeout) before they are cancelled. Then the sink
+ * flushes in what is left of shutdown_timeout, so with the database up every row, the runs'
+ * job_runs rows included, is committed and nothing is spooled; only what cannot be committed in
+ * time is. A second signal cuts every wait short.
  * Only then are the HTTP endpoint, the APIs, the fetch engine and the timers closed, and the
  * loop runs until every handle is closed, so uv_loop_close() succeeds.
  */
@@ -32,8 +36,12 @@
 #include "coingest/server.h"
 #include "coingest/sink.h"
 #include "coingest/source.h"
+#include "coingest/status.h"
 #include "coingest/timers.h"
 #include "coingest/util.h"
+
+/* How long transfers in flight may go on after a stop signal before they are cancelled. */
+#define DAEMON_STOP_INFLIGHT_MS 1000u
 
 struct daemon;
 
@@ -42,6 +50,7 @@ struct jobslot {
     struct daemon *d;
     size_t id;                     /* index into cfg->jobs */
     struct sched_entry *sched_job; /* NULL when not scheduled */
+    unsigned failed_streak;        /* runs in a row that failed, up to the last one */
 };
 
 struct daemon {
@@ -57,6 +66,8 @@ struct daemon {
     struct runner *runner;
     struct sched *sched;
     struct server *server;
+    struct status *status; /* the status page's histories; with the server */
+    uint64_t started_wall_ms;
     struct jobslot *slots; /* per job */
     size_t nslots;
 
@@ -64,6 +75,7 @@ struct daemon {
     struct wheel_timer watchdog_timer;
     struct wheel_timer stop_timer;
     struct wheel_timer once_timer;
+    struct wheel_timer inflight_timer; /* a stop: when transfers in flight are cancelled */
     uint64_t watchdog_ms;
     uint64_t stop_deadline; /* monotonic ms */
 
@@ -144,37 +156,73 @@ static void log_stats(struct daemon *d)
              LOG_U("requests_queued", queued), LOG_F("bucket_tokens", tokens < 0 ? 0 : tokens));
 }
 
+/* "degraded": a source one of whose jobs failed its last run(s) (not a run the stop cut short).
+ * Writes the reason ("source coingecko: prices failed its last 2 runs (GET ...: why)") and
+ * returns true. Only the first such job is named in full; the others are counted. */
+static bool degraded(struct daemon *d, char *reason, size_t cap)
+{
+    size_t n = 0, more = 0;
+    for (size_t i = 0; d->runner && i < d->nslots; i++) {
+        const struct jobslot *slot = &d->slots[i];
+        if (!slot->failed_streak)
+            continue;
+        if (n) {
+            more++;
+            continue;
+        }
+        const struct run_summary *s = runner_last(d->runner, i);
+        const struct cfg_job *jb = &d->cfg->jobs[i];
+        char why[121] = ""; /* cut on a UTF-8 boundary: the reason is a JSON string */
+        if (s)
+            util_copy_clean(why, sizeof(why), s->error, strlen(s->error));
+        int w = snprintf(reason, cap, "source %s: %s failed its last %u run%s (%s)",
+                         d->cfg->sources[jb->source].name, jb->name, slot->failed_streak,
+                         slot->failed_streak > 1 ? "s" : "", why);
+        n = w > 0 ? (size_t)w : 0;
+    }
+    if (more && n < cap)
+        snprintf(reason + n, cap - n, "; %zu more job%s failing", more, more > 1 ? "s" : "");
+    /* The reason goes into a JSON string as it is: no quote, backslash or control character. */
+    for (char *c = reason; *c; c++)
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+            *c = *c == '"' ? '\'' : *c == '\\' ? '/' : ' ';
+    return n > 0;
+}
+
 /*
  * /healthz. A database that is away is not by itself unhealthy: rows wait in the spool, and an
  * orchestrator restarting the daemon would only make things worse. So the answer is 503 only
- * when rows are being lost (the spool failed and memory was full: a promise broken, and it stays
- * 503 until a restart, so the loss is not hidden by the next good probe), or when the database
- * has been unreachable for longer than [daemon] health_db_grace (0: at once). Otherwise 200,
- * with "db":"down" and the spool's counts while the database is away.
- *
- * How long the database has been away is counted from the first probe that saw it down (the
- * sink does not say when it went down), so it can read up to one probe interval short.
+ * when the spool is failing (new rows are not accepted: a promise broken), when rows were lost
+ * (it stays 503 until a restart, so the loss is not hidden by the next good probe), or when
+ * the database has been unreachable for at least [daemon] health_db_grace (0: at once), counted
+ * from when the sink found it unreachable. Otherwise 200, with "db":"down" and the spool's
+ * counts while the database is away, and "status":"degraded" (still 200) while a job's last
+ * run failed (degraded() above says which).
  */
 static int health(void *arg, char *json, size_t cap)
 {
-    static uint64_t down_since_ms; /* loop thread only; 0 while the database is up */
     struct daemon *d = arg;
     struct sink_stats st;
     sink_get_stats(d->sink, &st);
     uint64_t now = util_mono_ms();
-    if (st.db_up)
-        down_since_ms = 0;
-    else if (down_since_ms == 0)
-        down_since_ms = now ? now : 1;
-    unsigned long long down_s = st.db_up ? 0 : (now - down_since_ms) / 1000;
+    uint64_t since = st.db_down_since_mono_ms;
+    uint64_t down_ms = since && now > since ? now - since : 0;
+    unsigned long long down_s = down_ms / 1000;
     uint64_t grace = d->cfg->daemon.health_db_grace_ms;
-    char reason[96] = "";
-    if (st.rows_lost > 0)
+    char reason[320] = "";
+    if (st.spool_failing)
+        snprintf(reason, sizeof(reason), "the spool cannot be written: rows are not accepted");
+    else if (st.rows_lost > 0)
         snprintf(reason, sizeof(reason), "%llu rows lost (the spool is failing)",
                  (unsigned long long)st.rows_lost);
-    else if (!st.db_up && (grace == 0 || now - down_since_ms >= grace))
+    else if (since && down_ms >= grace)
         snprintf(reason, sizeof(reason), "database unreachable for %llus", down_s);
-    int n = snprintf(json, cap, "{\"status\":\"%s\",", reason[0] ? "unhealthy" : "ok");
+    bool unhealthy = reason[0] != '\0';
+    bool deg = !unhealthy && degraded(d, reason, sizeof(reason));
+    int n = snprintf(json, cap, "{\"status\":\"%s\",",
+                     unhealthy ? "unhealthy"
+                     : deg     ? "degraded"
+                               : "ok");
     if (reason[0] && n > 0 && (size_t)n < cap)
         n += snprintf(json + n, cap - (size_t)n, "\"reason\":\"%s\",", reason);
     if (n > 0 && (size_t)n < cap)
@@ -183,7 +231,7 @@ static int health(void *arg, char *json, size_t cap)
                  "\"rows_lost\":%llu}",
                  st.db_up ? "up" : "down", down_s, (unsigned long long)st.rows_pending,
                  (unsigned long long)st.rows_spooled, (unsigned long long)st.rows_lost);
-    return reason[0] ? 503 : 200;
+    return unhealthy ? 503 : 200;
 }
 
 static bool any_job_running(struct daemon *d)
@@ -218,6 +266,8 @@ static void server_closed(void *arg)
 {
     struct daemon *d = arg;
     d->server = NULL;
+    status_free(d->status); /* the sink has answered its reads: it has shut down */
+    d->status = NULL;
     runner_free(d->runner);
     d->runner = NULL;
     sched_free(d->sched);
@@ -240,6 +290,7 @@ static void teardown(struct daemon *d)
         timers_stop(d->timers, &d->watchdog_timer);
         timers_stop(d->timers, &d->stop_timer);
         timers_stop(d->timers, &d->once_timer);
+        timers_stop(d->timers, &d->inflight_timer);
     }
     if (d->server)
         server_close(d->server, server_closed, d);
@@ -288,6 +339,17 @@ static void stop_timeout(struct wheel_timer *tm, void *arg)
     stop_progress(d);
 }
 
+static void stop_inflight(struct wheel_timer *tm, void *arg)
+{
+    (void)tm;
+    struct daemon *d = arg;
+    if (!any_job_running(d))
+        return;
+    log_info("cancelling the transfers still in flight");
+    runner_cancel(d->runner);
+    stop_progress(d);
+}
+
 static void begin_stop(struct daemon *d, bool hurry)
 {
     if (d->closing)
@@ -307,9 +369,27 @@ static void begin_stop(struct daemon *d, bool hurry)
     d->stopping = 1;
     notify_stopping();
     sched_stop(d->sched);
-    d->stop_deadline = timers_now(d->timers) + d->cfg->daemon.shutdown_timeout_ms;
-    timers_start(d->timers, &d->stop_timer, d->cfg->daemon.shutdown_timeout_ms);
-    log_info("stopping", LOG_U("shutdown_timeout_ms", d->cfg->daemon.shutdown_timeout_ms));
+    uint64_t timeout = d->cfg->daemon.shutdown_timeout_ms;
+    d->stop_deadline = timers_now(d->timers) + timeout;
+    timers_start(d->timers, &d->stop_timer, timeout);
+    /* What the stop waits for, said before the waits that api_stop ends. */
+    size_t running = 0, in_flight = 0, waiting = 0;
+    for (size_t i = 0; d->runner && i < d->cfg->njobs; i++)
+        running += runner_running(d->runner, i);
+    for (size_t i = 0; i < d->napis; i++) {
+        struct api_stats as;
+        api_get_stats(d->apis[i], &as);
+        in_flight += as.in_flight;
+        waiting += as.pending - as.in_flight;
+    }
+    uint64_t inflight_ms = timeout < DAEMON_STOP_INFLIGHT_MS ? timeout : DAEMON_STOP_INFLIGHT_MS;
+    log_info("stopping", LOG_U("jobs_running", running), LOG_U("requests_in_flight", in_flight),
+             LOG_U("requests_waiting_cancelled", waiting), LOG_U("in_flight_grace_ms", inflight_ms),
+             LOG_U("shutdown_timeout_ms", timeout));
+    if (running)
+        timers_start(d->timers, &d->inflight_timer, inflight_ms);
+    for (size_t i = 0; i < d->napis; i++)
+        api_stop(d->apis[i]);
     stop_progress(d);
 }
 
@@ -394,10 +474,28 @@ static void tick_done(const struct run_summary *s, void *arg)
     struct jobslot *slot = arg;
     struct daemon *d = slot->d;
     sched_job_done(slot->sched_job);
-    log_info("job finished", LOG_S("job", s->name), LOG_S("status", run_status_name(s->status)),
-             LOG_U("requests", s->requests), LOG_U("rows", s->rows), LOG_U("counted", s->counted),
+    /* A failed run is an error (a warn when the stop cut it short), a partial one a warn. */
+    enum log_level level = s->status == RUN_OK        ? LOG_INFO
+                           : s->status == RUN_PARTIAL ? LOG_WARN
+                           : d->stopping              ? LOG_WARN
+                                                      : LOG_ERROR;
+    log_emit(level, "job finished", LOG_S("job", s->name),
+             LOG_S("status", run_status_name(s->status)), LOG_U("requests", s->requests),
+             LOG_U("rows", s->rows), LOG_U("counted", s->counted),
              LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
-             LOG_S("error", s->error));
+             LOG_S("error", s->error), LOG_END);
+    if (s->status == RUN_FAILED && !d->stopping) {
+        slot->failed_streak++;
+    } else if (s->status != RUN_FAILED && slot->failed_streak) {
+        log_info("job recovered", LOG_S("job", s->name),
+                 LOG_S("status", run_status_name(s->status)),
+                 LOG_U("failed_runs_before", slot->failed_streak));
+        slot->failed_streak = 0;
+    }
+    char labels[160];
+    snprintf(labels, sizeof(labels), "job=\"%s\"", s->name);
+    metrics_set("coingest_job_consecutive_failures", labels, slot->failed_streak);
+    status_run_finished(d->status);
     send_status(d);
     stop_progress(d);
 }
@@ -451,6 +549,62 @@ static int store_read(void *ctx, const char *sql, const char *const *params, siz
     return rc;
 }
 
+/* --- the status page ---------------------------------------------------------------------- */
+
+/* The snapshot of everything the page shows (status.h), or NULL on OOM. */
+static json_t *status_snapshot(struct daemon *d)
+{
+    size_t n = d->cfg->njobs;
+    uint64_t *next = calloc(n + 1, sizeof(*next));
+    unsigned *streak = calloc(n + 1, sizeof(*streak));
+    json_t *j = NULL;
+    if (next && streak) {
+        for (size_t i = 0; i < n && i < d->nslots; i++) {
+            struct sched_entry_stats ss = {0};
+            if (d->slots[i].sched_job)
+                sched_job_stats(d->slots[i].sched_job, &ss);
+            next[i] = ss.next_due_wall_ms;
+            streak[i] = d->slots[i].failed_streak;
+        }
+        char hjson[1024];
+        int hstatus = health(d, hjson, sizeof(hjson));
+        struct status_view v = {
+            .cfg = d->cfg,
+            .apis = d->apis,
+            .runner = d->runner,
+            .next_run_wall_ms = next,
+            .failed_streak = streak,
+            .health_json = hjson,
+            .health_status = hstatus,
+            .stopping = d->stopping != 0,
+            .started_wall_ms = d->started_wall_ms,
+        };
+        j = status_json(d->status, &v);
+    }
+    free(next);
+    free(streak);
+    return j;
+}
+
+static int serve_status_json(void *arg, const char **ctype, char **body, size_t *len)
+{
+    json_t *j = status_snapshot(arg);
+    *ctype = "application/json";
+    *body = j ? json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    *len = *body ? strlen(*body) : 0;
+    return 200;
+}
+
+static int serve_status_page(void *arg, const char **ctype, char **body, size_t *len)
+{
+    json_t *j = status_snapshot(arg);
+    *ctype = "text/html; charset=utf-8";
+    *body = j ? status_html(j, len) : NULL;
+    json_decref(j);
+    return 200;
+}
+
 /* --- signals and reload ------------------------------------------------------------------- */
 
 static void register_secrets(const struct config *cfg)
@@ -484,6 +638,7 @@ static void reload(struct daemon *d)
             api_update(d->apis[i], &next->sources[i]);
     sink_reconfigure(d->sink, next);
     runner_set_config(d->runner, next);
+    status_set_config(d->status, next);
     for (size_t i = 0; i < d->nslots; i++) {
         /* --once runs have no schedule to change. */
         if ((diff.job >> i & 1) && d->slots[i].sched_job)
@@ -560,6 +715,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     }
     d->cfg = cfg;
     d->opts = opts;
+    d->started_wall_ms = util_wall_ms();
     int status = EX_SOFTWARE;
     char err[512];
 
@@ -583,6 +739,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     wheel_timer_init(&d->watchdog_timer, watchdog, d);
     wheel_timer_init(&d->stop_timer, stop_timeout, d);
     wheel_timer_init(&d->once_timer, once_wait_timeout, d);
+    wheel_timer_init(&d->inflight_timer, stop_inflight, d);
 
     d->sink = sink_new(&d->loop, d->timers, cfg);
     if (!d->sink)
@@ -625,6 +782,10 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
             status = EX_OSERR;
             goto fail_setup;
         }
+        d->status = status_new(d->timers, d->sink, cfg);
+        if (!d->status || server_route(d->server, "/", serve_status_page, d) != 0 ||
+            server_route(d->server, "/status.json", serve_status_json, d) != 0)
+            goto fail_setup;
     }
 
     d->watchdog_ms = notify_watchdog_interval_ms();
@@ -646,6 +807,9 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
             d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
             if (!d->slots[i].sched_job)
                 goto fail_setup;
+            char labels[160];
+            snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[i].name);
+            metrics_set("coingest_job_consecutive_failures", labels, 0);
         }
     }
 

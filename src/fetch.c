@@ -57,6 +57,16 @@
  * end the header and start another (header injection); the config refuses such keys, and
  * build_headers refuses them again.
  *
+ * What an operator sees. Every failed attempt (a retry or a final failure; a 429 has its own
+ * line per episode) is a warn line, "request failing", rate-limited per API to one line per
+ * FETCH_WARN_INTERVAL_MS that says how many failures it stands for; the first success after
+ * failures is an info line, "requests succeed again", with their count and how long it took.
+ * The per-attempt detail stays at debug ("retrying request").
+ *
+ * Stopping. api_stop() is the first step of a prompt shutdown: requests waiting for a token, a
+ * backoff or a 429 pause end at once (FETCH_CANCELLED), a transfer in flight may finish but is
+ * not retried, and a request made afterwards ends on the next loop iteration, unsent.
+ *
  * Response headers. More than FETCH_HEADER_MAX bytes of headers in one response (or one header
  * line over curl's own limit, which curl reports as "Out of memory") is a broken answer from
  * the server or something in between, retried like a 5xx with the error "response header too
@@ -111,6 +121,11 @@
 /* 429 answers one request may get before it ends: they do not use up max_retries (see the
  * retry budget above), this bounds them instead. */
 #define FETCH_RATE_LIMITED_MAX 50
+/* At most one "request failing" warn line per API in this time; it carries the count of the
+ * failures it did not log. */
+#define FETCH_WARN_INTERVAL_MS 60000u
+/* Attempts per second over the last FETCH_CALLS_SLOTS seconds, for api_get_stats. */
+#define FETCH_CALLS_SLOTS 60
 
 /* ---- types ------------------------------------------------------------------------------ */
 
@@ -153,6 +168,17 @@ struct api {
     bool rl_episode;   /* a 429 was logged and no answer since has ended the episode */
     uint64_t rl_until; /* monotonic ms at which the latest 429 pause ends */
     bool closing;
+    bool stopping; /* api_stop was called */
+
+    /* failures since the last success, for the warn and recovery lines */
+    struct log_ratelimit warn_rl;
+    uint64_t failing_since; /* monotonic ms of the first failure since a success, 0: none */
+    uint64_t failures;      /* failed attempts since then */
+
+    /* attempts sent: in all, and per second for the last FETCH_CALLS_SLOTS seconds */
+    uint64_t calls_total;
+    uint64_t calls_sec[FETCH_CALLS_SLOTS];
+    uint64_t calls_stamp[FETCH_CALLS_SLOTS]; /* the second (monotonic) each slot counts */
 };
 
 enum req_state {
@@ -199,6 +225,7 @@ struct fetch_req {
 
 static void req_wait_bucket(struct fetch_req *r);
 static void req_finish(struct fetch_req *r, enum fetch_outcome oc, const char *msg);
+static void count_call(struct api *a, uint64_t now);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -582,16 +609,17 @@ static int build_headers(struct fetch_req *r)
         return -ENOMEM;
     const struct source_plan *plan = api_plan(c);
     const char *name = plan ? plan->key_header : NULL;
+    const char *prefix = plan && plan->key_prefix ? plan->key_prefix : "";
     if (name && c->api_key && *c->api_key) {
         if (!header_value_ok(c->api_key)) {
             curl_slist_free_all(h);
             return -EINVAL;
         }
-        size_t len = strlen(name) + 2 + strlen(c->api_key) + 1;
+        size_t len = strlen(name) + 2 + strlen(prefix) + strlen(c->api_key) + 1;
         char *line = malloc(len);
         if (!line)
             goto fail;
-        snprintf(line, len, "%s: %s", name, c->api_key);
+        snprintf(line, len, "%s: %s%s", name, prefix, c->api_key);
         struct curl_slist *nh = curl_slist_append(h, line);
         explicit_bzero(line, len);
         free(line);
@@ -723,12 +751,60 @@ static void req_send(struct fetch_req *r, uint64_t now)
     r->attempts++;
     r->sent_at = now;
     r->state = REQ_FLIGHT;
+    count_call(a, now);
     return;
 
 oom_url:
     free(url);
 oom:
     req_defer_finish(r, FETCH_NETWORK_ERROR, "out of memory");
+}
+
+/* One attempt sent at monotonic ms `now`, for api_get_stats. */
+static void count_call(struct api *a, uint64_t now)
+{
+    uint64_t sec = now / 1000;
+    size_t i = (size_t)(sec % FETCH_CALLS_SLOTS);
+    if (a->calls_stamp[i] != sec) {
+        a->calls_stamp[i] = sec;
+        a->calls_sec[i] = 0;
+    }
+    a->calls_sec[i]++;
+    a->calls_total++;
+}
+
+/* A failed attempt: a warn line, unless one went out less than FETCH_WARN_INTERVAL_MS ago
+ * (then it is counted, and the next line says how many were held back). */
+static void note_failure(struct api *a, const struct fetch_req *r, bool retrying)
+{
+    uint64_t now = timers_now(a->f->timers);
+    if (!a->failing_since)
+        a->failing_since = now ? now : 1;
+    a->failures++;
+    uint64_t held = 0;
+    if (!log_ratelimit(&a->warn_rl, now, FETCH_WARN_INTERVAL_MS, &held))
+        return;
+    /* Long id lists make long paths: the line keeps their beginning. */
+    char path[128];
+    size_t plen = strlen(r->path);
+    snprintf(path, sizeof(path), "%.120s%s", r->path, plen > 120 ? "..." : "");
+    log_warn("request failing", LOG_S("api", a->cfg.name), LOG_S("path", path),
+             LOG_I("status", r->status), LOG_U("attempt", r->attempts), LOG_B("retrying", retrying),
+             LOG_S("error", r->err), LOG_U("failures", a->failures),
+             LOG_U("failing_s", (now - a->failing_since) / 1000), LOG_U("not_logged", held));
+}
+
+/* A success: the end of a run of failures is an info line. */
+static void note_success(struct api *a)
+{
+    if (!a->failures)
+        return;
+    uint64_t now = timers_now(a->f->timers);
+    log_info("requests succeed again", LOG_S("api", a->cfg.name), LOG_U("failures", a->failures),
+             LOG_U("failing_s", (now - a->failing_since) / 1000));
+    a->failures = 0;
+    a->failing_since = 0;
+    memset(&a->warn_rl, 0, sizeof(a->warn_rl));
 }
 
 static void api_kick(struct api *a)
@@ -797,6 +873,8 @@ static void req_detach(struct fetch_req *r)
     case REQ_BUCKET:
         tbucket_cancel(a->bucket, &r->waiter);
         metrics_set("coingest_bucket_queued", a->label, (double)tbucket_queued(a->bucket));
+        if (tbucket_queued(a->bucket) == 0)
+            timers_stop(a->f->timers, &a->bucket_timer); /* no wake-up for nobody */
         break;
     case REQ_BACKOFF:
     case REQ_DEFERRED:
@@ -849,11 +927,9 @@ static void req_finish(struct fetch_req *r, enum fetch_outcome oc, const char *m
         set_error(r, msg);
     if (oc != FETCH_OK && oc != FETCH_CANCELLED) {
         api_count(a, "coingest_http_errors_total", "reason", outcome_reason(oc), 1);
-        /* Debug only: the caller gets the same facts in the result and logs the failure
-         * with its own context (jobs.c names the job), so an operator sees it once. */
-        log_debug("request failed", LOG_S("api", a->cfg.name), LOG_S("path", r->path),
-                  LOG_I("status", r->status), LOG_U("attempts", r->attempts),
-                  LOG_S("error", r->err));
+        note_failure(a, r, false);
+    } else if (oc == FETCH_OK) {
+        note_success(a);
     }
     struct fetch_result res = {
         .outcome = oc,
@@ -889,6 +965,15 @@ static void req_retry(struct fetch_req *r, const char *reason, enum fetch_outcom
         req_finish(r, fail, r->err);
         return;
     }
+    if (a->stopping) {
+        /* No retry once the stop began: the run hears "cancelled" at once. */
+        if (!no_backoff)
+            note_failure(a, r, false);
+        req_finish(r, FETCH_CANCELLED, "cancelled: stopping");
+        return;
+    }
+    if (!no_backoff)
+        note_failure(a, r, true); /* a 429 (no_backoff) has its own line per episode */
     api_count(a, "coingest_http_retries_total", "reason", reason, 1);
     uint64_t delay = no_backoff || failures == 0
                          ? 0
@@ -1255,6 +1340,56 @@ void api_cancel_all(struct api *a)
         cancel_reqs(a, a->f->next_seq);
 }
 
+/* A request api_stop ends at once: one waiting for a token, a backoff or a 429 pause. */
+static struct fetch_req *first_waiting(struct api *a)
+{
+    struct list_link *l;
+    LIST_FOR_EACH (l, &a->reqs) {
+        struct fetch_req *r = LIST_CONTAINER_OF(l, struct fetch_req, link);
+        if (r->state == REQ_BUCKET || r->state == REQ_BACKOFF)
+            return r;
+    }
+    return NULL;
+}
+
+void api_stop(struct api *a)
+{
+    if (!a || a->stopping)
+        return;
+    a->stopping = true;
+    struct fetch_req *r;
+    /* Searched again after each one: a done callback may start (and so end) others. */
+    while ((r = first_waiting(a)) != NULL)
+        req_finish(r, FETCH_CANCELLED, "cancelled: stopping");
+}
+
+void api_get_stats(const struct api *a, struct api_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!a)
+        return;
+    uint64_t now = timers_now(a->f->timers);
+    uint64_t sec = now / 1000;
+    for (size_t i = 0; i < FETCH_CALLS_SLOTS; i++)
+        if (a->calls_stamp[i] + FETCH_CALLS_SLOTS > sec && a->calls_stamp[i] <= sec)
+            out->calls_last_minute += a->calls_sec[i];
+    out->calls_total = a->calls_total;
+    out->pending = a->pending;
+    struct list_link *l;
+    LIST_FOR_EACH (l, &a->reqs) {
+        const struct fetch_req *r = LIST_CONTAINER_OF(l, struct fetch_req, link);
+        if (r->state == REQ_FLIGHT || r->state == REQ_PARSING)
+            out->in_flight++;
+    }
+    out->failures = a->failures;
+    out->failing_ms = a->failing_since ? now - a->failing_since : 0;
+    out->tokens = tbucket_tokens(a->bucket, now);
+    out->burst = a->cfg.burst;
+    uint64_t paused = tbucket_paused_until(a->bucket);
+    out->paused_ms = paused > now ? paused - now : 0;
+    out->stopping = a->stopping;
+}
+
 void api_free(struct api *a)
 {
     if (!a)
@@ -1303,6 +1438,10 @@ struct fetch_req *api_get_limited(struct api *a, const char *path_query, int pri
     a->pending++;
     if (path_query[0] != '/') {
         req_defer_finish(r, FETCH_HTTP_ERROR, "path must start with '/'");
+        return r;
+    }
+    if (a->stopping) {
+        req_defer_finish(r, FETCH_CANCELLED, "cancelled: stopping");
         return r;
     }
     req_wait_bucket(r);

@@ -539,6 +539,20 @@ int jrows_unix_time(struct jrows *j, const json_t *v, int64_t *ms)
     return 0;
 }
 
+int jrows_number(const json_t *v, double *d)
+{
+    if (json_is_number(v)) {
+        *d = json_number_value(v);
+        return 0;
+    }
+    const char *s = json_string_value(v);
+    /* The JSON grammar, not strtod's: no blanks, hex, "inf" or "nan" sneak in as numbers. */
+    if (!s || !is_json_number(s, json_string_length(v)))
+        return -EINVAL;
+    *d = strtod(s, NULL);
+    return 0;
+}
+
 int jrows_put(struct jrows *j, struct batch *b, uint32_t row, uint16_t col, enum jrows_kind kind,
               const json_t *v)
 {
@@ -553,9 +567,17 @@ int jrows_put(struct jrows *j, struct batch *b, uint32_t row, uint16_t col, enum
         if (!json_is_number(v) || batch_set_dbl(b, row, col, json_number_value(v)))
             j->st.field_type_errors++;
         return 0;
-    case JROWS_UINT: {
-        double d = json_is_number(v) ? json_number_value(v) : -1;
-        if (d >= 0 && d <= MAX_UINT_COL && d == floor(d))
+    case JROWS_NUMSTR: {
+        double d;
+        if (jrows_number(v, &d) || batch_set_dbl(b, row, col, d))
+            j->st.field_type_errors++;
+        return 0;
+    }
+    case JROWS_UINT:
+    case JROWS_UINTSTR: {
+        double d;
+        bool num = (kind == JROWS_UINTSTR || json_is_number(v)) && jrows_number(v, &d) == 0;
+        if (num && d >= 0 && d <= MAX_UINT_COL && d == floor(d))
             batch_set_int(b, row, col, (int64_t)d);
         else
             j->st.field_type_errors++;

@@ -398,10 +398,13 @@ static void format_double(double d, bool json, char *buf, size_t cap)
         snprintf(buf, cap, "%s", json ? "null" : d > 0 ? "+Inf" : "-Inf");
         return;
     }
-    /* The shortest of %.15g and %.17g that reads back as the same double. */
-    snprintf(buf, cap, "%.15g", d);
-    if (strtod(buf, NULL) != d)
-        snprintf(buf, cap, "%.17g", d);
+    /* Six significant digits, as people read a log line (rates, seconds, ratios: 8.98472, not
+     * 8.9847222222222225); a large whole amount keeps all its digits instead of an exponent. */
+    double a = fabs(d);
+    if (a >= 1e6 && a < 1e15)
+        snprintf(buf, cap, "%.0f", d);
+    else
+        snprintf(buf, cap, "%.6g", d);
 }
 
 /* A field's scalar value as text; false for strings. */
@@ -598,9 +601,70 @@ static void write_line(int fd, const char *buf, size_t len)
     }
 }
 
+bool log_ratelimit(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
+                   uint64_t *suppressed)
+{
+    if (rl->next_ms != 0 && now_ms < rl->next_ms) {
+        rl->suppressed++;
+        return false;
+    }
+    if (suppressed)
+        *suppressed = rl->suppressed;
+    rl->suppressed = 0;
+    rl->next_ms = now_ms + interval_ms;
+    if (rl->next_ms == 0)
+        rl->next_ms = 1;
+    return true;
+}
+
+/* The ring of recent warn and error lines (log_recent). */
+static pthread_mutex_t recent_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct log_recent recent[LOG_RECENT_MAX];
+static size_t recent_next, recent_count;
+
+static void recent_add(enum log_level level, uint64_t wall_ms, const char *msg,
+                       const struct log_field *fields)
+{
+    /* Formatted for the journal, which drops the time stamp, and then without the "<4>"
+     * priority prefix: the time is kept apart. */
+    char buf[LOG_RECENT_LINE + 3];
+    size_t len =
+        log_format_line(buf, sizeof(buf), level, LOG_FORMAT_TEXT, true, wall_ms, msg, fields);
+    while (len > 0 && buf[len - 1] == '\n')
+        buf[--len] = '\0';
+    const char *line = len >= 3 ? buf + 3 : "";
+    pthread_mutex_lock(&recent_lock);
+    struct log_recent *e = &recent[recent_next];
+    e->wall_ms = wall_ms;
+    e->level = level;
+    snprintf(e->line, sizeof(e->line), "%s", line);
+    recent_next = (recent_next + 1) % LOG_RECENT_MAX;
+    if (recent_count < LOG_RECENT_MAX)
+        recent_count++;
+    pthread_mutex_unlock(&recent_lock);
+}
+
+size_t log_recent(struct log_recent *out, size_t max)
+{
+    pthread_mutex_lock(&recent_lock);
+    size_t n = recent_count < max ? recent_count : max;
+    for (size_t i = 0; i < n; i++)
+        out[i] = recent[(recent_next + LOG_RECENT_MAX - 1 - i) % LOG_RECENT_MAX];
+    pthread_mutex_unlock(&recent_lock);
+    return n;
+}
+
+void log_recent_clear(void)
+{
+    pthread_mutex_lock(&recent_lock);
+    recent_next = recent_count = 0;
+    pthread_mutex_unlock(&recent_lock);
+}
+
 void log_emit(enum log_level level, const char *msg, ...)
 {
-    if (!log_enabled(level))
+    bool keep = level <= LOG_WARN; /* for log_recent, whatever the level */
+    if (!keep && !log_enabled(level))
         return;
     struct log_field fields[LOG_MAX_FIELDS + 1];
     size_t n = 0;
@@ -617,9 +681,15 @@ void log_emit(enum log_level level, const char *msg, ...)
     fields[n] = LOG_END;
 
     int saved = errno; /* logging must not disturb the caller's errno */
-    char buf[LOG_LINE_MAX + 1];
-    size_t len = log_format_line(buf, sizeof(buf), level, (enum log_format)atomic_load(&cur_format),
-                                 atomic_load(&cur_journal), util_wall_ms(), msg, fields);
-    write_line(atomic_load(&cur_fd), buf, len);
+    uint64_t now = util_wall_ms();
+    if (keep)
+        recent_add(level, now, msg, fields);
+    if (log_enabled(level)) {
+        char buf[LOG_LINE_MAX + 1];
+        size_t len =
+            log_format_line(buf, sizeof(buf), level, (enum log_format)atomic_load(&cur_format),
+                            atomic_load(&cur_journal), now, msg, fields);
+        write_line(atomic_load(&cur_fd), buf, len);
+    }
     errno = saved;
 }

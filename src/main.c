@@ -218,6 +218,11 @@ int main(int argc, char **argv)
         config_dump(cfg, stdout);
         printf("\n");
         runner_print_budget(cfg, 0, stdout);
+        /* Not an error: a server that authenticates local users by their unix socket
+         * credentials (MariaDB's unix_socket plugin, the default for root) needs none. */
+        if (!cfg->database.password || !*cfg->database.password)
+            printf("warning: [database] password is not set (password, password_file or "
+                   "COINGEST_DB_PASSWORD[_FILE]); only unix_socket authentication will work\n");
         config_free(cfg);
         return 0;
     }

@@ -45,13 +45,19 @@ static const struct mdesc descs[] = {
     {"coingest_db_up", M_GAUGE, "1 while the database is reachable"},
     {"coingest_parse_errors_total", M_COUNTER, "Responses that failed to parse, by API and job"},
     {"coingest_field_errors_total", M_COUNTER, "Fields of the wrong type stored as NULL"},
+    {"coingest_source_errors_total", M_COUNTER,
+     "Answers that cannot be right (endless walks, gutted coin lists, no rows), by API, job and "
+     "reason"},
     {"coingest_job_runs_total", M_COUNTER, "Job runs, by job and status"},
     {"coingest_job_skipped_total", M_COUNTER,
      "Ticks skipped because the previous run was still going, by job"},
     {"coingest_job_duration_seconds", M_SUMMARY, "Job run duration, by job"},
     {"coingest_job_last_success_timestamp_seconds", M_GAUGE, "Last successful run, by job"},
+    {"coingest_job_consecutive_failures", M_GAUGE, "Runs in a row that failed, by job"},
     {"coingest_reloads_total", M_COUNTER, "Configuration reloads applied"},
     {"coingest_reload_failures_total", M_COUNTER, "Configuration reloads refused"},
+    {"coingest_unmapped_keys_total", M_COUNTER,
+     "Source asset keys a mapping pass left unmapped (ambiguous or unknown)"},
     {"coingest_retention_deleted_rows_total", M_COUNTER,
      "Raw rows the retention job deleted (covered by a daily rollup), by table"},
 };
@@ -64,6 +70,7 @@ static const char *const zero_at_start[] = {
     "coingest_field_errors_total",
     "coingest_reloads_total",
     "coingest_reload_failures_total",
+    "coingest_unmapped_keys_total",
 };
 
 struct series {

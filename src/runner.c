@@ -11,6 +11,7 @@
 #include "coingest/runner.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,6 +87,14 @@ struct runner *runner_new(const struct config *cfg, struct api *const *apis, str
     for (size_t i = 0; i < rn->njobs; i++) {
         rn->last[i].job = i;
         rn->last[i].name = cfg->jobs[i].name;
+        const struct job_def *def = cfg->jobs[i].def;
+        const char *api = config_job_source(cfg, &cfg->jobs[i])->name;
+        for (size_t k = 0; def && def->source_errors && def->source_errors[k]; k++) {
+            char labels[256];
+            snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\",reason=\"%s\"", api,
+                     cfg->jobs[i].name, def->source_errors[k]);
+            metrics_add("coingest_source_errors_total", labels, 0);
+        }
     }
     return rn;
 fail:
@@ -319,6 +328,17 @@ void run_fail(struct run *r, const char *what, const char *why)
     snprintf(r->sum.error, sizeof(r->sum.error), "%s: %s", what, why ? why : "failed");
 }
 
+void run_source_error(struct run *r, const char *reason, const char *what, const char *why)
+{
+    char labels[256];
+    snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\",reason=\"%s\"", run_source(r)->name,
+             r->sum.name, reason);
+    metrics_add("coingest_source_errors_total", labels, 1);
+    log_warn("source error", LOG_S("job", r->sum.name), LOG_S("reason", reason),
+             LOG_S("what", what), LOG_S("error", why));
+    run_fail(r, what, why);
+}
+
 void run_fail_request(struct run *r, const char *what, const char *why)
 {
     r->failed_requests++;
@@ -463,9 +483,13 @@ bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE 
                         "plan\n",
                         src->name);
         } else {
+            /* Rates to two decimals and monthly counts as whole numbers, as the
+             * --check-config lines above print them. */
             log_info("request budget", LOG_S("source", src->name),
-                     LOG_F("requests_per_min", per_min), LOG_F("rate_limit_per_min", limit),
-                     LOG_F("plan_limit_per_min", plan), LOG_F("requests_per_month", per_month),
+                     LOG_F("requests_per_min", round(per_min * 100) / 100),
+                     LOG_F("rate_limit_per_min", round(limit * 100) / 100),
+                     LOG_F("plan_limit_per_min", round(plan * 100) / 100),
+                     LOG_U("requests_per_month", (uint64_t)llround(per_month)),
                      LOG_U("monthly_credits", src->monthly_credits), LOG_U("universe", n),
                      LOG_B("fits", fits));
             if (!fits)

@@ -44,7 +44,7 @@
 #include "coingest/metrics.h"
 
 #define SERVER_LINGER_MS  1000
-#define SERVER_HEALTH_MAX 512
+#define SERVER_HEALTH_MAX 1024
 
 enum conn_state { CONN_READING, CONN_WRITING, CONN_LINGER, CONN_CLOSING };
 
@@ -67,11 +67,19 @@ struct conn {
     char buf[SERVER_MAX_REQUEST];
 };
 
+struct route {
+    char path[64];
+    server_route_cb cb;
+    void *arg;
+};
+
 struct server {
     uv_loop_t *loop;
     uv_tcp_t listener;
     server_health_cb health;
     void *health_arg;
+    struct route routes[SERVER_MAX_ROUTES];
+    size_t nroutes;
     struct list_link conns; /* open connections (struct conn) */
     unsigned nconns;
     unsigned max_clients;
@@ -251,6 +259,20 @@ static void serve_health(struct conn *c, bool head_only)
     conn_respond(c, status, "application/json", body, body ? n : 0, head_only);
 }
 
+static void serve_route(struct conn *c, const struct route *r, bool head_only)
+{
+    const char *ctype = "text/plain; charset=utf-8";
+    char *body = NULL;
+    size_t len = 0;
+    int status = r->cb(r->arg, &ctype, &body, &len);
+    if (status < 200 || status > 599 || (!body && status == 200)) {
+        free(body);
+        conn_respond_text(c, 500, "internal error\n", head_only);
+        return;
+    }
+    conn_respond(c, status, ctype, body, body ? len : 0, head_only);
+}
+
 static void serve_metrics(struct conn *c, bool head_only)
 {
     size_t len = 0;
@@ -299,8 +321,15 @@ static void conn_handle(struct conn *c)
         serve_metrics(c, head_only);
     else if (strcmp(target, "/healthz") == 0)
         serve_health(c, head_only);
-    else
+    else {
+        for (size_t i = 0; i < c->srv->nroutes; i++) {
+            if (strcmp(target, c->srv->routes[i].path) == 0) {
+                serve_route(c, &c->srv->routes[i], head_only);
+                return;
+            }
+        }
         conn_respond_text(c, 404, "not found\n", head_only);
+    }
 }
 
 /* Is the head complete: a blank line (CRLF CRLF, or bare LF LF from lenient clients)? */
@@ -524,6 +553,24 @@ struct server *server_new(uv_loop_t *loop, const char *listen, server_health_cb 
         return NULL;
     }
     return s;
+}
+
+int server_route(struct server *s, const char *path, server_route_cb cb, void *arg)
+{
+    if (!s || !cb || !path || path[0] != '/' || strlen(path) >= sizeof(s->routes[0].path))
+        return -EINVAL;
+    if (strcmp(path, "/metrics") == 0 || strcmp(path, "/healthz") == 0)
+        return -EEXIST;
+    for (size_t i = 0; i < s->nroutes; i++)
+        if (strcmp(s->routes[i].path, path) == 0)
+            return -EEXIST;
+    if (s->nroutes == SERVER_MAX_ROUTES)
+        return -ENOSPC;
+    struct route *r = &s->routes[s->nroutes++];
+    snprintf(r->path, sizeof(r->path), "%s", path);
+    r->cb = cb;
+    r->arg = arg;
+    return 0;
 }
 
 int server_port(struct server *s)

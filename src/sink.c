@@ -90,7 +90,7 @@
 /* How many leading columns of each spec form the table's primary (or unique) key. The column
  * order in batch.c puts them first. 0: no key known, the task conflicts with every task of its
  * table (safe for a spec added later). */
-_Static_assert(BATCH_SPEC_COUNT == 19, "give the new spec its key width below");
+_Static_assert(BATCH_SPEC_COUNT == 24, "give the new spec its key width below");
 static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
     [BATCH_ASSETS_LIST] = 1,
     [BATCH_ASSETS_MARKET] = 1,
@@ -101,6 +101,11 @@ static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
     [BATCH_ASSET_CATEGORIES] = 2,
     [BATCH_JOB_RUNS] = 2,
     [BATCH_ASSETS_DELIST] = 0,
+    [BATCH_CANDLES] = 5,
+    [BATCH_ASSET_ALIASES] = 2,
+    [BATCH_PRICES_VWAP] = 4,
+    [BATCH_MARKET_SNAPSHOTS_VWAP] = 4,
+    [BATCH_CANDLE_FILL] = 0,
     /* analytics: statements are barriers and need none */
     [BATCH_ANALYTICS_STATE] = 1,
     [BATCH_INDICATORS_DAILY] = 4,
@@ -119,10 +124,14 @@ struct task {
     bool keyed; /* keys computed */
     uint64_t *keys;
     uint32_t nkeys;
-    struct spool_rec *rec; /* loaded from the spool */
-    uint64_t opened_ms;    /* open tasks: when the first rows came */
-    uint64_t stmt_cap;     /* bytes per statement (batch_bytes at dispatch) */
-    uint64_t ticket;       /* place in the writers' queue, shared with reads (under mu) */
+    /* The spool records that hold this task's rows, each whole (none: the spool refused them,
+     * the rows are only here). A task made by the replay holds one. */
+    struct spool_rec **recs;
+    uint32_t nrecs, recs_cap;
+    bool replay;        /* loaded by the replay: rows counted in replay_rows */
+    uint64_t opened_ms; /* open tasks: when the first rows came */
+    uint64_t stmt_cap;  /* bytes per statement (batch_bytes at dispatch) */
+    uint64_t ticket;    /* place in the writers' queue, shared with reads (under mu) */
     /* Set by the writer. */
     enum task_result result;
     bool conn_lost;
@@ -199,7 +208,22 @@ static void task_free(struct task *t)
         return;
     batch_free(t->b);
     free(t->keys);
+    free(t->recs);
     free(t);
+}
+
+static int task_add_rec(struct task *t, struct spool_rec *rec)
+{
+    if (t->nrecs == t->recs_cap) {
+        uint32_t cap = t->recs_cap ? 2 * t->recs_cap : 2;
+        struct spool_rec **r = realloc(t->recs, cap * sizeof(*r));
+        if (!r)
+            return -ENOMEM;
+        t->recs = r;
+        t->recs_cap = cap;
+    }
+    t->recs[t->nrecs++] = rec;
+    return 0;
 }
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
@@ -413,7 +437,8 @@ struct sink {
     struct task **inflight;
     unsigned ninflight, inflight_cap;
     bool barrier_inflight;
-    uint64_t mem_rows;    /* rows of tasks not from the spool, wherever they are */
+    uint64_t mem_rows;    /* rows of tasks not made by the replay, wherever they are */
+    uint64_t bare_rows;   /* of those, rows in no spool record (the spool refused them) */
     uint64_t replay_rows; /* rows of tasks loaded from the spool */
     unsigned replay_tasks;
     bool db_up, db_down, spilled, ever_ready;
@@ -1478,14 +1503,28 @@ static bool mem_may_take(const struct sink *s, uint64_t rows)
     return s->mem_rows <= cap && rows <= cap - s->mem_rows;
 }
 
-static void update_gauges(struct sink *s)
+/* Rows pending (accepted or kept, not committed) and rows whose only copy is the spool (the
+ * backlog: unread records and records the replay loaded). Every other spool record is held by
+ * a task in memory, so the spool's live rows are the backlog plus memory's rows in records. */
+static void pending_rows(const struct sink *s, uint64_t *pending, uint64_t *spooled,
+                         uint64_t *bytes)
 {
     struct spool_stats ss = {0};
     if (s->spool)
         spool_get_stats(s->spool, &ss);
-    metrics_set("coingest_pending_rows", "", (double)(s->mem_rows + ss.rows));
-    metrics_set("coingest_spool_rows", "", (double)ss.rows);
-    metrics_set("coingest_spool_bytes", "", (double)ss.bytes);
+    uint64_t held = s->mem_rows - s->bare_rows;
+    *pending = ss.rows + s->bare_rows;
+    *spooled = ss.rows > held ? ss.rows - held : 0;
+    *bytes = ss.bytes;
+}
+
+static void update_gauges(struct sink *s)
+{
+    uint64_t pending, spooled, bytes;
+    pending_rows(s, &pending, &spooled, &bytes);
+    metrics_set("coingest_pending_rows", "", (double)pending);
+    metrics_set("coingest_spool_rows", "", (double)spooled);
+    metrics_set("coingest_spool_bytes", "", (double)bytes);
 }
 
 static uint64_t unread_records(struct sink *s)
@@ -1525,21 +1564,40 @@ static void close_all_open(struct sink *s)
     tstop(s, &s->flush_timer);
 }
 
-/* Appends a task's batch to the spool (not synced) and frees the task. A task loaded from the
- * spool is only unloaded: it is still there. 0, or -errno (the task is untouched). */
+/* A task leaves memory: its rows no longer count there. */
+static void task_uncount(struct sink *s, const struct task *t)
+{
+    uint32_t n = t->b->nrows;
+    if (t->replay) {
+        s->replay_rows -= n;
+        s->replay_tasks--;
+        return;
+    }
+    s->mem_rows -= n;
+    if (t->nrecs == 0)
+        s->bare_rows -= n;
+}
+
+/* Gives a task's records back to the spool as unread (they replay later, by seq). */
+static void task_unload(struct sink *s, struct task *t)
+{
+    for (uint32_t i = 0; i < t->nrecs; i++)
+        spool_unload(s->spool, t->recs[i]);
+    t->nrecs = 0;
+}
+
+/* Moves a task out of memory into the spool and frees it. A task whose rows are in spool
+ * records (every task but those the spool refused at submit) only gives them back: no I/O.
+ * Other rows are appended (not synced). 0, or -errno (the task is untouched). */
 static int task_to_spool(struct sink *s, struct task *t)
 {
-    if (t->rec) {
-        spool_unload(s->spool, t->rec);
-        s->replay_rows -= t->b->nrows;
-        s->replay_tasks--;
-        task_free(t);
-        return 0;
+    if (t->nrecs == 0) {
+        int rc = spool_append(s->spool, t->seq, t->b, NULL);
+        if (rc)
+            return rc;
     }
-    int rc = spool_append(s->spool, t->seq, t->b);
-    if (rc)
-        return rc;
-    s->mem_rows -= t->b->nrows;
+    task_uncount(s, t);
+    task_unload(s, t);
     task_free(t);
     return 0;
 }
@@ -1576,11 +1634,12 @@ static void spill(struct sink *s)
     while (t) {
         struct task *next = t->next == &s->ready.head ? NULL : t->next;
         uint32_t n = t->b->nrows;
-        bool from_spool = t->rec != NULL;
+        bool from_spool = t->replay;
         tl_remove(&s->ready, t);
         int rc = task_to_spool(s, t);
         if (rc) {
             tl_insert_sorted(&s->ready, t);
+            s->spool_failing = true;
             log_error("spool write failed; rows stay in memory", LOG_S("dir", s->spool_path),
                       LOG_S("error", strerror(-rc)));
             break;
@@ -1593,7 +1652,7 @@ static void spill(struct sink *s)
     if (rc)
         log_error("spool fsync failed", LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
     if (rows)
-        log_info("rows moved from memory to the spool", LOG_U("rows", rows));
+        log_info("rows left memory; they wait in the spool", LOG_U("rows", rows));
 }
 
 static void handle_done(struct sink *s, struct task *t)
@@ -1606,18 +1665,13 @@ static void handle_done(struct sink *s, struct task *t)
     }
     if (t->barrier)
         s->barrier_inflight = false;
-    uint32_t n = t->b->nrows;
     if (t->result == TASK_OK) {
         s->st.rows_committed += t->committed;
         s->st.rows_rejected += t->rejected;
         s->st.batches_committed++;
-        if (t->rec) {
-            spool_commit(s->spool, t->rec);
-            s->replay_rows -= n;
-            s->replay_tasks--;
-        } else {
-            s->mem_rows -= n;
-        }
+        task_uncount(s, t);
+        for (uint32_t i = 0; i < t->nrecs; i++)
+            spool_commit(s->spool, t->recs[i]);
         task_free(t);
         return;
     }
@@ -1656,13 +1710,16 @@ static void load_replay(struct sink *s)
             break;
         }
         struct task *t = task_new(b, spool_rec_seq(rec));
-        if (!t) {
-            batch_free(b);
+        if (!t || task_add_rec(t, rec)) {
+            if (t)
+                task_free(t);
+            else
+                batch_free(b);
             spool_unload(s->spool, rec);
             tstart(s, &s->replay_timer, 1000);
             break;
         }
-        t->rec = rec;
+        t->replay = true;
         s->replay_rows += b->nrows;
         s->replay_tasks++;
         tl_insert_sorted(&s->ready, t);
@@ -1781,7 +1838,7 @@ static void check_shutdown(struct sink *s)
             struct task *t = tl_first(&s->ready);
             while (t) {
                 struct task *next = t->next == &s->ready.head ? NULL : t->next;
-                if (t->rec) {
+                if (t->replay) {
                     tl_remove(&s->ready, t);
                     task_to_spool(s, t);
                 }
@@ -1905,17 +1962,16 @@ static void on_async_closed(uv_handle_t *h)
         s->shut_cb(s->shut_arg);
 }
 
-/* Frees every task still in memory. Tasks loaded from the spool are only unloaded (their rows
- * are still there); the others' rows are lost, and counted as such. Loop thread, no writer
- * running. */
+/* Frees every task still in memory. Tasks whose rows are in spool records only give them back
+ * (they replay at the next start); the others' rows are lost, and counted as such. Loop
+ * thread, no writer running. */
 static void drop_memory(struct sink *s, const char *why)
 {
     uint64_t lost = 0;
     struct tlist *lists[] = {&s->ready, &s->work, &s->done};
     for (int i = 0; i < BATCH_SPEC_COUNT; i++) {
         if (s->open[i]) {
-            lost += s->open[i]->b->nrows;
-            task_free(s->open[i]);
+            tl_push(&s->ready, s->open[i]);
             s->open[i] = NULL;
         }
     }
@@ -1923,8 +1979,8 @@ static void drop_memory(struct sink *s, const char *why)
         struct task *t;
         while ((t = tl_first(lists[l])) != NULL) {
             tl_remove(lists[l], t);
-            if (t->rec && s->spool)
-                spool_unload(s->spool, t->rec);
+            if (t->nrecs && s->spool)
+                task_unload(s, t);
             else
                 lost += t->b->nrows;
             task_free(t);
@@ -1932,6 +1988,7 @@ static void drop_memory(struct sink *s, const char *why)
     }
     s->ninflight = 0;
     s->mem_rows = 0;
+    s->bare_rows = 0;
     s->replay_rows = 0;
     s->replay_tasks = 0;
     lose_rows(s, lost, "shutdown", why);
@@ -2017,6 +2074,10 @@ static void on_async(uv_async_t *h)
         metrics_set("coingest_db_up", "", 0);
         tstart(s, &s->grace_timer, SINK_DOWN_GRACE_MS);
     }
+    if (up)
+        s->st.db_down_since_mono_ms = 0;
+    else if (down && s->st.db_down_since_mono_ms == 0)
+        s->st.db_down_since_mono_ms = util_mono_ms() ? util_mono_ms() : 1;
     s->db_up = up;
     s->db_down = down;
     s->st.db_up = up;
@@ -2075,6 +2136,25 @@ fail:
     return NULL;
 }
 
+/* The loss and rejection counters exist at 0 from the start, one series per reason and per
+ * table, so an alert on increase() sees their first event. */
+static void register_counters(void)
+{
+    static const char *const reasons[] = {"spool", "memory", "shutdown"};
+    char lbl[128];
+    for (size_t i = 0; i < ARRAY_SIZE(reasons); i++) {
+        snprintf(lbl, sizeof(lbl), "reason=\"%s\"", reasons[i]);
+        metrics_add("coingest_rows_lost_total", lbl, 0);
+    }
+    for (int i = 0; i < BATCH_SPEC_COUNT; i++) {
+        const struct batch_spec *spec = batch_spec((enum batch_spec_id)i);
+        if (!spec)
+            continue;
+        table_labels(lbl, sizeof(lbl), spec->table);
+        metrics_add("coingest_rejected_rows_total", lbl, 0); /* twice for a shared table: +0 */
+    }
+}
+
 int sink_start(struct sink *s)
 {
     if (s->started)
@@ -2118,6 +2198,7 @@ int sink_start(struct sink *s)
     s->async_init = true;
     s->started = true;
     metrics_set("coingest_db_up", "", 0);
+    register_counters();
     for (unsigned i = 0; i < s->nworkers; i++) {
         rc = start_writer(s, i);
         if (rc) {
@@ -2131,186 +2212,143 @@ int sink_start(struct sink *s)
     return 0;
 }
 
-/* Splits b into tasks of at most batch_rows rows, in order, each with its own seq. Returns
- * the number of tasks in out (at most cap), or -ENOMEM (b untouched). */
-static int split_rows(struct sink *s, struct batch *b, struct batch **out, size_t cap)
+/* Cuts b (taken) into pieces, in order: first `head` rows (0: no such piece), then pieces of at
+ * most `per` rows. Tails are cut off from the end, so each row is copied once. When an
+ * allocation fails the first piece is bigger than planned (it keeps the rows not cut off):
+ * no row is ever dropped. Returns the number of pieces in *out (malloc'd, or `one` when there
+ * is a single piece). */
+static size_t cut_pieces(struct batch *b, uint32_t head, uint32_t per, struct batch ***out,
+                         struct batch **one)
 {
-    uint32_t per = s->batch_rows;
-    size_t n = (b->nrows + per - 1) / per;
-    if (n > cap)
-        return -E2BIG;
-    /* Cut tails off from the end, so each row is copied once. */
-    for (size_t i = n - 1; i > 0; i--) {
-        struct batch *t = batch_split_tail(b, (uint32_t)(i * per));
+    uint32_t n = b->nrows;
+    if (head >= n) {
+        head = 0; /* it all fits: one piece */
+        per = n;
+    }
+    uint32_t after = head ? n - head : n;
+    size_t count = (head ? 1 : 0) + (after + (uint64_t)per - 1) / per;
+    struct batch **p = count > 1 ? malloc(count * sizeof(*p)) : NULL;
+    if (!p) {
+        *one = b;
+        *out = one;
+        return 1;
+    }
+    size_t first = 0; /* index of the piece that keeps b */
+    for (size_t i = count - 1; i > 0; i--) {
+        uint32_t from = head ? head + (uint32_t)(i - 1) * per : (uint32_t)i * per;
+        struct batch *t = batch_split_tail(b, from);
         if (!t) {
-            for (size_t k = i + 1; k < n; k++) {
-                batch_append(b, out[k]);
-                batch_free(out[k]);
-            }
-            return -ENOMEM;
-        }
-        out[i] = t;
-    }
-    out[0] = b;
-    return (int)n;
-}
-
-/* Rows in a chain of batches (linked through batch->next). */
-static uint64_t chain_rows(const struct batch *b)
-{
-    uint64_t n = 0;
-    for (; b; b = b->next)
-        n += b->nrows;
-    return n;
-}
-
-static void chain_free(struct batch *b)
-{
-    while (b) {
-        struct batch *next = b->next;
-        batch_free(b);
-        b = next;
-    }
-}
-
-/* Writes b (taken) to the spool as records of at most batch_rows rows, so a replay never
- * loads a giant task, and makes them durable. Returns NULL when every row is durable; else the
- * rows that are not, in order, as a chain through batch->next, with the error in *err: the
- * record that failed and everything after it, plus, when the final sync failed, the records
- * appended before (they are in the spool's index and may be replayed too: that only rewrites
- * the same rows, before any row submitted later). */
-static struct batch *submit_to_spool(struct sink *s, struct batch *b, int *err)
-{
-    close_all_open(s);
-    uint32_t per = s->batch_rows;
-    struct batch *done = NULL, **done_tail = &done; /* appended, kept until synced */
-    int rc = 0;
-    while (b) {
-        struct batch *rest = NULL;
-        if (b->nrows > per)
-            rest = batch_split_tail(b, per); /* NULL (out of memory): spool it whole */
-        rc = spool_append(s->spool, s->next_seq++, b);
-        if (rc) {
-            b->next = rest;
+            first = i;
             break;
         }
-        b->next = NULL;
-        *done_tail = b;
-        done_tail = &b->next;
-        b = rest;
+        p[i] = t;
     }
-    if (done) {
-        int src = spool_sync(s->spool);
-        if (src == 0) {
-            chain_free(done);
-        } else {
-            if (!rc)
-                rc = src;
-            *done_tail = b;
-            b = done;
-        }
+    p[first] = b;
+    if (first) {
+        memmove(p, p + first, (count - first) * sizeof(*p));
+        count -= first;
     }
-    *err = rc;
-    return b;
+    *out = p;
+    return count;
 }
 
-/* Turns b into tasks of at most batch_rows rows with consecutive seqs starting at `seq`; a last
- * short one becomes the spec's open task (an older open task is closed first). Counts the rows
- * into mem_rows. */
-static void add_tasks(struct sink *s, struct batch *b, uint64_t seq)
+/* Counts rows that came into memory with a task (rec: they are in a spool record). */
+static void count_in(struct sink *s, uint64_t rows, bool rec)
 {
-    const struct batch_spec *spec = b->spec;
-    uint32_t per = s->batch_rows;
-    struct batch *parts[64];
-    while (b) {
-        struct batch *rest = NULL;
-        if ((uint64_t)b->nrows > (uint64_t)per * 64)
-            rest = batch_split_tail(b, per * 64); /* NULL: one oversized task below */
-        int n = b->nrows > per ? split_rows(s, b, parts, 64) : 1;
-        if (n <= 1) {
-            parts[0] = b;
-            n = 1;
-        }
-        for (int i = 0; i < n; i++) {
-            struct task *t = task_new(parts[i], i == 0 ? seq : s->next_seq++);
-            if (!t) {
-                lose_rows(s, parts[i]->nrows, "memory", "out of memory making a task");
-                batch_free(parts[i]);
-                continue;
-            }
-            s->mem_rows += parts[i]->nrows;
-            /* An open task holds older rows: it goes first, then this one. */
-            close_open(s, spec->id);
-            if (parts[i]->nrows >= per) {
-                tl_insert_sorted(&s->ready, t);
-            } else {
-                t->opened_ms = timers_now(s->timers);
-                s->open[spec->id] = t;
-            }
-        }
-        b = rest;
-        if (b)
-            seq = s->next_seq++;
-    }
+    s->mem_rows += rows;
+    if (!rec)
+        s->bare_rows += rows;
 }
 
-/* Adds a submitted batch to memory: a STATEMENT batch as a task of its own (closing every open
- * task before it), rows of an UPSERT spec first into the spec's open task, up to batch_rows and
- * batch_bytes, the rest into new tasks. Out of memory while copying never drops rows: at worst
- * some are written twice. */
-static void coalesce(struct sink *s, struct batch *b)
+/* Puts one piece of a submitted batch into memory, with `rec`, the held spool record of its
+ * rows (NULL: the spool refused them). A STATEMENT piece is a task of its own, after closing
+ * every open task. Rows of an UPSERT spec go into the spec's open task when it has room
+ * (batch_rows, batch_bytes) and holds the same kind of rows (in records or not), else into a
+ * new task: full ones are ready at once, a short one becomes the open task. Out of memory
+ * never drops rows that are in the spool: their record goes back to it (unread: it replays). */
+static void place_piece(struct sink *s, struct batch *p, struct spool_rec *rec, uint64_t seq)
 {
-    const struct batch_spec *spec = b->spec;
-    uint64_t seq = s->next_seq++;
+    const struct batch_spec *spec = p->spec;
+    uint32_t n = p->nrows;
     if (spec->kind == BATCH_KIND_STATEMENT) {
         close_all_open(s);
-        struct task *t = task_new(b, seq);
-        if (!t) {
-            lose_rows(s, b->nrows, "memory", "out of memory making a task");
-            batch_free(b);
-            return;
+    } else {
+        struct task *open = s->open[spec->id];
+        bool fits = open && (open->nrecs > 0) == (rec != NULL) &&
+                    open->b->nrows + (uint64_t)n <= s->batch_rows &&
+                    (!s->batch_bytes || open->b->bytes + p->bytes <= s->batch_bytes);
+        if (fits && (!rec || task_add_rec(open, rec) == 0)) {
+            uint32_t before = open->b->nrows;
+            int rc = batch_append(open->b, p);
+            count_in(s, open->b->nrows - before, rec != NULL);
+            if (open->b->nrows != before) {
+                open->keyed = false;
+                free(open->keys);
+                open->keys = NULL;
+            }
+            if (rc == 0) {
+                batch_free(p);
+                if (open->b->nrows >= s->batch_rows)
+                    close_open(s, spec->id);
+                return;
+            }
+            /* Part of the rows may be in both (written twice, harmless); the piece and its
+             * record become a task of their own below. */
+            if (rec)
+                open->nrecs--;
         }
-        s->mem_rows += b->nrows;
-        tl_insert_sorted(&s->ready, t);
+        /* An open task holds older rows: it goes first, then this one. */
+        close_open(s, spec->id);
+    }
+    struct task *t = task_new(p, seq);
+    if (!t || (rec && task_add_rec(t, rec))) {
+        if (t)
+            task_free(t);
+        else
+            batch_free(p);
+        if (rec) {
+            spool_unload(s->spool, rec);
+            log_warn("out of memory making a task; the rows wait in the spool", LOG_U("rows", n));
+        } else {
+            lose_rows(s, n, "memory", "out of memory making a task");
+        }
         return;
     }
-    /* A task of another spec on the same table must not be overtaken by this one. */
-    for (int i = 0; i < BATCH_SPEC_COUNT; i++)
-        if (i != (int)spec->id && s->open[i] && strcmp(s->open[i]->table, spec->table) == 0)
-            close_open(s, i);
-    struct task *open = s->open[spec->id];
-    struct batch *tail = NULL;
-    if (open) {
-        bool fits = !s->batch_bytes || open->b->bytes + b->bytes <= s->batch_bytes;
-        uint32_t room = s->batch_rows > open->b->nrows ? s->batch_rows - open->b->nrows : 0;
-        if (fits && room) {
-            if (b->nrows > room)
-                tail = batch_split_tail(b, room); /* NULL: b stays whole */
-            if (b->nrows <= room) {
-                uint32_t before = open->b->nrows;
-                int rc = batch_append(open->b, b);
-                s->mem_rows += open->b->nrows - before;
-                if (open->b->nrows != before) {
-                    open->keyed = false;
-                    free(open->keys);
-                    open->keys = NULL;
-                }
-                if (rc == 0) {
-                    batch_free(b);
-                    b = NULL;
-                }
-            }
-        }
-        if (b || tail || open->b->nrows >= s->batch_rows)
-            close_open(s, spec->id);
+    count_in(s, n, rec != NULL);
+    if (spec->kind == BATCH_KIND_STATEMENT || n >= s->batch_rows) {
+        tl_insert_sorted(&s->ready, t);
+    } else {
+        t->opened_ms = timers_now(s->timers);
+        s->open[spec->id] = t;
     }
-    if (b)
-        add_tasks(s, b, seq);
-    if (tail)
-        add_tasks(s, tail, b ? s->next_seq++ : seq);
-    arm_flush(s);
 }
 
+/* Notes the outcome of a spool write for a submitted batch (logged once per episode). */
+static void spool_outcome(struct sink *s, int rc)
+{
+    if (rc) {
+        metrics_add("coingest_write_errors_total", "reason=\"spool\"", 1);
+        if (!s->spool_failing)
+            log_error("spool write failed; rows are not accepted, but kept in memory and written "
+                      "while it fails, up to twice max_pending_rows",
+                      LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
+        s->spool_failing = true;
+    } else if (s->spool_failing) {
+        log_info("spool writable again", LOG_S("dir", s->spool_path));
+        s->spool_failing = false;
+    }
+}
+
+/*
+ * Every submitted batch is first written to the spool, whatever happens next: cut into pieces
+ * of at most batch_rows rows (the first one sized to top up the spec's open task), each
+ * appended as a record, then one fdatasync for the whole batch (group commit: one sync per
+ * sink_submit, not per row). Only then is it accepted. Normally the records are "held": the
+ * pieces also go into memory for the writers, and each record is marked committed once its
+ * task commits, so a restart after a kill -9 or a power loss replays exactly the rows not
+ * yet committed. When the rows must wait (database away, memory full, older records unread,
+ * shutdown) the records are left unread for the replay and nothing stays in memory.
+ */
 int sink_submit(struct sink *s, struct batch *b)
 {
     if (!b)
@@ -2321,45 +2359,82 @@ int sink_submit(struct sink *s, struct batch *b)
         return 0;
     }
     uint64_t n = b->nrows;
-    bool to_spool = s->spool && (s->shut != SHUT_NONE || s->spilled || unread_records(s) > 0 ||
-                                 s->mem_rows + n > s->max_pending);
+    const struct batch_spec *spec = b->spec;
+    bool backlog = s->spool && (s->shut != SHUT_NONE || s->spilled || unread_records(s) > 0 ||
+                                s->mem_rows + n > s->max_pending);
+    bool stmt = spec->kind == BATCH_KIND_STATEMENT;
+    uint32_t head = 0;
+    if (backlog || stmt) {
+        close_all_open(s); /* rows submitted before these are written before them */
+    } else {
+        /* A task of another spec on the same table must not be overtaken by this one. */
+        for (int i = 0; i < BATCH_SPEC_COUNT; i++)
+            if (i != (int)spec->id && s->open[i] && strcmp(s->open[i]->table, spec->table) == 0)
+                close_open(s, i);
+        const struct task *open = s->open[spec->id];
+        if (open && (open->nrecs > 0) == (s->spool != NULL) && open->b->nrows < s->batch_rows &&
+            (!s->batch_bytes || open->b->bytes + b->bytes <= s->batch_bytes))
+            head = s->batch_rows - open->b->nrows;
+    }
+    struct batch *one, **pieces;
+    size_t np = cut_pieces(b, head, stmt ? UINT32_MAX : s->batch_rows, &pieces, &one);
+    uint64_t seq0 = s->next_seq;
+    s->next_seq += np;
+    struct spool_rec **recs = backlog ? NULL : calloc(np, sizeof(*recs));
+
+    /* The spool: append every piece, then one sync. */
     int rc = 0;
-    struct batch *left = b; /* rows not yet kept */
-    if (to_spool) {
-        left = submit_to_spool(s, b, &rc);
-        if (rc) {
-            metrics_add("coingest_write_errors_total", "reason=\"spool\"", 1);
-            if (!s->spool_failing)
-                log_error("spool write failed; rows stay in memory while it fails, up to twice "
-                          "max_pending_rows",
-                          LOG_S("dir", s->spool_path), LOG_S("error", strerror(-rc)));
-            s->spool_failing = true;
-        } else if (s->spool_failing) {
-            log_info("spool writable again", LOG_S("dir", s->spool_path));
-            s->spool_failing = false;
+    size_t appended = 0;
+    if (!s->spool)
+        rc = s->shut != SHUT_NONE ? -ESHUTDOWN : -ENOTCONN; /* never started: memory only */
+    else if (!backlog && !recs)
+        rc = -ENOMEM;
+    while (rc == 0 && appended < np) {
+        rc = spool_append(s->spool, seq0 + appended, pieces[appended],
+                          backlog ? NULL : &recs[appended]);
+        if (rc == 0)
+            appended++;
+    }
+    uint64_t durable = 0;
+    if (appended) {
+        int src = spool_sync(s->spool);
+        if (rc == 0)
+            rc = src;
+        for (size_t i = 0; src == 0 && i < appended; i++)
+            durable += pieces[i]->nrows;
+        /* Unread records that did not sync may not be readable later: memory keeps them too
+         * (a replay of the record then only writes the same rows again). Held ones are in
+         * memory anyway. */
+        if (src && backlog)
+            appended = 0;
+    }
+    if (s->spool)
+        spool_outcome(s, rc);
+
+    /* Memory: held pieces with their records; the pieces the spool did not take as bare
+     * tasks, within the hard cap, after them in seq order. */
+    uint64_t bare = 0;
+    for (size_t i = appended; i < np; i++)
+        bare += pieces[i]->nrows;
+    bool keep_bare = s->shut < SHUT_HARD && (!s->spool || mem_may_take(s, bare));
+    for (size_t i = 0; i < np; i++) {
+        struct batch *p = pieces[i];
+        if (i < appended && backlog) {
+            batch_free(p); /* in the spool, unread */
+        } else if (i < appended || keep_bare) {
+            place_piece(s, p, i < appended ? recs[i] : NULL, seq0 + i);
+        } else {
+            lose_rows(s, p->nrows, s->spool ? "spool" : "shutdown",
+                      s->spool ? "the spool refused them and memory is full"
+                               : "the sink is stopped");
+            batch_free(p);
         }
     }
-    uint64_t left_rows = chain_rows(left);
-    /* Memory keeps what the spool refused (in order, each part after the spooled ones, so a
-     * memory task still follows every older unread record), up to the hard cap. */
-    bool keep = left && (to_spool ? mem_may_take(s, left_rows) : s->shut < SHUT_HARD);
-    if (keep) {
-        while (left) {
-            struct batch *next = left->next;
-            left->next = NULL;
-            coalesce(s, left);
-            left = next;
-        }
-        left_rows = 0;
-        rc = 0;
-    } else if (left) {
-        if (!rc)
-            rc = -ESHUTDOWN; /* no spool and the writers are stopping */
-        lose_rows(s, left_rows, to_spool ? "spool" : "shutdown",
-                  to_spool ? "the spool refused them and memory is full" : "the sink is stopped");
-        chain_free(left);
-    }
-    s->st.rows_accepted += n - left_rows;
+    if (pieces != &one)
+        free(pieces);
+    free(recs);
+    arm_flush(s);
+    s->st.rows_accepted += durable;
     pump(s);
     return rc;
 }
@@ -2574,10 +2649,6 @@ void sink_free(struct sink *s)
 void sink_get_stats(const struct sink *s, struct sink_stats *out)
 {
     *out = s->st;
-    struct spool_stats ss = {0};
-    if (s->spool)
-        spool_get_stats(s->spool, &ss);
-    out->rows_spooled = ss.rows;
-    out->spool_bytes = ss.bytes;
-    out->rows_pending = s->mem_rows + ss.rows;
+    pending_rows(s, &out->rows_pending, &out->rows_spooled, &out->spool_bytes);
+    out->spool_failing = s->spool_failing;
 }

@@ -39,8 +39,11 @@
 #include "coingest/util.h"
 
 #define REC_MAGIC 0x50534743u /* "CGSP" read as a little-endian u32 */
-#define REC_HDR   12u
-#define REC_SEQ   8u
+/* A committed record: its magic overwritten in place, so a scan skips it without a warning
+ * (the checksum covers the length and payload, not the magic). */
+#define REC_DONE 0x44534743u /* "CGSD" */
+#define REC_HDR  12u
+#define REC_SEQ  8u
 /* seq + "CGB1" + u16 id + u16 ncols + u32 nrows */
 #define REC_MIN_PAYLOAD (REC_SEQ + 12u)
 
@@ -50,6 +53,7 @@ struct segment {
     uint64_t size;
     uint32_t live;
     bool active;
+    bool marks_dirty; /* committed marks written since the last fdatasync (not the active one) */
 };
 
 struct spool_rec {
@@ -222,10 +226,34 @@ static int parse_seg_name(const char *name, uint64_t *id)
     return 0;
 }
 
+/* Makes the committed marks of segments older than `seg` durable before `seg` goes: a record
+ * replayed after a power loss must not be older than a record whose segment is gone, or it
+ * would overwrite newer values of the same key. Rarely has anything to do (segments usually
+ * drain oldest first). */
+static void sync_older_marks(struct spool *sp, const struct segment *seg)
+{
+    for (struct segment *o = sp->segs; o && o->id < seg->id; o = o->next) {
+        if (!o->marks_dirty)
+            continue;
+        char name[64];
+        seg_name(o->id, name, sizeof(name));
+        int fd = openat(sp->dirfd, name, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0 && fdatasync(fd) == 0)
+            o->marks_dirty = false;
+        else
+            log_warn("spool: cannot sync committed marks; those records may replay again after "
+                     "a power loss",
+                     LOG_S("dir", sp->dir), LOG_S("file", name), LOG_S("error", strerror(errno)));
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
 static void seg_delete(struct spool *sp, struct segment *seg)
 {
     char name[64];
     seg_name(seg->id, name, sizeof(name));
+    sync_older_marks(sp, seg);
     if (sp->read_seg == seg) {
         close(sp->read_fd);
         sp->read_fd = -1;
@@ -268,8 +296,9 @@ static struct segment *seg_add(struct spool *sp, uint64_t id)
 
 /* --- records ------------------------------------------------------------------------------ */
 
+/* A new index entry, unread (in the heap) or, with `unread` false, loaded (held by the caller). */
 static struct spool_rec *rec_new(struct spool *sp, struct segment *seg, uint64_t off, uint32_t len,
-                                 uint64_t seq, uint32_t nrows)
+                                 uint64_t seq, uint32_t nrows, bool unread)
 {
     struct spool_rec *r = calloc(1, sizeof(*r));
     if (!r)
@@ -280,7 +309,7 @@ static struct spool_rec *rec_new(struct spool *sp, struct segment *seg, uint64_t
     r->seq = seq;
     r->nrows = nrows;
     r->heap_idx = SIZE_MAX;
-    if (heap_push(sp, r)) {
+    if (unread && heap_push(sp, r)) {
         free(r);
         return NULL;
     }
@@ -293,7 +322,26 @@ static struct spool_rec *rec_new(struct spool *sp, struct segment *seg, uint64_t
     return r;
 }
 
-/* Forgets a record (committed or corrupt); deletes its segment when it was the last one. */
+/* The active segment has no live record left: empty it and keep appending to it (its records
+ * are all committed or corrupt). Cheaper than a new file and a directory fsync every time a
+ * healthy sink catches up; spool_close() deletes it. */
+static void drain_active(struct spool *sp)
+{
+    struct segment *seg = sp->active;
+    if (seg->size == 0)
+        return;
+    sync_older_marks(sp, seg); /* its records must not outlive older unmarked ones */
+    if (ftruncate(sp->active_fd, 0) != 0) {
+        log_debug("spool: cannot empty the drained segment", LOG_S("dir", sp->dir),
+                  LOG_S("error", strerror(errno)));
+        return;
+    }
+    sp->st.bytes -= seg->size;
+    seg->size = 0;
+}
+
+/* Forgets a record (committed or corrupt); deletes its segment (empties the active one) when it
+ * was the last one. */
 static void rec_drop(struct spool *sp, struct spool_rec *r)
 {
     if (r->heap_idx != SIZE_MAX)
@@ -304,8 +352,12 @@ static void rec_drop(struct spool *sp, struct spool_rec *r)
     sp->st.records--;
     sp->st.rows -= r->nrows;
     free(r);
-    if (seg->live == 0)
-        seg_delete(sp, seg);
+    if (seg->live == 0) {
+        if (seg->active)
+            drain_active(sp);
+        else
+            seg_delete(sp, seg);
+    }
 }
 
 static void report_corrupt(struct spool *sp, uint64_t seg_id, uint64_t off, uint64_t bytes,
@@ -320,17 +372,21 @@ static void report_corrupt(struct spool *sp, uint64_t seg_id, uint64_t off, uint
 }
 
 /* Checks a record at p (avail bytes from there). Returns its total size, 0 when it is not a
- * valid record, and sets *why. */
-static size_t check_record(const unsigned char *p, size_t avail, const char **why)
+ * valid record, and sets *why. A committed record (REC_DONE) checks out like any other, with
+ * *done set; pass done NULL to accept live records only. */
+static size_t check_record(const unsigned char *p, size_t avail, const char **why, bool *done)
 {
     if (avail < REC_HDR) {
         *why = "torn header";
         return 0;
     }
-    if (get_le32(p) != REC_MAGIC) {
+    uint32_t magic = get_le32(p);
+    if (magic != REC_MAGIC && !(done && magic == REC_DONE)) {
         *why = "bad magic";
         return 0;
     }
+    if (done)
+        *done = magic == REC_DONE;
     uint32_t len = get_le32(p + 4);
     if (len < REC_MIN_PAYLOAD || len > SPOOL_RECORD_MAX) {
         *why = "bad length";
@@ -351,14 +407,17 @@ static size_t check_record(const unsigned char *p, size_t avail, const char **wh
     return REC_HDR + len;
 }
 
+/* The next live or committed record's magic at or after p, or end. */
 static const unsigned char *find_magic(const unsigned char *p, const unsigned char *end)
 {
-    unsigned char m[4];
+    unsigned char m[4], d[4];
     put_le32(m, REC_MAGIC);
+    put_le32(d, REC_DONE);
     if (p >= end)
         return end;
     const unsigned char *q = memmem(p, (size_t)(end - p), m, 4);
-    return q ? q : end;
+    const unsigned char *r = memmem(p, (size_t)((q ? q : end) - p), d, 4);
+    return r ? r : q ? q : end;
 }
 
 /* Indexes the valid records of one segment file. */
@@ -387,26 +446,43 @@ static int scan_segment(struct spool *sp, struct segment *seg)
         return -errno;
     const unsigned char *p = map, *end = map + seg->size;
     int rc = 0;
+    /* Corrupt regions are summed up in one line per segment: a segment of garbage that happens
+     * to repeat the magic would otherwise log a line per 4 bytes. */
+    uint64_t bad = 0, bad_bytes = 0, first_off = 0;
+    const char *first_why = NULL;
     while (p < end) {
         const char *why = NULL;
-        size_t n = check_record(p, (size_t)(end - p), &why);
+        bool done = false;
+        size_t n = check_record(p, (size_t)(end - p), &why, &done);
         if (n) {
             uint64_t off = (uint64_t)(p - map);
             const unsigned char *pl = p + REC_HDR;
             uint32_t nrows = get_le32(pl + REC_SEQ + 8);
-            if (!rec_new(sp, seg, off, get_le32(p + 4), get_le64(pl), nrows)) {
+            if (!done && !rec_new(sp, seg, off, get_le32(p + 4), get_le64(pl), nrows, true)) {
                 rc = -ENOMEM;
                 break;
             }
+            if (done && get_le64(pl) > sp->st.max_seq)
+                sp->st.max_seq = get_le64(pl); /* seqs keep increasing across a restart */
             p += n;
             continue;
         }
         const unsigned char *next = find_magic(p + 1, end);
-        report_corrupt(sp, seg->id, (uint64_t)(p - map), (uint64_t)(next - p),
-                       next == end ? (strcmp(why, "bad magic") ? why : "torn tail") : why);
+        if (bad++ == 0) {
+            first_off = (uint64_t)(p - map);
+            first_why = next == end ? (strcmp(why, "bad magic") ? why : "torn tail") : why;
+        }
+        bad_bytes += (uint64_t)(next - p);
         p = next;
     }
     munmap(map, seg->size);
+    if (bad) {
+        log_warn("spool: corrupt records skipped", LOG_S("dir", sp->dir), LOG_S("file", name),
+                 LOG_U("records", bad), LOG_U("bytes", bad_bytes), LOG_U("first_offset", first_off),
+                 LOG_S("first_reason", first_why));
+        metrics_add("coingest_spool_corrupt_records_total", "", (double)bad);
+        sp->st.corrupt += bad;
+    }
     return rc;
 }
 
@@ -575,6 +651,12 @@ void spool_close(struct spool *sp)
         list_remove(l);
         free(LIST_CONTAINER_OF(l, struct spool_rec, link));
     }
+    if (sp->active && sp->active->live == 0) {
+        seg_delete(sp, sp->active); /* a drained spool leaves no files behind */
+    } else if (sp->active_fd >= 0 && fdatasync(sp->active_fd) != 0) {
+        log_debug("spool: cannot sync the active segment at close", LOG_S("dir", sp->dir),
+                  LOG_S("error", strerror(errno)));
+    }
     while (sp->segs) {
         struct segment *s = sp->segs;
         sp->segs = s->next;
@@ -611,7 +693,9 @@ static int new_active(struct spool *sp)
     }
     char name[64];
     seg_name(sp->next_seg_id, name, sizeof(name));
-    int fd = openat(sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    /* No O_APPEND: records go at explicit offsets (pwritev), and a commit overwrites a record's
+     * magic in place, which pwrite on an O_APPEND descriptor cannot do on Linux. */
+    int fd = openat(sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     struct segment *seg = seg_add(sp, sp->next_seg_id);
@@ -628,15 +712,18 @@ static int new_active(struct spool *sp)
     return 0;
 }
 
-static int write_all(int fd, struct iovec *iov, int n)
+static int write_all(int fd, struct iovec *iov, int n, uint64_t off)
 {
     while (n > 0) {
-        ssize_t w = writev(fd, iov, n);
+        ssize_t w = pwritev(fd, iov, n, (off_t)off);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             return -errno;
         }
+        if (w == 0)
+            return -EIO;
+        off += (uint64_t)w;
         size_t left = (size_t)w;
         while (n > 0 && left >= iov->iov_len) {
             left -= iov->iov_len;
@@ -651,7 +738,7 @@ static int write_all(int fd, struct iovec *iov, int n)
     return 0;
 }
 
-int spool_append(struct spool *sp, uint64_t seq, const struct batch *b)
+int spool_append(struct spool *sp, uint64_t seq, const struct batch *b, struct spool_rec **held)
 {
     size_t elen;
     unsigned char *enc = batch_encode(b, &elen);
@@ -676,7 +763,7 @@ int spool_append(struct spool *sp, uint64_t seq, const struct batch *b)
              util_crc32c(util_crc32c(util_crc32c(0, hdr + 4, 4), seqb, REC_SEQ), enc, elen));
     struct iovec iov[3] = {{hdr, REC_HDR}, {seqb, REC_SEQ}, {enc, elen}};
     struct segment *seg = sp->active;
-    rc = write_all(sp->active_fd, iov, 3);
+    rc = write_all(sp->active_fd, iov, 3, seg->size);
     if (rc) {
         /* Leave no partial record behind: the next append starts at a clean boundary. */
         if (ftruncate(sp->active_fd, (off_t)seg->size) != 0)
@@ -688,9 +775,12 @@ int spool_append(struct spool *sp, uint64_t seq, const struct batch *b)
     seg->size += REC_HDR + len;
     sp->st.bytes += REC_HDR + len;
     sp->dirty = true;
-    if (!rec_new(sp, seg, off, len, seq, b->nrows)) {
+    struct spool_rec *r = rec_new(sp, seg, off, len, seq, b->nrows, held == NULL);
+    if (!r) {
         /* The record is on disk but not indexed; it is found again at the next open. */
         rc = -ENOMEM;
+    } else if (held) {
+        *held = r;
     }
 out:
     free(enc);
@@ -730,7 +820,7 @@ static int fd_for(struct spool *sp, struct segment *seg)
     sp->read_seg = NULL;
     char name[64];
     seg_name(seg->id, name, sizeof(name));
-    sp->read_fd = openat(sp->dirfd, name, O_RDONLY | O_CLOEXEC);
+    sp->read_fd = openat(sp->dirfd, name, O_RDWR | O_CLOEXEC); /* RDWR: spool_commit marks */
     if (sp->read_fd < 0)
         return -errno;
     sp->read_seg = seg;
@@ -764,7 +854,7 @@ int spool_load(struct spool *sp, struct spool_rec *rec, struct batch **out)
     }
     const char *why = "short read";
     struct batch *b = NULL;
-    if (got == n && check_record(buf, n, &why) == n) {
+    if (got == n && check_record(buf, n, &why, NULL) == n) {
         if (get_le64(buf + REC_HDR) != rec->seq)
             why = "sequence changed";
         else if (!(b = batch_decode(buf + REC_HDR + REC_SEQ, rec->len - REC_SEQ)))
@@ -797,6 +887,21 @@ void spool_unload(struct spool *sp, struct spool_rec *rec)
 
 void spool_commit(struct spool *sp, struct spool_rec *rec)
 {
+    /* Mark the record committed on disk, so that a restart does not replay it. Not synced:
+     * the page cache survives a kill -9; after a power loss an unmarked committed record only
+     * replays again, in seq order, which rewrites the same values (sync_older_marks keeps the
+     * order). A failed mark has the same harmless effect. */
+    struct segment *seg = rec->seg;
+    if (seg->live > 1) { /* the last one: its segment is deleted or emptied below */
+        unsigned char m[4];
+        put_le32(m, REC_DONE);
+        int fd = fd_for(sp, seg);
+        if (fd < 0 || pwrite(fd, m, 4, (off_t)rec->off) != 4)
+            log_debug("spool: cannot mark a committed record; it replays after a restart",
+                      LOG_S("dir", sp->dir), LOG_S("error", strerror(fd < 0 ? -fd : errno)));
+        else if (!seg->active)
+            seg->marks_dirty = true;
+    }
     rec_drop(sp, rec);
 }
 

@@ -50,17 +50,25 @@ enum batch_spec_id {
     /* statement (delisted_at, listed_before): assets last listed before listed_before are
      * marked delisted */
     BATCH_ASSETS_DELIST = 8,
+    /* more sources (sql/002_sources.sql) */
+    BATCH_CANDLES = 9,
+    BATCH_ASSET_ALIASES = 10,
+    BATCH_PRICES_VWAP = 11,           /* prices with vwap_24h (CoinCap) */
+    BATCH_MARKET_SNAPSHOTS_VWAP = 12, /* market_snapshots as CoinCap fills them */
+    /* statement (source, product, interval_s, filled_to, updated_at): a candle backfill got
+     * this far; a barrier, so it runs after the candles before it have committed */
+    BATCH_CANDLE_FILL = 13,
     /* analytics (src/sources/analytics/, docs/analytics.md); statements unless said */
-    BATCH_ANALYTICS_MARK = 9,       /* (marked_at, first_run_at): hours with new rows */
-    BATCH_ANALYTICS_UNMARK = 10,    /* (from, to, marked_at): recomputed hours */
-    BATCH_ANALYTICS_STATE = 11,     /* upsert: analytics_state watermarks */
-    BATCH_ROLLUPS_HOURLY = 12,      /* (from, to): price_rollups '1h' from prices */
-    BATCH_ROLLUPS_DAILY = 13,       /* (from, to): price_rollups '1d' from prices */
-    BATCH_INDICATORS_DAILY = 14,    /* upsert: indicators_daily */
-    BATCH_MOVERS_CLEAR = 15,        /* (from_day, to_day) */
-    BATCH_MOVERS_FILL = 16,         /* (from_day, to_day, min_cap, n) */
-    BATCH_RETENTION_PRICES = 17,    /* (from, to, limit): covered prices rows */
-    BATCH_RETENTION_SNAPSHOTS = 18, /* (from, to, limit): covered market_snapshots rows */
+    BATCH_ANALYTICS_MARK = 14,      /* (marked_at, first_run_at): hours with new rows */
+    BATCH_ANALYTICS_UNMARK = 15,    /* (from, to, marked_at): recomputed hours */
+    BATCH_ANALYTICS_STATE = 16,     /* upsert: analytics_state watermarks */
+    BATCH_ROLLUPS_HOURLY = 17,      /* (from, to): price_rollups '1h' from prices */
+    BATCH_ROLLUPS_DAILY = 18,       /* (from, to): price_rollups '1d' from prices */
+    BATCH_INDICATORS_DAILY = 19,    /* upsert: indicators_daily */
+    BATCH_MOVERS_CLEAR = 20,        /* (from_day, to_day) */
+    BATCH_MOVERS_FILL = 21,         /* (from_day, to_day, min_cap, n) */
+    BATCH_RETENTION_PRICES = 22,    /* (from, to, limit): covered prices rows */
+    BATCH_RETENTION_SNAPSHOTS = 23, /* (from, to, limit): covered market_snapshots rows */
     BATCH_SPEC_COUNT
 };
 
@@ -191,6 +199,73 @@ enum { BATCH_JOB_RUNS_COLUMNS(BATCH_COL_ENUM) BATCH_JOB_RUNS_NCOLS };
     X(BATCH_ASSETS_DELIST_COL_LISTED_BEFORE, "listed_before")
 enum { BATCH_ASSETS_DELIST_COLUMNS(BATCH_COL_ENUM) BATCH_ASSETS_DELIST_NCOLS };
 
+/* BATCH_CANDLES: the candles table. */
+#define BATCH_CANDLES_COLUMNS(X)                                                                   \
+    X(BATCH_CANDLES_COL_SOURCE, "source")                                                          \
+    X(BATCH_CANDLES_COL_ASSET_ID, "asset_id")                                                      \
+    X(BATCH_CANDLES_COL_VS_CURRENCY, "vs_currency")                                                \
+    X(BATCH_CANDLES_COL_INTERVAL_S, "interval_s")                                                  \
+    X(BATCH_CANDLES_COL_OPEN_TIME, "open_time")                                                    \
+    X(BATCH_CANDLES_COL_PRODUCT, "product")                                                        \
+    X(BATCH_CANDLES_COL_OPEN, "open")                                                              \
+    X(BATCH_CANDLES_COL_HIGH, "high")                                                              \
+    X(BATCH_CANDLES_COL_LOW, "low")                                                                \
+    X(BATCH_CANDLES_COL_CLOSE, "close")                                                            \
+    X(BATCH_CANDLES_COL_VOLUME, "volume")                                                          \
+    X(BATCH_CANDLES_COL_FETCHED_AT, "fetched_at")
+enum { BATCH_CANDLES_COLUMNS(BATCH_COL_ENUM) BATCH_CANDLES_NCOLS };
+
+/* BATCH_ASSET_ALIASES: the asset_aliases table. */
+#define BATCH_ASSET_ALIASES_COLUMNS(X)                                                             \
+    X(BATCH_ASSET_ALIASES_COL_SOURCE, "source")                                                    \
+    X(BATCH_ASSET_ALIASES_COL_SOURCE_KEY, "source_key")                                            \
+    X(BATCH_ASSET_ALIASES_COL_ASSET_ID, "asset_id")                                                \
+    X(BATCH_ASSET_ALIASES_COL_METHOD, "method")                                                    \
+    X(BATCH_ASSET_ALIASES_COL_SYMBOL, "symbol")                                                    \
+    X(BATCH_ASSET_ALIASES_COL_NAME, "name")                                                        \
+    X(BATCH_ASSET_ALIASES_COL_CANDIDATES, "candidates")                                            \
+    X(BATCH_ASSET_ALIASES_COL_UPDATED_AT, "updated_at")
+enum { BATCH_ASSET_ALIASES_COLUMNS(BATCH_COL_ENUM) BATCH_ASSET_ALIASES_NCOLS };
+
+/* BATCH_PRICES_VWAP: the prices table with the 24-hour VWAP. */
+#define BATCH_PRICES_VWAP_COLUMNS(X)                                                               \
+    X(BATCH_PRICES_VWAP_COL_ASSET_ID, "asset_id")                                                  \
+    X(BATCH_PRICES_VWAP_COL_VS_CURRENCY, "vs_currency")                                            \
+    X(BATCH_PRICES_VWAP_COL_SOURCE, "source")                                                      \
+    X(BATCH_PRICES_VWAP_COL_SOURCE_UPDATED_AT, "source_updated_at")                                \
+    X(BATCH_PRICES_VWAP_COL_PRICE, "price")                                                        \
+    X(BATCH_PRICES_VWAP_COL_MARKET_CAP, "market_cap")                                              \
+    X(BATCH_PRICES_VWAP_COL_VOLUME_24H, "volume_24h")                                              \
+    X(BATCH_PRICES_VWAP_COL_CHANGE_24H_PCT, "change_24h_pct")                                      \
+    X(BATCH_PRICES_VWAP_COL_VWAP_24H, "vwap_24h")                                                  \
+    X(BATCH_PRICES_VWAP_COL_FETCHED_AT, "fetched_at")
+enum { BATCH_PRICES_VWAP_COLUMNS(BATCH_COL_ENUM) BATCH_PRICES_VWAP_NCOLS };
+
+/* BATCH_MARKET_SNAPSHOTS_VWAP: the market_snapshots columns CoinCap's /assets fills. */
+#define BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(X)                                                     \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_ASSET_ID, "asset_id")                                        \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_VS_CURRENCY, "vs_currency")                                  \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_SOURCE, "source")                                            \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_SNAPSHOT_AT, "snapshot_at")                                  \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_MARKET_CAP_RANK, "market_cap_rank")                          \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_PRICE, "price")                                              \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_MARKET_CAP, "market_cap")                                    \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_TOTAL_VOLUME, "total_volume")                                \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_PRICE_CHANGE_PCT_24H, "price_change_pct_24h")                \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_CIRCULATING_SUPPLY, "circulating_supply")                    \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_MAX_SUPPLY, "max_supply")                                    \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_VWAP_24H, "vwap_24h")                                        \
+    X(BATCH_MARKET_SNAPSHOTS_VWAP_COL_FETCHED_AT, "fetched_at")
+enum { BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(BATCH_COL_ENUM) BATCH_MARKET_SNAPSHOTS_VWAP_NCOLS };
+
+/* BATCH_CANDLE_FILL: the backfill-progress statement's parameters, in order. */
+#define BATCH_CANDLE_FILL_COLUMNS(X)                                                               \
+    X(BATCH_CANDLE_FILL_COL_SOURCE, "source")                                                      \
+    X(BATCH_CANDLE_FILL_COL_PRODUCT, "product")                                                    \
+    X(BATCH_CANDLE_FILL_COL_INTERVAL_S, "interval_s")                                              \
+    X(BATCH_CANDLE_FILL_COL_FILLED_TO, "filled_to")                                                \
+    X(BATCH_CANDLE_FILL_COL_UPDATED_AT, "updated_at")
+enum { BATCH_CANDLE_FILL_COLUMNS(BATCH_COL_ENUM) BATCH_CANDLE_FILL_NCOLS };
 /* ---- analytics (src/sources/analytics/) ---- */
 
 /* BATCH_ANALYTICS_MARK: marks the hours of prices rows fetched since the last mark. */

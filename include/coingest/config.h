@@ -165,6 +165,15 @@ struct config {
 
     struct cfg_job *jobs; /* every job of every source, registry order */
     size_t njobs;
+
+    /* [aliases]: `SOURCE.KEY = ASSET_ID` lines (coinbase.BTC = bitcoin), in file order: the
+     * canonical asset a source's key stands for, ahead of any automatic mapping. */
+    struct cfg_alias {
+        char *source;   /* a registered source's name */
+        char *key;      /* that source's key, as the source writes it ("BTC") */
+        char *asset_id; /* the CoinGecko id */
+    } * aliases;
+    size_t naliases;
 };
 
 /*
@@ -196,6 +205,7 @@ struct config_diff {
     bool universe;         /* the next job runs use the new universe */
     uint64_t job;          /* schedule of that job changed: it is rescheduled */
     uint64_t job_other;    /* the job's own keys changed: its next run uses them */
+    bool aliases;          /* [aliases] changed: the next job runs use them */
 };
 void config_diff(const struct config *a, const struct config *b, struct config_diff *d);
 
@@ -227,6 +237,9 @@ static inline const struct cfg_source *config_job_source(const struct config *cf
 {
     return &cfg->sources[job->source];
 }
+
+/* The [aliases] override for `key` of source `source` (case-sensitive), or NULL. */
+const char *config_alias(const struct config *cfg, const char *source, const char *key);
 
 /* Name of the plan a source is on ("public"). */
 const char *config_plan_name(const struct cfg_source *src);

@@ -101,6 +101,28 @@ void fetch_cancel(struct fetch_req *r);
 /* Cancels every request of the API. */
 void api_cancel_all(struct api *a);
 
+/* Shutdown, step one: every request of the API waiting for a token, a backoff or a 429 pause
+ * ends now (done callbacks run with FETCH_CANCELLED before this returns); a transfer in flight
+ * goes on, but ends FETCH_CANCELLED instead of being retried if it fails; api_get from now on
+ * returns a request that ends FETCH_CANCELLED on the next loop iteration without being sent.
+ * Cancel what is still in flight later with api_cancel_all (or fetch_cancel). Idempotent. */
+void api_stop(struct api *a);
+
+/* What the status page shows of an API (api_get_stats). */
+struct api_stats {
+    uint64_t calls_total;       /* attempts sent since the API was made */
+    uint64_t calls_last_minute; /* attempts sent in the last 60 s */
+    size_t pending;             /* requests in flight or waiting */
+    size_t in_flight;           /* of those, transfers under way */
+    uint64_t failures;          /* failed attempts since the last success (0: healthy) */
+    uint64_t failing_ms;        /* since the first of them */
+    double tokens;              /* in the bucket now */
+    uint32_t burst;             /* the bucket's capacity */
+    uint64_t paused_ms;         /* left of a 429 pause, 0: none */
+    bool stopping;              /* api_stop was called */
+};
+void api_get_stats(const struct api *a, struct api_stats *out);
+
 /* Requests in flight or waiting (bucket, backoff) for the API. */
 size_t api_pending(const struct api *a);
 

@@ -61,7 +61,10 @@ enum jrows_kind {
     JROWS_UINT,     /* whole number in [0, 2^32) -> VAL_INT (INT UNSIGNED columns) */
     JROWS_STR,      /* string -> VAL_STR, byte-exact */
     JROWS_ISO_TIME, /* ISO-8601 UTC string -> VAL_TIME (util_parse_iso8601) */
-    JROWS_JSON_OBJ  /* object -> VAL_JSON, written by jrows_dump */
+    JROWS_JSON_OBJ, /* object -> VAL_JSON, written by jrows_dump */
+    JROWS_NUMSTR,   /* a number, or a string holding exactly one JSON number ("67187.3358936566",
+                       as CoinCap sends every number) -> VAL_DBL, the double nearest to its text */
+    JROWS_UINTSTR   /* as JROWS_UINT, from a number or such a string ("1") */
 };
 
 /* A column filled straight from a JSON key. `key` may be a dotted path "a.b" into nested
@@ -169,6 +172,10 @@ int jrows_put_fields(struct jrows *j, struct batch *b, uint32_t row, const json_
 /* Keeps the id string `id` (in the document) for the caller's id list; copied out only by a
  * successful jrows_finish. A no-op without an id list. 0 or -ENOMEM. */
 int jrows_keep_id(struct jrows *j, const json_t *id);
+
+/* The value of a number, or of a string holding exactly one JSON number (JROWS_NUMSTR), as the
+ * double nearest to its text. 0, or -EINVAL for anything else (counts nothing). */
+int jrows_number(const json_t *v, double *d);
 
 /* A non-empty string without NUL bytes. */
 bool jrows_usable_id(const json_t *v);

@@ -59,8 +59,9 @@ struct log_field {
 #define LOG_B(k, x) ((struct log_field){.key = (k), .type = LOG_T_BOOL, .v.b = (bool)(x)})
 #define LOG_END     ((struct log_field){.key = NULL, .type = LOG_T_END})
 
-/* Emits one line if `level` is enabled. Fields are passed by value and end with LOG_END;
- * the macros below add it. Thread: any. */
+/* Emits one line if `level` is enabled; a warn or error line is also kept for log_recent,
+ * enabled or not. Fields are passed by value and end with LOG_END; the macros below add it.
+ * Thread: any. */
 void log_emit(enum log_level level, const char *msg, ...);
 
 #define log_error(...) log_emit(LOG_ERROR, __VA_ARGS__, LOG_END)
@@ -103,6 +104,33 @@ size_t log_format_line(char *buf, size_t cap, enum log_level level, enum log_for
  * The one routine for every text that leaves the process: log lines and the fetch engine's
  * error messages (which become job_runs.error and the --once summary). Thread: any. */
 size_t log_mask_secrets(char *buf, size_t len, size_t cap);
+
+/* A rate limit for one kind of line (a storm of failures is one line a minute with a count):
+ * log_ratelimit() says whether a line may go out at `now_ms` and, when it may, puts in
+ * *suppressed how many lines it held back since the last one that went out. The first line
+ * always goes out; then at most one per `interval_ms`. Zero it to start or to reset (say, on
+ * recovery, so that the next failure is logged at once). Not locked: one per owner thread. */
+struct log_ratelimit {
+    uint64_t next_ms;    /* no line before this time (0: the next one goes out) */
+    uint64_t suppressed; /* held back since the last line that went out */
+};
+bool log_ratelimit(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
+                   uint64_t *suppressed);
+
+/* The most recent warn and error lines, kept whatever log_level says (for the status page):
+ * LOG_RECENT_MAX of them, each masked like any line, in logfmt without the time stamp and cut
+ * to LOG_RECENT_LINE bytes. */
+#define LOG_RECENT_MAX  20
+#define LOG_RECENT_LINE 512
+struct log_recent {
+    uint64_t wall_ms;
+    enum log_level level;
+    char line[LOG_RECENT_LINE];
+};
+/* Copies up to `max` of them into out, newest first; returns how many. Thread: any. */
+size_t log_recent(struct log_recent *out, size_t max);
+/* Forgets them (tests). */
+void log_recent_clear(void);
 
 /* Name of a level ("error", "warn", "info", "debug"). */
 const char *log_level_name(enum log_level level);

@@ -95,6 +95,9 @@ struct job_def {
      * tracked assets. */
     uint64_t (*requests_per_run)(const struct config *cfg, const struct cfg_job *job,
                                  uint64_t universe);
+    /* The `reason`s this job passes to run_source_error(), NULL-terminated (may be NULL):
+     * runner_new() shows each one's counter at 0, so a scraper sees its first increase. */
+    const char *const *source_errors;
 };
 
 typedef void (*runner_done_cb)(const struct run_summary *sum, void *arg);
@@ -172,6 +175,13 @@ int run_read(struct run *r, const char *sql, const char *const *params, size_t n
 
 /* Records an error ("what: why"; the first one is kept). */
 void run_fail(struct run *r, const char *what, const char *why);
+
+/* Records a source error: the API answered, but what it said cannot be right (a page walk
+ * that does not end, a coin list that lost most of its coins, no rows where rows were
+ * expected). Counts coingest_source_errors_total{api,job,reason}, logs a warning with `what`
+ * and `why`, and records the error as run_fail() does (so the run is partial, or failed when
+ * no request succeeded). `reason` is a short label value from the job's source_errors. */
+void run_source_error(struct run *r, const char *reason, const char *what, const char *why);
 
 /* A request the job could not even send (its URL would be too long, out of memory): counts as
  * a failed request and records the error. */

@@ -23,8 +23,9 @@
  *   arrive before its head is read.
  *
  * Responses: GET or HEAD /metrics -> 200 text/plain; version=0.0.4; /healthz -> the callback's
- * status with its JSON; other paths -> 404; other methods -> 405 with Allow: GET, HEAD;
- * a malformed request line -> 400. A query string is ignored.
+ * status with its JSON; a path added with server_route -> what its handler answers (the daemon
+ * adds the status page, "/" and "/status.json"); other paths -> 404; other methods -> 405 with
+ * Allow: GET, HEAD; a malformed request line -> 400. A query string is ignored.
  *
  * Thread: loop thread only, including the health callback, which runs on the loop thread
  * while a /healthz request is being answered and must not block.
@@ -40,6 +41,7 @@
 #define SERVER_DEFAULT_TIMEOUT_MS      10000
 #define SERVER_DEFAULT_HEAD_TIMEOUT_MS 2000
 #define SERVER_DEFAULT_MAX_CLIENTS     64
+#define SERVER_MAX_ROUTES              8
 
 struct server;
 
@@ -51,6 +53,14 @@ struct server;
  * Called on the loop thread.
  */
 typedef int (*server_health_cb)(void *arg, char *json, size_t cap);
+
+/*
+ * Answers one GET (or HEAD) of a route's path: sets *content_type (a static string, e.g.
+ * "text/html; charset=utf-8"), *body (malloc'd; the server frees it) and *len, and returns the
+ * HTTP status. A handler that sets no body (*body NULL) with status 200 is answered 500. Called
+ * on the loop thread; it must not block.
+ */
+typedef int (*server_route_cb)(void *arg, const char **content_type, char **body, size_t *len);
 
 /*
  * Starts listening on `listen`: "IPV4:PORT" ("127.0.0.1:9464", "0.0.0.0:9464"),
@@ -66,6 +76,14 @@ typedef int (*server_health_cb)(void *arg, char *json, size_t cap);
  */
 struct server *server_new(uv_loop_t *loop, const char *listen, server_health_cb health, void *arg,
                           char *err, size_t errlen);
+
+/*
+ * Adds a route: GET and HEAD of exactly `path` (copied; it must start with '/', at most 63
+ * bytes; a query string is ignored) are answered by cb. Returns 0, -EINVAL, -EEXIST (the path
+ * is taken, also /metrics and /healthz) or -ENOSPC (SERVER_MAX_ROUTES already). Thread: loop
+ * thread.
+ */
+int server_route(struct server *s, const char *path, server_route_cb cb, void *arg);
 
 /* The port actually bound (useful after listening on port 0), or a negative errno. */
 int server_port(struct server *s);

@@ -1,10 +1,11 @@
 /*
- * sink: where rows go. Batches handed to the sink on the loop thread are coalesced per spec,
- * written by a pool of writer threads (one MariaDB/MySQL connection each, one transaction per
- * batch, multi-row INSERT ... ON DUPLICATE KEY UPDATE), and kept in a durable spool on disk
- * while the database is away or too many rows are pending. A batch the sink accepted is never
- * lost: it is committed, or it is in the spool and replayed (in order) when the database is
- * back, including after a restart.
+ * sink: where rows go. Every batch handed to the sink on the loop thread is first written to
+ * a durable spool on disk (one fdatasync per batch), then coalesced per spec and written by a
+ * pool of writer threads (one MariaDB/MySQL connection each, one transaction per task,
+ * multi-row INSERT ... ON DUPLICATE KEY UPDATE); while the database is away or too many rows
+ * are pending it waits in the spool only. A batch the sink accepted is never lost, also on
+ * kill -9 or power loss: it is committed, or it is in the spool and replayed (in order) when
+ * the database is back, including after a restart (docs/guarantees.md).
  *
  * Jobs can also read through the same writers (sink_read): one SELECT, off the loop thread.
  *
@@ -29,19 +30,25 @@
 struct sink;
 
 struct sink_stats {
-    uint64_t rows_accepted;  /* submitted and accepted (memory or spool) */
+    uint64_t rows_accepted;  /* submitted and accepted: durable in the spool (sink_submit's 0) */
     uint64_t rows_committed; /* committed to the database */
-    uint64_t rows_pending;   /* accepted, not yet committed (memory + spool) */
-    uint64_t rows_spooled;   /* currently in the spool */
-    uint64_t spool_bytes;
-    uint64_t rows_rejected; /* rejected by the server for good (to rejected_rows) */
+    uint64_t rows_pending;   /* accepted or kept, not yet committed */
+    uint64_t rows_spooled;   /* waiting in the spool only (the backlog: not held in memory) */
+    uint64_t spool_bytes;    /* the segment files, held records (the journal) included */
+    uint64_t rows_rejected;  /* rejected by the server for good (to rejected_rows) */
     uint64_t batches_committed;
-    bool db_up;                  /* the last connection attempt succeeded */
-    bool schema_ready;           /* migrations are current */
-    uint64_t last_db_ok_mono_ms; /* last successful statement (monotonic ms), 0 never */
-    uint64_t rows_lost;          /* handed to the sink but neither committed nor spooled: refused
-                                    by sink_submit (spool failing and memory full), dropped on an
-                                    allocation failure, or left in memory at shutdown */
+    bool db_up;                     /* the last connection attempt succeeded */
+    bool schema_ready;              /* migrations are current */
+    uint64_t last_db_ok_mono_ms;    /* last successful statement (monotonic ms), 0 never */
+    uint64_t rows_lost;             /* handed to the sink but neither committed nor spooled: refused
+                                       by sink_submit (spool failing and memory full), dropped on an
+                                       allocation failure, or left in memory at shutdown */
+    uint64_t db_down_since_mono_ms; /* when the database was found unreachable (a connection
+                                       attempt failed with no writer connected), first since it
+                                       was last reachable or since the start (monotonic ms,
+                                       util_mono_ms); 0 while it is up or not known down */
+    bool spool_failing;             /* the last spool write for a submitted batch failed (or a
+                                       spill could not write): new rows are not accepted */
 };
 
 /* Creates the sink; reads cfg->database and cfg->daemon.spool_dir (copied). No thread and no
@@ -56,11 +63,15 @@ struct sink *sink_new(uv_loop_t *loop, struct timers *timers, const struct confi
  * no writer thread could start. After a failure, sink_shutdown and sink_free still work. */
 int sink_start(struct sink *s);
 
-/* Hands a batch to the sink, which takes ownership (also on error). Returns 0 when accepted
- * (held in memory, or written to the spool with fsync). When the spool cannot be written the
- * rows stay in memory up to twice max_pending_rows; past that it returns -errno, and only the
- * rows that were not kept (part of the batch may have been spooled) are logged as lost and
- * counted in rows_lost. */
+/* Hands a batch to the sink, which takes ownership (also on error). Returns 0 when accepted:
+ * every row is in the spool and synced (fdatasync, once for the whole batch), so it survives
+ * kill -9 and power loss; the rows then also wait in memory for the writers, or only in the
+ * spool. Returns -errno when not every row is durable: the spool's error when it cannot be
+ * written (rows_accepted counts the part that was; the others stay in memory and are written
+ * if the database takes them before the process ends, up to twice max_pending_rows; past that
+ * cap they are logged as lost and counted in rows_lost), -ENOTCONN when the sink never started
+ * (the rows stay in memory until it stops), -ESHUTDOWN after a stop of a sink that never
+ * started (the rows are lost). */
 int sink_submit(struct sink *s, struct batch *b);
 
 /* Calls cb once, the first time the database has been reached and the schema is current

@@ -35,6 +35,8 @@ struct source_plan {
     uint64_t monthly_credits; /* default monthly_credits; 0 = no monthly cap */
     const char *key_header;   /* the header that carries api_key ("x-api-key"); NULL when the
                                  plan takes no key */
+    const char *key_prefix;   /* written before the key in that header ("Bearer " for
+                                 "Authorization: Bearer KEY"); NULL: the key alone */
 };
 
 struct source_def {

@@ -1,6 +1,8 @@
 /*
- * spool: the sink's durable, append-only store for batches that are accepted but cannot be
- * written to the database yet (database away, too many rows pending, shutdown).
+ * spool: the sink's durable, append-only store for accepted batches. Every batch the sink
+ * accepts is a record here first (its write-ahead journal): records the sink holds in memory
+ * while writers commit them ("held"), and records waiting to be replayed because they cannot
+ * be written to the database yet (database away, too many rows pending, shutdown).
  *
  * The spool is a directory of segment files, spool-NNNNNNNNNNNN.seg, each a sequence of
  * records:
@@ -8,16 +10,20 @@
  *   u32 magic "CGSP" | u32 len | u32 crc32c(len bytes || payload) | payload (len bytes)
  *   payload = u64 seq | batch_encode() of one batch
  *
- * (all integers little-endian). `seq` is the sink's submission order; the spool replays records
- * by ascending seq, whatever the file they sit in, so a batch the sink spools late (an older
- * batch a writer gave back) still replays before newer ones. Appends go to the newest segment,
- * which rotates past a size limit; a new file is made durable by an fsync of the directory.
+ * (all integers little-endian). A committed record has its magic overwritten with "CGSD"
+ * (not synced; see spool_commit), so a restart skips it. `seq` is the sink's submission order;
+ * the spool replays records by ascending seq, whatever the file they sit in, so a batch the
+ * sink spools late (an older batch a writer gave back) still replays before newer ones.
+ * Appends go to the newest segment, which rotates past a size limit; a new file is made
+ * durable by an fsync of the directory. When every record of the active segment is committed
+ * the file is emptied and reused.
  *
  * spool_open() reads every segment once, checks every record's checksum and keeps a small
  * index entry (seq, segment, offset, length, rows) per valid record, about 64 bytes per record
  * (a record is a whole batch), so memory does not grow with the rows in the spool. A record
  * that fails its checksum, or a torn tail after a crash, is reported with a warning, counted
- * in coingest_spool_corrupt_records_total and skipped: the scan resumes at the next magic.
+ * in coingest_spool_corrupt_records_total and skipped: the scan resumes at the next magic. One
+ * warning per segment sums up its corrupt regions (count, bytes, first offset and reason).
  * Records are loaded (read, checked again, decoded) a few at a time as the sink replays them,
  * and forgotten once committed; a segment whose records are all committed is deleted.
  *
@@ -63,13 +69,17 @@ int spool_open(const char *dir, uint64_t segment_bytes, struct spool **out);
  * unreadable). Meant for the message after spool_open() returned -EBUSY. Thread: any. */
 long spool_holder(const char *dir);
 
-/* Closes files and frees the index; records stay on disk. NULL is a no-op. */
+/* Closes files and frees the index; records stay on disk (a drained active segment is
+ * deleted). NULL is a no-op. */
 void spool_close(struct spool *sp);
 
 /* Appends batch `b` (not taken) as a record with order `seq`. The record is written but not
- * yet durable: call spool_sync() before reporting the batch as accepted. Returns 0 or -errno
- * (the segment is truncated back, so a failed append leaves no partial record). */
-int spool_append(struct spool *sp, uint64_t seq, const struct batch *b);
+ * yet durable: call spool_sync() before reporting the batch as accepted. With `held` NULL the
+ * record is unread (spool_peek/spool_load replay it); otherwise it is created loaded, as if
+ * spool_load had returned it, and *held is set: the caller keeps the batch in memory and ends
+ * with spool_commit() or spool_unload(). Returns 0 or -errno (the segment is truncated back,
+ * so a failed append leaves no partial record; *held is untouched). */
+int spool_append(struct spool *sp, uint64_t seq, const struct batch *b, struct spool_rec **held);
 
 /* Makes every append so far durable (fdatasync of the segment, and an fsync of the directory
  * when a segment was created). 0 or -errno. */
@@ -87,9 +97,12 @@ int spool_load(struct spool *sp, struct spool_rec *rec, struct batch **out);
 /* Puts a loaded record back to unread (its batch was dropped from memory). */
 void spool_unload(struct spool *sp, struct spool_rec *rec);
 
-/* Forgets a loaded record whose rows are committed; deletes its segment when that was the
- * segment's last live record (the active one too: the next append starts a new segment, so a
- * drained spool leaves no files behind). `rec` is freed. */
+/* Forgets a loaded record whose rows are committed and marks it committed in its segment (a
+ * 4-byte pwrite, not synced: it survives a kill -9, and if a power loss undoes it the record
+ * only replays once more, before anything newer; marks of older segments are synced before a
+ * segment is deleted so that this order holds). Deletes its segment when that was the
+ * segment's last live record; the active segment is emptied and reused instead, and
+ * spool_close() deletes it, so a drained spool leaves no files behind. `rec` is freed. */
 void spool_commit(struct spool *sp, struct spool_rec *rec);
 
 uint64_t spool_rec_seq(const struct spool_rec *rec);

@@ -4,4 +4,5 @@
  * (docs/architecture.md, "Adding a source").
  */
 SOURCE(coingecko)
+SOURCE(coinbase)
 SOURCE(analytics)

@@ -18,6 +18,7 @@ rate limited. tests/fakeapi/README.md documents every route, option and control 
 
 import argparse
 import bisect
+import calendar
 import email.utils
 import gzip
 import json
@@ -103,6 +104,11 @@ def iso(ts):
     ms = int(round(ts * 1000))
     t = time.gmtime(ms // 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + ".%03dZ" % (ms % 1000)
+
+
+def iso_seconds(text):
+    """Unix seconds of an ISO time as the API writes it ("2025-02-09T17:44:04.143Z")."""
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
 
 
 def unit(i, t, k):
@@ -530,6 +536,33 @@ class FixtureRoutes:
     def usd_rows(self):
         return json.loads(self.load(FIXTURE_USD_PAGE))
 
+    def simple_price_from_page(self, params):
+        """/simple/price for ids no recording answers, from the 2025 page's rows: the price,
+        and as the real API does when asked (include_*=true), market cap, 24h volume, 24h
+        change and last_updated_at (the row's last_updated, so that asking again gives the
+        same rows). Only usd is known; other currencies leave {} as the real API does."""
+        rows = {r["id"]: r for r in self.usd_rows()}
+        vs_list = [v.strip() for v in params["vs_currencies"].split(",")]
+        flag = lambda f: params.get(f, "false") == "true"
+        out = {}
+        for cid in (i.strip() for i in params["ids"].split(",")):
+            r = rows.get(cid)
+            if r is None:
+                continue  # unknown ids are dropped
+            e = {}
+            if "usd" in vs_list:
+                e["usd"] = r["current_price"]
+                if flag("include_market_cap"):
+                    e["usd_market_cap"] = r["market_cap"]
+                if flag("include_24hr_vol"):
+                    e["usd_24h_vol"] = r["total_volume"]
+                if flag("include_24hr_change"):
+                    e["usd_24h_change"] = r["price_change_percentage_24h"]
+                if flag("include_last_updated_at") and r.get("last_updated"):
+                    e["last_updated_at"] = int(iso_seconds(r["last_updated"]))
+            out[cid] = e
+        return out
+
     def route(self, path, params):
         if path == "/ping":
             return {"gecko_says": "(V3) To the Moon!"}
@@ -555,14 +588,7 @@ class FixtureRoutes:
             ids = set(params["ids"].split(","))
             return [r for r in self.usd_rows() if r["id"] in ids]
         if path == "/simple/price" and best_score < 2:
-            ids = params["ids"].split(",")
-            rows = {r["id"]: r for r in self.usd_rows()}
-            out = {}
-            for cid in ids:
-                if cid in rows:
-                    out[cid] = ({"usd": rows[cid]["current_price"]}
-                                if "usd" in params["vs_currencies"].split(",") else {})
-            return out
+            return self.simple_price_from_page(params)
         if best is None:
             raise ApiError(404, NOT_FOUND_BODY)
         return self.load(best)
@@ -610,7 +636,9 @@ def parse_rate(s):
 class App:
     """Shared state: routes, faults, rate limit, request log. One lock guards it."""
 
-    def __init__(self, args):
+    def __init__(self, args, routes=None):
+        """`routes` (for the other APIs' fakes, which import this module): a function of the
+        App that returns the routes object; default the CoinGecko routes."""
         self.args = args
         self.lock = threading.Lock()
         self.tick = 0
@@ -622,7 +650,9 @@ class App:
         self.rate_initial = (count, window)
         self.rate = RateLimit(count, window, args.rate_slack_ms / 1000.0)
         self.log_file = open(args.log, "a", encoding="utf-8") if args.log else None
-        if args.universe:
+        if routes:
+            self.routes = routes(self)
+        elif args.universe:
             epoch = int(time.time()) if args.epoch == "now" else int(args.epoch or EPOCH_DEFAULT)
             self.routes = SyntheticRoutes(self, args.universe, epoch)
         else:
@@ -643,6 +673,9 @@ class App:
                 if any((params or {}).get(k) != str(v) for k, v in want.items()):
                     continue
                 if route.startswith(m) or path.startswith(m):
+                    if f.get("skip", 0) > 0:  # let this many matching requests through first
+                        f["skip"] -= 1
+                        continue
                     f["remaining"] -= 1
                     if f["remaining"] <= 0:
                         self.faults.remove(f)
@@ -686,7 +719,8 @@ class App:
             queued = []
             for f in items:
                 kind = f.get("kind", "status")
-                if kind not in ("status", "delay", "truncate", "html", "reset", "big"):
+                if kind not in ("status", "delay", "truncate", "html", "reset", "big", "rewrite",
+                                "extend"):
                     return 400, {"error": "unknown fault kind %r" % kind}
                 f = dict(f)
                 f["kind"] = kind
@@ -745,6 +779,11 @@ class App:
 
 
 class Handler(BaseHTTPRequestHandler):
+    """The API side of the server. Another API's fake subclasses it and sets these: the
+    path prefix of the API, its 429 and 404 bodies, and which request headers carry a key."""
+    prefix = PREFIX
+    err_429_body = ERR_429_BODY
+    not_found_body = NOT_FOUND_BODY
     protocol_version = "HTTP/1.1"
     server_version = "fakeapi/1"
     sys_version = ""
@@ -807,7 +846,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def serve_api(self, app, method, path, query, params, t_mono, t_wall):
-        route = path[len(PREFIX):] if path.startswith(PREFIX + "/") else None
+        route = path[len(self.prefix):] if path.startswith(self.prefix + "/") else None
         entry = {"conn": self.conn_id, "method": method, "path": path, "route": route,
                  "query": query, "params": params,
                  "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -828,7 +867,7 @@ class Handler(BaseHTTPRequestHandler):
             with app.lock:
                 wait = app.rate.check(time.monotonic())
             if wait is not None:
-                self.answer(entry, 429, ERR_429_BODY, {"Retry-After": str(wait)})
+                self.answer(entry, 429, self.err_429_body, {"Retry-After": str(wait)})
                 return
             status, body = self.route(app, method, route, params)
             self.answer(entry, status, body)
@@ -842,7 +881,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, app, method, route, params):
         if method != "GET" or route is None:
-            return 404, NOT_FOUND_BODY
+            return 404, self.not_found_body
         try:
             out = app.routes.route(route, params)
         except ApiError as e:
@@ -868,7 +907,7 @@ class Handler(BaseHTTPRequestHandler):
             status = int(f.get("status", 500))
             body = f.get("body")
             if body is None:
-                body = ERR_429_BODY if status == 429 else dumps(
+                body = self.err_429_body if status == 429 else dumps(
                     {"error": "injected %d" % status})
             elif not isinstance(body, str):
                 body = dumps(body)
@@ -897,6 +936,24 @@ class Handler(BaseHTTPRequestHandler):
         elif kind == "reset":
             app.record(entry, 0, 0)
             self.reset()
+        elif kind == "rewrite":
+            # The answer to the same route with some parameters replaced: {"page": "1"} is a
+            # cache in front of the API that ignores `page`.
+            q = dict(params)
+            q.update({k: str(v) for k, v in (f.get("set_params") or {}).items()})
+            status, body = self.route(app, "GET", route, q)
+            self.answer(entry, status, body, extra)
+        elif kind == "extend":
+            # The normal answer with elements appended (an array) or keys merged (an object).
+            status, body = self.route(app, "GET", route, params)
+            if status == 200:
+                doc = json.loads(body)
+                if isinstance(doc, list):
+                    doc.extend(f.get("append") or [])
+                elif isinstance(doc, dict):
+                    doc.update(f.get("merge") or {})
+                body = dumps(doc)
+            self.answer(entry, status, body, extra)
 
     def answer(self, entry, status, body, headers=None, ctype=None):
         self.server.app.record(entry, status, len(body))
@@ -988,9 +1045,9 @@ def build_parser():
     return p
 
 
-def make_server(args):
-    app = App(args)
-    httpd = Server((args.host, args.port), Handler)
+def make_server(args, routes=None, handler=Handler):
+    app = App(args, routes)
+    httpd = Server((args.host, args.port), handler)
     httpd.app = app
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1025,11 +1082,9 @@ def watch_parent(httpd):
     threading.Thread(target=run, daemon=True).start()
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.selftest:
-        return selftest(args)
-    httpd = make_server(args)
+def serve(args, routes=None, handler=Handler):
+    """Runs a server until SIGTERM/SIGINT or the parent's exit (the other fakes call this)."""
+    httpd = make_server(args, routes, handler)
 
     def stop(signum, frame):
         threading.Thread(target=httpd.shutdown, daemon=True).start()
@@ -1043,6 +1098,13 @@ def main(argv=None):
     finally:
         httpd.server_close()
     return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.selftest:
+        return selftest(args)
+    return serve(args)
 
 
 # ---- self test ---------------------------------------------------------------------------

@@ -39,6 +39,24 @@ expect_rc 0 $rc "--check-config with a password from the environment"
 if printf '%s' "$out" | grep -q hunter2-secret; then fail "the password is printed"; else ok "the password is masked"; fi
 contains "$out" "password = ********" "the password shows as ********"
 
+# issue 18, finding 8: an inline '#' comment, quotes around a value, a missing password.
+printf '[database]\nsocket = /run/mysqld/mysqld.sock\n[job.prices]\nevery = 5m # five minutes\n' >"$tmp/hash.conf"
+out=$("$COINGESTD" --check-config -c "$tmp/hash.conf" 2>&1); rc=$?
+expect_rc 0 $rc "'# comment' after a value"
+contains "$out" "every = 5m" "the '#' comment is not part of the value"
+contains "$out" "warning: [database] password is not set" "a missing password is a warning"
+printf '[database]\nuser = "reader"\npassword = "secret"\n' >"$tmp/quoted.conf"
+out=$("$COINGESTD" --check-config -c "$tmp/quoted.conf" 2>&1); rc=$?
+expect_rc 0 $rc "quoted values"
+contains "$out" "user = reader" "the quotes are removed"
+if printf '%s' "$out" | grep -q "password is not set"; then fail "warned although a password is set"; else ok "no warning with a password"; fi
+# The budget prints rates to two decimals and monthly counts as whole numbers.
+if printf '%s' "$out" | grep -E '^budget:' | grep -Eq '=[0-9]+\.[0-9]{3,}|month=[0-9]+\.'; then
+  fail "float noise in the budget: $(printf '%s' "$out" | grep '^budget:')"
+else
+  ok "budget numbers are rounded"
+fi
+
 # A typo'd key: 78, file:line:key.
 printf '[daemon]\nlog_level = info\n\n[job.prices]\nevry = 5m\n' >"$tmp/typo.conf"
 out=$("$COINGESTD" --check-config -c "$tmp/typo.conf" 2>&1); rc=$?

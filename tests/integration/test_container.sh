@@ -35,7 +35,9 @@ fi
 
 # ---- 1. shellcheck ----
 scripts=(docker/entrypoint.sh tests/integration/test_container.sh
-    tests/integration/test_systemd_unit.sh)
+    tests/integration/test_systemd_unit.sh tests/integration/test_install.sh
+    tests/integration/test_quickstart.sh tests/integration/test_install_packages.sh
+    tests/integration/test_mariadb_private.sh scripts/quickstart scripts/install-packages)
 if shellcheck "${scripts[@]}"; then
     echo "ok: shellcheck ${scripts[*]}"
 else

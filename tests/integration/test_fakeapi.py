@@ -7,9 +7,11 @@ the recorded real responses: the same field names in the same order, and every J
 real pages use for a field (int, float, null, object) also appears in the synthetic rows.
 Exit 0 on success, 1 on failure, 77 when python3 cannot run the script.
 """
+import calendar
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,8 +34,12 @@ def check(cond, what):
         print("FAIL:", what, file=sys.stderr)
 
 
+TEMPDIRS = []
+
+
 def start(*args):
     d = tempfile.mkdtemp(prefix="fakeapi-test-")
+    TEMPDIRS.append(d)
     port_file = os.path.join(d, "port")
     p = subprocess.Popen([sys.executable, FAKEAPI, "--port", "0", "--port-file", port_file]
                          + list(args))
@@ -177,6 +183,34 @@ def main():
     finally:
         stop(p)
 
+    # Fixture mode: /simple/price for ids no recording answers comes from the 2025 markets
+    # page, with market cap, volume, change and last_updated_at when asked (issue 18).
+    page = load("coins_markets_usd_p1_250_precision-full_pcp-1h-24h-1y_2025-02-09.json")
+    p, root = start("--fixtures", FIXTURES)
+    try:
+        q = ("/api/v3/simple/price?ids=%s,not-a-coin&vs_currencies=usd"
+             "&include_market_cap=true&include_24hr_vol=true&include_24hr_change=true"
+             "&include_last_updated_at=true&precision=full" % ",".join(r["id"] for r in page))
+        st, body = get(root + q)
+        sp = json.loads(body)
+        check(st == 200 and len(sp) == len(page), "fixture simple/price answers all %d page ids "
+              "and drops unknown ones (%d)" % (len(page), len(sp)))
+        bad = [r["id"] for r in page if sp.get(r["id"], {}) != {
+            "usd": r["current_price"], "usd_market_cap": r["market_cap"],
+            "usd_24h_vol": r["total_volume"], "usd_24h_change": r["price_change_percentage_24h"],
+            "last_updated_at": calendar.timegm(time.strptime(r["last_updated"][:19],
+                                                             "%Y-%m-%dT%H:%M:%S"))}]
+        check(not bad, "fixture simple/price carries the page's price, market cap, volume, "
+              "change and last_updated for every id (wrong: %s)" % bad[:5])
+        st, body = get(root + "/api/v3/simple/price?ids=bitcoin,ethereum&vs_currencies=usd")
+        check(json.loads(body) == {"bitcoin": {"usd": page[0]["current_price"]},
+                                   "ethereum": {"usd": page[1]["current_price"]}},
+              "without include_* only the price, as the real API answers")
+    finally:
+        stop(p)
+
+    for d in TEMPDIRS:
+        shutil.rmtree(d, ignore_errors=True)
     if failures:
         print("%d failure(s)" % len(failures), file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <limits.h>
 #include <unistd.h>
 
 #define FAKEAPI_START_TIMEOUT_MS 30000
@@ -40,10 +41,25 @@ bool fakeapi_available(void)
 
 struct fakeapi *fakeapi_start(const char *const *extra_args)
 {
-    const char *script = getenv("FAKEAPI");
-    if (!script || !*script) {
+    return fakeapi_start_script(NULL, "/api/v3", extra_args);
+}
+
+struct fakeapi *fakeapi_start_script(const char *name, const char *prefix,
+                                     const char *const *extra_args)
+{
+    const char *fake = getenv("FAKEAPI");
+    if (!fake || !*fake) {
         fprintf(stderr, "fakeapi: FAKEAPI is not set\n");
         return NULL;
+    }
+    char path[PATH_MAX];
+    const char *script = fake;
+    if (name) {
+        /* Another API's fake lives beside fakeapi.py. */
+        const char *slash = strrchr(fake, '/');
+        int dir = slash ? (int)(slash - fake) : 1;
+        snprintf(path, sizeof(path), "%.*s/%s", dir, slash ? fake : ".", name);
+        script = path;
     }
     int fds[2];
     if (pipe(fds) != 0) {
@@ -111,7 +127,7 @@ struct fakeapi *fakeapi_start(const char *const *extra_args)
     }
     f->pid = pid;
     f->port = port;
-    snprintf(f->base_url, sizeof(f->base_url), "http://127.0.0.1:%d/api/v3", port);
+    snprintf(f->base_url, sizeof(f->base_url), "http://127.0.0.1:%d%s", port, prefix ? prefix : "");
     snprintf(f->root_url, sizeof(f->root_url), "http://127.0.0.1:%d", port);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     return f;

@@ -1,6 +1,6 @@
 /*
- * fakeapi_proc: runs tests/fakeapi/fakeapi.py as a child process for a unit test and talks to
- * its control API (tests/fakeapi/README.md).
+ * fakeapi_proc: runs tests/fakeapi/fakeapi.py (or another API's fake beside it) as a child process
+ * for a unit test and talks to its control API (tests/fakeapi/README.md).
  *
  * fakeapi_start() forks `python3 $FAKEAPI --port 0 --port-fd N [extra args]` and blocks until
  * the server has written its port to the pipe (it is listening then), so no polling or sleep
@@ -25,6 +25,12 @@ bool fakeapi_available(void);
 /* Starts the fake API with extra arguments (a NULL-terminated list, may be NULL), e.g.
  * {"--universe", "17000", "--rate-limit", "30/min", NULL}. NULL after printing why. */
 struct fakeapi *fakeapi_start(const char *const *extra_args);
+
+/* As fakeapi_start, for another API's fake: `name` is a script beside $FAKEAPI (e.g.
+ * "coinbase.py"; NULL: fakeapi.py itself) and `prefix` the path of its API under the server
+ * root ("" for Coinbase, "/v3" for CoinCap), which fakeapi_base_url then ends with. */
+struct fakeapi *fakeapi_start_script(const char *name, const char *prefix,
+                                     const char *const *extra_args);
 
 /* The bound port, and "http://127.0.0.1:PORT/api/v3" (owned by f). */
 int fakeapi_port(const struct fakeapi *f);

@@ -373,8 +373,13 @@ static void check_defaults(const struct config *c)
 
     static const char *const names[] = {"assets", "prices", "market_caps"};
     static const uint64_t every[] = {86400000, 300000, 3600000};
-    assert_int_equal(c->njobs, 3);
-    for (size_t i = 0; i < c->njobs; i++) {
+    /* CoinGecko's jobs come first; the other sources' follow, and those sources are off. */
+    assert_true(c->njobs > 3);
+    assert_string_equal(c->jobs[3].name, "coinbase_candles");
+    for (size_t i = 0; i < c->nsources; i++)
+        assert_int_equal(c->sources[i].enabled, strcmp(c->sources[i].name, "coingecko") == 0);
+    assert_int_equal(c->naliases, 0);
+    for (size_t i = 0; i < 3; i++) {
         const struct cfg_job *j = &c->jobs[i];
         assert_string_equal(j->name, names[i]);
         assert_true(j->enabled);
@@ -599,11 +604,26 @@ static void test_errors_structure(void **state)
     (void)state;
     expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
                  "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
-                 "[universe], [job.assets], [job.prices], [job.market_caps])");
+                 "[source.coinbase], [universe], [job.assets], [job.prices], [job.market_caps], "
+                 "[job.coinbase_candles], [aliases])");
     expect_error("[source.coinmarketcap]\n",
-                 "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko)");
+                 "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko, "
+                 "coinbase)");
     expect_error("\n[job.price]\nevery = 5m\n",
-                 "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps)");
+                 "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, "
+                 "coinbase_candles)");
+    expect_error("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.BTC = batcat\n",
+                 "3: [aliases] coinbase.BTC: duplicate alias");
+    expect_error("[aliases]\nkraken.XBT = bitcoin\n",
+                 "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase)");
+    expect_error("[aliases]\nBTC = bitcoin\n",
+                 "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
+    struct config *ac = load_ok("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.btc = batcat\n");
+    assert_int_equal(ac->naliases, 2);
+    assert_string_equal(config_alias(ac, "coinbase", "BTC"), "bitcoin");
+    assert_string_equal(config_alias(ac, "coinbase", "btc"), "batcat");
+    assert_null(config_alias(ac, "coingecko", "BTC"));
+    config_free(ac);
     expect_error("[daemon]\nlog_levl = info\n",
                  "2: [daemon] log_levl: unknown key (known: log_level, log_format, "
                  "metrics_listen, spool_dir, shutdown_timeout, health_db_grace)");
@@ -1136,6 +1156,49 @@ static void test_dump_long_list_round_trip(void **state)
     config_free(c);
 }
 
+/* '#' after whitespace starts a comment like ';' does; a value in double quotes loses them, and
+ * inside them ';' and '#' are literal. */
+static void test_inline_hash_and_quotes(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[database]\n"
+                               "user = \"coingest\"\n"
+                               "password = \"p ;w #rd \"   ; the quotes keep blanks and comments\n"
+                               "host = \"db.example\"# no blank before the comment\n"
+                               "socket = \"\"\n"
+                               "[job.prices]\n"
+                               "every = 5m # five minutes\n"
+                               "[job.assets]\n"
+                               "every = 2h\t# two hours\n");
+    assert_string_equal(c->database.user, "coingest");
+    assert_string_equal(c->database.password, "p ;w #rd ");
+    assert_null(c->database.socket); /* "" is empty: not set */
+    assert_int_equal(c->jobs[config_job_index(c, "prices")].every_ms, 5 * 60 * 1000);
+    assert_int_equal(c->jobs[config_job_index(c, "assets")].every_ms, 2 * 60 * 60 * 1000);
+    config_free(c);
+
+    /* A quote inside a value that does not start with one is part of it. */
+    c = load_ok("[database]\npassword = pa\"ss\"\n");
+    assert_string_equal(c->database.password, "pa\"ss\"");
+    config_free(c);
+
+    expect_error("[database]\npassword = \"secret\n",
+                 "2: a value that starts with '\"' needs a closing '\"'");
+    expect_error("[database]\n\npassword = \"secret\" extra\n",
+                 "3: only a comment may follow the closing '\"' of a quoted value");
+
+    /* The dump quotes what would otherwise read back differently. */
+    c = load_ok("[database]\nuser = \"a #b\"\nsocket = \" /tmp/s\"\n");
+    char *dump = dump_string(c);
+    assert_non_null(strstr(dump, "user = \"a #b\"\n"));
+    struct config *back = load_ok(dump);
+    assert_string_equal(back->database.user, "a #b");
+    assert_string_equal(back->database.socket, " /tmp/s");
+    free(dump);
+    config_free(back);
+    config_free(c);
+}
+
 static void set(char **slot, const char *v)
 {
     free(*slot);
@@ -1276,6 +1339,7 @@ int main(void)
         cmocka_unit_test_teardown(test_secret_control_characters, test_teardown),
         cmocka_unit_test_teardown(test_dump_masks_secrets, test_teardown),
         cmocka_unit_test_teardown(test_dump_long_list_round_trip, test_teardown),
+        cmocka_unit_test_teardown(test_inline_hash_and_quotes, test_teardown),
         cmocka_unit_test_teardown(test_diff, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

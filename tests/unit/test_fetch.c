@@ -524,7 +524,7 @@ static void test_key_never_logged(void **state)
 
     char *lines = captured_log(e);
     assert_true(strlen(lines) > 0);
-    assert_non_null(strstr(lines, "request failed"));
+    assert_non_null(strstr(lines, "request failing"));
     assert_non_null(strstr(lines, "retrying request"));
     assert_null(strstr(lines, TEST_KEY));
     assert_null(strstr(lines, "SECRET"));
@@ -596,7 +596,7 @@ static void test_key_fragment_not_in_error(void **state)
     assert_int_equal(key_fragment_in(b.error, key), -1);
 
     char *lines = captured_log(e);
-    assert_non_null(strstr(lines, "request failed"));
+    assert_non_null(strstr(lines, "request failing"));
     assert_non_null(strstr(lines, "retrying request"));
     int at = key_fragment_in(lines, key);
     if (at >= 0)
@@ -1247,6 +1247,92 @@ static void test_cancel_in_backoff(void **state)
     res_free(&x);
 }
 
+/* A storm of failures is one warn line with the count of the failures after it; the first
+ * success after them is an info line, and the next failure is logged again at once. */
+static void test_failures_logged_once(void **state)
+{
+    struct env *e = *state;
+    e->src.max_retries = 3;
+    fault("{\"match\":\"/ping\",\"kind\":\"status\",\"status\":503,\"count\":20}");
+    env_start(e);
+    struct res x[5];
+    int remaining = 5;
+    memset(x, 0, sizeof(x));
+    for (int i = 0; i < 5; i++) {
+        x[i].remaining = &remaining;
+        assert_non_null(api_get(e->api, "/ping", 0, NULL, on_done, &x[i]));
+    }
+    run_until(e, &remaining);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(x[i].outcome, FETCH_HTTP_ERROR);
+    struct api_stats st;
+    api_get_stats(e->api, &st);
+    assert_int_equal(st.failures, 20);
+    assert_int_equal(st.calls_total, 20);
+    assert_int_equal(st.calls_last_minute, 20);
+    struct res ok;
+    fetch_one(e, "/ping", &ok);
+    assert_int_equal(ok.outcome, FETCH_OK);
+    api_get_stats(e->api, &st);
+    assert_int_equal(st.failures, 0);
+    fault("{\"match\":\"/ping\",\"kind\":\"status\",\"status\":404}");
+    struct res again;
+    fetch_one(e, "/ping", &again);
+    env_stop(e);
+
+    char *lines = captured_log(e);
+    /* 20 failed attempts, one line; then the recovery; then the next failure at once. */
+    assert_int_equal(count_substr(lines, "msg=\"request failing\""), 2);
+    assert_non_null(strstr(lines, "level=warn msg=\"request failing\""));
+    assert_non_null(strstr(lines, "level=info msg=\"requests succeed again\""));
+    assert_non_null(strstr(lines, "failures=20"));
+    const char *rec = strstr(lines, "requests succeed again");
+    assert_non_null(strstr(rec, "msg=\"request failing\" api=coingecko path=/ping status=404"));
+    free(lines);
+    for (int i = 0; i < 5; i++)
+        res_free(&x[i]);
+    res_free(&ok);
+    res_free(&again);
+}
+
+/* api_stop: a request in its backoff and one waiting for a token end at once, cancelled; one
+ * made afterwards ends cancelled without being sent; the API counts no failure for them. */
+static void test_stop_ends_waits(void **state)
+{
+    struct env *e = *state;
+    e->src.backoff_base_ms = 60000;
+    e->src.backoff_cap_ms = 60000;
+    e->src.rate_limit = (struct rate){.count = 1, .period_ms = 60000};
+    e->src.burst = 1;
+    fault("{\"match\":\"/ping\",\"kind\":\"status\",\"status\":500,\"count\":10}");
+    env_start(e);
+    struct res a = {0}, b = {0}, c = {0};
+    int remaining = 3;
+    a.remaining = b.remaining = c.remaining = &remaining;
+    assert_non_null(api_get(e->api, "/ping", 0, NULL, on_done, &a));
+    run_until_true(e, got_500, NULL, 20000, "the first answer, a 500");
+    /* a sleeps in its backoff; b waits for the bucket's next token, a minute away */
+    assert_non_null(api_get(e->api, "/global", 0, NULL, on_done, &b));
+    assert_int_equal(api_pending(e->api), 2);
+    uint64_t t0 = uv_now(&e->loop);
+    api_stop(e->api);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.outcome, FETCH_CANCELLED);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.outcome, FETCH_CANCELLED);
+    assert_int_equal(b.attempts, 0);
+    assert_non_null(api_get(e->api, "/global", 0, NULL, on_done, &c));
+    assert_int_equal(c.calls, 0); /* never inline */
+    run_until(e, &remaining);
+    assert_int_equal(c.outcome, FETCH_CANCELLED);
+    assert_int_equal(c.attempts, 0);
+    assert_true(uv_now(&e->loop) - t0 < 5000);
+    env_stop(e);
+    res_free(&a);
+    res_free(&b);
+    res_free(&c);
+}
+
 /* Requests in a row reuse one connection. */
 static void test_connection_reuse(void **state)
 {
@@ -1633,6 +1719,8 @@ int main(void)
         T(test_parse_callback),
         T(test_cancel),
         T(test_cancel_in_backoff),
+        T(test_failures_logged_once),
+        T(test_stop_ends_waits),
         T(test_connection_reuse),
         T(test_bucket_paces_requests),
         T(test_connection_refused),

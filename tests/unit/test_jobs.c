@@ -3,7 +3,10 @@
  * in-memory store instead of the sink: no database. Covers universe resolution (on demand,
  * cached, explicit ids, top N), page walks that stop exactly at the end of the data, a 429 in
  * the middle of a walk (the same page again, none skipped, none twice), the job_runs row (by
- * column name), failures, -EBUSY and cancellation.
+ * column name), failures, -EBUSY and cancellation; and the bad answers of issue 12: a cache
+ * that ignores `page`, a walk past its bound, empty and gutted coin lists (against the
+ * previous list and the database's count, which the in-memory store answers), ids too long
+ * for any URL, and quote answers that are all empty.
  */
 #include <errno.h>
 #include <limits.h>
@@ -21,6 +24,7 @@
 #include "coingest/batch.h"
 #include "coingest/config.h"
 #include "coingest/fetch.h"
+#include "coingest/metrics.h"
 #include "coingest/runner.h"
 #include "coingest/source.h"
 #include "coingest/timers.h"
@@ -37,7 +41,50 @@ struct memstore {
     struct batch *job_runs; /* every job_runs row, appended */
     struct batch *delist;   /* the delisting statements */
     bool refuse;            /* submit fails: rows cannot be kept */
+
+    /* Reads: with `answer_reads`, every SELECT is answered (later, on the loop, as the store
+     * contract says) with one cell, `db_listed`; the last SQL is kept. Without, reads are not
+     * supported, as for a store without a database. */
+    bool answer_reads;
+    uint64_t db_listed;
+    char read_sql[256];
+    unsigned reads;
+    uv_timer_t read_timer;
+    bool read_timer_init;
+    store_read_cb read_cb;
+    void *read_arg;
 };
+
+static void mem_read_answer(uv_timer_t *t)
+{
+    struct memstore *m = t->data;
+    char cell[32];
+    snprintf(cell, sizeof(cell), "%llu", (unsigned long long)m->db_listed);
+    char *names[] = {"COUNT(*)"};
+    char *cells[] = {cell};
+    struct store_rows rows = {.nrows = 1, .ncols = 1, .names = names, .cells = cells};
+    store_read_cb cb = m->read_cb;
+    m->read_cb = NULL;
+    cb(0, &rows, NULL, m->read_arg);
+}
+
+static int mem_read(void *ctx, const char *sql, const char *const *params, size_t nparams,
+                    size_t max_rows, store_read_cb cb, void *arg)
+{
+    struct memstore *m = ctx;
+    (void)params;
+    (void)nparams;
+    (void)max_rows;
+    if (!m->answer_reads)
+        return -ENOTSUP;
+    assert_null(m->read_cb); /* one read at a time */
+    snprintf(m->read_sql, sizeof(m->read_sql), "%s", sql);
+    m->reads++;
+    m->read_cb = cb;
+    m->read_arg = arg;
+    m->read_timer.data = m;
+    return uv_timer_start(&m->read_timer, mem_read_answer, 0, 0);
+}
 
 static int mem_submit(void *ctx, struct batch *b)
 {
@@ -75,6 +122,7 @@ struct env {
     char conf[PATH_MAX];
 
     bool done;
+    bool waiting; /* inside wait_done: the run's end stops the loop */
     struct run_summary sum;
 };
 
@@ -83,6 +131,8 @@ static void on_run_done(const struct run_summary *s, void *arg)
     struct env *e = arg;
     e->sum = *s;
     e->done = true;
+    if (e->waiting)
+        uv_stop(&e->loop);
 }
 
 static void deadline_cb(uv_timer_t *t)
@@ -99,8 +149,12 @@ static void wait_done(struct env *e)
     uv_timer_init(&e->loop, &t);
     t.data = &expired;
     uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
+    /* The loop runs as the daemon runs it (UV_RUN_DEFAULT) until the run reports, which
+     * stops it, or the deadline does. */
+    e->waiting = true;
     while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
+        uv_run(&e->loop, UV_RUN_DEFAULT);
+    e->waiting = false;
     uv_close((uv_handle_t *)&t, NULL);
     uv_run(&e->loop, UV_RUN_NOWAIT);
     if (!e->done)
@@ -144,7 +198,11 @@ static void start_runner(struct env *e)
     for (size_t i = 0; i < e->cfg->nsources; i++)
         if (e->cfg->sources[i].enabled)
             assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
-    struct store store = {.submit = mem_submit, .read = NULL, .ctx = &e->mem};
+    if (!e->mem.read_timer_init) {
+        assert_int_equal(uv_timer_init(&e->loop, &e->mem.read_timer), 0);
+        e->mem.read_timer_init = true;
+    }
+    struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
     e->rn = runner_new(e->cfg, e->apis, store);
     assert_non_null(e->rn);
 }
@@ -184,6 +242,8 @@ static int teardown(void **state)
     for (size_t i = 0; i < 4; i++)
         api_free(e->apis[i]);
     fetcher_free(e->f, fetcher_gone, NULL);
+    if (e->mem.read_timer_init)
+        uv_close((uv_handle_t *)&e->mem.read_timer, NULL);
     uv_run(&e->loop, UV_RUN_DEFAULT);
     timers_free(e->timers);
     uv_run(&e->loop, UV_RUN_DEFAULT);
@@ -238,6 +298,32 @@ static void assert_val_str(const struct val *v, const char *want)
     assert_int_equal(v->type, VAL_STR);
     assert_int_equal(v->len, strlen(want));
     assert_memory_equal(v->u.s, want, v->len);
+}
+
+/* coingest_source_errors_total of a job and reason. */
+static double source_errors(const char *job, const char *reason)
+{
+    char labels[160];
+    snprintf(labels, sizeof(labels), "api=\"coingecko\",job=\"%s\",reason=\"%s\"", job, reason);
+    return metrics_get("coingest_source_errors_total", labels);
+}
+
+/* A fault that answers the next /coins/list with coins coin-00001 .. coin-N (malloc'd JSON,
+ * then queued). */
+static void fault_short_list(struct env *e, unsigned n)
+{
+    size_t cap = 128 + (size_t)n * 64, len = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    len += (size_t)snprintf(json + len, cap - len,
+                            "{\"match\":\"/coins/list\",\"status\":200,\"body\":[");
+    for (unsigned i = 1; i <= n; i++)
+        len += (size_t)snprintf(json + len, cap - len,
+                                "%s{\"id\":\"coin-%05u\",\"symbol\":\"c%05u\",\"name\":\"C\"}",
+                                i > 1 ? "," : "", i, i);
+    snprintf(json + len, cap - len, "]}");
+    assert_int_equal(fakeapi_fault(e->fake, json), 0);
+    free(json);
 }
 
 /* ---- tests ----------------------------------------------------------------------------------- */
@@ -428,6 +514,225 @@ static void test_explicit_ids(void **state)
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 3);
 }
 
+/* A cache in front of the API that ignores `page` answers page 1 for every page: each walk
+ * stops at the first page that brings no new coin, as a source error, and the run goes on
+ * to the next currency and /global (issue 12, item 3). */
+static void test_walk_ignoring_page_stops(void **state)
+{
+    struct env *e = *state;
+    double before = source_errors("market_caps", "walk_stalled");
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"rewrite\","
+                                            "\"set_params\":{\"page\":\"1\"},\"count\":100000}"),
+                     0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "walk /coins/markets?vs_currency=usd"));
+    assert_non_null(strstr(e->sum.error, "page 2 brought no coin the walk had not seen"));
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 2);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 2);
+    assert_int_equal(served(e, "/coins/markets", "page", "3"), 0);
+    assert_int_equal(served(e, "/global", NULL, NULL), 1);
+    /* The repeated page's rows are not handed on a second time. */
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 100);
+    assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
+    assert_true(source_errors("market_caps", "walk_stalled") == before + 2);
+    assert_val_str(job_runs_val(e, 0, "status"), "partial");
+}
+
+/* A walk takes at most the listed coins / per_page pages plus a margin: with a list of 100
+ * coins and 100 a page, three pages, although the markets go on for 600 coins. */
+static void test_walk_is_bounded(void **state)
+{
+    struct env *e = *state;
+    fault_short_list(e, 100);
+    do_run(e, "prices"); /* resolves the universe: the 100-coin list */
+    assert_int_equal(e->sum.status, RUN_OK);
+    /* coin-00003, -00012 and -00014 are not the universe's ids ("coin 00003", "_", "-2"). */
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * 97);
+
+    double before = source_errors("market_caps", "walk_too_long");
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "still full pages after 3 pages (100 coins listed"));
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 3);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 3);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 300);
+    assert_int_equal(served(e, "/global", NULL, NULL), 1);
+    assert_true(source_errors("market_caps", "walk_too_long") == before + 2);
+}
+
+/* An empty /coins/list, or one without a usable id, after a good one: nothing is delisted,
+ * the run is partial, and the universe keeps the good list (issue 12, item 4). */
+static void test_empty_list_delists_nothing(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+
+    static const char *const bodies[] = {"[]", "[{},{\"symbol\":\"x\"},{\"id\":\"\"},7]"};
+    for (size_t i = 0; i < 2; i++) {
+        char fault[256];
+        snprintf(fault, sizeof(fault), "{\"match\":\"/coins/list\",\"status\":200,\"body\":%s}",
+                 bodies[i]);
+        assert_int_equal(fakeapi_fault(e->fake, fault), 0);
+        double before = source_errors("assets", "list_gutted");
+        do_run(e, "assets");
+        assert_int_equal(e->sum.status, RUN_PARTIAL);
+        assert_non_null(strstr(e->sum.error, "the list has no usable coin id"));
+        assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1); /* no second statement */
+        assert_true(source_errors("assets", "list_gutted") == before + 1);
+    }
+
+    /* prices still tracks the 600 coins of the good list. */
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/list", NULL, NULL), 3);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
+}
+
+/* A list that lost more than max_delist_percent (10) of the previous one is refused; one that
+ * lost a few coins is not. */
+static void test_gutted_list_delists_nothing(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "assets");
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+
+    fault_short_list(e, 100);
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "of the 600 coins of the previous list are missing"));
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+
+    /* 590 coins (13 of the 600 gone: 2%) is believable: they are delisted. */
+    fault_short_list(e, 590);
+    do_run(e, "assets");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 2);
+
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/simple/price", NULL, NULL) > 0, 1);
+}
+
+/* On the first run there is no previous list in memory: the database's count of listed
+ * assets is the reference. */
+static void test_gutted_list_first_run_checks_database(void **state)
+{
+    struct env *e = *state;
+    e->mem.answer_reads = true;
+    e->mem.db_listed = 600;
+    fault_short_list(e, 100);
+    do_run(e, "assets");
+    assert_int_equal(e->mem.reads, 1);
+    assert_non_null(strstr(e->mem.read_sql, "FROM assets WHERE delisted_at IS NULL"));
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "100 coins listed against 600 listed in the database"));
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 0);
+
+    /* The whole list agrees with the database: delisting goes ahead. */
+    do_run(e, "assets");
+    assert_int_equal(e->mem.reads, 2);
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
+}
+
+/* A fault that answers the next request for `match` (with `params`, a JSON object) normally,
+ * plus one element {"id": ID, "symbol": "x", "name": "x"} where ID is `rep` repeated n times
+ * (rep is JSON string text, e.g. "\\u00e9"). */
+static void fault_extra_coin(struct env *e, const char *match, const char *params, const char *rep,
+                             unsigned n)
+{
+    size_t cap = 256 + strlen(params) + (size_t)n * strlen(rep), len = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    len += (size_t)snprintf(json + len, cap - len,
+                            "{\"match\":\"%s\",\"params\":%s,\"kind\":\"extend\","
+                            "\"append\":[{\"id\":\"",
+                            match, params);
+    for (unsigned i = 0; i < n; i++)
+        len += (size_t)snprintf(json + len, cap - len, "%s", rep);
+    snprintf(json + len, cap - len, "\",\"symbol\":\"x\",\"name\":\"x\"}]}");
+    assert_int_equal(fakeapi_fault(e->fake, json), 0);
+    free(json);
+}
+
+/* Two ids in /coins/list that no request URL can hold (3,000 'é': 18,000 bytes encoded, more
+ * than the path buffer; 9,000 'x': more than max_url_bytes): each is skipped and counted, and
+ * every other coin is priced (issue 12, item 5). */
+static void test_long_id_skipped_prices(void **state)
+{
+    struct env *e = *state;
+    fault_extra_coin(e, "/coins/list", "{}", "\\u00e9", 3000);
+    fault_extra_coin(e, "/coins/list", "{}", "x", 9000);
+    do_run(e, "prices"); /* the first /coins/list: é */
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
+    assert_true(e->sum.counted >= 1);
+
+    do_run(e, "assets"); /* the second: x */
+    assert_int_equal(e->sum.status, RUN_OK);
+    uint64_t before = e->mem.rows[BATCH_PRICES];
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->mem.rows[BATCH_PRICES] - before, 2 * UNIVERSE);
+    assert_true(e->sum.counted >= 1);
+}
+
+static int setup_category(void **state)
+{
+    return setup_with(state, "[universe]\nvs_currencies = usd, eur\ncategories = layer-1\n");
+}
+
+/* The same for market_caps by ids: a category member whose id no URL can hold is skipped for
+ * both currencies, the 300 other members are fetched. */
+static void test_long_id_skipped_markets(void **state)
+{
+    struct env *e = *state;
+    fault_extra_coin(e, "/coins/markets", "{\"category\":\"layer-1\",\"page\":\"1\"}", "x", 9000);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_string_equal(e->sum.error, "");
+    /* 300 members at 250 ids a request: two requests per currency. */
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 2);
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 300);
+    assert_true(e->sum.counted >= 1);
+}
+
+/* /simple/price answering {} for every id is no success: the run is partial with a clear
+ * error, and the last-success time stays where it was (issue 12, item 10). The same for
+ * markets pages that are all empty. */
+static void test_no_rows_is_not_ok(void **state)
+{
+    struct env *e = *state;
+    const char *last = "job=\"prices\"";
+    double before_ok = metrics_get("coingest_job_last_success_timestamp_seconds", last);
+    double before = source_errors("prices", "no_rows");
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/simple/price\",\"status\":200,"
+                                            "\"body\":{},\"count\":1000}"),
+                     0);
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
+    assert_non_null(strstr(e->sum.error, "/simple/price: "));
+    assert_non_null(strstr(e->sum.error, "successful answers, not one row, for 600 ids"));
+    assert_val_str(job_runs_val(e, 0, "status"), "partial");
+    assert_true(source_errors("prices", "no_rows") == before + 1);
+    assert_true(metrics_get("coingest_job_last_success_timestamp_seconds", last) == before_ok);
+
+    before = source_errors("market_caps", "no_rows");
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"status\":200,"
+                                            "\"body\":[],\"count\":1000}"),
+                     0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->sum.error, "/coins/markets: 2 successful answers, not one row"));
+    assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1); /* /global still comes */
+    assert_true(source_errors("market_caps", "no_rows") == before + 1);
+}
+
 /* The registry: every job has a definition, a unique name and a source; the budget adds up. */
 static void test_registry_and_budget(void **state)
 {
@@ -455,6 +760,16 @@ static void test_registry_and_budget(void **state)
     assert_non_null(strstr(text, "job=market_caps requests_per_run=13 "));
     assert_non_null(strstr(text, "source=coingecko"));
     free(text);
+
+    /* Each job's source error reasons are on /metrics at 0 from the start. */
+    size_t mlen = 0;
+    char *m = metrics_render(&mlen);
+    assert_non_null(m);
+    assert_non_null(strstr(m, "coingest_source_errors_total{api=\"coingecko\",job=\"prices\","
+                              "reason=\"no_rows\"}"));
+    assert_non_null(strstr(m, "coingest_source_errors_total{api=\"coingecko\",job=\"assets\","
+                              "reason=\"list_gutted\"}"));
+    free(m);
 }
 
 int main(void)
@@ -474,6 +789,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_top_n, setup_top, teardown),
         cmocka_unit_test_setup_teardown(test_explicit_ids, setup_ids, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_ignoring_page_stops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_is_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_list_delists_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gutted_list_delists_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gutted_list_first_run_checks_database, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_long_id_skipped_prices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_id_skipped_markets, setup_category, teardown),
+        cmocka_unit_test_setup_teardown(test_no_rows_is_not_ok, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -132,10 +132,15 @@ static void test_numbers(void **state)
     assert_string_equal(logfmt1(LOG_I("n", INT64_MIN)), "n=-9223372036854775808");
     assert_string_equal(logfmt1(LOG_U("n", UINT64_MAX)), "n=18446744073709551615");
     assert_string_equal(logfmt1(LOG_F("n", 0.1)), "n=0.1");
-    assert_string_equal(logfmt1(LOG_F("n", 65432.12)), "n=65432.12");
+    assert_string_equal(logfmt1(LOG_F("n", 65432.12)), "n=65432.1");
     assert_string_equal(logfmt1(LOG_F("n", 1e300)), "n=1e+300");
     assert_string_equal(logfmt1(LOG_F("n", 2.5)), "n=2.5");
-    assert_string_equal(logfmt1(LOG_F("n", 1.0 / 3.0)), "n=0.33333333333333331");
+    /* Float noise is cut to six significant digits; large whole amounts keep their digits. */
+    assert_string_equal(logfmt1(LOG_F("n", 1.0 / 3.0)), "n=0.333333");
+    assert_string_equal(logfmt1(LOG_F("n", 8.9847222222222225)), "n=8.98472");
+    assert_string_equal(logfmt1(LOG_F("n", 388140.00000000006)), "n=388140");
+    assert_string_equal(logfmt1(LOG_F("n", 17500000.4)), "n=17500000");
+    assert_string_equal(logfmt1(LOG_F("n", 0.000123456789)), "n=0.000123457");
     assert_string_equal(logfmt1(LOG_F("n", NAN)), "n=NaN");
     assert_string_equal(logfmt1(LOG_F("n", INFINITY)), "n=+Inf");
     assert_string_equal(logfmt1(LOG_F("n", -INFINITY)), "n=-Inf");
@@ -601,6 +606,65 @@ static void test_threads(void **state)
             assert_int_equal(seen[t][i], 1);
 }
 
+/* One line per interval, and the next one that goes out says how many were held back. */
+static void test_ratelimit(void **state)
+{
+    (void)state;
+    struct log_ratelimit rl = {0};
+    uint64_t held = 99;
+    assert_true(log_ratelimit(&rl, 1000, 60000, &held));
+    assert_int_equal(held, 0);
+    for (int i = 0; i < 25; i++)
+        assert_false(log_ratelimit(&rl, 1000 + (uint64_t)i * 2000, 60000, &held));
+    assert_false(log_ratelimit(&rl, 60999, 60000, &held));
+    assert_true(log_ratelimit(&rl, 61000, 60000, &held));
+    assert_int_equal(held, 26);
+    assert_false(log_ratelimit(&rl, 61001, 60000, &held));
+    /* zeroed (a recovery): the next line goes out at once, with nothing held */
+    memset(&rl, 0, sizeof(rl));
+    assert_true(log_ratelimit(&rl, 61002, 60000, &held));
+    assert_int_equal(held, 0);
+    /* time 0 is a time like any other */
+    memset(&rl, 0, sizeof(rl));
+    assert_true(log_ratelimit(&rl, 0, 10, &held));
+    assert_false(log_ratelimit(&rl, 5, 10, &held));
+}
+
+/* Warn and error lines are kept for the status page whatever the level, masked, newest first,
+ * at most LOG_RECENT_MAX; info lines are not. */
+static void test_recent(void **state)
+{
+    (void)state;
+    int fd = open("/dev/null", O_WRONLY);
+    assert_true(fd >= 0);
+    log_set_fd(fd);
+    log_setup(LOG_ERROR, LOG_FORMAT_JSON);
+    log_recent_clear();
+    log_add_secret("sup3rs3cr3tkey");
+    log_info("not kept");
+    log_warn("request failing", LOG_S("error", "bad key sup3rs3cr3tkey"), LOG_U("n", 1));
+    log_error("job finished", LOG_S("status", "failed"));
+    struct log_recent out[LOG_RECENT_MAX];
+    size_t n = log_recent(out, LOG_RECENT_MAX);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[0].level, LOG_ERROR);
+    assert_string_equal(out[0].line, "level=error msg=\"job finished\" status=failed");
+    assert_int_equal(out[1].level, LOG_WARN);
+    assert_string_equal(out[1].line,
+                        "level=warn msg=\"request failing\" error=\"bad key ********\" n=1");
+    assert_true(out[0].wall_ms > 0);
+    for (int i = 0; i < 30; i++)
+        log_warn("storm", LOG_I("i", i));
+    n = log_recent(out, LOG_RECENT_MAX);
+    assert_int_equal(n, LOG_RECENT_MAX);
+    assert_string_equal(out[0].line, "level=warn msg=storm i=29");
+    assert_string_equal(out[LOG_RECENT_MAX - 1].line, "level=warn msg=storm i=10");
+    assert_int_equal(log_recent(out, 3), 3);
+    log_recent_clear();
+    assert_int_equal(log_recent(out, LOG_RECENT_MAX), 0);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -617,6 +681,8 @@ int main(void)
         cmocka_unit_test_teardown(test_secret_fragments, teardown),
         cmocka_unit_test_teardown(test_truncation, teardown),
         cmocka_unit_test_teardown(test_threads, teardown),
+        cmocka_unit_test_teardown(test_ratelimit, teardown),
+        cmocka_unit_test_teardown(test_recent, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

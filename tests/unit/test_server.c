@@ -385,6 +385,70 @@ static void test_healthz(void **state)
     fx_close(&f);
 }
 
+static int route_cb(void *arg, const char **ctype, char **body, size_t *len)
+{
+    int *calls = arg;
+    (*calls)++;
+    *ctype = "text/html; charset=utf-8";
+    *body = strdup("<p>hello</p>");
+    *len = strlen(*body);
+    return 200;
+}
+
+static int route_nobody_cb(void *arg, const char **ctype, char **body, size_t *len)
+{
+    (void)arg;
+    (void)ctype;
+    (void)body;
+    (void)len;
+    return 200;
+}
+
+/* Routes added with server_route answer GET and HEAD of their exact path (a query string
+ * ignored); the built-in paths cannot be taken; a handler without a body is a 500. */
+static void test_routes(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, health_cb);
+    int calls = 0;
+    assert_int_equal(server_route(f.srv, "/", route_cb, &calls), 0);
+    assert_int_equal(server_route(f.srv, "/", route_cb, &calls), -EEXIST);
+    assert_int_equal(server_route(f.srv, "/metrics", route_cb, &calls), -EEXIST);
+    assert_int_equal(server_route(f.srv, "/healthz", route_cb, &calls), -EEXIST);
+    assert_int_equal(server_route(f.srv, "nope", route_cb, &calls), -EINVAL);
+    assert_int_equal(server_route(f.srv, "/empty", route_nobody_cb, NULL), 0);
+    char many[32];
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < SERVER_MAX_ROUTES; i++) {
+        snprintf(many, sizeof(many), "/r%d", i);
+        rc = server_route(f.srv, many, route_cb, &calls);
+    }
+    assert_int_equal(rc, -ENOSPC);
+
+    struct client c;
+    char v[128];
+    fx_get(&f, &c, "GET /?x=1 HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 200);
+    assert_non_null(resp_header(&c, "Content-Type", v, sizeof(v)));
+    assert_string_equal(v, "text/html; charset=utf-8");
+    assert_string_equal(resp_body(&c), "<p>hello</p>");
+    assert_length_matches(&c);
+    client_free(&c);
+    fx_get(&f, &c, "HEAD / HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 200);
+    assert_string_equal(resp_body(&c), "");
+    client_free(&c);
+    fx_get(&f, &c, "GET /empty HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 500);
+    client_free(&c);
+    fx_get(&f, &c, "GET /index.html HTTP/1.1\r\n\r\n");
+    assert_int_equal(resp_status(&c), 404);
+    client_free(&c);
+    assert_int_equal(calls, 2);
+    fx_close(&f);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -853,6 +917,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_healthz),
+        cmocka_unit_test(test_routes),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_request_size),
         cmocka_unit_test(test_slow_client_cut_off),

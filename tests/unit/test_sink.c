@@ -31,6 +31,7 @@
  * backstop for a test as a whole.
  */
 #include <dirent.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
@@ -54,6 +55,7 @@
 #include "coingest/sink.h"
 #include "coingest/spool.h"
 #include "coingest/timers.h"
+#include "coingest/util.h"
 #include "coingest/wheel.h"
 #include "testdb.h"
 
@@ -278,9 +280,14 @@ static int count_segments(const char *dir)
         return 0;
     int n = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        if (strncmp(de->d_name, "spool-", 6) == 0)
+    while ((de = readdir(d)) != NULL) {
+        struct stat st;
+        /* A drained active segment is emptied and kept while the spool is open: only segments
+         * holding records count. */
+        if (strncmp(de->d_name, "spool-", 6) == 0 && fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
+            st.st_size > 0)
             n++;
+    }
     closedir(d);
     return n;
 }
@@ -594,8 +601,13 @@ static void test_roundtrip_every_spec(void **state)
     assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM assets WHERE platforms"
                                              " LIKE '%DROP TABLE%'"),
                      10);
+    /* 40 rows per upsert spec of the table (CoinCap's spec writes market_snapshots too). */
+    long long snapshot_specs = 0;
+    for (int id = 0; id < BATCH_SPEC_COUNT; id++)
+        snapshot_specs += expect[id] && strcmp(expect[id]->spec->table, "market_snapshots") == 0;
     assert_int_equal(
-        (long long)metrics_get("coingest_rows_written_total", "table=\"market_snapshots\""), 40);
+        (long long)metrics_get("coingest_rows_written_total", "table=\"market_snapshots\""),
+        40 * snapshot_specs);
 
     /* Writing the same rows again changes nothing. */
     for (int id = 0; id < BATCH_SPEC_COUNT; id++) {
@@ -759,6 +771,10 @@ static void test_db_down_at_start(void **state)
     sink_get_stats(h->s, &st);
     assert_false(st.db_up);
     assert_int_equal(st.rows_committed, 0);
+    /* When the outage began, for /healthz: the first failed connection. */
+    assert_true(st.db_down_since_mono_ms > 0 && st.db_down_since_mono_ms <= util_mono_ms());
+    assert_true(util_mono_ms() - st.db_down_since_mono_ms >= 1000); /* the spill waited 1 s */
+    assert_false(st.spool_failing);
     assert_true(count_segments(h->spool) > 0);
     /* Rows that arrive now go straight to the spool. */
     assert_int_equal(sink_submit(h->s, snapshots("down", 1000, 50)), 0);
@@ -775,9 +791,34 @@ static void test_db_down_at_start(void **state)
     sink_get_stats(h->s, &st);
     assert_int_equal(st.rows_spooled, 0);
     assert_int_equal(st.rows_committed, 1050);
+    assert_int_equal(st.db_down_since_mono_ms, 0);
     assert_int_equal(count_segments(h->spool), 0);
     stop_sink(h, 5000);
     config_free(down);
+}
+
+/* The loss and rejection counters are on /metrics at 0 once the sink started, before any
+ * event, so an alert on increase() sees the first one. */
+static void test_counters_exist_at_zero(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    size_t len;
+    char *text = metrics_render(&len);
+    assert_non_null(text);
+    static const char *const want[] = {
+        "coingest_rows_lost_total{reason=\"spool\"} 0\n",
+        "coingest_rows_lost_total{reason=\"memory\"} 0\n",
+        "coingest_rows_lost_total{reason=\"shutdown\"} 0\n",
+        "coingest_rejected_rows_total{table=\"market_snapshots\"} 0\n",
+        "coingest_rejected_rows_total{table=\"assets\"} 0\n",
+        "coingest_rejected_rows_total{table=\"job_runs\"} 0\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (!strstr(text, want[i]))
+            fail_msg("/metrics lacks %s", want[i]);
+    free(text);
+    stop_sink(h, 5000);
 }
 
 static void test_restart_replays_spool(void **state)
@@ -913,10 +954,11 @@ static struct batch *snapshots_ranked(const char *prefix, int from, int n, int r
 }
 
 /* The spool path is taken (memory holds max_pending_rows) and the spool starts refusing
- * writes: rows stay in memory up to twice max_pending_rows and are written; past that only
- * the rows the spool did not take are refused and counted as lost; part of a batch spooled
- * before the failure is reported as kept (and is written). Rows kept in memory keep their
- * place in submission order: a later batch with the same keys wins. */
+ * writes: sink_submit no longer accepts (it returns the spool's error), but the rows stay in
+ * memory up to twice max_pending_rows and are written; past that only the rows the spool did
+ * not take are refused and counted as lost; part of a batch spooled before the failure counts
+ * as accepted (and is written). Rows kept in memory keep their place in submission order: a
+ * later batch with the same keys wins. */
 static void test_spool_full_keeps_rows_in_memory(void **state)
 {
     struct h *h = *state;
@@ -926,27 +968,28 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     /* No loop iteration runs between the submits below, so no job completes and the memory
      * figures are exact. */
-    assert_int_equal(sink_submit(h->s, snapshots("full", 0, 300)), 0); /* memory: 300 */
+    assert_int_equal(sink_submit(h->s, snapshots("full", 0, 300)), 0); /* memory+spool: 300 */
     uint64_t before = spool_bytes(h);
     assert_int_equal(sink_submit(h->s, snapshots("full", 300, 100)), 0); /* spool: 1 record */
     uint64_t rec = spool_bytes(h) - before;
     assert_true(rec > 0);
 
     /* Room for one more 100-row record: the first part of a 250-row batch is spooled, the
-     * next one fails, and the 150 rows left go to memory (300 + 150 <= 600). */
+     * next one fails, and the 150 rows left go to memory (300 + 150 <= 600), not accepted. */
     limit_file_size(spool_bytes(h) + rec + rec / 2);
-    assert_int_equal(sink_submit(h->s, snapshots("full", 400, 250)), 0);
+    assert_int_equal(sink_submit(h->s, snapshots("full", 400, 250)), -EFBIG);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
-    assert_int_equal(st.rows_accepted, 650);
+    assert_int_equal(st.rows_accepted, 500);
     assert_int_equal(st.rows_lost, 0);
     assert_int_equal(st.rows_pending, 650);
+    assert_true(st.spool_failing);
 
     /* Again one record of room: 100 rows spooled, 200 left, 450 + 200 > 600: refused. */
     limit_file_size(spool_bytes(h) + rec + rec / 2);
     assert_true(sink_submit(h->s, snapshots("full", 650, 300)) < 0);
     sink_get_stats(h->s, &st);
-    assert_int_equal(st.rows_accepted, 750);
+    assert_int_equal(st.rows_accepted, 600);
     assert_int_equal(st.rows_lost, 200);
     assert_true(metrics_get("coingest_rows_lost_total", "reason=\"spool\"") == 200);
 
@@ -954,6 +997,8 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
      * spool (memory is over max_pending_rows). They must win over the memory copies. */
     limit_file_size(RLIM_INFINITY);
     assert_int_equal(sink_submit(h->s, snapshots_ranked("full", 400, 250, 1000000)), 0);
+    sink_get_stats(h->s, &st);
+    assert_false(st.spool_failing);
     wait_idle(h);
     assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 750);
     assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
@@ -969,15 +1014,16 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     stop_sink(h, 5000);
 }
 
-/* A hard stop while the database is away and the spool refuses writes: the rows left in
- * memory are counted as lost (stats and metric), not freed silently. */
+/* A hard stop while the database is away and the spool refuses writes: the rows the spool
+ * refused at submit (not accepted, kept in memory) are counted as lost at the stop (stats and
+ * metric), not freed silently. */
 static void test_rows_lost_at_hard_stop(void **state)
 {
     struct h *h = *state;
     struct config *down = down_cfg(h);
     start_sink(h, down);
-    assert_int_equal(sink_submit(h->s, snapshots("lost", 0, 120)), 0); /* memory */
     limit_file_size(spool_bytes(h));
+    assert_int_equal(sink_submit(h->s, snapshots("lost", 0, 120)), -EFBIG); /* memory only */
     h->stopped = false;
     sink_shutdown(h->s, 0, on_stopped, h);
     sink_shutdown(h->s, 0, on_stopped, h);
@@ -985,7 +1031,7 @@ static void test_rows_lost_at_hard_stop(void **state)
     limit_file_size(RLIM_INFINITY);
     struct sink_stats st;
     sink_get_stats(h->s, &st);
-    assert_int_equal(st.rows_accepted, 120);
+    assert_int_equal(st.rows_accepted, 0);
     assert_int_equal(st.rows_lost, 120);
     assert_int_equal(st.rows_spooled, 0);
     assert_int_equal(st.rows_pending, 0);
@@ -1005,7 +1051,8 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     h->cfg->database.flush_interval_ms = 3600000; /* the open job's timer stays armed */
     h->s = sink_new(&h->loop, h->timers, h->cfg);
     assert_non_null(h->s);
-    assert_int_equal(sink_submit(h->s, snapshots("unstarted", 0, 10)), 0);
+    /* Not accepted (no spool yet), kept in memory until the stop. */
+    assert_int_equal(sink_submit(h->s, snapshots("unstarted", 0, 10)), -ENOTCONN);
     assert_int_equal(wheel_count(timers_wheel(h->timers)), 1);
     h->stopped = false;
     sink_shutdown(h->s, 1000, on_stopped, h);
@@ -1018,7 +1065,7 @@ static void test_unstarted_sink_frees_after_timers(void **state)
     assert_true(sink_submit(h->s, snapshots("unstarted", 10, 5)) < 0);
     sink_get_stats(h->s, &st);
     assert_int_equal(st.rows_lost, 15);
-    assert_int_equal(st.rows_accepted, 10);
+    assert_int_equal(st.rows_accepted, 0);
     timers_free(h->timers);
     h->timers = NULL;
     uv_run(&h->loop, UV_RUN_NOWAIT);
@@ -1422,6 +1469,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_down_at_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counters_exist_at_zero, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_spool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hard_shutdown_spools, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_and_ready_callbacks, setup, teardown),

@@ -10,6 +10,13 @@
  * parent then starts its own sink on the same spool with the database up and checks that
  * every row the child reported as spooled is in the table exactly once. A third case appends
  * garbage to the newest segment before the restart: it is skipped with a warning and a count.
+ *
+ * test_kill_after_accept (issue 12, item 1) is the database-up case: a child like a daemon
+ * right after a run (20,000 rows in 250-row pages with batch_rows 999 and a flush interval of
+ * an hour, then the run's job_runs row) reports the rows sink_submit accepted and is killed at
+ * once, three times over on the same spool; every accepted row and every job_runs row must be
+ * in the database after a restart. Rows waiting in memory for the flush interval used to die
+ * with the process.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -141,6 +148,94 @@ static uint64_t run_and_kill(const char *spool, int limit, uint64_t want)
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGKILL);
     return last;
+}
+
+/* --- a child with the database up: a run's rows, then kill -9 ------------------------------ */
+
+#define RUN_ROWS 20000
+#define RUN_PAGE 250
+
+struct runner_child {
+    uv_loop_t loop;
+    struct timers *timers;
+    struct sink *s;
+    int fd;
+    int round;
+};
+
+static struct batch *job_run_row(int round)
+{
+    struct batch *b = batch_new(BATCH_JOB_RUNS, 1);
+    int r = batch_add_row(b);
+    batch_set_str(b, (uint32_t)r, 0, "prices", 6);
+    batch_set_time(b, (uint32_t)r, 1, 1739122947000 + round * 2000);
+    batch_set_time(b, (uint32_t)r, 2, 1739122947000 + round * 2000 + 900);
+    batch_set_str(b, (uint32_t)r, 3, "ok", 2);
+    batch_set_int(b, (uint32_t)r, 4, RUN_ROWS / RUN_PAGE);
+    batch_set_int(b, (uint32_t)r, 5, RUN_ROWS);
+    batch_set_int(b, (uint32_t)r, 6, 900);
+    return b;
+}
+
+/* Once the database is reachable: the run's rows and its job_runs row, as a job submits them,
+ * then the count of accepted rows (sink_submit returned 0) to the parent, which kills us. */
+static void on_child_ready(void *arg)
+{
+    struct runner_child *c = arg;
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "run%d", c->round);
+    uint64_t accepted = 0;
+    for (int i = 0; i < RUN_ROWS; i += RUN_PAGE)
+        if (sink_submit(c->s, page(prefix, i, RUN_PAGE)) == 0)
+            accepted += RUN_PAGE;
+    if (sink_submit(c->s, job_run_row(c->round)) == 0)
+        accepted += 1;
+    if (write(c->fd, &accepted, sizeof(accepted)) != (ssize_t)sizeof(accepted))
+        _exit(5);
+}
+
+static void runner_child_main(const char *spool, const char *db, int fd, int round)
+{
+    alarm(120);
+    struct config *cfg = config_defaults();
+    testdb_fill_config(cfg, db);
+    free(cfg->daemon.spool_dir);
+    cfg->daemon.spool_dir = strdup(spool);
+    cfg->database.batch_rows = 999;
+    cfg->database.flush_interval_ms = 3600000; /* partial tasks wait in memory */
+    struct runner_child c = {.fd = fd, .round = round};
+    if (uv_loop_init(&c.loop) || !(c.timers = timers_new(&c.loop)) ||
+        !(c.s = sink_new(&c.loop, c.timers, cfg)) || sink_start(c.s))
+        _exit(2);
+    sink_on_ready(c.s, on_child_ready, &c);
+    uv_run(&c.loop, UV_RUN_DEFAULT); /* until SIGKILL */
+    _exit(3);
+}
+
+/* Runs one child round and kills it as soon as it reports; returns what it accepted. */
+static uint64_t run_round_and_kill(const char *spool, const char *db, int round)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        runner_child_main(spool, db, p[1], round);
+    }
+    close(p[1]);
+    uint64_t accepted = 0;
+    ssize_t n = read(p[0], &accepted, sizeof(accepted));
+    kill(pid, SIGKILL);
+    close(p[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (n != (ssize_t)sizeof(accepted))
+        fail_msg("child ended before reporting (read %zd, status %d)", n, status);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+    return accepted;
 }
 
 /* --- the parent: restart with the database up ---------------------------------------------- */
@@ -305,6 +400,38 @@ static void test_corrupt_tail_skipped(void **state)
     assert_int_equal(count_segments(c->spool, NULL, 0), 0);
 }
 
+static void test_kill_after_accept(void **state)
+{
+    struct ctx *c = *state;
+    c->admin = testdb_create("test_sink_crash", c->db, sizeof(c->db));
+    assert_non_null(c->admin);
+    uint64_t accepted = 0;
+    for (int round = 0; round < 3; round++) {
+        uint64_t a = run_round_and_kill(c->spool, c->db, round);
+        fprintf(stderr,
+                "test_kill_after_accept: round %d accepted %llu rows, %lld in the table "
+                "at the kill\n",
+                round, (unsigned long long)a,
+                testdb_scalar(c->admin, "SELECT COUNT(*) FROM market_snapshots"));
+        assert_int_equal(a, RUN_ROWS + 1); /* the database is up: everything is accepted */
+        accepted += a;
+    }
+    struct sink_stats st;
+    restart_and_drain(c->spool, c->db, &st);
+    long long rows = testdb_scalar(c->admin, "SELECT COUNT(*) FROM market_snapshots");
+    long long runs = testdb_scalar(c->admin, "SELECT COUNT(*) FROM job_runs");
+    fprintf(stderr,
+            "test_kill_after_accept: accepted %llu, in the database %lld rows + %lld runs\n",
+            (unsigned long long)accepted, rows, runs);
+    assert_int_equal(rows, 3 * RUN_ROWS);
+    assert_int_equal(testdb_scalar(c->admin, "SELECT COUNT(DISTINCT asset_id) FROM"
+                                             " market_snapshots"),
+                     3 * RUN_ROWS);
+    assert_int_equal(runs, 3);
+    assert_int_equal((uint64_t)(rows + runs), accepted);
+    assert_int_equal(count_segments(c->spool, NULL, 0), 0);
+}
+
 int main(void)
 {
     if (!testdb_available()) {
@@ -317,6 +444,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kill_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill_mid_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_tail_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill_after_accept, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     db_library_end();

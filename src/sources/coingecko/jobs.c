@@ -28,6 +28,13 @@
  *
  * The `top` walk always asks for full pages (CoinGecko's `page` counts in units of
  * per_page) and keeps only the first N coins of the last one.
+ *
+ * Answers that parse but cannot be right are source errors (run_source_error; docs/jobs.md,
+ * "Bad answers"): a walk stops at a page that brings no new coin and after a bounded number
+ * of pages; a coin list without ids, or one that would delist more than max_delist_percent
+ * of what was listed (the previous list, and the database's count), delists nothing and does
+ * not replace the universe; quote requests that all come back empty are no success. One id
+ * that no URL can hold is dropped and counted, never the run.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -39,6 +46,9 @@
 #include "coingest/tbucket.h"
 #include "coingest/util.h"
 #include "sources/coingecko/coingecko.h"
+
+/* Coins a walk may expect before any /coins/list was seen (CoinGecko lists ~17,500). */
+#define WALK_DEFAULT_COINS 100000u
 
 /* --- state -------------------------------------------------------------------------------- */
 
@@ -95,6 +105,14 @@ struct cg_run {
     uint32_t per_page;
     size_t url_budget; /* bytes a path may take: max_url_bytes less the base URL */
     uint64_t cache_ttl_top_ms, cache_ttl_categories_ms;
+    uint32_t max_delist_percent;
+
+    /* assets: the database's count of listed assets, read before a new list may delist */
+    bool count_asked;
+    uint64_t db_listed; /* 0: unknown (no database to read, or the read failed) */
+
+    /* prices and market_caps: requests for quotes that succeeded, and the rows they gave */
+    uint64_t answered, quotes;
 
     enum step step;
     enum step after_resolve;
@@ -104,8 +122,9 @@ struct cg_run {
     /* pagination */
     size_t vs_idx, cat_idx;
     uint32_t page;
-    uint64_t collected; /* coins kept so far in this walk */
-    bool walk_failed;   /* a page of this walk failed for good */
+    uint64_t collected;       /* coins kept so far in this walk */
+    bool walk_failed;         /* a page of this walk failed for good, or the walk was cut short */
+    struct strlist walk_seen; /* ids this walk (one currency or category) brought, sorted */
 
     /* the ids the run tracks (sorted, unique) and a cursor over them */
     struct strlist ids;
@@ -173,6 +192,7 @@ static void cg_cleanup(struct run *run)
     strlist_clear(&r->categories);
     strlist_clear(&r->ids);
     strlist_clear(&r->scratch);
+    strlist_clear(&r->walk_seen);
 }
 
 static void set_error(struct cg_run *r, const char *what, const char *why)
@@ -243,9 +263,27 @@ static int append_raw(char *buf, size_t cap, size_t *n, const char *s)
     return 0;
 }
 
+/* Drops r->ids.items[i], an id that alone makes a request too long: it cannot be asked for
+ * at all. One id must not stop the others, so it is counted and logged (once: it leaves the
+ * run's ids, so later requests and currencies never meet it again) and the run goes on. */
+static void drop_id(struct cg_run *r, size_t i)
+{
+    char *id = r->ids.items[i];
+    size_t len = strlen(id);
+    char head[65];
+    util_copy_clean(head, sizeof(head), id, len < 64 ? len : 64);
+    log_warn("coin id too long for a request; skipped", LOG_S("job", run_name(r->run)),
+             LOG_S("id_start", head), LOG_U("bytes", len));
+    run_count(r->run, 1);
+    free(id);
+    memmove(&r->ids.items[i], &r->ids.items[i + 1], (r->ids.n - i - 1) * sizeof(*r->ids.items));
+    r->ids.n--;
+}
+
 /* Builds prefix + ids + suffix from r->ids starting at r->next_id, with as many ids (at most
- * max_ids, at least one) as keep the path within the URL budget. Sets req_ids/req_nids and
- * advances next_id. */
+ * max_ids) as keep the path within the URL budget; an id that does not fit even alone is
+ * dropped (drop_id). Sets req_ids/req_nids and advances next_id. Returns 0, -ENOENT when no
+ * id is left to ask for, or -ENOSPC when prefix and suffix alone do not fit. */
 static int build_ids_path(struct cg_run *r, const char *prefix, const char *suffix, size_t max_ids)
 {
     size_t n = 0;
@@ -254,20 +292,27 @@ static int build_ids_path(struct cg_run *r, const char *prefix, const char *suff
         return -ENOSPC;
     size_t limit = r->url_budget < sizeof(r->path) - 1 ? r->url_budget : sizeof(r->path) - 1;
     size_t fixed = n + strlen(suffix);
-    size_t budget = limit > fixed ? limit - fixed : 0;
-    size_t first = r->next_id, used = 0;
+    if (fixed >= limit)
+        return -ENOSPC;
+    size_t budget = limit - fixed, first = r->next_id, used = 0;
     while (r->next_id < r->ids.n && r->next_id - first < max_ids) {
         const char *id = r->ids.items[r->next_id];
-        size_t add = enc_len(id) + (r->next_id > first ? 3 : 0); /* "%2C" separator */
-        if (r->next_id > first && used + add > budget)
+        size_t len = enc_len(id);
+        if (len > budget) {
+            drop_id(r, r->next_id);
+            continue;
+        }
+        size_t add = len + (r->next_id > first ? 3 : 0); /* "%2C" separator */
+        if (used + add > budget)
             break;
-        if (r->next_id > first && append_raw(r->path, sizeof(r->path), &n, "%2C"))
-            break;
-        if (append_enc(r->path, sizeof(r->path) - strlen(suffix), &n, id))
-            return -ENOSPC; /* one id alone does not fit */
+        if ((r->next_id > first && append_raw(r->path, sizeof(r->path), &n, "%2C")) ||
+            append_enc(r->path, sizeof(r->path), &n, id))
+            return -ENOSPC; /* cannot happen: the budget is within the buffer */
         used += add;
         r->next_id++;
     }
+    if (r->next_id == first)
+        return -ENOENT;
     if (append_raw(r->path, sizeof(r->path), &n, suffix))
         return -ENOSPC;
     r->req_ids = (const char *const *)&r->ids.items[first];
@@ -433,14 +478,61 @@ static void next_step(struct cg_run *r, enum step st)
     r->next_id = 0;
     r->walk_failed = false;
     strlist_clear(&r->scratch);
+    strlist_clear(&r->walk_seen);
+}
+
+/* Starts the next walk of a step (another currency or category) at page 1. */
+static void next_walk(struct cg_run *r)
+{
+    r->page = 1;
+    r->collected = 0;
+    strlist_clear(&r->walk_seen);
+}
+
+/* The most pages a walk may take: every coin the last /coins/list named (or a generous
+ * guess before there is one), per_page at a time, plus a margin for coins listed since and
+ * for pages that shift while the walk goes on. */
+static uint32_t walk_max_pages(const struct cg_run *r)
+{
+    uint64_t coins = r->j->listed.n ? r->j->listed.n : WALK_DEFAULT_COINS;
+    uint64_t pages = (coins + r->per_page - 1) / r->per_page;
+    pages += pages / 10 + 2;
+    return pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages;
+}
+
+/* What the current walk is, for an error message: the path of its page 1. */
+static void walk_name(const struct cg_run *r, char *buf, size_t cap)
+{
+    const char *q = strstr(r->path, "&order=");
+    int n = q ? (int)(q - r->path) : (int)strlen(r->path);
+    snprintf(buf, cap, "walk %.*s", n > 200 ? 200 : n, r->path);
 }
 
 /* After a page of a walk: records it and says whether the walk goes on to page+1. A page
- * that failed for good ends the walk (the engine already retried it). */
+ * that failed for good ends the walk (the engine already retried it). So does a page that
+ * brings no coin this walk has not seen (an API, or a cache in front of it, that ignores
+ * `page` would answer page 1 forever) and a walk past walk_max_pages(): both are source
+ * errors, the walk counts as failed (no cache entry comes of it), and a repeated page's rows
+ * are dropped. */
 static bool page_done(struct cg_run *r)
 {
     if (!r->last_ok) {
         r->walk_failed = true;
+        return false;
+    }
+    char what[256], why[256];
+    size_t seen = r->walk_seen.n;
+    strlist_append(&r->walk_seen, &r->got_ids);
+    strlist_sort_uniq(&r->walk_seen);
+    if (r->got_ncoins > 0 && r->walk_seen.n == seen) {
+        walk_name(r, what, sizeof(what));
+        snprintf(why, sizeof(why),
+                 "page %u brought no coin the walk had not seen (the API or a cache in front "
+                 "of it ignores `page`); stopped",
+                 r->page);
+        run_source_error(r->run, "walk_stalled", what, why);
+        r->walk_failed = true;
+        drop_batches(r);
         return false;
     }
     for (size_t i = 0; i < r->got_ids.n; i++)
@@ -448,7 +540,20 @@ static bool page_done(struct cg_run *r)
     r->collected += r->got_ncoins;
     if (r->got_ncoins < r->per_page)
         return false; /* a short page is the last one */
-    return !top_walk(r) || r->collected < r->top;
+    if (top_walk(r) && r->collected >= r->top)
+        return false;
+    uint32_t max = walk_max_pages(r);
+    if (r->page >= max) {
+        walk_name(r, what, sizeof(what));
+        snprintf(why, sizeof(why),
+                 "still full pages after %u pages (%zu coins listed, %u a page, plus a "
+                 "margin); stopped",
+                 max, r->j->listed.n, r->per_page);
+        run_source_error(r->run, "walk_too_long", what, why);
+        r->walk_failed = true;
+        return false;
+    }
+    return true;
 }
 
 /* Narrows the run's ids to those in `set` (sorted); when the run tracks "all", the set
@@ -510,7 +615,7 @@ static int resolve_step(struct cg_run *r)
         if (more) {
             r->page++;
         } else if (!r->walk_failed && cats && ++r->cat_idx < r->categories.n) {
-            r->page = 1;
+            next_walk(r);
         } else if (!r->walk_failed) {
             strlist_sort_uniq(&r->scratch);
             cache_store(r, cache);
@@ -540,30 +645,102 @@ static int resolve_step(struct cg_run *r)
                         cats ? BATCH_ASSET_CATEGORIES : -1);
 }
 
+/* Is a coin list just fetched (`got`, sorted and unique) a believable successor of what was
+ * listed before: the last list this process accepted and, when known, the database's count of
+ * listed assets? A list with no usable id, or one that would delist more than
+ * max_delist_percent of either, is a bad answer (an empty or gutted body from the API or a
+ * cache): recorded as a source error, and the caller neither delists nor keeps it. */
+static bool list_believable(struct cg_run *r, const struct strlist *got)
+{
+    const struct strlist *prev = &r->j->listed;
+    uint64_t gone = 0;
+    for (size_t i = 0; i < prev->n; i++)
+        gone += !strlist_contains_sorted(got, prev->items[i]);
+    uint64_t db_gone = r->db_listed > got->n ? r->db_listed - got->n : 0;
+    uint64_t pct = r->max_delist_percent;
+    char why[256];
+    if (got->n == 0) {
+        snprintf(why, sizeof(why), "the list has no usable coin id");
+    } else if (gone * 100 > prev->n * pct) {
+        snprintf(why, sizeof(why),
+                 "%llu of the %zu coins of the previous list are missing (more than "
+                 "max_delist_percent = %llu%%)",
+                 (unsigned long long)gone, prev->n, (unsigned long long)pct);
+    } else if (db_gone * 100 > r->db_listed * pct) {
+        snprintf(why, sizeof(why),
+                 "%zu coins listed against %llu listed in the database (more than "
+                 "max_delist_percent = %llu%% would be delisted)",
+                 got->n, (unsigned long long)r->db_listed, (unsigned long long)pct);
+    } else {
+        return true;
+    }
+    char what[96];
+    snprintf(what, sizeof(what), "GET %.80s", r->path);
+    char msg[400];
+    snprintf(msg, sizeof(msg), "%s; refused: nothing delisted, the previous list kept", why);
+    run_source_error(r->run, "list_gutted", what, msg);
+    return false;
+}
+
+/* Replaces the universe's coin list with the run's (got_ids, sorted) and empties got_ids. */
+static void keep_list(struct cg_run *r)
+{
+    strlist_clear(&r->j->listed);
+    r->j->listed = r->got_ids;
+    memset(&r->got_ids, 0, sizeof(r->got_ids));
+}
+
+static void on_listed_count(int rc, const struct store_rows *rows, const char *err, void *arg)
+{
+    struct cg_run *r = run_state(arg);
+    if (rc == 0 && rows->nrows == 1 && rows->ncols == 1 && rows->cells[0])
+        r->db_listed = strtoull(rows->cells[0], NULL, 10);
+    else
+        log_warn("listed assets could not be counted; the coin list is checked against the "
+                 "previous list only",
+                 LOG_S("job", run_name(r->run)),
+                 LOG_S("error", rc ? (err ? err : strerror(-rc)) : "unexpected result"));
+    advance(r);
+}
+
 static int assets_list_step(struct cg_run *r)
 {
-    struct cg_state *j = r->j;
     if (!r->sent) {
         snprintf(r->path, sizeof(r->path), "/coins/list?include_platform=true");
         return send_request(r, BATCH_ASSETS_LIST, -1, -1);
     }
+    if (r->last_ok && !r->count_asked) {
+        /* What delisting would touch: the listed assets in the database. A restart forgets
+         * the previous list; the database does not. */
+        r->count_asked = true;
+        int rc = run_read(r->run,
+                          "SELECT COUNT(*) FROM assets WHERE delisted_at IS NULL AND "
+                          "listed_at IS NOT NULL",
+                          NULL, 0, 1, on_listed_count, r->run);
+        if (rc == 0)
+            return 0; /* on_listed_count goes on */
+        if (rc != -ENOTSUP)
+            log_warn("listed assets could not be counted; the coin list is checked against "
+                     "the previous list only",
+                     LOG_S("job", run_name(r->run)), LOG_S("error", strerror(-rc)));
+    }
     if (r->last_ok) {
         bool stored = submit(r, r->b[0]);
         r->b[0] = NULL;
-        strlist_clear(&j->listed);
-        j->listed = r->got_ids;
-        memset(&r->got_ids, 0, sizeof(r->got_ids));
-        strlist_sort_uniq(&j->listed);
-        /* Assets not in this list are delisted; the sink runs the statement only after the
-         * list is committed (a statement batch is a barrier). Without the whole list stored,
-         * nothing may be marked. */
-        struct batch *d = stored ? batch_new(BATCH_ASSETS_DELIST, 1) : NULL;
-        if (d && batch_add_row(d) == 0) {
-            batch_set_time(d, 0, 0, r->times.run_ms);
-            batch_set_time(d, 0, 1, r->times.run_ms);
-            submit(r, d);
-        } else {
-            batch_free(d);
+        strlist_sort_uniq(&r->got_ids);
+        if (list_believable(r, &r->got_ids)) {
+            keep_list(r);
+            /* Assets not in this list are delisted; the sink runs the statement only after
+             * the list is committed (a statement batch is a barrier). Without the whole list
+             * stored, nothing may be marked. */
+            struct batch *d = stored ? batch_new(BATCH_ASSETS_DELIST, 1) : NULL;
+            if (d && batch_add_row(d) == 0) {
+                batch_set_time(d, 0, BATCH_ASSETS_DELIST_COL_DELISTED_AT, r->times.run_ms);
+                batch_set_time(d, 0, BATCH_ASSETS_DELIST_COL_LISTED_BEFORE, r->times.run_ms);
+                submit(r, d);
+            } else {
+                batch_free(d);
+            }
         }
     }
     next_step(r, ST_ASSETS_CATEGORIES);
@@ -577,16 +754,16 @@ static int category_pages_step(struct cg_run *r)
         return 1;
     }
     if (r->sent) {
+        bool more = page_done(r);
         if (r->last_ok) {
             submit(r, r->b[2]);
             r->b[2] = NULL;
         }
-        bool more = page_done(r);
         drop_batches(r);
         if (more) {
             r->page++;
         } else if (++r->cat_idx < r->categories.n) {
-            r->page = 1;
+            next_walk(r);
         } else {
             /* The members just walked refresh the cache prices and market_caps use. */
             if (!r->walk_failed)
@@ -601,16 +778,34 @@ static int category_pages_step(struct cg_run *r)
     return send_request(r, BATCH_MARKET_SNAPSHOTS, BATCH_ASSETS_MARKET, BATCH_ASSET_CATEGORIES);
 }
 
+/* Records the quotes a prices or markets request gave, before its batches go. */
+static void count_quotes(struct cg_run *r)
+{
+    if (r->sent && r->last_ok) {
+        r->answered++;
+        r->quotes += r->b[0] ? r->b[0]->nrows : 0;
+    }
+}
+
+/* Every answer came back empty although ids were asked for: the API (or a cache) answered
+ * nothing, which must not pass for a successful run. */
+static void check_quotes(struct cg_run *r, const char *what)
+{
+    if (r->answered == 0 || r->quotes > 0)
+        return;
+    char why[160];
+    int n = snprintf(why, sizeof(why), "%llu successful answers, not one row",
+                     (unsigned long long)r->answered);
+    if (r->ids.n && n > 0 && (size_t)n < sizeof(why))
+        snprintf(why + n, sizeof(why) - (size_t)n, ", for %zu ids", r->ids.n);
+    run_source_error(r->run, "no_rows", what, why);
+}
+
 static int prices_step(struct cg_run *r)
 {
+    count_quotes(r);
     if (r->sent)
         submit_all(r);
-    if (r->next_id >= r->ids.n) {
-        if (r->ids.n == 0)
-            set_error(r, "universe", "no ids to track");
-        next_step(r, ST_DONE);
-        return 1;
-    }
     char prefix[1024];
     size_t n = 0;
     prefix[0] = '\0';
@@ -629,6 +824,13 @@ static int prices_step(struct cg_run *r)
                             "&include_24hr_change=true&include_last_updated_at=true"
                             "&precision=full",
                             SIZE_MAX);
+    if (rc == -ENOENT) { /* every id was asked for (or dropped) */
+        if (r->ids.n == 0)
+            set_error(r, "universe", "no ids to track");
+        check_quotes(r, "/simple/price");
+        next_step(r, ST_DONE);
+        return 1;
+    }
     if (rc)
         return rc;
     return send_request(r, BATCH_PRICES, -1, -1);
@@ -636,63 +838,75 @@ static int prices_step(struct cg_run *r)
 
 /* market_caps: `ids = all` without categories walks the pages (with `top`: the first N
  * coins); any other universe is fetched by id, 250 ids a request (a page's maximum). */
+/* market_caps: one currency is done; the next one starts at its first page or id. */
+static void markets_next_currency(struct cg_run *r)
+{
+    /* The first currency's walk of the top N refreshes the cache prices uses. */
+    if (r->ids_all && r->top && r->vs_idx == 0 && !r->walk_failed)
+        cache_store(r, &r->j->top);
+    strlist_clear(&r->scratch);
+    r->vs_idx++;
+    next_walk(r);
+    r->next_id = 0;
+    r->walk_failed = false;
+}
+
 static int markets_step(struct cg_run *r)
 {
+    count_quotes(r);
     if (r->sent) {
-        bool ok = r->last_ok;
         bool more;
         if (r->ids_all) {
             more = page_done(r);
         } else {
             more = r->next_id < r->ids.n;
-            if (!ok)
+            if (!r->last_ok)
                 r->walk_failed = true;
         }
         submit_all(r);
-        if (more) {
+        r->sent = false;
+        if (more)
             r->page++;
-        } else {
-            /* The first currency's walk of the top N refreshes the cache prices uses. */
-            if (r->ids_all && r->top && r->vs_idx == 0 && !r->walk_failed)
-                cache_store(r, &r->j->top);
-            strlist_clear(&r->scratch);
-            r->vs_idx++;
-            r->page = 1;
-            r->next_id = 0;
-            r->collected = 0;
-            r->walk_failed = false;
-        }
+        else
+            markets_next_currency(r);
     }
-    if (r->vs_idx >= r->vs.n) {
-        next_step(r, ST_GLOBAL);
-        return 1;
-    }
-    /* Rank and image come once, with the first currency. */
-    int assets_spec = r->vs_idx == 0 ? BATCH_ASSETS_MARKET : -1;
-    int rc;
-    if (r->ids_all) {
-        rc = markets_page_path(r, r->vs.items[r->vs_idx], NULL);
-    } else {
-        if (r->ids.n == 0) {
-            set_error(r, "universe", "no ids to track");
+    for (;;) {
+        if (r->vs_idx >= r->vs.n) {
+            check_quotes(r, "/coins/markets");
             next_step(r, ST_GLOBAL);
             return 1;
         }
-        char prefix[256];
-        size_t n = 0;
-        prefix[0] = '\0';
-        rc = append_raw(prefix, sizeof(prefix), &n, "/coins/markets?vs_currency=");
-        if (!rc)
-            rc = append_enc(prefix, sizeof(prefix), &n, r->vs.items[r->vs_idx]);
-        if (!rc)
-            rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
-        if (!rc)
-            rc = build_ids_path(r, prefix,
-                                "&order=market_cap_desc&per_page=250&page=1&precision=full", 250);
+        /* Rank and image come once, with the first currency. */
+        int assets_spec = r->vs_idx == 0 ? BATCH_ASSETS_MARKET : -1;
+        int rc;
+        if (r->ids_all) {
+            rc = markets_page_path(r, r->vs.items[r->vs_idx], NULL);
+        } else {
+            char prefix[256];
+            size_t n = 0;
+            prefix[0] = '\0';
+            rc = append_raw(prefix, sizeof(prefix), &n, "/coins/markets?vs_currency=");
+            if (!rc)
+                rc = append_enc(prefix, sizeof(prefix), &n, r->vs.items[r->vs_idx]);
+            if (!rc)
+                rc = append_raw(prefix, sizeof(prefix), &n, "&ids=");
+            if (!rc)
+                rc = build_ids_path(
+                    r, prefix, "&order=market_cap_desc&per_page=250&page=1&precision=full", 250);
+            if (rc == -ENOENT && r->ids.n == 0) {
+                set_error(r, "universe", "no ids to track");
+                next_step(r, ST_GLOBAL);
+                return 1;
+            }
+            if (rc == -ENOENT) { /* the ids left were dropped: this currency is done */
+                markets_next_currency(r);
+                continue;
+            }
+        }
+        if (rc)
+            return rc;
+        return send_request(r, BATCH_MARKET_SNAPSHOTS, assets_spec, -1);
     }
-    if (rc)
-        return rc;
-    return send_request(r, BATCH_MARKET_SNAPSHOTS, assets_spec, -1);
 }
 
 /* Moves the run to its next request, or finishes it. Called at the start and after each
@@ -713,10 +927,9 @@ static void advance(struct cg_run *r)
                 break;
             }
             if (r->last_ok) {
-                strlist_clear(&j->listed);
-                j->listed = r->got_ids;
-                memset(&r->got_ids, 0, sizeof(r->got_ids));
-                strlist_sort_uniq(&j->listed);
+                strlist_sort_uniq(&r->got_ids);
+                if (list_believable(r, &r->got_ids))
+                    keep_list(r);
             }
             drop_batches(r);
             if (!j->listed.n) {
@@ -800,6 +1013,8 @@ static int cg_start(struct run *run, enum cg_job id)
     r->all = cfg->universe.all;
     r->top = cfg->universe.top;
     r->per_page = per_page && per_page->u ? (uint32_t)per_page->u : 250;
+    const struct cfg_value *delist = config_source_value(src, "max_delist_percent");
+    r->max_delist_percent = delist && delist->set ? (uint32_t)delist->u : 10;
     size_t base = src->base_url ? strlen(src->base_url) : 0;
     size_t max_url = src->max_url_bytes ? src->max_url_bytes : 8000;
     r->url_budget = max_url > base ? max_url - base : 0;
@@ -894,6 +1109,12 @@ static uint64_t market_caps_requests(const struct config *cfg, const struct cfg_
 
 #define MS_MINUTE (60u * 1000u)
 
+/* The reasons each job's run_source_error() calls use (coingest_source_errors_total). */
+static const char *const assets_errors[] = {"walk_stalled", "walk_too_long", "list_gutted", NULL};
+static const char *const prices_errors[] = {"walk_stalled", "walk_too_long", "list_gutted",
+                                            "no_rows", NULL};
+static const char *const market_caps_errors[] = {"walk_stalled", "walk_too_long", "no_rows", NULL};
+
 const struct job_def coingecko_assets_job = {
     .name = "assets",
     .every_ms = 24ull * 60 * MS_MINUTE,
@@ -903,6 +1124,7 @@ const struct job_def coingecko_assets_job = {
     .start = assets_start,
     .cleanup = cg_cleanup,
     .requests_per_run = assets_requests,
+    .source_errors = assets_errors,
 };
 
 const struct job_def coingecko_prices_job = {
@@ -914,6 +1136,7 @@ const struct job_def coingecko_prices_job = {
     .start = prices_start,
     .cleanup = cg_cleanup,
     .requests_per_run = prices_requests,
+    .source_errors = prices_errors,
 };
 
 const struct job_def coingecko_market_caps_job = {
@@ -925,4 +1148,5 @@ const struct job_def coingecko_market_caps_job = {
     .start = market_caps_start,
     .cleanup = cg_cleanup,
     .requests_per_run = market_caps_requests,
+    .source_errors = market_caps_errors,
 };

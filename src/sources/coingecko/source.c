@@ -20,14 +20,22 @@
 #define MINUTE_MS 60000u
 
 static const struct source_plan plans[] = {
-    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL},
-    {"demo", "https://api.coingecko.com/api/v3", {30, MINUTE_MS}, 10000, "x-cg-demo-api-key"},
-    {"pro", "https://pro-api.coingecko.com/api/v3", {500, MINUTE_MS}, 500000, "x-cg-pro-api-key"},
+    {"public", "https://api.coingecko.com/api/v3", {10, MINUTE_MS}, 0, NULL, NULL},
+    {"demo", "https://api.coingecko.com/api/v3", {30, MINUTE_MS}, 10000, "x-cg-demo-api-key", NULL},
+    {"pro",
+     "https://pro-api.coingecko.com/api/v3",
+     {500, MINUTE_MS},
+     500000,
+     "x-cg-pro-api-key",
+     NULL},
 };
 
 static const struct cfg_key keys[] = {
     /* /coins/markets page size; CoinGecko serves at most 250. */
     {"per_page", CFG_KEY_U64, "250", 1, 250},
+    /* A /coins/list that would delist more than this share (percent) of the coins listed
+     * before is refused: no delisting, the universe keeps the previous list (jobs.c). */
+    {"max_delist_percent", CFG_KEY_U64, "10", 0, 100},
 };
 
 static const char *const secret_params[] = {
