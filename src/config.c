@@ -487,9 +487,11 @@ static void sections_init(void)
         s->kind = SK_SOURCE;
         s->index = i;
         s->src = d;
-        s->nkeys = ARRAY_SIZE(source_keys) + d->nkeys;
-        if (!(s->keys =
-                  merge_keys(source_keys, ARRAY_SIZE(source_keys), d->keys, d->nkeys, R_SOURCE))) {
+        /* A source without a remote API (no plans) has only `enabled` of the generic keys:
+         * the others (URL, key, rates, timeouts) would mean nothing to it. */
+        size_t nbase = d->nplans ? ARRAY_SIZE(source_keys) : 1;
+        s->nkeys = nbase + d->nkeys;
+        if (!(s->keys = merge_keys(source_keys, nbase, d->keys, d->nkeys, R_SOURCE))) {
             sections_rc = -ENOMEM;
             return;
         }
