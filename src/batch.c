@@ -34,6 +34,58 @@ static const char *const prices_vwap_cols[] = {BATCH_PRICES_VWAP_COLUMNS(BATCH_C
 static const char *const market_snapshots_vwap_cols[] = {
     BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(BATCH_COL_NAME)};
 static const char *const candle_fill_cols[] = {BATCH_CANDLE_FILL_COLUMNS(BATCH_COL_NAME)};
+static const char *const analytics_mark_cols[] = {BATCH_ANALYTICS_MARK_COLUMNS(BATCH_COL_NAME)};
+static const char *const analytics_unmark_cols[] = {BATCH_ANALYTICS_UNMARK_COLUMNS(BATCH_COL_NAME)};
+static const char *const analytics_state_cols[] = {BATCH_ANALYTICS_STATE_COLUMNS(BATCH_COL_NAME)};
+static const char *const rollups_cols[] = {BATCH_ROLLUPS_COLUMNS(BATCH_COL_NAME)};
+static const char *const indicators_daily_cols[] = {BATCH_INDICATORS_DAILY_COLUMNS(BATCH_COL_NAME)};
+static const char *const movers_clear_cols[] = {BATCH_MOVERS_CLEAR_COLUMNS(BATCH_COL_NAME)};
+static const char *const movers_fill_cols[] = {BATCH_MOVERS_FILL_COLUMNS(BATCH_COL_NAME)};
+static const char *const retention_cols[] = {BATCH_RETENTION_COLUMNS(BATCH_COL_NAME)};
+
+/* The analytics statements (docs/analytics.md). A rollup is the prices rows of a bucket that
+ * carry a price: open and close are the prices at the bucket's first and last
+ * source_updated_at (the primary key makes those rows unique), volume_24h and market_cap come
+ * from the last one. computed_at moves only when a value changes, so that re-running changes
+ * nothing and the indicators job sees what did change. Target columns are qualified in the
+ * UPDATE clause: the SELECT reads prices, which has columns of the same names. */
+#define HOUR_OF(t) "TIMESTAMP(DATE(" t "), MAKETIME(HOUR(" t "), 0, 0))"
+#define DAY_OF(t)  "TIMESTAMP(DATE(" t "))"
+#define ROLLUP_SQL(bucket, start)                                                                  \
+    "INSERT INTO price_rollups (source, asset_id, vs_currency, bucket, bucket_start, open, high,"  \
+    " low, close, samples, volume_24h, market_cap, computed_at)"                                   \
+    " SELECT b.source, b.asset_id, b.vs_currency, '" bucket "', b.b_start, po.price, b.b_high,"    \
+    " b.b_low, pc.price, b.b_samples, pc.volume_24h, pc.market_cap, NOW(3) FROM"                   \
+    " (SELECT source, asset_id, vs_currency, " start " AS b_start,"                                \
+    " MIN(source_updated_at) AS t_open, MAX(source_updated_at) AS t_close, MAX(price) AS b_high,"  \
+    " MIN(price) AS b_low, COUNT(*) AS b_samples FROM prices"                                      \
+    " WHERE source_updated_at >= ? AND source_updated_at < ? AND price IS NOT NULL"                \
+    " GROUP BY source, asset_id, vs_currency, b_start) b"                                          \
+    " JOIN prices po ON po.asset_id = b.asset_id AND po.vs_currency = b.vs_currency"               \
+    " AND po.source = b.source AND po.source_updated_at = b.t_open"                                \
+    " JOIN prices pc ON pc.asset_id = b.asset_id AND pc.vs_currency = b.vs_currency"               \
+    " AND pc.source = b.source AND pc.source_updated_at = b.t_close"                               \
+    " ON DUPLICATE KEY UPDATE price_rollups.computed_at ="                                         \
+    " IF(price_rollups.open <=> VALUES(open) AND price_rollups.high <=> VALUES(high)"              \
+    " AND price_rollups.low <=> VALUES(low) AND price_rollups.close <=> VALUES(close)"             \
+    " AND price_rollups.samples <=> VALUES(samples)"                                               \
+    " AND price_rollups.volume_24h <=> VALUES(volume_24h)"                                         \
+    " AND price_rollups.market_cap <=> VALUES(market_cap),"                                        \
+    " price_rollups.computed_at, VALUES(computed_at)),"                                            \
+    " price_rollups.open = VALUES(open), price_rollups.high = VALUES(high),"                       \
+    " price_rollups.low = VALUES(low), price_rollups.close = VALUES(close),"                       \
+    " price_rollups.samples = VALUES(samples), price_rollups.volume_24h = VALUES(volume_24h),"     \
+    " price_rollups.market_cap = VALUES(market_cap)"
+#define MOVERS_RANKED(dir, order)                                                                  \
+    "SELECT day, vs_currency, source, '" dir "' AS direction, asset_id, return_nd,"                \
+    " ROW_NUMBER() OVER (PARTITION BY day, vs_currency, source ORDER BY return_nd " order          \
+    ", asset_id) AS rn FROM indicators_daily WHERE day >= ? AND day <= ?"                          \
+    " AND return_nd IS NOT NULL AND market_cap >= ?"
+#define RETENTION_SQL(table, t)                                                                    \
+    "DELETE FROM " table " WHERE " t " >= ? AND " t " < ? AND EXISTS (SELECT 1 FROM"               \
+    " price_rollups r WHERE r.source = " table ".source AND r.asset_id = " table ".asset_id"       \
+    " AND r.vs_currency = " table ".vs_currency AND r.bucket = '1d'"                               \
+    " AND r.bucket_start = " DAY_OF(table "." t) ") ORDER BY " t " LIMIT ?"
 
 #define COLS(a) a, (uint16_t)(sizeof(a) / sizeof((a)[0]))
 
@@ -125,6 +177,56 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
                            " updated_at) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE"
                            " filled_to = GREATEST(filled_to, VALUES(filled_to)),"
                            " updated_at = VALUES(updated_at)"},
+    [BATCH_ANALYTICS_MARK] =
+        {BATCH_ANALYTICS_MARK, "analytics_mark", "analytics_dirty", BATCH_KIND_STATEMENT,
+         COLS(analytics_mark_cols),
+         "INSERT INTO analytics_dirty (bucket_start, marked_at)"
+         " SELECT DISTINCT " HOUR_OF(
+             "p.source_updated_at") ", ?"
+                                    " FROM prices p WHERE p.fetched_at > COALESCE((SELECT s.value "
+                                    "FROM"
+                                    " analytics_state s WHERE s.name = 'rollups.fetched_until'), ?)"
+                                    " - INTERVAL 10 MINUTE"
+                                    " ON DUPLICATE KEY UPDATE marked_at = VALUES(marked_at)"},
+    [BATCH_ANALYTICS_UNMARK] = {BATCH_ANALYTICS_UNMARK, "analytics_unmark", "analytics_dirty",
+                                BATCH_KIND_STATEMENT, COLS(analytics_unmark_cols),
+                                "DELETE FROM analytics_dirty WHERE bucket_start >= ?"
+                                " AND bucket_start < ? AND marked_at <= ?"},
+    [BATCH_ANALYTICS_STATE] = {BATCH_ANALYTICS_STATE, "analytics_state", "analytics_state",
+                               BATCH_KIND_UPSERT, COLS(analytics_state_cols),
+                               "value=VALUES(value)"},
+    [BATCH_ROLLUPS_HOURLY] = {BATCH_ROLLUPS_HOURLY, "rollups_hourly", "price_rollups",
+                              BATCH_KIND_STATEMENT, COLS(rollups_cols),
+                              ROLLUP_SQL("1h", HOUR_OF("source_updated_at"))},
+    [BATCH_ROLLUPS_DAILY] = {BATCH_ROLLUPS_DAILY, "rollups_daily", "price_rollups",
+                             BATCH_KIND_STATEMENT, COLS(rollups_cols),
+                             ROLLUP_SQL("1d", DAY_OF("source_updated_at"))},
+    [BATCH_INDICATORS_DAILY] = {BATCH_INDICATORS_DAILY, "indicators_daily", "indicators_daily",
+                                BATCH_KIND_UPSERT, COLS(indicators_daily_cols),
+                                "close=VALUES(close), market_cap=VALUES(market_cap),"
+                                " return_1d=VALUES(return_1d), return_nd=VALUES(return_nd),"
+                                " return_days=VALUES(return_days), rsi_14=VALUES(rsi_14),"
+                                " avg_gain=VALUES(avg_gain), avg_loss=VALUES(avg_loss),"
+                                " volatility_14d=VALUES(volatility_14d),"
+                                " volatility_30d=VALUES(volatility_30d)"},
+    [BATCH_MOVERS_CLEAR] = {BATCH_MOVERS_CLEAR, "movers_clear", "movers_daily",
+                            BATCH_KIND_STATEMENT, COLS(movers_clear_cols),
+                            "DELETE FROM movers_daily WHERE day >= ? AND day <= ?"},
+    [BATCH_MOVERS_FILL] =
+        {BATCH_MOVERS_FILL, "movers_fill", "movers_daily", BATCH_KIND_STATEMENT,
+         COLS(movers_fill_cols),
+         "INSERT INTO movers_daily (day, vs_currency, source, direction, `rank`,"
+         " asset_id, return_nd) SELECT day, vs_currency, source, direction, rn,"
+         " asset_id, return_nd FROM (" MOVERS_RANKED("top", "DESC") " UNION ALL " MOVERS_RANKED(
+             "bottom", "ASC") ") ranked WHERE rn <= ?"
+                              " ON DUPLICATE KEY UPDATE asset_id = VALUES(asset_id),"
+                              " return_nd = VALUES(return_nd)"},
+    [BATCH_RETENTION_PRICES] = {BATCH_RETENTION_PRICES, "retention_prices", "prices",
+                                BATCH_KIND_STATEMENT, COLS(retention_cols),
+                                RETENTION_SQL("prices", "source_updated_at")},
+    [BATCH_RETENTION_SNAPSHOTS] = {BATCH_RETENTION_SNAPSHOTS, "retention_market_snapshots",
+                                   "market_snapshots", BATCH_KIND_STATEMENT, COLS(retention_cols),
+                                   RETENTION_SQL("market_snapshots", "snapshot_at")},
 };
 
 const struct batch_spec *batch_spec(enum batch_spec_id id)

@@ -487,9 +487,11 @@ static void sections_init(void)
         s->kind = SK_SOURCE;
         s->index = i;
         s->src = d;
-        s->nkeys = ARRAY_SIZE(source_keys) + d->nkeys;
-        if (!(s->keys =
-                  merge_keys(source_keys, ARRAY_SIZE(source_keys), d->keys, d->nkeys, R_SOURCE))) {
+        /* A source without a remote API (no plans) has only `enabled` of the generic keys:
+         * the others (URL, key, rates, timeouts) would mean nothing to it. */
+        size_t nbase = d->nplans ? ARRAY_SIZE(source_keys) : 1;
+        s->nkeys = nbase + d->nkeys;
+        if (!(s->keys = merge_keys(source_keys, nbase, d->keys, d->nkeys, R_SOURCE))) {
             sections_rc = -ENOMEM;
             return;
         }
@@ -661,6 +663,8 @@ static int own_defaults(struct config *cfg);
 static int plan_defaults(struct cfg_source *src, bool base_url, bool rate, bool plan_limit,
                          bool credits)
 {
+    if (src->def->nplans == 0)
+        return 0; /* a source without a remote API */
     const struct source_plan *pl = &src->def->plans[src->plan];
     if (base_url && set_str(&src->base_url, pl->base_url))
         return -ENOMEM;
@@ -1991,6 +1995,8 @@ static int check_plan_host(struct parse *p, size_t i)
 static int check_source(struct parse *p, size_t i)
 {
     const struct cfg_source *src = &p->cfg->sources[i];
+    if (src->def->nplans == 0)
+        return 0; /* no remote API: nothing to check */
     const struct source_plan *plan = &src->def->plans[src->plan];
     int sec = source_section(i);
     char a[32], b[32], env[96], env_file[104];
@@ -2252,7 +2258,8 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
         fprintf(out, "%s = %s\n", k->name, format_names[*(const enum log_format *)f]);
         break;
     case K_PLAN:
-        fprintf(out, "%s = %s\n", k->name, sections[sec].src->plans[*(const uint32_t *)f].name);
+        if (sections[sec].src->nplans) /* a source without plans has no `plan` to print */
+            fprintf(out, "%s = %s\n", k->name, sections[sec].src->plans[*(const uint32_t *)f].name);
         break;
     case K_SSL_MODE:
         fprintf(out, "%s = %s\n", k->name, ssl_mode_names[*(const enum db_ssl_mode *)f]);

@@ -760,7 +760,8 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     if (!d->apis)
         goto fail_setup;
     for (size_t i = 0; i < cfg->nsources; i++) {
-        if (!cfg->sources[i].enabled)
+        /* A source without plans (analytics) needs no API; its jobs still run. */
+        if (!cfg->sources[i].enabled || cfg->sources[i].def->nplans == 0)
             continue;
         if (!(d->apis[i] = api_new(d->fetcher, &cfg->sources[i])))
             goto fail_setup;
@@ -800,8 +801,8 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         for (size_t i = 0; i < d->nslots; i++) {
             d->slots[i].d = d;
             d->slots[i].id = i;
-            /* A source that is off has no API: its jobs are not scheduled. */
-            if (!d->apis[cfg->jobs[i].source])
+            /* The jobs of a source that is off are not scheduled. */
+            if (!cfg->sources[cfg->jobs[i].source].enabled)
                 continue;
             d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
             if (!d->slots[i].sched_job)

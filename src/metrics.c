@@ -60,6 +60,8 @@ static const struct mdesc descs[] = {
     {"coingest_reload_failures_total", M_COUNTER, "Configuration reloads refused"},
     {"coingest_unmapped_keys_total", M_COUNTER,
      "Source asset keys a mapping pass left unmapped (ambiguous or unknown)"},
+    {"coingest_retention_deleted_rows_total", M_COUNTER,
+     "Raw rows the retention job deleted (covered by a daily rollup), by table"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

@@ -236,7 +236,10 @@ int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg)
     if (rn->runs[job])
         return -EBUSY;
     const struct cfg_job *cj = &rn->cfg->jobs[job];
-    if (!rn->apis[cj->source])
+    const struct cfg_source *src = &rn->cfg->sources[cj->source];
+    /* A source without plans (analytics) has no API: its jobs only use the store. */
+    bool api_less = src->def && src->def->nplans == 0;
+    if (api_less ? !src->enabled : !rn->apis[cj->source])
         return -ENODEV;
     struct run *r = calloc(1, sizeof(*r));
     if (!r)
@@ -393,6 +396,8 @@ int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetc
                     fetch_done_cb done)
 {
     struct api *api = r->rn->apis[r->rn->cfg->jobs[r->job].source];
+    if (!api)
+        return -ENODEV; /* a source without plans has no API */
     r->parse = parse;
     r->req_done = done;
     /* Long id lists make long paths: the error message keeps their beginning. */
@@ -452,8 +457,8 @@ bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE 
     bool all_fit = true;
     for (size_t s = 0; s < cfg->nsources; s++) {
         const struct cfg_source *src = &cfg->sources[s];
-        if (!src->enabled)
-            continue;
+        if (!src->enabled || (src->def && src->def->nplans == 0))
+            continue; /* no API, no requests */
         double per_min = 0, per_month = 0;
         for (size_t i = 0; i < cfg->njobs; i++) {
             const struct cfg_job *jb = &cfg->jobs[i];

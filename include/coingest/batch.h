@@ -58,6 +58,17 @@ enum batch_spec_id {
     /* statement (source, product, interval_s, filled_to, updated_at): a candle backfill got
      * this far; a barrier, so it runs after the candles before it have committed */
     BATCH_CANDLE_FILL = 13,
+    /* analytics (src/sources/analytics/, docs/analytics.md); statements unless said */
+    BATCH_ANALYTICS_MARK = 14,      /* (marked_at, first_run_at): hours with new rows */
+    BATCH_ANALYTICS_UNMARK = 15,    /* (from, to, marked_at): recomputed hours */
+    BATCH_ANALYTICS_STATE = 16,     /* upsert: analytics_state watermarks */
+    BATCH_ROLLUPS_HOURLY = 17,      /* (from, to): price_rollups '1h' from prices */
+    BATCH_ROLLUPS_DAILY = 18,       /* (from, to): price_rollups '1d' from prices */
+    BATCH_INDICATORS_DAILY = 19,    /* upsert: indicators_daily */
+    BATCH_MOVERS_CLEAR = 20,        /* (from_day, to_day) */
+    BATCH_MOVERS_FILL = 21,         /* (from_day, to_day, min_cap, n) */
+    BATCH_RETENTION_PRICES = 22,    /* (from, to, limit): covered prices rows */
+    BATCH_RETENTION_SNAPSHOTS = 23, /* (from, to, limit): covered market_snapshots rows */
     BATCH_SPEC_COUNT
 };
 
@@ -255,6 +266,75 @@ enum { BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(BATCH_COL_ENUM) BATCH_MARKET_SNAPSHOT
     X(BATCH_CANDLE_FILL_COL_FILLED_TO, "filled_to")                                                \
     X(BATCH_CANDLE_FILL_COL_UPDATED_AT, "updated_at")
 enum { BATCH_CANDLE_FILL_COLUMNS(BATCH_COL_ENUM) BATCH_CANDLE_FILL_NCOLS };
+/* ---- analytics (src/sources/analytics/) ---- */
+
+/* BATCH_ANALYTICS_MARK: marks the hours of prices rows fetched since the last mark. */
+#define BATCH_ANALYTICS_MARK_COLUMNS(X)                                                            \
+    X(BATCH_ANALYTICS_MARK_COL_MARKED_AT, "marked_at")                                             \
+    X(BATCH_ANALYTICS_MARK_COL_FIRST_RUN_AT, "first_run_at")
+enum { BATCH_ANALYTICS_MARK_COLUMNS(BATCH_COL_ENUM) BATCH_ANALYTICS_MARK_NCOLS };
+
+/* BATCH_ANALYTICS_UNMARK: forgets marks of [from, to) made no later than marked_at. */
+#define BATCH_ANALYTICS_UNMARK_COLUMNS(X)                                                          \
+    X(BATCH_ANALYTICS_UNMARK_COL_FROM, "from")                                                     \
+    X(BATCH_ANALYTICS_UNMARK_COL_TO, "to")                                                         \
+    X(BATCH_ANALYTICS_UNMARK_COL_MARKED_AT, "marked_at")
+enum { BATCH_ANALYTICS_UNMARK_COLUMNS(BATCH_COL_ENUM) BATCH_ANALYTICS_UNMARK_NCOLS };
+
+/* BATCH_ANALYTICS_STATE: the analytics_state table. */
+#define BATCH_ANALYTICS_STATE_COLUMNS(X)                                                           \
+    X(BATCH_ANALYTICS_STATE_COL_NAME, "name")                                                      \
+    X(BATCH_ANALYTICS_STATE_COL_VALUE, "value")
+enum { BATCH_ANALYTICS_STATE_COLUMNS(BATCH_COL_ENUM) BATCH_ANALYTICS_STATE_NCOLS };
+
+/* BATCH_ROLLUPS_HOURLY, BATCH_ROLLUPS_DAILY: the buckets that start in [from, to). */
+#define BATCH_ROLLUPS_COLUMNS(X)                                                                   \
+    X(BATCH_ROLLUPS_COL_FROM, "from")                                                              \
+    X(BATCH_ROLLUPS_COL_TO, "to")
+enum { BATCH_ROLLUPS_COLUMNS(BATCH_COL_ENUM) BATCH_ROLLUPS_NCOLS };
+
+/* BATCH_INDICATORS_DAILY: the indicators_daily table. */
+#define BATCH_INDICATORS_DAILY_COLUMNS(X)                                                          \
+    X(BATCH_INDICATORS_DAILY_COL_SOURCE, "source")                                                 \
+    X(BATCH_INDICATORS_DAILY_COL_ASSET_ID, "asset_id")                                             \
+    X(BATCH_INDICATORS_DAILY_COL_VS_CURRENCY, "vs_currency")                                       \
+    X(BATCH_INDICATORS_DAILY_COL_DAY, "day")                                                       \
+    X(BATCH_INDICATORS_DAILY_COL_CLOSE, "close")                                                   \
+    X(BATCH_INDICATORS_DAILY_COL_MARKET_CAP, "market_cap")                                         \
+    X(BATCH_INDICATORS_DAILY_COL_RETURN_1D, "return_1d")                                           \
+    X(BATCH_INDICATORS_DAILY_COL_RETURN_ND, "return_nd")                                           \
+    X(BATCH_INDICATORS_DAILY_COL_RETURN_DAYS, "return_days")                                       \
+    X(BATCH_INDICATORS_DAILY_COL_RSI_14, "rsi_14")                                                 \
+    X(BATCH_INDICATORS_DAILY_COL_AVG_GAIN, "avg_gain")                                             \
+    X(BATCH_INDICATORS_DAILY_COL_AVG_LOSS, "avg_loss")                                             \
+    X(BATCH_INDICATORS_DAILY_COL_VOLATILITY_14D, "volatility_14d")                                 \
+    X(BATCH_INDICATORS_DAILY_COL_VOLATILITY_30D, "volatility_30d")
+enum { BATCH_INDICATORS_DAILY_COLUMNS(BATCH_COL_ENUM) BATCH_INDICATORS_DAILY_NCOLS };
+
+/* BATCH_MOVERS_CLEAR: the movers of the days in [from_day, to_day]. */
+#define BATCH_MOVERS_CLEAR_COLUMNS(X)                                                              \
+    X(BATCH_MOVERS_CLEAR_COL_FROM_DAY, "from_day")                                                 \
+    X(BATCH_MOVERS_CLEAR_COL_TO_DAY, "to_day")
+enum { BATCH_MOVERS_CLEAR_COLUMNS(BATCH_COL_ENUM) BATCH_MOVERS_CLEAR_NCOLS };
+
+/* BATCH_MOVERS_FILL: ranks the days in [from_day, to_day] (the range twice: top, bottom). */
+#define BATCH_MOVERS_FILL_COLUMNS(X)                                                               \
+    X(BATCH_MOVERS_FILL_COL_TOP_FROM_DAY, "top_from_day")                                          \
+    X(BATCH_MOVERS_FILL_COL_TOP_TO_DAY, "top_to_day")                                              \
+    X(BATCH_MOVERS_FILL_COL_TOP_MIN_CAP, "top_min_market_cap")                                     \
+    X(BATCH_MOVERS_FILL_COL_BOTTOM_FROM_DAY, "bottom_from_day")                                    \
+    X(BATCH_MOVERS_FILL_COL_BOTTOM_TO_DAY, "bottom_to_day")                                        \
+    X(BATCH_MOVERS_FILL_COL_BOTTOM_MIN_CAP, "bottom_min_market_cap")                               \
+    X(BATCH_MOVERS_FILL_COL_N, "n")
+enum { BATCH_MOVERS_FILL_COLUMNS(BATCH_COL_ENUM) BATCH_MOVERS_FILL_NCOLS };
+
+/* BATCH_RETENTION_PRICES, BATCH_RETENTION_SNAPSHOTS: deletes at most `limit` rows of
+ * [from, to) that a daily rollup covers. */
+#define BATCH_RETENTION_COLUMNS(X)                                                                 \
+    X(BATCH_RETENTION_COL_FROM, "from")                                                            \
+    X(BATCH_RETENTION_COL_TO, "to")                                                                \
+    X(BATCH_RETENTION_COL_LIMIT, "limit")
+enum { BATCH_RETENTION_COLUMNS(BATCH_COL_ENUM) BATCH_RETENTION_NCOLS };
 
 enum batch_kind { BATCH_KIND_UPSERT = 0, BATCH_KIND_STATEMENT = 1 };
 

@@ -105,7 +105,8 @@ typedef void (*runner_done_cb)(const struct run_summary *sum, void *arg);
 struct runner;
 
 /* The runner over a config (which must outlive it or be replaced with runner_set_config),
- * the APIs of the sources (apis[i] for cfg->sources[i]; NULL for a source that is off) and
+ * the APIs of the sources (apis[i] for cfg->sources[i]; NULL for a source that is off or has
+ * no plans: the jobs of an enabled source without plans run without an API) and
  * a store (copied). Makes each source's shared state. NULL on OOM. */
 struct runner *runner_new(const struct config *cfg, struct api *const *apis, struct store store);
 
@@ -116,7 +117,7 @@ void runner_free(struct runner *rn);
 void runner_set_config(struct runner *rn, const struct config *cfg);
 
 /* Starts one run of job `job` (index into cfg->jobs). Returns 0, -EBUSY if that job is already
- * running, -ENODEV if its source is off, -EINVAL for a bad index, -ENOMEM. `done` runs once on
+ * running, -ENODEV if its source is off (for a source with plans: has no API in `apis`), -EINVAL for a bad index, -ENOMEM. `done` runs once on
  * the loop thread when the run is over -- possibly before runner_start returns. */
 int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg);
 
@@ -156,7 +157,7 @@ bool run_cancelled(const struct run *r);
  * Before `done` runs, the runner has already counted the attempts and, for a
  * request that failed for good, recorded "GET path: reason" as the run's error (first one
  * wins) -- for FETCH_CANCELLED, run_cancelled() is true. One request at a time per run.
- * Returns 0 or -ENOMEM (no callback). */
+ * Returns 0, -ENOMEM or -ENODEV (a source without plans has no API; no callback). */
 int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_done_cb done);
 
 /* As run_get, with a limit on the body's size (0: only the source's max_body_size): what the

@@ -48,6 +48,9 @@ struct source_def {
     const char *title;       /* for humans: "CoinGecko" */
     bool enabled_by_default; /* false: the source runs only when its section says enabled */
 
+    /* No plans (nplans 0): a source without a remote API, whose jobs only read and write the
+     * database (analytics). It gets no API, no token bucket and no budget; the generic keys
+     * of [source.NAME] other than `enabled` mean nothing to it. */
     const struct source_plan *plans;
     size_t nplans;
 

@@ -49,7 +49,9 @@ def run_case(check, work, db, name, fault, want_error):
     port = free_port()
     conf = os.path.join(work, f"{name}.conf")
     h.write_config(conf, db, api.base_url, os.path.join(work, f"spool-{name}"),
-                   jobs="[job.prices]\nenabled = false\n[job.market_caps]\nenabled = false\n")
+                   jobs="[job.prices]\nenabled = false\n[job.market_caps]\nenabled = false\n"
+                   # the first 'job finished' line must be the assets run's
+                   "[source.analytics]\nenabled = false\n")
     with open(conf) as f:
         text = f.read().replace("metrics_listen =", f"metrics_listen = 127.0.0.1:{port}")
     with open(conf, "w") as f:

@@ -6,7 +6,8 @@
   administrator (names made unique for the test); with exactly those grants the daemon's user
   runs `--migrate` and `--once assets,prices,market_caps` against the fake API; the read-only
   user can read and cannot write; the pruning DELETEs run as the daemon's user.
-- "Looking at the data": every query runs as the daemon's user on that data.
+- "Looking at the data": every query runs as the daemon's user on that data, after --once
+  rollups and --once indicators (the candles query must find rows).
 Needs the test server's administrator (root over the unix socket, as scripts/mariadb-private
 sets it up for the user running it); exits 77 saying so when that login is refused.
 """
@@ -101,9 +102,39 @@ def main():
         n = client(sock, user, pw, dbname, "SELECT COUNT(*) FROM prices").stdout.strip()
         check(n.isdigit() and int(n) > 0, f"prices were written ({n})")
 
+        # The analytics tables the README queries: rollups first (its statements commit before
+        # --once exits), then the indicators read those candles.
+        for job in ("rollups", "indicators"):
+            rc, out, err = h.run_daemon(conf, "--once", job, timeout=120)
+            check.eq(rc, 0, f"--once {job} with those grants" + (": " + err[-800:] if rc else ""))
+        n = client(sock, user, pw, dbname,
+                   "SELECT COUNT(*) FROM price_rollups WHERE bucket = '1d'").stdout.strip()
+        check(n.isdigit() and int(n) > 0, f"daily candles were written ({n})")
+
+        # One recorded day gives no RSI and no movers (their windows are not full): a later day
+        # written by hand shows that the movers and RSI queries find the latest day's rows.
+        r = client(sock, user, pw, dbname,
+                   "INSERT INTO indicators_daily (source, asset_id, vs_currency, day, close,"
+                   " return_days, rsi_14) VALUES ('coingecko', 'readme-hot', 'usd', '2099-01-02',"
+                   " 1, 5, 75), ('coingecko', 'readme-cold', 'usd', '2099-01-02', 1, 5, 25);"
+                   "INSERT INTO movers_daily (day, vs_currency, source, direction, `rank`,"
+                   " asset_id, return_nd) VALUES ('2099-01-02', 'usd', 'coingecko', 'top', 1,"
+                   " 'readme-up', 0.5), ('2099-01-02', 'usd', 'coingecko', 'bottom', 1,"
+                   " 'readme-down', -0.5)")
+        check.eq((r.returncode, r.stderr.strip()), (0, ""), "a later day of indicators written")
         for b in blocks(section(readme, "Looking at the data"), "sql"):
             r = client(sock, user, pw, dbname, b)
             check.eq((r.returncode, r.stderr.strip()), (0, ""), "\"Looking at the data\" query runs")
+            for q in re.split(r";\s*\n", b):  # the answers of each query on its own
+                out = client(sock, user, pw, dbname, q).stdout.strip().splitlines()
+                if "FROM price_rollups" in q:
+                    check(out, "the daily candles query finds bitcoin's candles")
+                if "FROM movers_daily" in q:
+                    got = [ln.split("\t")[3] for ln in out]
+                    check.eq(got, ["readme-up", "readme-down"], "the movers query: top, bottom")
+                if "rsi_14 > 70" in q:
+                    got = [ln.split("\t")[0] for ln in out]
+                    check.eq(got, ["readme-hot"], "the RSI query finds only the coin above 70")
 
         r = client(sock, ro, ro_pw, dbname, "SELECT COUNT(*) FROM assets")
         check(r.returncode == 0 and r.stdout.strip() != "0", "the read-only user reads")

@@ -295,7 +295,7 @@ static int count_segments(const char *dir)
 /* --- rows that follow the schema ---------------------------------------------------------- */
 
 struct colinfo {
-    char kind; /* s string, d double, i integer, t time, j JSON */
+    char kind; /* s string, d double, i integer, t time, D date, j JSON */
     unsigned maxlen;
     bool nullable;
 };
@@ -329,6 +329,8 @@ static void load_colinfo(MYSQL *m, const struct batch_spec *spec, struct colinfo
             ci[c].kind = 'i';
         else if (strcmp(t, "datetime") == 0)
             ci[c].kind = 't';
+        else if (strcmp(t, "date") == 0)
+            ci[c].kind = 'D'; /* written and read back as 'YYYY-MM-DD' text */
         else
             ci[c].kind = 's';
         mysql_free_result(res);
@@ -397,6 +399,16 @@ static void gen_row(struct batch *b, const struct colinfo *ci, char tag, uint32_
         case 'i':
             batch_set_int(b, (uint32_t)row, c, ints[v]);
             break;
+        case 'D': {
+            /* A DATE column (indicators_daily.day) takes the day as text, as its writer sends
+             * it; a day per row. */
+            time_t day = (time_t)1739122947 + (time_t)r * 86400;
+            struct tm tm;
+            gmtime_r(&day, &tm);
+            n = strftime(buf, sizeof(buf), "%Y-%m-%d", &tm);
+            assert_int_equal(batch_set_str(b, (uint32_t)row, c, buf, n), 0);
+            break;
+        }
         default:
             batch_set_time(b, (uint32_t)row, c, 1739122947123 + (int64_t)r * 1000 + v * 7 + c);
             break;
