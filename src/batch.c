@@ -34,6 +34,7 @@ static const char *const prices_vwap_cols[] = {BATCH_PRICES_VWAP_COLUMNS(BATCH_C
 static const char *const market_snapshots_vwap_cols[] = {
     BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(BATCH_COL_NAME)};
 static const char *const candle_fill_cols[] = {BATCH_CANDLE_FILL_COLUMNS(BATCH_COL_NAME)};
+static const char *const api_usage_cols[] = {BATCH_API_USAGE_COLUMNS(BATCH_COL_NAME)};
 
 #define COLS(a) a, (uint16_t)(sizeof(a) / sizeof((a)[0]))
 
@@ -125,6 +126,12 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
                            " updated_at) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE"
                            " filled_to = GREATEST(filled_to, VALUES(filled_to)),"
                            " updated_at = VALUES(updated_at)"},
+    /* An absolute count: writing it again changes nothing, and an older (smaller) count
+     * replayed from the spool, or written by a process that could not read the row, never
+     * lowers it. */
+    [BATCH_API_USAGE] = {BATCH_API_USAGE, "api_usage", "api_usage", BATCH_KIND_UPSERT,
+                         COLS(api_usage_cols),
+                         "calls=GREATEST(calls, VALUES(calls)), updated_at=VALUES(updated_at)"},
 };
 
 const struct batch_spec *batch_spec(enum batch_spec_id id)

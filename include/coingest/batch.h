@@ -58,6 +58,8 @@ enum batch_spec_id {
     /* statement (source, product, interval_s, filled_to, updated_at): a candle backfill got
      * this far; a barrier, so it runs after the candles before it have committed */
     BATCH_CANDLE_FILL = 13,
+    /* the monthly ledger (sql/004_api_usage.sql): calls never go down (GREATEST) */
+    BATCH_API_USAGE = 14,
     BATCH_SPEC_COUNT
 };
 
@@ -255,6 +257,14 @@ enum { BATCH_MARKET_SNAPSHOTS_VWAP_COLUMNS(BATCH_COL_ENUM) BATCH_MARKET_SNAPSHOT
     X(BATCH_CANDLE_FILL_COL_FILLED_TO, "filled_to")                                                \
     X(BATCH_CANDLE_FILL_COL_UPDATED_AT, "updated_at")
 enum { BATCH_CANDLE_FILL_COLUMNS(BATCH_COL_ENUM) BATCH_CANDLE_FILL_NCOLS };
+
+/* BATCH_API_USAGE: the api_usage table (the runner's monthly ledger). */
+#define BATCH_API_USAGE_COLUMNS(X)                                                                 \
+    X(BATCH_API_USAGE_COL_SOURCE, "source")                                                        \
+    X(BATCH_API_USAGE_COL_PERIOD_START, "period_start")                                            \
+    X(BATCH_API_USAGE_COL_CALLS, "calls")                                                          \
+    X(BATCH_API_USAGE_COL_UPDATED_AT, "updated_at")
+enum { BATCH_API_USAGE_COLUMNS(BATCH_COL_ENUM) BATCH_API_USAGE_NCOLS };
 
 enum batch_kind { BATCH_KIND_UPSERT = 0, BATCH_KIND_STATEMENT = 1 };
 
