@@ -86,6 +86,7 @@ static const char *const retention_cols[] = {BATCH_RETENTION_COLUMNS(BATCH_COL_N
     " price_rollups r WHERE r.source = " table ".source AND r.asset_id = " table ".asset_id"       \
     " AND r.vs_currency = " table ".vs_currency AND r.bucket = '1d'"                               \
     " AND r.bucket_start = " DAY_OF(table "." t) ") ORDER BY " t " LIMIT ?"
+static const char *const api_usage_cols[] = {BATCH_API_USAGE_COLUMNS(BATCH_COL_NAME)};
 
 #define COLS(a) a, (uint16_t)(sizeof(a) / sizeof((a)[0]))
 
@@ -227,6 +228,12 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
     [BATCH_RETENTION_SNAPSHOTS] = {BATCH_RETENTION_SNAPSHOTS, "retention_market_snapshots",
                                    "market_snapshots", BATCH_KIND_STATEMENT, COLS(retention_cols),
                                    RETENTION_SQL("market_snapshots", "snapshot_at")},
+    /* An absolute count: writing it again changes nothing, and an older (smaller) count
+     * replayed from the spool, or written by a process that could not read the row, never
+     * lowers it. */
+    [BATCH_API_USAGE] = {BATCH_API_USAGE, "api_usage", "api_usage", BATCH_KIND_UPSERT,
+                         COLS(api_usage_cols),
+                         "calls=GREATEST(calls, VALUES(calls)), updated_at=VALUES(updated_at)"},
 };
 
 const struct batch_spec *batch_spec(enum batch_spec_id id)

@@ -374,6 +374,7 @@ static const struct keydef source_keys[] = {
     {"max_url_bytes", K_U32, SRC(max_url_bytes), 256, 1048576, R_SOURCE, 0},
     {"ca_file", K_OPTSTR, SRC(ca_file), NOLIMIT, R_SOURCE, 0},
     {"monthly_credits", K_U64, SRC(monthly_credits), NOLIMIT, R_SOURCE, 0},
+    {"credit_reserve", K_U64, SRC(credit_reserve), NOLIMIT, R_SOURCE, 0},
     {"plan_limit", K_RATE, SRC(plan_limit), NOLIMIT, R_SOURCE, 0},
 };
 
@@ -1869,6 +1870,9 @@ static int apply_plan_defaults(struct parse *p)
             fail_nomem(p, 0);
             return -ENOMEM;
         }
+        /* Unset, the reserve is 2% of the month's credits (200 of a Demo key's 10,000). */
+        if (!key_set(p, sec, "credit_reserve"))
+            p->cfg->sources[i].credit_reserve = p->cfg->sources[i].monthly_credits / 50;
     }
     return 0;
 }

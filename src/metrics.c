@@ -62,6 +62,10 @@ static const struct mdesc descs[] = {
      "Source asset keys a mapping pass left unmapped (ambiguous or unknown)"},
     {"coingest_retention_deleted_rows_total", M_COUNTER,
      "Raw rows the retention job deleted (covered by a daily rollup), by table"},
+    {"coingest_api_calls_month", M_GAUGE,
+     "Request attempts sent to the API this calendar month (UTC), from the ledger, by API"},
+    {"coingest_api_credits_left", M_GAUGE,
+     "Monthly credits left (-1: the plan has no monthly cap), by API"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

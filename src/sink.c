@@ -92,7 +92,7 @@
 /* How many leading columns of each spec form the table's primary (or unique) key. The column
  * order in batch.c puts them first. 0: no key known, the task conflicts with every task of its
  * table (safe for a spec added later). */
-_Static_assert(BATCH_SPEC_COUNT == 24, "give the new spec its key width below");
+_Static_assert(BATCH_SPEC_COUNT == 25, "give the new spec its key width below");
 static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
     [BATCH_ASSETS_LIST] = 1,
     [BATCH_ASSETS_MARKET] = 1,
@@ -111,6 +111,7 @@ static const uint8_t key_cols[BATCH_SPEC_COUNT] = {
     /* analytics: statements are barriers and need none */
     [BATCH_ANALYTICS_STATE] = 1,
     [BATCH_INDICATORS_DAILY] = 4,
+    [BATCH_API_USAGE] = 2,
 };
 
 /* --- tasks -------------------------------------------------------------------------------- */

@@ -69,6 +69,8 @@ enum batch_spec_id {
     BATCH_MOVERS_FILL = 21,         /* (from_day, to_day, min_cap, n) */
     BATCH_RETENTION_PRICES = 22,    /* (from, to, limit): covered prices rows */
     BATCH_RETENTION_SNAPSHOTS = 23, /* (from, to, limit): covered market_snapshots rows */
+    /* the monthly ledger (sql/004_api_usage.sql): calls never go down (GREATEST) */
+    BATCH_API_USAGE = 24,
     BATCH_SPEC_COUNT
 };
 
@@ -335,6 +337,14 @@ enum { BATCH_MOVERS_FILL_COLUMNS(BATCH_COL_ENUM) BATCH_MOVERS_FILL_NCOLS };
     X(BATCH_RETENTION_COL_TO, "to")                                                                \
     X(BATCH_RETENTION_COL_LIMIT, "limit")
 enum { BATCH_RETENTION_COLUMNS(BATCH_COL_ENUM) BATCH_RETENTION_NCOLS };
+
+/* BATCH_API_USAGE: the api_usage table (the runner's monthly ledger). */
+#define BATCH_API_USAGE_COLUMNS(X)                                                                 \
+    X(BATCH_API_USAGE_COL_SOURCE, "source")                                                        \
+    X(BATCH_API_USAGE_COL_PERIOD_START, "period_start")                                            \
+    X(BATCH_API_USAGE_COL_CALLS, "calls")                                                          \
+    X(BATCH_API_USAGE_COL_UPDATED_AT, "updated_at")
+enum { BATCH_API_USAGE_COLUMNS(BATCH_COL_ENUM) BATCH_API_USAGE_NCOLS };
 
 enum batch_kind { BATCH_KIND_UPSERT = 0, BATCH_KIND_STATEMENT = 1 };
 

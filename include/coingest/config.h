@@ -106,6 +106,7 @@ struct cfg_source {
     uint32_t max_url_bytes;       /* default 8000 */
     char *ca_file;                /* NULL: the system's CA store */
     uint64_t monthly_credits;     /* default by plan (0: no cap) */
+    uint64_t credit_reserve;      /* calls of the month never spent; default monthly_credits/50 */
     struct rate plan_limit;       /* the plan's documented limit, for the budget warning */
     struct cfg_value *values;     /* def->nkeys values of the source's own keys */
 };

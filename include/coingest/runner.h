@@ -25,6 +25,12 @@
  * requests succeeded and something failed; failed when nothing succeeded or the run could
  * not start. run_fail() records an error (the first one is kept).
  *
+ * The monthly ledger: the runner counts every attempt sent to a source's API against the
+ * calendar month (UTC), reads the month's count from api_usage through the store when the
+ * source is first used (its requests wait for that read), writes it back at each run's end
+ * and at most once a minute, and refuses requests once the count reaches monthly_credits -
+ * credit_reserve (src/runner.c says how; docs/operations.md "Monthly credits").
+ *
  * Thread: loop thread only. Store callbacks run on the loop thread too.
  */
 #ifndef COINGEST_RUNNER_H
@@ -110,15 +116,18 @@ struct runner;
  * a store (copied). Makes each source's shared state. NULL on OOM. */
 struct runner *runner_new(const struct config *cfg, struct api *const *apis, struct store store);
 
-/* Frees the runner; runs still going are freed without their done callbacks (cancel first). */
+/* Frees the runner; runs still going are freed without their done callbacks (cancel first,
+ * and wait for the runs: a run waiting for its source's ledger read ends when the read
+ * answers). */
 void runner_free(struct runner *rn);
 
 /* A reloaded config: each source's reconfigure hook sees it; the next runs use it. */
 void runner_set_config(struct runner *rn, const struct config *cfg);
 
 /* Starts one run of job `job` (index into cfg->jobs). Returns 0, -EBUSY if that job is already
- * running, -ENODEV if its source is off (for a source with plans: has no API in `apis`), -EINVAL for a bad index, -ENOMEM. `done` runs once on
- * the loop thread when the run is over -- possibly before runner_start returns. */
+ * running, -ENODEV if its source is off (for a source with plans: has no API in `apis`), -EINVAL
+ * for a bad index, -ENOMEM. `done` runs once on the loop thread when the run is over -- possibly
+ * before runner_start returns. */
 int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg);
 
 /* Cancels every run (shutdown): in-flight requests are cancelled, rows already emitted stay
@@ -157,7 +166,12 @@ bool run_cancelled(const struct run *r);
  * Before `done` runs, the runner has already counted the attempts and, for a
  * request that failed for good, recorded "GET path: reason" as the run's error (first one
  * wins) -- for FETCH_CANCELLED, run_cancelled() is true. One request at a time per run.
- * Returns 0, -ENOMEM or -ENODEV (a source without plans has no API; no callback). */
+ * Returns 0, -ENOMEM, -ENODEV (a source without plans has no API), or -EDQUOT when the
+ * source's monthly credits are used up (the request is not sent; it counts as failed,
+ * "monthly credits exhausted: N of M used; requests resume on YYYY-MM-01" is the run's error,
+ * logged once per run); no callback then. A request that waited for the month's count to be
+ * read and is refused then ends through `done` instead, as a FETCH_HTTP_ERROR with status 0
+ * and that error. */
 int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_done_cb done);
 
 /* As run_get, with a limit on the body's size (0: only the source's max_body_size): what the

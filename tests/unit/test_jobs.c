@@ -55,7 +55,29 @@ struct memstore {
     bool read_timer_init;
     store_read_cb read_cb;
     void *read_arg;
+
+    /* The monthly ledger (api_usage): its reads are always answered, apart from the others,
+     * with the largest count written so far (usage_calls). */
+    uint64_t usage_calls;
+    unsigned usage_reads;
+    uv_timer_t usage_timer;
+    store_read_cb usage_cb;
+    void *usage_arg;
 };
+
+static void mem_usage_answer(uv_timer_t *t)
+{
+    struct memstore *m = t->data;
+    char cell[32];
+    snprintf(cell, sizeof(cell), "%llu", (unsigned long long)m->usage_calls);
+    char *names[] = {"calls"};
+    char *cells[] = {cell};
+    struct store_rows rows = {
+        .nrows = m->usage_calls ? 1 : 0, .ncols = 1, .names = names, .cells = cells};
+    store_read_cb cb = m->usage_cb;
+    m->usage_cb = NULL;
+    cb(0, &rows, NULL, m->usage_arg);
+}
 
 static void mem_read_answer(uv_timer_t *t)
 {
@@ -77,6 +99,14 @@ static int mem_read(void *ctx, const char *sql, const char *const *params, size_
     (void)params;
     (void)nparams;
     (void)max_rows;
+    if (strstr(sql, "FROM api_usage")) {
+        assert_null(m->usage_cb);
+        m->usage_reads++;
+        m->usage_cb = cb;
+        m->usage_arg = arg;
+        m->usage_timer.data = m;
+        return uv_timer_start(&m->usage_timer, mem_usage_answer, 0, 0);
+    }
     if (!m->answer_reads)
         return -ENOTSUP;
     assert_null(m->read_cb); /* one read at a time */
@@ -96,6 +126,10 @@ static int mem_submit(void *ctx, struct batch *b)
         return -EIO;
     }
     enum batch_spec_id id = b->spec->id;
+    for (uint32_t i = 0; id == BATCH_API_USAGE && i < b->nrows; i++) {
+        uint64_t calls = (uint64_t)batch_val(b, i, BATCH_API_USAGE_COL_CALLS)->u.i;
+        m->usage_calls = calls > m->usage_calls ? calls : m->usage_calls; /* GREATEST */
+    }
     m->rows[id] += b->nrows;
     m->batches[id]++;
     struct batch **keep = id == BATCH_JOB_RUNS        ? &m->job_runs
@@ -202,6 +236,7 @@ static void start_runner(struct env *e)
             assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
     if (!e->mem.read_timer_init) {
         assert_int_equal(uv_timer_init(&e->loop, &e->mem.read_timer), 0);
+        assert_int_equal(uv_timer_init(&e->loop, &e->mem.usage_timer), 0);
         e->mem.read_timer_init = true;
     }
     struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
@@ -250,8 +285,10 @@ static int teardown(void **state)
     for (size_t i = 0; i < 4; i++)
         api_free(e->apis[i]);
     fetcher_free(e->f, fetcher_gone, NULL);
-    if (e->mem.read_timer_init)
+    if (e->mem.read_timer_init) {
         uv_close((uv_handle_t *)&e->mem.read_timer, NULL);
+        uv_close((uv_handle_t *)&e->mem.usage_timer, NULL);
+    }
     uv_run(&e->loop, UV_RUN_DEFAULT);
     timers_free(e->timers);
     uv_run(&e->loop, UV_RUN_DEFAULT);
@@ -996,6 +1033,72 @@ static void test_registry_and_budget(void **state)
     free(m);
 }
 
+/* ---- the monthly ledger -------------------------------------------------------------------- */
+
+static int setup_credits(void **state)
+{
+    return setup_with(state, "monthly_credits = 50\ncredit_reserve = 0\n"
+                             "[universe]\nvs_currencies = usd\n");
+}
+
+/* 50 credits, no reserve: the runs send exactly 50 requests in all, then refuse with one
+ * clear error; a new runner (a restart) reads the month's count back and sends nothing. */
+static void test_monthly_credits_cap(void **state)
+{
+    struct env *e = *state;
+    unsigned runs = 0;
+    uint64_t sent = 0;
+    for (; runs < 100; runs++) {
+        do_run(e, "prices");
+        sent += e->sum.requests;
+        if (strstr(e->sum.error, "monthly credits"))
+            break;
+    }
+    assert_true(runs < 100);
+    assert_int_equal(sent, 50);
+    assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL),
+                     50);
+    assert_non_null(strstr(e->sum.error, "monthly credits exhausted: 50 of 50 used; requests "
+                                         "resume on "));
+    assert_int_equal(e->mem.usage_calls, 50); /* written at the run's end */
+    assert_int_equal(e->mem.usage_reads, 1);  /* read once, at first use */
+
+    /* Another run refuses again, without sending. */
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_FAILED);
+    assert_int_equal(e->sum.requests, 0);
+
+    /* A restart: the count comes back from the store, nothing is sent. */
+    runner_free(e->rn);
+    e->rn = NULL;
+    struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
+    assert_non_null(e->rn = runner_new(e->cfg, e->apis, store));
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_FAILED);
+    assert_int_equal(e->sum.requests, 0);
+    assert_int_equal(e->mem.usage_reads, 2);
+    assert_non_null(strstr(e->sum.error, "50 of 50 used"));
+    assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL),
+                     50);
+}
+
+/* A restart continues a month the store already counts: 45 used, 5 more are sent. */
+static void test_monthly_credits_restored(void **state)
+{
+    struct env *e = *state;
+    e->mem.usage_calls = 45;
+    uint64_t sent = 0;
+    for (unsigned runs = 0; runs < 10; runs++) {
+        do_run(e, "prices");
+        sent += e->sum.requests;
+        if (strstr(e->sum.error, "monthly credits"))
+            break;
+    }
+    assert_int_equal(sent, 5);
+    assert_int_equal(e->mem.usage_calls, 50);
+    assert_non_null(strstr(e->sum.error, "50 of 50 used"));
+}
+
 int main(void)
 {
     if (!fakeapi_available()) {
@@ -1029,6 +1132,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prices_414_single_id_fails, setup_414_always,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_monthly_credits_cap, setup_credits, teardown),
+        cmocka_unit_test_setup_teardown(test_monthly_credits_restored, setup_credits, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
