@@ -5,3 +5,4 @@
  */
 SOURCE(coingecko)
 SOURCE(coinbase)
+SOURCE(coincap)

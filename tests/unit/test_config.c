@@ -648,18 +648,20 @@ static void test_errors_structure(void **state)
     (void)state;
     expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
                  "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
-                 "[source.coinbase], [universe], [job.assets], [job.prices], [job.market_caps], "
-                 "[job.coinbase_candles], [aliases])");
+                 "[source.coinbase], [source.coincap], [universe], [job.assets], [job.prices], "
+                 "[job.market_caps], [job.coinbase_candles], [job.coincap_assets], "
+                 "[job.coincap_history], [aliases])");
     expect_error("[source.coinmarketcap]\n",
                  "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko, "
-                 "coinbase)");
+                 "coinbase, coincap)");
     expect_error("\n[job.price]\nevery = 5m\n",
                  "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, "
-                 "coinbase_candles)");
+                 "coinbase_candles, coincap_assets, coincap_history)");
     expect_error("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.BTC = batcat\n",
                  "3: [aliases] coinbase.BTC: duplicate alias");
     expect_error("[aliases]\nkraken.XBT = bitcoin\n",
-                 "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase)");
+                 "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase, "
+                 "coincap)");
     expect_error("[aliases]\nBTC = bitcoin\n",
                  "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
     struct config *ac = load_ok("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.btc = batcat\n");
