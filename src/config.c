@@ -2007,7 +2007,8 @@ static int check_source(struct parse *p, size_t i)
     key_env(src, env, sizeof(env));
     snprintf(env_file, sizeof(env_file), "%s_FILE", env);
 
-    if (plan->key_header && !src->api_key) {
+    /* A source that is off needs no key: CoinCap's only plan is keyed and off by default. */
+    if (plan->key_header && !src->api_key && src->enabled) {
         char label[160];
         int line = source_key_label(p, i, "plan", label, sizeof(label));
         fail(p, line, sec, label, -EINVAL,

@@ -6,3 +6,4 @@
 SOURCE(coingecko)
 SOURCE(coinbase)
 SOURCE(analytics)
+SOURCE(coincap)

@@ -383,10 +383,11 @@ static void check_defaults(const struct config *c)
     static const uint64_t every[] = {86400000, 300000, 3600000};
     /* CoinGecko's jobs come first; the other sources' follow. Of those sources only analytics
      * (no remote API) is on, and its retention job is off. */
-    assert_int_equal(c->njobs, 7);
-    static const char *const others[] = {"coinbase_candles", "rollups", "indicators", "retention"};
-    static const bool others_on[] = {true, true, true, false};
-    for (size_t i = 0; i < 4; i++) {
+    assert_int_equal(c->njobs, 9);
+    static const char *const others[] = {"coinbase_candles", "rollups",        "indicators",
+                                         "retention",        "coincap_assets", "coincap_history"};
+    static const bool others_on[] = {true, true, true, false, true, true};
+    for (size_t i = 0; i < 6; i++) {
         assert_string_equal(c->jobs[3 + i].name, others[i]);
         assert_int_equal(c->jobs[3 + i].enabled, others_on[i]);
     }
@@ -655,15 +656,17 @@ static void test_errors_structure(void **state)
     (void)state;
     expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
                  "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
-                 "[source.coinbase], [source.analytics], [universe], [job.assets], [job.prices], "
-                 "[job.market_caps], [job.coinbase_candles], [job.rollups], [job.indicators], "
-                 "[job.retention], [aliases])");
+                 "[source.coinbase], [source.analytics], [source.coincap], [universe], "
+                 "[job.assets], [job.prices], [job.market_caps], [job.coinbase_candles], "
+                 "[job.rollups], [job.indicators], [job.retention], [job.coincap_assets], "
+                 "[job.coincap_history], [aliases])");
     expect_error("[source.coinmarketcap]\n",
                  "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko, "
-                 "coinbase, analytics)");
+                 "coinbase, analytics, coincap)");
     expect_error("\n[job.price]\nevery = 5m\n",
                  "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, "
-                 "coinbase_candles, rollups, indicators, retention)");
+                 "coinbase_candles, rollups, indicators, retention, coincap_assets, "
+                 "coincap_history)");
     /* A source without a remote API takes only `enabled` of the generic source keys. */
     expect_error("[source.analytics]\nenabled = true\nrate_limit = 5/s\n",
                  "3: [source.analytics] rate_limit: unknown key (known: enabled)");
@@ -671,7 +674,7 @@ static void test_errors_structure(void **state)
                  "3: [aliases] coinbase.BTC: duplicate alias");
     expect_error("[aliases]\nkraken.XBT = bitcoin\n",
                  "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase, "
-                 "analytics)");
+                 "analytics, coincap)");
     expect_error("[aliases]\nBTC = bitcoin\n",
                  "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
     struct config *ac = load_ok("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.btc = batcat\n");
