@@ -1460,7 +1460,7 @@ static int alias_line(struct parse *p, int line, int sec, const char *name, cons
     size_t n = dot ? (size_t)(dot - name) : 0;
     if (!dot || n == 0 || n >= sizeof(src) || dot[1] == '\0') {
         fail(p, line, sec, name, -EINVAL,
-             "expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
+             "expected SOURCE.KEY = ASSET_ID (e.g. <source>.BTC = bitcoin)");
         return -EINVAL;
     }
     memcpy(src, name, n);

@@ -676,7 +676,7 @@ static void test_errors_structure(void **state)
                  "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase, "
                  "analytics, coincap)");
     expect_error("[aliases]\nBTC = bitcoin\n",
-                 "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (coinbase.BTC = bitcoin)");
+                 "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (e.g. <source>.BTC = bitcoin)");
     struct config *ac = load_ok("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.btc = batcat\n");
     assert_int_equal(ac->naliases, 2);
     assert_string_equal(config_alias(ac, "coinbase", "BTC"), "bitcoin");
