@@ -583,11 +583,21 @@ static int find_key(int sec, const char *name)
     return -1;
 }
 
+/* Other names a section answers to: a job's section under the name its issue gave it. */
+static const struct {
+    const char *alias, *name;
+} section_aliases[] = {
+    {"retention", "job.retention"}, /* the analytics retention job (docs/analytics.md) */
+};
+
 static int find_section(const char *name)
 {
     for (int i = 0; i < nsections; i++)
         if (strcmp(sections[i].name, name) == 0)
             return i;
+    for (size_t a = 0; a < ARRAY_SIZE(section_aliases); a++)
+        if (strcmp(section_aliases[a].alias, name) == 0)
+            return find_section(section_aliases[a].name);
     return -1;
 }
 

@@ -458,6 +458,13 @@ static void test_job_index(void **state)
     assert_int_equal(config_job_index(c, ""), -1);
     assert_int_equal(config_job_index(c, NULL), -1);
     config_free(c);
+
+    /* [retention] configures the retention job. */
+    c = load_ok("[retention]\nenabled = true\nmax_age = 30d\n");
+    const struct cfg_job *r = JOB(c, "retention");
+    assert_true(r->enabled);
+    assert_int_equal(config_job_value(r, "max_age")->u, 30 * 86400000ull);
+    config_free(c);
 }
 
 /* The shipped example must parse, and it describes exactly the built-in defaults. */
@@ -667,6 +674,9 @@ static void test_errors_structure(void **state)
                  "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, "
                  "coinbase_candles, rollups, indicators, retention, coincap_assets, "
                  "coincap_history)");
+    /* [retention] is [job.retention] under the name issue 16 gave it; not both. */
+    expect_error("[job.retention]\nenabled = true\n[retention]\nmax_age = 30d\n",
+                 "3: [retention]: section appears twice (first at line 1)");
     /* A source without a remote API takes only `enabled` of the generic source keys. */
     expect_error("[source.analytics]\nenabled = true\nrate_limit = 5/s\n",
                  "3: [source.analytics] rate_limit: unknown key (known: enabled)");
