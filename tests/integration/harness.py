@@ -83,6 +83,24 @@ class Database:
             pass
 
 
+def private_server(cmd, d, env=None):
+    """scripts/mariadb-private CMD DIR (start, stop, kill, env) for a test's own server;
+    returns the COINGEST_TEST_DB_* lines it printed as a dict. Raises on failure."""
+    e = dict(os.environ)
+    e.update(env or {})
+    script = os.path.join(os.environ.get("COINGEST_SOURCE_DIR", "."), "scripts",
+                          "mariadb-private")
+    p = subprocess.run([script, cmd, d], capture_output=True, text=True, env=e)
+    if p.returncode != 0:
+        raise RuntimeError(f"mariadb-private {cmd}: {p.stderr}")
+    out = {}
+    for line in p.stdout.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = v
+    return out
+
+
 class FakeAPI:
     """tests/fakeapi/fakeapi.py on a loopback port."""
 

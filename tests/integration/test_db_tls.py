@@ -26,23 +26,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
 
 HERE = os.environ.get("COINGEST_SOURCE_DIR", ".")
-PRIVATE = os.path.join(HERE, "scripts", "mariadb-private")
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 
 
 def server(cmd, d, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    p = subprocess.run([PRIVATE, cmd, d], capture_output=True, text=True, env=e)
-    if p.returncode != 0:
-        raise RuntimeError(f"mariadb-private {cmd}: {p.stderr}")
-    out = {}
-    for line in p.stdout.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            out[k] = v
-    return out
+    return h.private_server(cmd, d, env)
 
 
 def openssl(*args, cwd):

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,21 +22,11 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
 
-HERE = os.environ.get("COINGEST_SOURCE_DIR", ".")
-PRIVATE = os.path.join(HERE, "scripts", "mariadb-private")
 N = 50
 
 
-def server(cmd, d):
-    p = subprocess.run([PRIVATE, cmd, d], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"mariadb-private {cmd}: {p.stderr}")
-    env = {}
-    for line in p.stdout.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            env[k] = v
-    return env
+def server(cmd, d, env=None):
+    return h.private_server(cmd, d, env)
 
 
 def free_port():
