@@ -931,11 +931,13 @@ static void test_prices_ids_cap(void **state)
     assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_PRICES], BIG_UNIVERSE);
 
-    /* The key lowers it. */
-    config_free(e->cfg);
+    /* The key lowers it. A reload hands the runner the new config while the old one still
+     * exists (the sources compare the two), as the daemon does. */
+    struct config *old = e->cfg;
     e->cfg = NULL;
     load_config(e, "max_ids_per_request = 200\n[universe]\nvs_currencies = usd\n");
     runner_set_config(e->rn, e->cfg);
+    config_free(old);
     assert_int_equal(fakeapi_reset(e->fake), 0);
     do_run(e, "prices");
     assert_int_equal(e->sum.status, RUN_OK);
