@@ -536,7 +536,7 @@ int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg)
     int rc = r->def->start(r);
     if (rc < 0) {
         /* The job could not begin: finish it as failed, the caller hears it through done. */
-        run_fail_request(r, "start", rc == -ENOMEM ? "out of memory" : strerror(-rc));
+        run_fail_errno(r, "start", rc);
         run_finish(r);
     }
     return 0;
@@ -620,6 +620,11 @@ void run_fail_request(struct run *r, const char *what, const char *why)
 {
     r->failed_requests++;
     run_fail(r, what, why);
+}
+
+void run_fail_errno(struct run *r, const char *what, int rc)
+{
+    run_fail_request(r, what, rc == -ENOMEM ? "out of memory" : strerror(-rc));
 }
 
 void run_count(struct run *r, uint64_t n)

@@ -207,6 +207,9 @@ void run_source_error(struct run *r, const char *reason, const char *what, const
  * a failed request and records the error. */
 void run_fail_request(struct run *r, const char *what, const char *why);
 
+/* run_fail_request with why = the text of -errno `rc` ("out of memory" for -ENOMEM). */
+void run_fail_errno(struct run *r, const char *what, int rc);
+
 /* Counts anomalies that are not errors (skipped elements, bad fields). */
 void run_count(struct run *r, uint64_t n);
 

@@ -29,6 +29,7 @@
 #include <strings.h>
 
 #include "coingest/alias.h"
+#include "coingest/backfill.h"
 #include "coingest/log.h"
 #include "coingest/runner.h"
 #include "coingest/tbucket.h"
@@ -255,17 +256,16 @@ static void universe_read(int rc, const struct store_rows *rows, const char *err
 static void fill_read(int rc, const struct store_rows *rows, const char *err, void *arg)
 {
     struct cb_run *r = run_state(arg);
-    if (rc != 0) {
-        /* Without it every window would be fetched again: harmless (upserts), but slow. */
-        log_warn("candle_fill could not be read; backfilling from the start",
-                 LOG_S("job", run_name(r->run)), LOG_S("error", err ? err : strerror(-rc)));
-    }
+    if (rc != 0)
+        backfill_read_failed(r->run, rc, err);
+    const char *product;
+    int64_t filled_ms;
     for (uint32_t i = 0; rc == 0 && i < rows->nrows; i++) {
-        const char *product = rows->cells[(size_t)i * rows->ncols];
-        const char *filled = rows->cells[(size_t)i * rows->ncols + 1];
-        for (size_t k = 0; product && filled && k < r->nprods; k++)
+        if (!backfill_row(rows, i, &product, &filled_ms))
+            continue;
+        for (size_t k = 0; k < r->nprods; k++)
             if (strcmp(r->prods[k].id, product) == 0)
-                r->prods[k].filled_s = (int64_t)strtod(filled, NULL);
+                r->prods[k].filled_s = filled_ms / 1000;
     }
     r->step = ST_CANDLES;
     advance(r);
@@ -293,17 +293,7 @@ static int candles_parse(const char *body, size_t len, void *arg, char *err, siz
 
 static bool emit_fill(struct cb_run *r, const struct product *p, int64_t to_s)
 {
-    struct batch *f = batch_new(BATCH_CANDLE_FILL, 1);
-    if (!f || batch_add_row(f) < 0) {
-        batch_free(f);
-        return false;
-    }
-    batch_set_str(f, 0, BATCH_CANDLE_FILL_COL_SOURCE, COINBASE_SOURCE, strlen(COINBASE_SOURCE));
-    batch_set_str(f, 0, BATCH_CANDLE_FILL_COL_PRODUCT, p->id, strlen(p->id));
-    batch_set_int(f, 0, BATCH_CANDLE_FILL_COL_INTERVAL_S, r->g);
-    batch_set_time(f, 0, BATCH_CANDLE_FILL_COL_FILLED_TO, to_s * 1000);
-    batch_set_time(f, 0, BATCH_CANDLE_FILL_COL_UPDATED_AT, (int64_t)util_wall_ms());
-    return run_emit(r->run, f) == 0;
+    return backfill_mark(r->run, COINBASE_SOURCE, p->id, r->g, to_s * 1000) == 0;
 }
 
 static void candles_done(const struct fetch_result *res, void *arg)
@@ -374,21 +364,14 @@ static void advance(struct cb_run *r)
             return;
         }
         break;
-    case ST_FILL: {
-        char g[16];
-        snprintf(g, sizeof(g), "%u", r->g);
-        const char *params[] = {COINBASE_SOURCE, g};
-        rc = run_read(r->run,
-                      "SELECT product, UNIX_TIMESTAMP(filled_to) FROM candle_fill"
-                      " WHERE source = ? AND interval_s = ?",
-                      params, 2, 1000000, fill_read, r->run);
+    case ST_FILL:
+        rc = backfill_read(r->run, COINBASE_SOURCE, r->g, fill_read, r->run);
         if (rc == -ENOTSUP) {
             r->step = ST_CANDLES;
             advance(r);
             return;
         }
         break;
-    }
     case ST_CANDLES:
         rc = next_window(r);
         if (rc == 1) {
@@ -403,7 +386,7 @@ static void advance(struct cb_run *r)
         return;
     }
     if (rc < 0) {
-        run_fail_request(r->run, "request", rc == -ENOMEM ? "out of memory" : strerror(-rc));
+        run_fail_errno(r->run, "request", rc);
         r->step = ST_DONE;
         advance(r);
     }

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "coingest/alias.h"
+#include "coingest/backfill.h"
 #include "coingest/log.h"
 #include "coingest/runner.h"
 #include "coingest/sbuf.h"
@@ -268,7 +269,7 @@ static void assets_advance(struct assets_run *r)
         return;
     }
     if (rc < 0) {
-        run_fail_request(r->run, "request", rc == -ENOMEM ? "out of memory" : strerror(-rc));
+        run_fail_errno(r->run, "request", rc);
         r->step = A_DONE;
         assets_advance(r);
     }
@@ -452,14 +453,15 @@ static void hist_fill_read(int rc, const struct store_rows *rows, const char *er
 {
     struct hist_run *r = run_state(arg);
     if (rc != 0)
-        log_warn("candle_fill could not be read; backfilling from the start",
-                 LOG_S("job", run_name(r->run)), LOG_S("error", err ? err : strerror(-rc)));
+        backfill_read_failed(r->run, rc, err);
+    const char *id;
+    int64_t filled_ms;
     for (uint32_t i = 0; rc == 0 && i < rows->nrows; i++) {
-        const char *id = rows->cells[(size_t)i * rows->ncols];
-        const char *filled = rows->cells[(size_t)i * rows->ncols + 1];
-        for (size_t k = 0; id && filled && k < r->nassets; k++)
+        if (!backfill_row(rows, i, &id, &filled_ms))
+            continue;
+        for (size_t k = 0; k < r->nassets; k++)
             if (strcmp(r->assets[k].id, id) == 0)
-                r->assets[k].filled_ms = (int64_t)(strtod(filled, NULL) * 1000.0);
+                r->assets[k].filled_ms = filled_ms;
     }
     r->step = H_POINTS;
     hist_advance(r);
@@ -482,21 +484,7 @@ static int points_parse(const char *body, size_t len, void *arg, char *err, size
 
 static bool emit_fill(struct hist_run *r, const struct hist_asset *a)
 {
-    struct batch *f = batch_new(BATCH_CANDLE_FILL, 1);
-    if (!f || batch_add_row(f) < 0) {
-        batch_free(f);
-        return false;
-    }
-    int rc = set_str(f, 0, BATCH_CANDLE_FILL_COL_SOURCE, COINCAP_SOURCE);
-    rc |= set_str(f, 0, BATCH_CANDLE_FILL_COL_PRODUCT, a->id);
-    batch_set_int(f, 0, BATCH_CANDLE_FILL_COL_INTERVAL_S, r->g_ms / 1000);
-    batch_set_time(f, 0, BATCH_CANDLE_FILL_COL_FILLED_TO, r->to_ms);
-    batch_set_time(f, 0, BATCH_CANDLE_FILL_COL_UPDATED_AT, (int64_t)util_wall_ms());
-    if (rc) {
-        batch_free(f);
-        return false;
-    }
-    return run_emit(r->run, f) == 0;
+    return backfill_mark(r->run, COINCAP_SOURCE, a->id, r->g_ms / 1000, r->to_ms) == 0;
 }
 
 static void points_done(const struct fetch_result *res, void *arg)
@@ -588,21 +576,14 @@ static void hist_advance(struct hist_run *r)
             return;
         }
         break;
-    case H_FILL: {
-        char g[24];
-        snprintf(g, sizeof(g), "%lld", (long long)(r->g_ms / 1000));
-        const char *params[] = {COINCAP_SOURCE, g};
-        rc = run_read(r->run,
-                      "SELECT product, UNIX_TIMESTAMP(filled_to) FROM candle_fill"
-                      " WHERE source = ? AND interval_s = ?",
-                      params, 2, 1000000, hist_fill_read, r->run);
+    case H_FILL:
+        rc = backfill_read(r->run, COINCAP_SOURCE, r->g_ms / 1000, hist_fill_read, r->run);
         if (rc == -ENOTSUP) {
             r->step = H_POINTS;
             hist_advance(r);
             return;
         }
         break;
-    }
     case H_POINTS:
         rc = next_window(r);
         if (rc == 1) {
@@ -617,7 +598,7 @@ static void hist_advance(struct hist_run *r)
         return;
     }
     if (rc < 0) {
-        run_fail_request(r->run, "request", rc == -ENOMEM ? "out of memory" : strerror(-rc));
+        run_fail_errno(r->run, "request", rc);
         r->step = H_DONE;
         hist_advance(r);
     }
