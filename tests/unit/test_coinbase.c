@@ -24,6 +24,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "testdb.h"
 #include <uv.h>
 
 #include "coingest/config.h"
@@ -36,23 +38,13 @@
 
 #define WAIT_MS 60000
 
+/* A recorded Coinbase body from tests/fixtures/coinbase/ (testdb_read_fixture). */
 static char *load_fixture(const char *name, size_t *len)
 {
-    const char *dir = getenv("COINGEST_FIXTURES");
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/coinbase/%s", dir ? dir : "tests/fixtures", name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
+    char rel[256];
+    snprintf(rel, sizeof(rel), "coinbase/%s", name);
+    char *buf = testdb_read_fixture(rel, len);
     assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
     return buf;
 }
 

@@ -23,65 +23,13 @@
 #include "coingest/batch.h"
 #include "coingest/jrows.h"
 #include "coingest/sbuf.h"
+#include "rowcheck.h"
 
-/*
- * Allocation failure injection, as in test_coingecko.c: malloc, calloc and realloc are
- * replaced by versions that fail the Nth call once armed, and live blocks are counted to catch
- * leaks on the error paths. Sanitizer runtimes own malloc, so under ASan/TSan the replacement
- * is left out and the test that needs it skips.
- */
+/* Allocation failure injection for the error paths (tests/support/allocfail.h): under
+ * ASan/TSan the replacement is left out and the test that needs it skips. */
 #include "allocfail.h"
 
 /* --- helpers ------------------------------------------------------------------------------ */
-
-static const struct val *cell(const struct batch *b, uint32_t row, const char *col)
-{
-    int c = batch_spec_col(b->spec, col);
-    if (c < 0)
-        fail_msg("no column %s in %s", col, b->spec->name);
-    assert_true(row < b->nrows);
-    return batch_val(b, row, (uint16_t)c);
-}
-
-static void check_null(const struct batch *b, uint32_t row, const char *col)
-{
-    const struct val *v = cell(b, row, col);
-    if (v->type != VAL_NULL)
-        fail_msg("row %u %s: expected NULL, type %d", row, col, v->type);
-}
-
-static void check_dbl(const struct batch *b, uint32_t row, const char *col, double want)
-{
-    const struct val *v = cell(b, row, col);
-    if (v->type != VAL_DBL || v->u.d != want)
-        fail_msg("row %u %s: expected %.17g, type %d", row, col, want, v->type);
-}
-
-static void check_int(const struct batch *b, uint32_t row, const char *col, int64_t want)
-{
-    const struct val *v = cell(b, row, col);
-    if (v->type != VAL_INT || v->u.i != want)
-        fail_msg("row %u %s: expected %lld, type %d", row, col, (long long)want, v->type);
-}
-
-static void check_time(const struct batch *b, uint32_t row, const char *col, int64_t want)
-{
-    const struct val *v = cell(b, row, col);
-    if (v->type != VAL_TIME || v->u.i != want)
-        fail_msg("row %u %s: expected time %lld, type %d", row, col, (long long)want, v->type);
-}
-
-static void check_text(const struct batch *b, uint32_t row, const char *col, uint8_t type,
-                       const char *want, size_t len)
-{
-    const struct val *v = cell(b, row, col);
-    if (v->type != type || v->len != len || memcmp(v->u.s, want, len) != 0)
-        fail_msg("row %u %s: expected type %d \"%.*s\", got type %d \"%.*s\"", row, col, type,
-                 (int)len, want, v->type, (int)v->len, v->type == type ? v->u.s : "");
-}
-
-#define check_str(b, row, col, want)  check_text(b, row, col, VAL_STR, want, strlen(want))
-#define check_json(b, row, col, want) check_text(b, row, col, VAL_JSON, want, strlen(want))
 
 /* A source's error bodies, for messages: {"oops": "..."}. */
 static const char *oops_message(const json_t *root)
@@ -289,7 +237,7 @@ static void test_strings_exact(void **state)
                        "{\"key\":\"e\",\"vs\":\"\"}]";
     assert_int_equal(parse_snaps(body, b, NULL, NULL, err, sizeof(err), -1), 0);
     check_str(b, 0, "asset_id", "id with spaces");
-    check_text(b, 0, "vs_currency", VAL_STR, "a\0b\xf0\x9f\xa4\xa1", 7);
+    check_bytes(b, 0, "vs_currency", VAL_STR, "a\0b\xf0\x9f\xa4\xa1", 7);
     check_str(b, 1, "vs_currency", "");
     batch_free(b);
 }

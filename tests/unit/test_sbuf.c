@@ -16,11 +16,8 @@
 
 #include "coingest/sbuf.h"
 
-/*
- * Allocation failure injection, as in test_coingecko.c: malloc, calloc and realloc are
- * replaced by versions that fail the Nth call once armed. Sanitizer runtimes own malloc, so
- * under ASan/TSan the replacement is left out and the tests that need it skip.
- */
+/* Allocation failure injection for the error paths (tests/support/allocfail.h): under
+ * ASan/TSan the replacement is left out and the tests that need it skip. */
 #include "allocfail.h"
 
 static void test_zero_is_empty(void **state)
