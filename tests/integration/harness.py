@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,15 @@ class Database:
             self.sql(f"DROP DATABASE IF EXISTS `{self.name}`", db="")
         except RuntimeError:
             pass
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago (for metrics_listen and the like)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def private_server(cmd, d, env=None):

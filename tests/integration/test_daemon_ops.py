@@ -28,14 +28,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def main():
     h.need_env()
     check = h.Check()
@@ -46,7 +38,7 @@ def main():
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     nsock.bind(nsock_path)
     nsock.settimeout(0.2)
-    port = free_port()
+    port = h.free_port()
     conf = os.path.join(work, "ops.conf")
     jobs_slow = "[job.assets]\nevery = 24h\n[job.prices]\nevery = 1h\n[job.market_caps]\nevery = 24h\n"
     jobs_fast = ("[job.assets]\nevery = 24h\n[job.prices]\nevery = 2s\nrun_at_start = false\n"

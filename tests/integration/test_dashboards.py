@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,14 +32,6 @@ import harness as h  # noqa: E402
 
 HERE = os.environ.get("COINGEST_SOURCE_DIR", ".")
 DASH = os.path.join(HERE, "dashboards")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def get(url):
@@ -127,7 +118,7 @@ def main():
         # --- a daemon that ran its jobs ------------------------------------------------------
         api = h.FakeAPI(work, "--universe", "40")
         db = h.Database(f"dash_{os.getpid()}")
-        port = free_port()
+        port = h.free_port()
         conf = os.path.join(work, "d.conf")
         h.write_config(conf, db, api.base_url, os.path.join(work, "spool"),
                        jobs="[job.assets]\nevery = 1h\n[job.prices]\nevery = 1h\n"
@@ -160,7 +151,7 @@ def main():
             print("NOT CHECKED: the PromQL against a real Prometheus (Debian package prometheus "
                   "missing)")
         else:
-            pport = free_port()
+            pport = h.free_port()
             pconf = os.path.join(work, "prometheus.yml")
             open(pconf, "w").write(
                 "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: coingest\n"

@@ -13,7 +13,6 @@ and start it without disturbing the other tests. The daemon writes prices every 
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -29,14 +28,6 @@ def server(cmd, d, env=None):
     return h.private_server(cmd, d, env)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def main():
     h.need_env()
     check = h.Check()
@@ -44,7 +35,7 @@ def main():
     dbdir = os.path.join(work, "db")
     env = server("start", dbdir)
     api = db = d = None
-    port = free_port()
+    port = h.free_port()
 
     def health():
         """(status, parsed body) of one probe; (None, {}) when nothing answered."""

@@ -15,7 +15,6 @@ under 400 MB), not a benchmark.
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,14 +22,6 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def peak_rss_kb(pid):
@@ -46,7 +37,7 @@ def run_case(check, work, db, name, fault, want_error):
     work = os.path.join(work, name)
     os.makedirs(work)
     api = h.FakeAPI(work, "--universe", "50")
-    port = free_port()
+    port = h.free_port()
     conf = os.path.join(work, f"{name}.conf")
     h.write_config(conf, db, api.base_url, os.path.join(work, f"spool-{name}"),
                    jobs="[job.prices]\nenabled = false\n[job.market_caps]\nenabled = false\n"

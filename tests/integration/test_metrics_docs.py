@@ -31,7 +31,6 @@ exposed (except the one above) and every documented label is seen on one of its 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -104,14 +103,6 @@ def value(text, name, labels=""):
     return None
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def main():
     h.need_env()
     check = h.Check()
@@ -122,7 +113,7 @@ def main():
     work = h.tempdir("coingest-metrics-docs.")
     api = h.FakeAPI(work, "--universe", "200")
     db = h.Database(f"metrics_docs_{os.getpid()}")
-    port = free_port()
+    port = h.free_port()
     conf = os.path.join(work, "metrics.conf")
     jobs = ("[job.assets]\nevery = 24h\n"
             "[job.prices]\nevery = 2s\nalign = false\n"

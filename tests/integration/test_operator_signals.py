@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -25,14 +24,6 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def health(port):
@@ -92,7 +83,7 @@ def main():
                 "[source.analytics]\nenabled = false\n")
 
         # --- 1. failures at warn, degraded, recovery at info ----------------------------------
-        port = free_port()
+        port = h.free_port()
         conf = os.path.join(work, "one.conf")
         err = os.path.join(work, "one.log")
         fast = "max_retries = 2\nbackoff_base = 100ms\nbackoff_cap = 300ms\n"

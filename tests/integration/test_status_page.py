@@ -22,7 +22,6 @@ import html.parser
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,14 +35,6 @@ SHOT = os.path.join(HERE, "docs", "status-page.png")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def get(url):
@@ -141,7 +132,7 @@ def main():
     try:
         api = h.FakeAPI(work, "--universe", "40")
         db = h.Database(f"status_{os.getpid()}")
-        port = free_port()
+        port = h.free_port()
         conf = os.path.join(work, "s.conf")
         jobs = ("[job.assets]\nevery = 1h\n[job.prices]\nevery = 1m\n"
                 "[job.market_caps]\nevery = 5m\n")

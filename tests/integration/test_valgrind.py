@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -81,14 +80,6 @@ def count(db, table, where="1"):
         return 0
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def once_run(check, vg, work, api):
     db = h.Database(f"valgrind_once_{os.getpid()}")
     try:
@@ -120,7 +111,7 @@ def once_run(check, vg, work, api):
 def daemon_run(check, vg, work, api):
     db = h.Database(f"valgrind_daemon_{os.getpid()}")
     try:
-        port = free_port()
+        port = h.free_port()
         conf = os.path.join(work, "daemon.conf")
         h.write_config(conf, db, api.base_url, os.path.join(work, "spool-daemon"),
                        jobs="[job.assets]\nevery = 24h\n[job.prices]\nevery = 2s\nalign = false\n"
