@@ -22,7 +22,7 @@
  * coin list takes about 6 bytes of jansson allocations per byte of text and a markets page
  * about 5, but `[{},{},...]` takes 72. While jrows_load parses, every allocation jansson makes
  * is counted against a budget of JROWS_MEM_FACTOR bytes per byte of body plus JROWS_MEM_SLACK
- * (jansson's allocator is set once, process-wide, to a counting malloc that only counts on a
+ * (jansson's allocator is set once, before main(), to a counting malloc that only counts on a
  * thread inside jrows_load); past it the allocation fails, the parse stops, and the body is
  * refused as too large (-E2BIG) instead of taking gigabytes. Allocations are counted gross
  * (frees are not subtracted), which errs on the side of refusing.
@@ -36,7 +36,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -63,13 +62,13 @@ static void *counting_malloc(size_t n)
     return malloc(n);
 }
 
-static void install_allocator(void)
+/* Before main(), while the process has one thread: jansson's allocator is a plain global that
+ * every thread's json_* calls read (the sink's writers dump rejected rows), so it must not
+ * change under them later. free() stays free(), so nothing allocated either way mismatches. */
+__attribute__((constructor)) static void install_allocator(void)
 {
-    /* free() stays free(): blocks jansson allocated before this point free the same way. */
     json_set_alloc_funcs(counting_malloc, free);
 }
-
-static pthread_once_t allocator_once = PTHREAD_ONCE_INIT;
 
 size_t jrows_mem_budget(size_t len)
 {
@@ -80,7 +79,6 @@ size_t jrows_mem_budget(size_t len)
 
 static json_t *load_budgeted(const char *body, size_t len, json_error_t *je)
 {
-    pthread_once(&allocator_once, install_allocator);
     budget_left = jrows_mem_budget(len);
     budget_hit = false;
     budget_on = true;
