@@ -19,6 +19,12 @@
 
 struct fakeapi;
 
+/* How far the daemon's clock may trail the fake server's when a test compares them: the
+ * bucket reads libuv's loop clock, which is CLOCK_MONOTONIC_COARSE (up to a tick behind
+ * CLOCK_MONOTONIC) truncated to whole milliseconds, while the server stamps requests with
+ * CLOCK_MONOTONIC. Lower bounds on arrival times subtract this; load only adds to them. */
+#define FAKEAPI_CLOCK_SLACK_S 0.005
+
 /* True when FAKEAPI names the script and python3 can be found; tests skip (77) otherwise. */
 bool fakeapi_available(void);
 
