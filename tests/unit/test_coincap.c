@@ -123,6 +123,12 @@ static void test_lists(void **state)
     assert_int_equal(coincap_parse_assets(w, strlen(w), &o, NULL, NULL, err, sizeof(err)),
                      -EBADMSG);
     coincap_assets_clear(&o);
+    /* Truncating keeps the first n and frees the rest. */
+    coincap_assets_truncate(&l, 3);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.items[2].id, "binance-coin");
+    coincap_assets_truncate(&l, 5);
+    assert_int_equal(l.n, 3);
     coincap_assets_clear(&l);
 }
 

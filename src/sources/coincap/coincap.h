@@ -53,6 +53,9 @@ struct coincap_assets {
 /* Frees the assets and empties the list; NULL is a no-op. */
 void coincap_assets_clear(struct coincap_assets *l);
 
+/* Frees the assets after the first n (the list keeps its first n); NULL is a no-op. */
+void coincap_assets_truncate(struct coincap_assets *l, size_t n);
+
 /*
  * /assets (data an array) or /assets/{id} (data one object): appends one entry per asset with
  * a usable `id` (others are counted in *skipped) and sets timestamp_ms. A number that is not

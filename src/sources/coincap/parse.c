@@ -59,11 +59,15 @@ void coincap_assets_clear(struct coincap_assets *l)
 {
     if (!l)
         return;
-    for (size_t i = 0; i < l->n; i++)
-        asset_free(&l->items[i]);
+    coincap_assets_truncate(l, 0);
     free(l->items);
     l->items = NULL;
-    l->n = 0;
+}
+
+void coincap_assets_truncate(struct coincap_assets *l, size_t n)
+{
+    for (; l && l->n > n; l->n--)
+        asset_free(&l->items[l->n - 1]);
 }
 
 /* --- /assets ------------------------------------------------------------------------------ */
