@@ -13,7 +13,9 @@ universe (what CoinGecko's jobs would have stored) has duplicate symbols. Then:
    symbol_market_cap), and the other two (on different pages) are listed in unmapped_asset_keys
    and in the run's one warn line, with no rows.
 2. A 429 storm (four answers with Retry-After: 1): the run still stores every row, and no
-   request reaches the API before the advised second has passed.
+   request reaches the API before the advised second has passed. Then a truncated body, an
+   HTML page with status 200, a 502 and an answer slower than the timeout, one per page: each
+   page is asked again and the run stores every row.
 3. `--once coincap_history` (12 assets x 60 days of h1, two windows each, the fake leaving out
    about one hour in 13) killed with SIGKILL midway, then run again: no point twice, no gap
    other than the fake's, every price the fake's, and the second run resumed (fewer windows).
@@ -114,6 +116,7 @@ base_url = {base}
 api_key = {key}
 rate_limit = 5/s
 burst = 2
+timeout = 2s
 max_retries = 3
 backoff_base = 50ms
 backoff_cap = 500ms
@@ -177,15 +180,33 @@ def run(check, work, db, fake):
 
     assets_run(check, work, db, fake, conf)
     storm(check, db, fake, conf)
+    faults(check, db, fake, conf)
     history(check, work, db, fake, conf)
     refusals(check, work, db, fake)
     recorded(check, work, db)
 
 
+def shape(check, fake):
+    """The synthetic bodies are shaped like the recorded v3 one: the same keys in the same
+    order, envelope included, every number a string (or null)."""
+    fx = os.path.join(os.environ["COINGEST_SOURCE_DIR"], "tests", "fixtures", "coincap",
+                      "v3_assets_bitcoin_2026-04-06.json")
+    rec = json.load(open(fx))
+    got = fake_get(fake, "/assets?limit=25")
+    check.eq(list(got), list(rec), "fake: the envelope's keys, in the recorded order")
+    check(all(list(a) == list(rec["data"]) for a in got["data"]),
+          "fake: every asset has the recorded v3 asset's keys, in its order")
+    numeric = [k for k in rec["data"] if k not in ("id", "symbol", "name", "explorer", "tokens")]
+    check(all(a[k] is None or isinstance(a[k], str) for a in got["data"] for k in numeric),
+          "fake: every number is a JSON string or null")
+
+
 def assets_run(check, work, db, fake, conf):
+    shape(check, fake)
+    since = fake.requests()[-1]["seq"]
     rc, out, err = h.run_daemon(conf, "--once", "coincap_assets", timeout=120)
     check.eq(rc, 0, "coincap_assets exit code" if rc == 0 else f"coincap_assets ({err[-500:]})")
-    reqs = [r for r in fake.requests() if r["route"] == "/assets"]
+    reqs = [r for r in fake.requests() if r["route"] == "/assets" and r["seq"] > since]
     check.eq([(r["params"].get("limit"), r["params"].get("offset")) for r in reqs],
              [("3", str(o)) for o in range(0, 24, 3)] + [("2", "24")],
              "pages by limit/offset up to top = 26")
@@ -258,6 +279,23 @@ def storm(check, db, fake, conf):
     check(not early, f"429 storm: no request before Retry-After had passed (early by {early})")
     check.eq(len([r for r in reqs if r["status"] == 200]), 9, "429 storm: then the 9 pages")
     compare_assets(check, db, fake, "after the storm")
+
+
+def faults(check, db, fake, conf):
+    fake.control("POST", "tick", {"n": 1})
+    kinds = [{"kind": "truncate"}, {"kind": "html"}, {"status": 502},
+             {"kind": "delay", "seconds": 3}]
+    for k, f in enumerate(kinds):
+        f.update({"match": "/assets", "params": {"offset": str(3 * k)}})
+    fake.control("POST", "faults", kinds)
+    since = fake.requests()[-1]["seq"]
+    rc, out, err = h.run_daemon(conf, "--once", "coincap_assets", timeout=120)
+    check.eq(rc, 0, "faults: the run succeeds" if rc == 0 else f"faults ({err[-500:]})")
+    reqs = [r for r in fake.requests() if r["seq"] > since]
+    offsets = [r["params"].get("offset") for r in reqs]
+    check.eq([offsets.count(str(3 * k)) for k in range(5)], [2, 2, 2, 2, 1],
+             "faults: each faulted page was asked again, once")
+    compare_assets(check, db, fake, "after the faults")
 
 
 def history(check, work, db, fake, conf):
