@@ -7,9 +7,9 @@ supply, maxSupply, marketCapUsd, changePercent24Hr and vwap24Hr, v3 `tokens`) pl
 symbols collide with the canonical universe's, and checks the Bearer key. The canonical
 universe (what CoinGecko's jobs would have stored) has duplicate symbols. Then:
 
-1. `--once coincap_assets` (top 26 in pages of 3: the fake has 25): prices and market_snapshots (source
-   coincap) hold exactly what the fake served, row for row and field for field, under the
-   canonical ids; the mapping is exactly the unambiguous keys (contract, symbol_name,
+1. `--once coincap_assets` (top 26 in pages of 3: the fake has 25): prices and
+   market_snapshots (source coincap) hold exactly what the fake served, row for row and field
+   for field, under the canonical ids; the mapping is exactly the unambiguous keys (contract, symbol_name,
    symbol_market_cap), and the other two (on different pages) are listed in unmapped_asset_keys
    and in the run's one warn line, with no rows.
 2. A 429 storm (four answers with Retry-After: 1): the run still stores every row, and no

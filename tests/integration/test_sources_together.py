@@ -100,7 +100,8 @@ days = 2
 """
     h.write_config(conf, db, cg.base_url, os.path.join(work, "spool"), extra=extra)
     text = open(conf).read().replace("plan = public\n", f"plan = demo\napi_key = {CG_KEY}\n")
-    open(conf, "w").write(text.replace("metrics_listen =\n", f"metrics_listen = 127.0.0.1:{port}\n"))
+    text = text.replace("metrics_listen =\n", f"metrics_listen = 127.0.0.1:{port}\n")
+    open(conf, "w").write(text)
     rc, out, err = h.run_daemon(conf, "--migrate", timeout=120)
     check.eq(rc, 0, "--migrate" if rc == 0 else f"--migrate ({err[-300:]})")
     rc, out, err = h.run_daemon(conf, "--once", "assets,market_caps", timeout=120)
