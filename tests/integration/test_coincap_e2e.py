@@ -9,9 +9,9 @@ universe (what CoinGecko's jobs would have stored) has duplicate symbols. Then:
 
 1. `--once coincap_assets` (top 26 in pages of 3: the fake has 25): prices and
    market_snapshots (source coincap) hold exactly what the fake served, row for row and field
-   for field, under the canonical ids; the mapping is exactly the unambiguous keys (contract, symbol_name,
-   symbol_market_cap), and the other two (on different pages) are listed in unmapped_asset_keys
-   and in the run's one warn line, with no rows.
+   for field, under the canonical ids; the mapping is exactly the unambiguous keys (contract,
+   symbol_name, symbol_market_cap), and the other two (on different pages) are listed in
+   unmapped_asset_keys and in the run's one warn line, with no rows.
 2. A 429 storm (four answers with Retry-After: 1): the run still stores every row, and no
    request reaches the API before the advised second has passed. Then a truncated body, an
    HTML page with status 200, a 502 and an answer slower than the timeout, one per page: each
