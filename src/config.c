@@ -736,6 +736,8 @@ struct config *config_defaults(void)
         if (set_str(&src->name, d->name) || plan_defaults(src, true, true, true, true) ||
             (d->nkeys && !(src->values = calloc(d->nkeys, sizeof(*src->values)))))
             goto fail;
+        /* As apply_plan_defaults: unset, the reserve is 2% of the default plan's credits. */
+        src->credit_reserve = src->monthly_credits / 50;
         for (size_t k = 0; k < d->njobs; k++, j++) {
             const struct job_def *jd = d->jobs[k];
             cfg->jobs[j] = (struct cfg_job){.def = jd,

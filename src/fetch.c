@@ -21,7 +21,8 @@
  * the outcome is classified: 2xx with a JSON-looking body that the parse callback accepts is
  * success; connection errors, timeouts, truncated bodies, 5xx, 408, 429, non-JSON 2xx bodies
  * and parse rejections are retried after a full-jitter backoff (a wheel timer) and go through
- * the bucket again; everything else is final. A 429 pauses the whole bucket: until the time
+ * the bucket again (except a parse that says the body is the API's own error, -EPROTO);
+ * everything else is final. A 429 pauses the whole bucket: until the time
  * Retry-After advises (delta seconds or an HTTP date, capped at an hour) or, without the
  * header, for a backoff delay; the request goes straight back to the paused bucket. The
  * advised wait is logged once per episode (an episode ends with the first non-429 answer to a
@@ -1147,6 +1148,12 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
                 log_warn("response refused: too large to parse", LOG_S("api", a->cfg.name),
                          LOG_S("path", r->path), LOG_U("bytes", r->len));
                 req_finish(r, FETCH_TOO_LARGE, msg);
+                return;
+            }
+            if (prc == -EPROTO) {
+                /* The API's own error or notice: asking again gets the same answer. */
+                snprintf(msg, sizeof(msg), "%s", perr[0] ? perr : "the API answered an error");
+                req_finish(r, FETCH_BAD_BODY, msg);
                 return;
             }
             if (prc < 0) {

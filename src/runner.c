@@ -640,8 +640,9 @@ static int on_parse(const char *body, size_t len, void *arg, char *err, size_t e
         char labels[160];
         snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\"", run_source(r)->name, r->sum.name);
         metrics_add("coingest_parse_errors_total", labels, 1);
-        log_warn("response did not parse; retrying", LOG_S("job", r->sum.name),
-                 LOG_S("error", err));
+        log_warn(rc == -EPROTO ? "the API answered an error instead of data"
+                               : "response did not parse; retrying",
+                 LOG_S("job", r->sum.name), LOG_S("error", err));
     }
     return rc;
 }

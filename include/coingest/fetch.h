@@ -62,7 +62,9 @@ struct fetch_result {
 
 /* Called on a 2xx JSON-looking body before it counts as success. Returns 0 to accept, or a
  * negative value to reject (the request is retried like a bad body; -E2BIG: the body is too
- * large to parse and the request ends with FETCH_TOO_LARGE, no retry); writes why into err.
+ * large to parse and the request ends with FETCH_TOO_LARGE, no retry; -EPROTO: the body is the
+ * API's own error or notice sent with a 2xx, such as a retired version's shutdown notice, and
+ * the request ends with FETCH_BAD_BODY, no retry, as a 4xx would); writes why into err.
  * It must have no lasting effect when it rejects (parse into a temporary, keep on accept). */
 typedef int (*fetch_parse_cb)(const char *body, size_t len, void *arg, char *err, size_t errlen);
 typedef void (*fetch_done_cb)(const struct fetch_result *res, void *arg);

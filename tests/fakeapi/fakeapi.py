@@ -783,10 +783,12 @@ class App:
 
 class Handler(BaseHTTPRequestHandler):
     """The API side of the server. Another API's fake subclasses it and sets these: the
-    path prefix of the API, its 429 and 404 bodies, and which request headers carry a key."""
+    path prefix of the API, its 429, 404 and 401 bodies, and which request headers carry a key
+    (key_ok)."""
     prefix = PREFIX
     err_429_body = ERR_429_BODY
     not_found_body = NOT_FOUND_BODY
+    unauthorized_body = b'{"status":{"error_code":10002,"error_message":"API Key Missing"}}'
     protocol_version = "HTTP/1.1"
     server_version = "fakeapi/1"
     sys_version = ""
@@ -867,8 +869,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.apply_fault(app, fault, route, params, entry)
                 return
             if app.args.require_key and not self.key_ok(app.args.require_key):
-                self.answer(entry, 401, dumps({"status": {
-                    "error_code": 10002, "error_message": "API Key Missing"}}))
+                self.answer(entry, 401, self.unauthorized_body)
                 return
             with app.lock:
                 wait = app.rate.check(time.monotonic())

@@ -112,12 +112,17 @@ def private_server(cmd, d, env=None):
 
 
 class FakeAPI:
-    """tests/fakeapi/fakeapi.py on a loopback port."""
+    """tests/fakeapi/fakeapi.py on a loopback port; `script` names another fake of that folder
+    (coinbase.py, coincap.py), served under `prefix` (its base_url's path)."""
 
-    def __init__(self, workdir, *args):
-        self.port_file = os.path.join(workdir, "fakeapi.port")
-        self.log = open(os.path.join(workdir, "fakeapi.log"), "w")
-        cmd = [sys.executable, os.environ["FAKEAPI"], "--port", "0", "--port-file", self.port_file]
+    def __init__(self, workdir, *args, script=None, prefix="/api/v3"):
+        name = os.path.splitext(script)[0] if script else "fakeapi"
+        self.port_file = os.path.join(workdir, f"{name}.port")
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w")
+        path = os.environ["FAKEAPI"]
+        if script:
+            path = os.path.join(os.path.dirname(path), script)
+        cmd = [sys.executable, path, "--port", "0", "--port-file", self.port_file]
         cmd += list(args)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
@@ -130,7 +135,7 @@ class FakeAPI:
         else:
             raise RuntimeError("fake API did not start")
         self.port = int(open(self.port_file).read().strip())
-        self.base_url = f"http://127.0.0.1:{self.port}/api/v3"
+        self.base_url = f"http://127.0.0.1:{self.port}{prefix}"
 
     def control(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None

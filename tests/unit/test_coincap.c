@@ -91,9 +91,10 @@ static void test_lists(void **state)
     assert_int_equal(no_vwap, 370);
     free(body);
 
-    /* The retired v2's notice: refused with its message; the list as it was. */
+    /* The retired v2's notice: refused with its message, as final (-EPROTO); the list as it
+     * was. */
     body = load_fixture("v2_assets_deprecation_notice_2025-04-16.json", &len);
-    assert_int_equal(coincap_parse_assets(body, len, &l, NULL, NULL, err, sizeof(err)), -EBADMSG);
+    assert_int_equal(coincap_parse_assets(body, len, &l, NULL, NULL, err, sizeof(err)), -EPROTO);
     assert_non_null(strstr(err, "We are deprecating this version"));
     assert_int_equal(l.n, 1010);
     char msg[256];
@@ -115,10 +116,19 @@ static void test_lists(void **state)
     assert_int_equal(o.items[0].naddresses, 2);
     assert_true(isnan(o.items[0].price) && isnan(o.items[0].rank));
     const char *e = "{\"error\":\"Unauthorized\"}";
-    assert_int_equal(coincap_parse_assets(e, strlen(e), &o, NULL, NULL, err, sizeof(err)),
-                     -EBADMSG);
+    assert_int_equal(coincap_parse_assets(e, strlen(e), &o, NULL, NULL, err, sizeof(err)), -EPROTO);
     assert_non_null(strstr(err, "Unauthorized"));
+    /* A body of the wrong shape that carries no message is retried (-EBADMSG). */
+    const char *w = "{\"data\":7}";
+    assert_int_equal(coincap_parse_assets(w, strlen(w), &o, NULL, NULL, err, sizeof(err)),
+                     -EBADMSG);
     coincap_assets_clear(&o);
+    /* Truncating keeps the first n and frees the rest. */
+    coincap_assets_truncate(&l, 3);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.items[2].id, "binance-coin");
+    coincap_assets_truncate(&l, 5);
+    assert_int_equal(l.n, 3);
     coincap_assets_clear(&l);
 }
 
@@ -154,10 +164,10 @@ static void test_history(void **state)
     assert_true(batch_val(b, 10, BATCH_PRICES_COL_PRICE)->u.d == 29232.6707650537687673);
     free(body);
 
-    /* The notice is refused; nothing added. */
+    /* The notice is refused as final; nothing added. */
     body = load_fixture("v2_assets_deprecation_notice_2025-04-16.json", &len);
     uint32_t before = b->nrows;
-    assert_int_equal(coincap_parse_history(body, len, &q, b, &st, err, sizeof(err)), -EBADMSG);
+    assert_int_equal(coincap_parse_history(body, len, &q, b, &st, err, sizeof(err)), -EPROTO);
     assert_non_null(strstr(err, "deprecating"));
     assert_int_equal(b->nrows, before);
     free(body);

@@ -1104,6 +1104,7 @@ struct parse_ctx {
     struct res res;
     int calls;
     int reject;
+    int reject_rc; /* what a rejection returns; 0: -EINVAL */
     size_t kept_rows;
 };
 
@@ -1121,7 +1122,7 @@ static int parse_rows(const char *body, size_t len, void *arg, char *err, size_t
     json_decref(rows);
     if (p->calls <= p->reject) {
         snprintf(err, errlen, "rows look wrong (%zu)", n);
-        return -EINVAL;
+        return p->reject_rc ? p->reject_rc : -EINVAL;
     }
     p->kept_rows = n;
     return 0;
@@ -1148,6 +1149,18 @@ static void test_parse_callback(void **state)
     assert_int_equal(p.res.attempts, 2);
     assert_int_equal(p.kept_rows, 250);
     res_free(&p.res);
+
+    /* The API's own error in a 200 (-EPROTO): final at once, its message as the error. */
+    struct parse_ctx n = {.reject = 100, .reject_rc = -EPROTO};
+    remaining = 1;
+    n.res.remaining = &remaining;
+    assert_non_null(api_get(e->api, "/ping", 0, parse_rows, on_parse_done, &n));
+    run_until(e, &remaining);
+    assert_int_equal(n.res.outcome, FETCH_BAD_BODY);
+    assert_int_equal(n.calls, 1);
+    assert_int_equal(n.res.attempts, 1);
+    assert_string_equal(n.res.error, "rows look wrong (0)");
+    res_free(&n.res);
 
     struct parse_ctx q = {.reject = 100};
     remaining = 1;

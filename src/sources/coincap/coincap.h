@@ -10,7 +10,8 @@
  * GET /assets/{id}/history?interval=d1|h1&start=&end= an array of {priceUsd, time (ms), date}.
  * Version 2 (api.coincap.io/v2) is shut down and answers {"data": {"message": "We are
  * deprecating this version ..."}}: `data` an object with a message and no id, which the
- * parsers refuse with that message (-EBADMSG), as they refuse {"error": "..."}.
+ * parsers refuse with that message and -EPROTO (fetch.h: final, no retry), as they refuse
+ * {"error": "..."}; a body that is neither data nor a message is -EBADMSG (retried).
  *
  * Parsers follow the jrows contract (include/coingest/jrows.h): all or nothing, -EBADMSG with
  * a message for a body of the wrong shape, numbers (strings included) as the double nearest to
@@ -52,12 +53,15 @@ struct coincap_assets {
 /* Frees the assets and empties the list; NULL is a no-op. */
 void coincap_assets_clear(struct coincap_assets *l);
 
+/* Frees the assets after the first n (the list keeps its first n); NULL is a no-op. */
+void coincap_assets_truncate(struct coincap_assets *l, size_t n);
+
 /*
  * /assets (data an array) or /assets/{id} (data one object): appends one entry per asset with
  * a usable `id` (others are counted in *skipped) and sets timestamp_ms. A number that is not
  * one (or a rank that is not whole and positive) reads as NaN and is counted in *bad. 0,
- * -EBADMSG (no such envelope, or an error or notice body; message in err) or -ENOMEM; on
- * error `out` is as before.
+ * -EPROTO (an error or notice body; its message in err), -EBADMSG (no such envelope) or
+ * -ENOMEM; on error `out` is as before.
  */
 int coincap_parse_assets(const char *body, size_t len, struct coincap_assets *out,
                          uint64_t *skipped, uint64_t *bad, char *err, size_t errlen);
@@ -78,8 +82,8 @@ struct coincap_history_stats {
 
 /*
  * /assets/{id}/history: one BATCH_PRICES row per point in the window (source coincap,
- * vs_currency usd, source_updated_at = time, price = priceUsd). 0, -EBADMSG (not
- * {"data": [...]}: an error or notice body, say) or -EINVAL/-ENOMEM.
+ * vs_currency usd, source_updated_at = time, price = priceUsd). 0, -EPROTO (an error or notice
+ * body; its message in err), -EBADMSG (not {"data": [...]}) or -EINVAL/-ENOMEM.
  */
 int coincap_parse_history(const char *body, size_t len, const struct coincap_history_req *req,
                           struct batch *prices, struct coincap_history_stats *st, char *err,

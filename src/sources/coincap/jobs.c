@@ -9,10 +9,13 @@
  * equal CoinGecko's, but that is not a rule: "binance-coin" is CoinGecko's "binancecoin".
  *
  * coincap_assets, one request at a time: the universe read, then GET /assets?limit=L&offset=O
- * pages until `top` assets (or a short page). Each page's mapped assets become a prices row
- * (with vwap_24h) and a market_snapshots row (rank, supply, max supply, market cap, volume,
- * 24h change, vwap_24h) at the envelope's timestamp, in usd; an asset mapped onto an id an
- * earlier one of the run already took is dropped (counted).
+ * pages until `top` assets (or a short page), kept in memory (an asset is a few hundred bytes).
+ * Then one mapping pass over all of them (one asset_aliases batch, one warn line naming the
+ * unmapped ids, as coincap_history and Coinbase do per run) and the rows: each mapped asset
+ * becomes a prices row (with vwap_24h) and a market_snapshots row (rank, supply, max supply,
+ * market cap, volume, 24h change, vwap_24h) at its page's envelope timestamp, in usd; an asset
+ * mapped onto an id an earlier one of the run already took is dropped (counted). A page that
+ * fails ends the walk; the pages before it are stored (the run is partial).
  *
  * coincap_history: GET /assets?ids=.. (or ?limit=top without `ids`) for the assets' symbols
  * and names, the mapping, one read of candle_fill (source coincap, product = the CoinCap id,
@@ -101,9 +104,10 @@ struct assets_run {
     uint64_t top, limit, offset;
     struct alias_universe *universe;
     bool universe_known;
-    struct coincap_assets page;
-    struct strlist taken; /* canonical ids given rows this run */
-    bool last_page;
+    struct coincap_assets listed; /* every page's assets so far, in rank order */
+    int64_t *at;                  /* listed.items[i]'s envelope timestamp (ms; 0: none) */
+    size_t last_n;                /* assets the last page added */
+    struct strlist taken;         /* canonical ids given rows this run */
     char path[128];
 };
 
@@ -113,19 +117,33 @@ static void assets_cleanup(struct run *run)
 {
     struct assets_run *r = run_state(run);
     alias_universe_free(r->universe);
-    coincap_assets_clear(&r->page);
+    coincap_assets_clear(&r->listed);
+    free(r->at);
     strlist_clear(&r->taken);
 }
 
+/* Appends a page to `listed`, each asset with the page's timestamp; all or nothing. */
 static int assets_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
 {
     struct assets_run *r = run_state(arg);
     uint64_t skipped = 0, bad = 0;
-    coincap_assets_clear(&r->page);
-    int rc = coincap_parse_assets(body, len, &r->page, &skipped, &bad, err, errlen);
-    if (rc == 0 && skipped + bad)
+    size_t before = r->listed.n;
+    int rc = coincap_parse_assets(body, len, &r->listed, &skipped, &bad, err, errlen);
+    if (rc != 0)
+        return rc;
+    int64_t *at = realloc(r->at, (r->listed.n + 1) * sizeof(*at));
+    if (!at) {
+        coincap_assets_truncate(&r->listed, before);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r->at = at;
+    for (size_t i = before; i < r->listed.n; i++)
+        at[i] = r->listed.timestamp_ms;
+    r->last_n = r->listed.n - before;
+    if (skipped + bad)
         run_count(r->run, skipped + bad);
-    return rc;
+    return 0;
 }
 
 static void set_dbl(struct batch *b, uint32_t row, uint16_t col, double v)
@@ -139,18 +157,18 @@ static int set_str(struct batch *b, uint32_t row, uint16_t col, const char *s)
     return batch_set_str(b, row, col, s, strlen(s));
 }
 
-/* The rows of one page's mapped assets. */
-static int page_rows(struct assets_run *r, const struct alias_result *res)
+/* The rows of the run's mapped assets. */
+static int asset_rows(struct assets_run *r, const struct alias_result *res)
 {
-    const struct coincap_assets *l = &r->page;
+    const struct coincap_assets *l = &r->listed;
     int64_t now = (int64_t)util_wall_ms();
-    int64_t at = l->timestamp_ms ? l->timestamp_ms : now;
     struct batch *p = batch_new(BATCH_PRICES_VWAP, (uint32_t)l->n + 1);
     struct batch *m = batch_new(BATCH_MARKET_SNAPSHOTS_VWAP, (uint32_t)l->n + 1);
     int rc = p && m ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < l->n; i++) {
         const struct coincap_asset *a = &l->items[i];
         const char *id = res[i].asset_id;
+        int64_t at = r->at[i] ? r->at[i] : now;
         if (!id)
             continue;
         if (isnan(a->price) || strlist_has(&r->taken, id, strlen(id))) {
@@ -203,27 +221,32 @@ static int page_rows(struct assets_run *r, const struct alias_result *res)
     return rc;
 }
 
+/* The walk is over: one mapping pass over every listed asset, then their rows. */
+static void assets_store(struct assets_run *r)
+{
+    r->step = A_DONE;
+    if (r->listed.n == 0)
+        return;
+    struct alias_result *ar = calloc(r->listed.n + 1, sizeof(*ar));
+    if (!ar || map_assets(r->run, r->universe, r->universe_known, &r->listed, ar) != 0 ||
+        asset_rows(r, ar) != 0)
+        run_fail(r->run, "assets", "out of memory");
+    free(ar);
+}
+
 static void page_done(const struct fetch_result *res, void *arg)
 {
     struct assets_run *r = run_state(arg);
     if (res->outcome != FETCH_OK) {
-        r->step = A_DONE; /* the runner recorded why */
+        assets_store(r); /* the pages before this one; the runner recorded why */
         assets_advance(r);
         return;
     }
-    struct alias_result *ar = calloc(r->page.n + 1, sizeof(*ar));
-    if (!ar || map_assets(r->run, r->universe, r->universe_known, &r->page, ar) != 0 ||
-        page_rows(r, ar) != 0) {
-        run_fail(r->run, "assets", "out of memory");
-        r->step = A_DONE;
-    }
-    free(ar);
     r->offset += r->limit;
-    if (r->page.n < r->limit || r->offset >= r->top)
-        r->step = A_DONE;
-    if (r->page.n == 0 && r->offset == r->limit)
+    if (r->listed.n == 0 && r->offset == r->limit)
         run_source_error(r->run, "no_rows", "assets", "the first page of /assets is empty");
-    coincap_assets_clear(&r->page);
+    if (r->last_n < r->limit || r->offset >= r->top)
+        assets_store(r);
     assets_advance(r);
 }
 

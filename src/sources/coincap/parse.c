@@ -59,11 +59,15 @@ void coincap_assets_clear(struct coincap_assets *l)
 {
     if (!l)
         return;
-    for (size_t i = 0; i < l->n; i++)
-        asset_free(&l->items[i]);
+    coincap_assets_truncate(l, 0);
     free(l->items);
     l->items = NULL;
-    l->n = 0;
+}
+
+void coincap_assets_truncate(struct coincap_assets *l, size_t n)
+{
+    for (; l && l->n > n; l->n--)
+        asset_free(&l->items[l->n - 1]);
 }
 
 /* --- /assets ------------------------------------------------------------------------------ */
@@ -160,6 +164,13 @@ static int push_asset(struct coincap_assets *l, const json_t *e, uint64_t *bad)
     return rc;
 }
 
+/* Why a body without data is refused: -EPROTO when it is CoinCap's own error or notice (no
+ * retry brings another answer), else -EBADMSG. */
+static int refusal(const json_t *root)
+{
+    return json_is_object(root) && message_of(root) ? -EPROTO : -EBADMSG;
+}
+
 /* The envelope's `data`, or NULL after setting the shape error. */
 static const json_t *data_of(struct jrows *j, const json_t *root, const char *expected)
 {
@@ -181,7 +192,7 @@ int coincap_parse_assets(const char *body, size_t len, struct coincap_assets *ou
     int rc = jrows_load(&j, body, len, &root);
     const json_t *d = rc == 0 ? data_of(&j, root, "{\"data\": [assets]}") : NULL;
     if (rc == 0 && !d)
-        rc = -EBADMSG;
+        rc = refusal(root);
     if (rc == 0 && json_is_object(d)) {
         rc = push_asset(&got, d, &nbad);
     } else if (rc == 0) {
@@ -251,7 +262,7 @@ int coincap_parse_history(const char *body, size_t len, const struct coincap_his
         d = json_is_object(root) ? json_object_get(root, "data") : NULL;
         if (!json_is_array(d)) {
             jrows_shape_error(&j, "{\"data\": [points]}", root);
-            rc = -EBADMSG;
+            rc = refusal(root);
         }
     }
     struct coincap_history_stats s = {0};
