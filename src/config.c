@@ -348,6 +348,7 @@ static const struct keydef database_keys[] = {
     {"batch_bytes", K_SIZE, DB(batch_bytes), KIB, GIB, R_DATABASE, 0},
     {"flush_interval", K_DURATION, DB(flush_interval_ms), 1, UINT64_MAX, R_DATABASE, 0},
     {"max_pending_rows", K_U64, DB(max_pending_rows), 1, UINT64_MAX, R_DATABASE, 0},
+    {"binary_writes", K_BOOL, DB(binary_writes), NOLIMIT, R_DATABASE, 0},
     {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE, 0},
     {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE, 0},
     {"migrations_dir", K_OPTSTR, DB(migrations_dir), NOLIMIT, R_DATABASE, 0},
@@ -708,6 +709,7 @@ struct config *config_defaults(void)
     cfg->database.max_pending_rows = 200000;
     cfg->database.connect_timeout_ms = 5 * MS_SECOND;
     cfg->database.auto_migrate = true;
+    cfg->database.binary_writes = true;
     cfg->database.ssl_mode = DB_SSL_PREFERRED;
 
     cfg->universe.all = true;

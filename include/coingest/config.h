@@ -136,6 +136,7 @@ struct config {
         uint64_t batch_bytes;        /* default 4MiB; also capped by max_allowed_packet */
         uint64_t flush_interval_ms;  /* default 1s */
         uint64_t max_pending_rows;   /* default 200000: past it, batches go to the spool */
+        bool binary_writes;          /* default true: array binding where the server has it */
         uint64_t connect_timeout_ms; /* default 5s */
         bool auto_migrate;           /* default true */
         char *migrations_dir;        /* NULL or "": the built-in migrations */
