@@ -237,6 +237,42 @@ void strlist_sort_uniq(struct strlist *l)
     l->n = w;
 }
 
+int strlist_merge_sorted(struct strlist *dst, const struct strlist *src, size_t *added)
+{
+    *added = 0;
+    struct strlist add = {0};
+    if (strlist_append(&add, src) != 0) {
+        strlist_clear(&add);
+        return -ENOMEM;
+    }
+    strlist_sort_uniq(&add);
+    if (add.n == 0)
+        return 0;
+    char **items = malloc((dst->n + add.n) * sizeof(*items));
+    if (!items) {
+        strlist_clear(&add);
+        return -ENOMEM;
+    }
+    size_t a = 0, b = 0, w = 0;
+    while (a < dst->n || b < add.n) {
+        int c = a == dst->n ? 1 : b == add.n ? -1 : strcmp(dst->items[a], add.items[b]);
+        if (c < 0) {
+            items[w++] = dst->items[a++];
+        } else if (c > 0) {
+            items[w++] = add.items[b++];
+            (*added)++;
+        } else {
+            items[w++] = dst->items[a++];
+            free(add.items[b++]);
+        }
+    }
+    free(dst->items);
+    free(add.items);
+    dst->items = items;
+    dst->n = w;
+    return 0;
+}
+
 bool strlist_contains_sorted(const struct strlist *l, const char *s)
 {
     return l->n && bsearch(&s, l->items, l->n, sizeof(char *), cmp_str) != NULL;
