@@ -5,15 +5,11 @@
  * compared with an array that holds the ids in the order the list must have them. A seeded
  * random run mixes every operation; small tests pin down the edge cases (empty lists,
  * removing twice, splicing empty lists, removing while iterating).
- *
- * Also the sorted string list's merge (strlist_merge_sorted, util.h), which page walks use for
- * the ids they have seen, against appending and strlist_sort_uniq.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include <cmocka.h>
@@ -251,35 +247,6 @@ static void test_random_against_model(void **state)
     }
 }
 
-/* Random lists merged into a sorted one give what append + sort_uniq gives, and `added`
- * counts exactly the new items (duplicates inside a page and across pages included). */
-static void test_strlist_merge_sorted(void **state)
-{
-    (void)state;
-    srand(7);
-    struct strlist merged = {0}, model = {0};
-    for (int round = 0; round < 200; round++) {
-        struct strlist page = {0};
-        int n = rand() % 12;
-        for (int i = 0; i < n; i++) {
-            char s[16];
-            int len = snprintf(s, sizeof(s), "c%d", rand() % 300);
-            assert_int_equal(strlist_push(&page, s, (size_t)len), 0);
-        }
-        size_t before = model.n, added = 99;
-        assert_int_equal(strlist_append(&model, &page), 0);
-        strlist_sort_uniq(&model);
-        assert_int_equal(strlist_merge_sorted(&merged, &page, &added), 0);
-        assert_int_equal(added, model.n - before);
-        assert_int_equal(merged.n, model.n);
-        for (size_t i = 0; i < model.n; i++)
-            assert_string_equal(merged.items[i], model.items[i]);
-        strlist_clear(&page);
-    }
-    strlist_clear(&merged);
-    strlist_clear(&model);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -288,7 +255,6 @@ int main(void)
         cmocka_unit_test(test_insert_after_and_splice),
         cmocka_unit_test(test_remove_while_iterating),
         cmocka_unit_test(test_random_against_model),
-        cmocka_unit_test(test_strlist_merge_sorted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
