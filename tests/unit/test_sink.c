@@ -685,6 +685,53 @@ static void test_roundtrip_small_statements(void **state)
     }
 }
 
+/* Times through the binary path (MYSQL_TIME computed without gmtime_r) land as the text
+ * path's literal says: the epoch, leap days, year ends, 2100 (not a leap year), 9999. */
+static void test_binary_times(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    static const int64_t ms[] = {
+        0,               /* 1970-01-01 00:00:00.000 */
+        951868799999,    /* 2000-02-29 23:59:59.999 */
+        951868800000,    /* 2000-03-01 */
+        1709164800001,   /* 2024-02-29 00:00:00.001 */
+        1735689599999,   /* 2024-12-31 23:59:59.999 */
+        4107542400000,   /* 2100-03-01 (2100-02-28 the day before) */
+        4107456000000,   /* 2100-02-28 */
+        253402300799999, /* 9999-12-31 23:59:59.999 */
+        1739122947123,   /* 2025-02-09 17:42:27.123 */
+    };
+    size_t n = sizeof(ms) / sizeof(ms[0]);
+    struct batch *b = batch_new(BATCH_PRICES, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        int row = batch_add_row(b);
+        assert_true(row >= 0);
+        char id[32];
+        int len = snprintf(id, sizeof(id), "time-%zu", i);
+        assert_int_equal(
+            batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_ASSET_ID, id, (size_t)len), 0);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_VS_CURRENCY, "usd", 3),
+                         0);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_SOURCE, "test", 4), 0);
+        batch_set_time(b, (uint32_t)row, BATCH_PRICES_COL_SOURCE_UPDATED_AT, ms[i]);
+        batch_set_time(b, (uint32_t)row, BATCH_PRICES_COL_FETCHED_AT, ms[i]);
+    }
+    assert_int_equal(sink_submit(h->s, b), 0);
+    wait_idle(h);
+    stop_sink(h, 5000);
+    for (size_t i = 0; i < n; i++) {
+        char text[40], sql[256];
+        db_format_time(ms[i], text, sizeof(text));
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM prices WHERE asset_id = 'time-%zu' AND source_updated_at = "
+                 "'%s' AND fetched_at = '%s'",
+                 i, text, text);
+        if (testdb_scalar(h->admin, sql) != 1)
+            fail_msg("%" PRId64 " ms did not land as %s", ms[i], text);
+    }
+}
+
 /* One DOUBLE column that holds integers, doubles and NULLs in turn within one task: the
  * binary path starts a new execution where a column's type changes, and each value lands as
  * the text path would store it (an integer as its exact double). */
@@ -1576,6 +1623,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roundtrip_text_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roundtrip_small_statements, setup, teardown),
         cmocka_unit_test_setup_teardown(test_binary_mixed_column_types, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_binary_times, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_statement_barrier, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
