@@ -348,6 +348,7 @@ static const struct keydef database_keys[] = {
     {"batch_bytes", K_SIZE, DB(batch_bytes), KIB, GIB, R_DATABASE, 0},
     {"flush_interval", K_DURATION, DB(flush_interval_ms), 1, UINT64_MAX, R_DATABASE, 0},
     {"max_pending_rows", K_U64, DB(max_pending_rows), 1, UINT64_MAX, R_DATABASE, 0},
+    {"binary_writes", K_BOOL, DB(binary_writes), NOLIMIT, R_DATABASE, 0},
     {"connect_timeout", K_DURATION, DB(connect_timeout_ms), MS_SECOND, UINT64_MAX, R_DATABASE, 0},
     {"auto_migrate", K_BOOL, DB(auto_migrate), NOLIMIT, R_DATABASE, 0},
     {"migrations_dir", K_OPTSTR, DB(migrations_dir), NOLIMIT, R_DATABASE, 0},
@@ -372,6 +373,7 @@ static const struct keydef source_keys[] = {
     {"backoff_cap", K_DURATION, SRC(backoff_cap_ms), 1, UINT64_MAX, R_SOURCE, 0},
     {"max_body_size", K_SIZE, SRC(max_body_bytes), KIB, UINT64_MAX, R_SOURCE, 0},
     {"max_url_bytes", K_U32, SRC(max_url_bytes), 256, 1048576, R_SOURCE, 0},
+    {"max_in_flight", K_U32, SRC(max_in_flight), 0, 64, R_SOURCE, 0},
     {"ca_file", K_OPTSTR, SRC(ca_file), NOLIMIT, R_SOURCE, 0},
     {"monthly_credits", K_U64, SRC(monthly_credits), NOLIMIT, R_SOURCE, 0},
     {"credit_reserve", K_U64, SRC(credit_reserve), NOLIMIT, R_SOURCE, 0},
@@ -688,6 +690,15 @@ static int plan_defaults(struct cfg_source *src, bool base_url, bool rate, bool 
     return 0;
 }
 
+uint32_t config_source_in_flight(const struct cfg_source *src)
+{
+    if (src->max_in_flight)
+        return src->max_in_flight;
+    const struct rate *r = &src->rate_limit;
+    uint64_t per_s = r->period_ms ? (uint64_t)r->count * 1000 / r->period_ms : 0;
+    return per_s < 1 ? 1 : per_s > 4 ? 4 : (uint32_t)per_s;
+}
+
 struct config *config_defaults(void)
 {
     if (sections_ready() != 0)
@@ -708,6 +719,7 @@ struct config *config_defaults(void)
     cfg->database.max_pending_rows = 200000;
     cfg->database.connect_timeout_ms = 5 * MS_SECOND;
     cfg->database.auto_migrate = true;
+    cfg->database.binary_writes = true;
     cfg->database.ssl_mode = DB_SSL_PREFERRED;
 
     cfg->universe.all = true;

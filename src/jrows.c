@@ -10,13 +10,20 @@
  * and parse again, a few times at most, counting each one. The token must be a well-formed
  * number after a separator, so this never turns invalid JSON into valid JSON.
  *
+ * Arrays stream. jrows_array first walks an array body one element at a time (each element
+ * parsed from its first byte with JSON_DISABLE_EOF_CHECK, walked, then freed), so what a body
+ * costs in memory is its largest element's tree, not the whole document's: the 1.7 MB coin
+ * list with platforms was a 16 MB tree. Anything unusual (not an array, a syntax error, a
+ * number overflow, the budget) rolls that walk back and takes the whole-document path, which
+ * gives the same rows or the same error as before.
+ *
  * Fields. A field table maps JSON keys (or dotted paths) to columns by name; jrows_out looks
  * the names up in the batch spec once per parse, and the kind decides how a JSON value becomes
  * a column value and what counts as a wrong type.
  *
  * All or nothing. jrows_out notes each output batch's row count; on any error jrows_finish
- * drops the rows added since. Ids for the caller's list are kept as pointers into the
- * document and copied out only after every row is in (one realloc of the list).
+ * drops the rows added since. Ids for the caller's list are kept as references to their
+ * jansson strings and copied out only after every row is in (one realloc of the list).
  *
  * Memory. What a body becomes in memory depends on its shape, not only its size: the real
  * coin list takes about 6 bytes of jansson allocations per byte of text and a markets page
@@ -421,8 +428,17 @@ int jrows_keep_id(struct jrows *j, const json_t *id)
         j->ids = v;
         j->capids = cap;
     }
-    j->ids[j->nids++] = id;
+    /* A reference of its own: jrows_array frees each element once it is walked. */
+    j->ids[j->nids++] = json_incref((json_t *)id);
     return 0;
+}
+
+/* Drops the kept ids' references. */
+static void release_ids(struct jrows *j)
+{
+    for (size_t i = 0; i < j->nids; i++)
+        json_decref((json_t *)j->ids[i]);
+    j->nids = 0;
 }
 
 /* Copies the kept ids into the caller's list; on OOM the list is left as it was. */
@@ -461,6 +477,7 @@ int jrows_finish(struct jrows *j, int rc)
         else if (rc == -EINVAL)
             jrows_error(j, "bad arguments (a batch of the wrong spec or without a column)");
     }
+    release_ids(j);
     free(j->ids);
     j->ids = NULL;
     j->nids = j->capids = 0;
@@ -468,11 +485,100 @@ int jrows_finish(struct jrows *j, int rc)
     return rc;
 }
 
+/* One element of an array body: its id checked as jrows_array does, then handed to elem. */
+static int walk_elem(struct jrows *j, const json_t *e, const char *id_key, jrows_elem_cb elem,
+                     void *arg)
+{
+    const json_t *id = NULL;
+    j->st.items++;
+    if (id_key) {
+        id = json_object_get(e, id_key);
+        if (!jrows_usable_id(id)) {
+            j->st.skipped++;
+            return 0;
+        }
+    }
+    return elem(j, e, id, arg);
+}
+
+static size_t skip_ws(const char *s, size_t len, size_t i)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* The streaming walk: an array body parsed one element at a time (json_loadb with
+ * JSON_DISABLE_EOF_CHECK from each element's first byte; `position` tells where it ended),
+ * each element freed once walked, so a 2 MB coin list never becomes one 12 MB tree. The
+ * memory budget counts every element's allocations against the whole body's budget, as one
+ * load would. Returns 0 (walked, *n elements), an elem callback's error, or 1 when the body
+ * needs the whole-document walk: it is not a well-formed array, or an element needs the
+ * overflow fix or breaks the budget; that walk then gives the same rows, or the same
+ * message, as before. The caller rolls back what this walk added. An allocation failure is
+ * -ENOMEM here, as the whole-document load reports it. */
+static int stream_array(struct jrows *j, const char *body, size_t len, const char *id_key,
+                        jrows_elem_cb elem, void *arg, size_t *n)
+{
+    size_t i = skip_ws(body, len, 0);
+    *n = 0;
+    if (i == len || body[i] != '[')
+        return 1;
+    i = skip_ws(body, len, i + 1);
+    if (i < len && body[i] == ']')
+        return skip_ws(body, len, i + 1) == len ? 0 : 1;
+    budget_left = jrows_mem_budget(len);
+    budget_hit = false;
+    for (;;) {
+        json_error_t je;
+        memset(&je, 0, sizeof(je));
+        budget_on = true;
+        json_t *e = json_loadb(body + i, len - i,
+                               LOAD_FLAGS | JSON_DECODE_ANY | JSON_DISABLE_EOF_CHECK, &je);
+        budget_on = false;
+        if (!e && !budget_hit &&
+            (json_error_code(&je) == json_error_out_of_memory || je.text[0] == '\0'))
+            return -ENOMEM; /* as jrows_load reports it */
+        if (!e || je.position <= 0) {
+            json_decref(e);
+            return 1;
+        }
+        (*n)++;
+        int rc = walk_elem(j, e, id_key, elem, arg);
+        json_decref(e);
+        if (rc)
+            return rc;
+        i = skip_ws(body, len, i + (size_t)je.position);
+        if (i < len && body[i] == ',') {
+            i = skip_ws(body, len, i + 1);
+            continue;
+        }
+        if (i < len && body[i] == ']')
+            return skip_ws(body, len, i + 1) == len ? 0 : 1;
+        return 1;
+    }
+}
+
 int jrows_array(struct jrows *j, const char *body, size_t len, const char *expected,
                 const char *id_key, jrows_elem_cb elem, void *arg, size_t *nitems)
 {
+    struct jrows_stats st0 = j->st;
+    size_t n = 0;
+    int rc = stream_array(j, body, len, id_key, elem, arg, &n);
+    if (rc != 1) {
+        rc = jrows_finish(j, rc);
+        if (rc == 0 && nitems)
+            *nitems = n;
+        return rc;
+    }
+    /* The whole-document walk, from where the parse began. */
+    for (int i = 0; i < j->nout; i++)
+        while (j->out[i]->nrows > j->mark[i])
+            batch_drop_last(j->out[i]);
+    release_ids(j);
+    j->st = st0;
     json_t *root;
-    int rc = jrows_load(j, body, len, &root);
+    rc = jrows_load(j, body, len, &root);
     if (rc)
         return jrows_finish(j, rc);
     if (!json_is_array(root)) {
@@ -480,21 +586,9 @@ int jrows_array(struct jrows *j, const char *body, size_t len, const char *expec
         json_decref(root);
         return jrows_finish(j, -EBADMSG);
     }
-    size_t n = json_array_size(root);
-    for (size_t i = 0; i < n && !rc; i++) {
-        const json_t *e = json_array_get(root, i);
-        const json_t *id = NULL;
-        j->st.items++;
-        if (id_key) {
-            id = json_object_get(e, id_key);
-            if (!jrows_usable_id(id)) {
-                j->st.skipped++;
-                continue;
-            }
-        }
-        rc = elem(j, e, id, arg);
-    }
-    /* Finish before freeing the document: the kept ids point into it. */
+    n = json_array_size(root);
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = walk_elem(j, json_array_get(root, i), id_key, elem, arg);
     rc = jrows_finish(j, rc);
     json_decref(root);
     if (rc == 0 && nitems)

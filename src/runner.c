@@ -53,9 +53,23 @@ struct run {
     long handled_status; /* a final HTTP status the job handles itself (run_handle_status) */
     char *waiting_path;  /* a request waiting for its source's ledger to be read, or NULL */
     size_t waiting_max_body;
-    bool credits_logged; /* the run has said that the month's credits are used up */
+    bool credits_logged;    /* the run has said that the month's credits are used up */
+    struct run_req *tagged; /* requests sent with run_get_tagged, in flight or waiting */
 
     void *state; /* def->run_size bytes */
+};
+
+/* A request of run_get_tagged: one of several a run keeps in flight together. */
+struct run_req {
+    struct run_req *next;
+    struct run *r;
+    struct fetch_req *req;
+    fetch_parse_cb parse;
+    fetch_done_cb done;
+    void *arg;
+    size_t max_body;
+    char *waiting; /* the whole path while it waits for its source's ledger, else NULL */
+    char path[160];
 };
 
 enum ledger_state {
@@ -226,6 +240,9 @@ static void ledger_log(const struct runner *rn, size_t s, uint64_t now)
 
 static int send_checked(struct run *r, const char *path_query, size_t max_body);
 static void on_done(const struct fetch_result *res, void *arg);
+static int tagged_send(struct run_req *q, const char *path_query);
+static int credits_check(struct run *r);
+static void tagged_done(const struct fetch_result *res, void *arg);
 
 /* Sends the requests that waited for source s's ledger (a request refused now ends as a
  * failed one, through the job's done callback: we are in a callback already). */
@@ -244,6 +261,32 @@ static void ledger_release(struct runner *rn, size_t s)
                                            rc == -ECANCELED ? FETCH_CANCELLED : FETCH_HTTP_ERROR,
                                        .error = rc == -ENOMEM ? "out of memory" : r->sum.error};
             on_done(&res, r);
+        }
+    }
+    /* The same for tagged requests. A done callback may send more of them (they go to the
+     * head of the list, not waiting: the ledger is read now), so each pass starts over. */
+    for (bool again = true; again;) {
+        again = false;
+        for (size_t j = 0; j < rn->njobs && !again; j++) {
+            struct run *r = rn->runs[j];
+            if (!r || rn->cfg->jobs[j].source != s)
+                continue;
+            for (struct run_req *q = r->tagged; q; q = q->next) {
+                if (!q->waiting)
+                    continue;
+                char *path = q->waiting;
+                q->waiting = NULL;
+                int rc = r->cancelled ? -ECANCELED : tagged_send(q, path);
+                free(path);
+                if (rc != 0) {
+                    struct fetch_result res = {
+                        .outcome = rc == -ECANCELED ? FETCH_CANCELLED : FETCH_HTTP_ERROR,
+                        .error = rc == -ENOMEM ? "out of memory" : r->sum.error};
+                    tagged_done(&res, q);
+                }
+                again = true;
+                break;
+            }
         }
     }
 }
@@ -376,6 +419,12 @@ fail:
 
 static void run_free(struct run *r)
 {
+    while (r->tagged) { /* none when the job waited for its requests, as it must */
+        struct run_req *q = r->tagged;
+        r->tagged = q->next;
+        free(q->waiting);
+        free(q);
+    }
     free(r->waiting_path);
     if (r->def->cleanup)
         r->def->cleanup(r);
@@ -551,6 +600,19 @@ void runner_cancel(struct runner *rn)
         r->cancelled = true;
         if (r->req)
             fetch_cancel(r->req); /* the job's done callback runs and finishes the run */
+        /* Tagged requests: each one's done callback runs (and unlinks it). */
+        for (bool again = true; again && rn->runs[i] == r;) {
+            again = false;
+            for (struct run_req *q = r->tagged; q; q = q->next) {
+                if (q->req) {
+                    struct fetch_req *fr = q->req;
+                    q->req = NULL;
+                    fetch_cancel(fr);
+                    again = true;
+                    break;
+                }
+            }
+        }
     }
     /* A request waiting for a ledger read ends as cancelled when the read answers (the store
      * answers every read, -ECANCELED at its shutdown), as a job's own read would. */
@@ -669,6 +731,96 @@ static void on_done(const struct fetch_result *res, void *arg)
         r->ok_requests++;
     }
     r->req_done(res, r);
+}
+
+static int tagged_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
+{
+    struct run_req *q = arg;
+    struct run *r = q->r;
+    int rc = q->parse(body, len, q->arg, err, errlen);
+    if (rc != 0) {
+        char labels[160];
+        snprintf(labels, sizeof(labels), "api=\"%s\",job=\"%s\"", run_source(r)->name, r->sum.name);
+        metrics_add("coingest_parse_errors_total", labels, 1);
+        log_warn("response did not parse; retrying", LOG_S("job", r->sum.name),
+                 LOG_S("error", err));
+    }
+    return rc;
+}
+
+/* As on_done, for a tagged request: unlinks and frees it, then calls the job's callback. */
+static void tagged_done(const struct fetch_result *res, void *arg)
+{
+    struct run_req *q = arg;
+    struct run *r = q->r;
+    for (struct run_req **p = &r->tagged; *p; p = &(*p)->next) {
+        if (*p == q) {
+            *p = q->next;
+            break;
+        }
+    }
+    r->sum.requests += res->attempts;
+    if (res->attempts)
+        ledger_count(r->rn, r->rn->cfg->jobs[r->job].source, res->attempts);
+    if (res->outcome == FETCH_CANCELLED) {
+        r->cancelled = true;
+    } else if (res->outcome != FETCH_OK) {
+        r->failed_requests++;
+        char what[192];
+        snprintf(what, sizeof(what), "GET %s", q->path);
+        run_fail(r, what, res->error);
+    } else {
+        r->ok_requests++;
+    }
+    fetch_done_cb done = q->done;
+    void *done_arg = q->arg;
+    free(q);
+    done(res, done_arg);
+}
+
+/* Sends a tagged request now, unless the month's credits are used up. 0, -EDQUOT, -ENOMEM. */
+static int tagged_send(struct run_req *q, const char *path_query)
+{
+    struct run *r = q->r;
+    int rc = credits_check(r);
+    if (rc != 0)
+        return rc;
+    struct api *api = r->rn->apis[r->rn->cfg->jobs[r->job].source];
+    q->req = api_get_limited(api, path_query, r->def->priority, q->max_body,
+                             q->parse ? tagged_parse : NULL, tagged_done, q);
+    return q->req ? 0 : -ENOMEM;
+}
+
+int run_get_tagged(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
+                   fetch_done_cb done, void *arg)
+{
+    if (!r->rn->apis[r->rn->cfg->jobs[r->job].source])
+        return -ENODEV;
+    struct run_req *q = calloc(1, sizeof(*q));
+    if (!q)
+        return -ENOMEM;
+    q->r = r;
+    q->parse = parse;
+    q->done = done;
+    q->arg = arg;
+    q->max_body = max_body;
+    snprintf(q->path, sizeof(q->path), "%.100s", path_query);
+    int rc = 0;
+    q->next = r->tagged;
+    r->tagged = q;
+    if (ledger_prepare(r->rn, r->rn->cfg->jobs[r->job].source, util_wall_ms())) {
+        if (!(q->waiting = strdup(path_query)))
+            rc = -ENOMEM;
+    } else {
+        rc = tagged_send(q, path_query);
+        if (rc == -EDQUOT)
+            r->failed_requests++;
+    }
+    if (rc != 0) {
+        r->tagged = q->next; /* still the head: nothing ran in between */
+        free(q);
+    }
+    return rc;
 }
 
 int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_done_cb done)

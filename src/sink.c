@@ -61,6 +61,7 @@
 #include <uv.h>
 
 #include "coingest/backoff.h"
+#include "coingest/bulk.h"
 #include "coingest/db.h"
 #include "coingest/list.h"
 #include "coingest/log.h"
@@ -409,6 +410,8 @@ struct writer {
     uint64_t gen;
     struct rng rng;
     struct sbuf stmt, row, prefix;
+    struct bulk *bulk; /* the binary path's statements and buffers (made on first use) */
+    bool bulk_ok;      /* the connection takes array binding (a MariaDB server) */
     unsigned err_no;
     char err_msg[512];
     /* Under mu. */
@@ -689,10 +692,46 @@ static int wexec_upsert(struct writer *w, const char *upd, const char *sql)
     return wexec_stmt(w);
 }
 
+/* Rows [lo, hi) of an UPSERT task in one transaction through array binding (bulk.h): the
+ * same statement and the same transaction as the text path, with every value in binary. 0, or
+ * -1 with the error in w. */
+static int try_upsert(struct writer *w, struct task *t, uint32_t lo, uint32_t hi);
+
+static int try_upsert_bulk(struct writer *w, struct task *t, uint32_t lo, uint32_t hi)
+{
+    uint64_t hard = w->max_packet > 2 * PACKET_SLACK ? w->max_packet - PACKET_SLACK : UINT64_MAX;
+    unsigned no = 0;
+    int rc = bulk_upsert(w->bulk, w->conn, t->b, lo, hi, stmt_limit(w, t), hard, &no, w->err_msg,
+                         sizeof(w->err_msg));
+    if (rc == 0)
+        return wcommit(w);
+    if (rc == -ENOTSUP) {
+        log_warn("binary writes unavailable for a table; using SQL text on this connection",
+                 LOG_S("table", t->table), LOG_S("error", w->err_msg));
+        w->bulk_ok = false;
+        return try_upsert(w, t, lo, hi);
+    }
+    if (rc == -ENOMEM)
+        werr(w, ERR_NOMEM, "out of memory building a statement");
+    else
+        w->err_no = rc == -E2BIG ? ERR_ROW_TOO_BIG : no;
+    if (db_error_class(w->err_no) != DB_ERR_CONNECTION)
+        mysql_rollback(w->conn);
+    return -1;
+}
+
 /* Rows [lo, hi) of an UPSERT task in one transaction, as few statements as the byte cap
- * allows. 0, or -1 with the error in w. */
+ * allows: in binary where the server takes it, else as SQL text. 0, or -1 with the error in
+ * w. */
 static int try_upsert(struct writer *w, struct task *t, uint32_t lo, uint32_t hi)
 {
+    if (w->bulk_ok && !w->bulk && !(w->bulk = bulk_new())) {
+        werr(w, ERR_NOMEM, "out of memory building a statement");
+        mysql_rollback(w->conn);
+        return -1;
+    }
+    if (w->bulk_ok)
+        return try_upsert_bulk(w, t, lo, hi);
     const struct batch *b = t->b;
     const struct batch_spec *spec = b->spec;
     uint64_t cap = stmt_limit(w, t);
@@ -1150,8 +1189,10 @@ static void drop_conn_locked(struct writer *w)
     w->sockfd = -1;
     MYSQL *c = w->conn;
     w->conn = NULL;
+    w->bulk_ok = false;
     s->connected--;
     pthread_mutex_unlock(&s->mu);
+    bulk_forget(w->bulk); /* its statements belong to the connection */
     mysql_close(c);
     pthread_mutex_lock(&s->mu);
 }
@@ -1244,6 +1285,7 @@ static int writer_connect_locked(struct writer *w)
     mysql_autocommit(conn, 0);
     w->conn = conn;
     w->max_packet = db_max_packet(conn);
+    w->bulk_ok = conf->db.binary_writes && bulk_supported(conn);
     w->gen = conf->gen;
     dbconf_unref(conf);
     s->connected++;
@@ -1323,6 +1365,8 @@ static void *writer_main(void *arg)
     sbuf_free(&w->stmt);
     sbuf_free(&w->row);
     sbuf_free(&w->prefix);
+    bulk_free(w->bulk);
+    w->bulk = NULL;
     mysql_thread_end();
     return NULL;
 }

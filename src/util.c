@@ -132,6 +132,9 @@ char *util_strdup0(const char *s)
 }
 
 static uint32_t crc_table[256];
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+static bool crc_hw; /* the CPU has SSE4.2: crc32c_hw below */
+#endif
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void crc_init(void)
@@ -142,12 +145,39 @@ static void crc_init(void)
             c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
         crc_table[i] = c;
     }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* SSE4.2's CRC32 instruction computes exactly CRC-32C, 8 bytes at a time: the spool checksums
+ * every record, and the table loop below was 5% of a market sweep's CPU. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p,
+                                                            size_t len)
+{
+    uint64_t c = ~crc;
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
 
 uint32_t util_crc32c(uint32_t crc, const void *buf, size_t len)
 {
     pthread_once(&crc_once, crc_init);
     const unsigned char *p = buf;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (crc_hw)
+        return crc32c_hw(crc, p, len);
+#endif
     crc = ~crc;
     while (len--)
         crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
@@ -235,6 +265,42 @@ void strlist_sort_uniq(struct strlist *l)
             l->items[w++] = l->items[r];
     }
     l->n = w;
+}
+
+int strlist_merge_sorted(struct strlist *dst, const struct strlist *src, size_t *added)
+{
+    *added = 0;
+    struct strlist add = {0};
+    if (strlist_append(&add, src) != 0) {
+        strlist_clear(&add);
+        return -ENOMEM;
+    }
+    strlist_sort_uniq(&add);
+    if (add.n == 0)
+        return 0;
+    char **items = malloc((dst->n + add.n) * sizeof(*items));
+    if (!items) {
+        strlist_clear(&add);
+        return -ENOMEM;
+    }
+    size_t a = 0, b = 0, w = 0;
+    while (a < dst->n || b < add.n) {
+        int c = a == dst->n ? 1 : b == add.n ? -1 : strcmp(dst->items[a], add.items[b]);
+        if (c < 0) {
+            items[w++] = dst->items[a++];
+        } else if (c > 0) {
+            items[w++] = add.items[b++];
+            (*added)++;
+        } else {
+            items[w++] = dst->items[a++];
+            free(add.items[b++]);
+        }
+    }
+    free(dst->items);
+    free(add.items);
+    dst->items = items;
+    dst->n = w;
+    return 0;
 }
 
 bool strlist_contains_sorted(const struct strlist *l, const char *s)

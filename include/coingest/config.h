@@ -104,6 +104,8 @@ struct cfg_source {
     uint64_t backoff_cap_ms;      /* default 5m */
     uint64_t max_body_bytes;      /* default 64MiB */
     uint32_t max_url_bytes;       /* default 8000 */
+    uint32_t max_in_flight;       /* requests one page walk keeps in flight; 0 (default): by the
+                                     rate limit, see config_source_in_flight */
     char *ca_file;                /* NULL: the system's CA store */
     uint64_t monthly_credits;     /* default by plan (0: no cap) */
     uint64_t credit_reserve;      /* calls of the month never spent; default monthly_credits/50 */
@@ -136,6 +138,7 @@ struct config {
         uint64_t batch_bytes;        /* default 4MiB; also capped by max_allowed_packet */
         uint64_t flush_interval_ms;  /* default 1s */
         uint64_t max_pending_rows;   /* default 200000: past it, batches go to the spool */
+        bool binary_writes;          /* default true: array binding where the server has it */
         uint64_t connect_timeout_ms; /* default 5s */
         bool auto_migrate;           /* default true */
         char *migrations_dir;        /* NULL or "": the built-in migrations */
@@ -240,5 +243,10 @@ const char *config_plan_name(const struct cfg_source *src);
 /* The value of a source's or a job's own key by name; NULL when it has no such key. */
 const struct cfg_value *config_source_value(const struct cfg_source *src, const char *key);
 const struct cfg_value *config_job_value(const struct cfg_job *job, const char *key);
+
+/* The requests one page walk of src may keep in flight together: max_in_flight when set,
+ * else one per request the rate limit allows a second, from 1 (public and demo plans) to 4
+ * (pro, or no real limit). Thread: any. */
+uint32_t config_source_in_flight(const struct cfg_source *src);
 
 #endif

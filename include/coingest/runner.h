@@ -179,6 +179,15 @@ int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_d
 int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
                     fetch_done_cb done);
 
+/* As run_get_limited, for one of several requests a run keeps in flight together (a page walk
+ * with max_in_flight > 1): `parse` and `done` get `arg` instead of the run, and `done` runs
+ * once for each request sent (also for one that waited for the month's count and is refused
+ * then, and with FETCH_CANCELLED after runner_cancel). Any number may be in flight, beside a
+ * run_get() one; the job must not finish the run before each has reported. run_handle_status
+ * does not apply to them. Same returns as run_get_limited (no callback on an error). */
+int run_get_tagged(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
+                   fetch_done_cb done, void *arg);
+
 /* Makes a final answer with HTTP `status` (FETCH_HTTP_ERROR) to the next request sent with
  * run_get() the job's own business: the runner then neither counts that request as failed nor
  * records an error, and `done` decides what it means (a 414 the job answers by splitting the

@@ -63,6 +63,10 @@ bool strlist_has(const struct strlist *l, const char *s, size_t len);
 bool strlist_equal(const struct strlist *a, const struct strlist *b);
 /* Sorts (strcmp order) and removes duplicates. */
 void strlist_sort_uniq(struct strlist *l);
+/* Adds copies of src's items (any order) to dst (sorted and unique, as strlist_sort_uniq
+ * leaves it), keeping dst sorted and unique, in O(|dst| + |src| log |src|); *added counts the
+ * items that were not in dst. 0, or -ENOMEM with dst unchanged. */
+int strlist_merge_sorted(struct strlist *dst, const struct strlist *src, size_t *added);
 /* Binary search in a list sorted by strlist_sort_uniq. */
 bool strlist_contains_sorted(const struct strlist *l, const char *s);
 

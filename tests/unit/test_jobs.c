@@ -42,6 +42,7 @@ struct memstore {
     uint64_t batches[BATCH_SPEC_COUNT];
     struct batch *job_runs; /* every job_runs row, appended */
     struct batch *delist;   /* the delisting statements */
+    struct strlist snaps;   /* "asset_id/vs_currency" of every market_snapshots row, in order */
     bool refuse;            /* submit fails: rows cannot be kept */
 
     /* Reads: with `answer_reads`, every SELECT is answered (later, on the loop, as the store
@@ -132,6 +133,13 @@ static int mem_submit(void *ctx, struct batch *b)
     }
     m->rows[id] += b->nrows;
     m->batches[id]++;
+    for (uint32_t i = 0; id == BATCH_MARKET_SNAPSHOTS && i < b->nrows; i++) {
+        const struct val *a = batch_val(b, i, BATCH_MARKET_SNAPSHOTS_COL_ASSET_ID);
+        const struct val *vs = batch_val(b, i, BATCH_MARKET_SNAPSHOTS_COL_VS_CURRENCY);
+        char key[256];
+        int n = snprintf(key, sizeof(key), "%.*s/%.*s", (int)a->len, a->u.s, (int)vs->len, vs->u.s);
+        assert_int_equal(strlist_push(&m->snaps, key, (size_t)n), 0);
+    }
     struct batch **keep = id == BATCH_JOB_RUNS        ? &m->job_runs
                           : id == BATCH_ASSETS_DELIST ? &m->delist
                                                       : NULL;
@@ -296,6 +304,7 @@ static int teardown(void **state)
     config_free(e->cfg);
     batch_free(e->mem.job_runs);
     batch_free(e->mem.delist);
+    strlist_clear(&e->mem.snaps);
     fakeapi_stop(e->fake);
     unlink(e->conf);
     free(e);
@@ -432,6 +441,105 @@ static void test_market_caps_walk(void **state)
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_MARKET], UNIVERSE); /* rank, image: once */
     assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
+}
+
+/* The fake API's log entry of /coins/markets page `page` for usd (the first one). */
+static json_t *page_entry(json_t *log, const char *page)
+{
+    size_t i;
+    json_t *entry;
+    json_array_foreach(log, i, entry)
+    {
+        json_t *params = json_object_get(entry, "params");
+        const char *r = json_string_value(json_object_get(entry, "route"));
+        const char *p = json_string_value(json_object_get(params, "page"));
+        const char *vs = json_string_value(json_object_get(params, "vs_currency"));
+        if (r && p && vs && strcmp(r, "/coins/markets") == 0 && strcmp(p, page) == 0 &&
+            strcmp(vs, "usd") == 0)
+            return entry;
+    }
+    fail_msg("no /coins/markets page %s for usd in the log", page);
+    return NULL;
+}
+
+/* Did the request for usd page 2 arrive before page 1 was answered? */
+static bool page2_overlapped_page1(struct env *e)
+{
+    json_t *log = fakeapi_log(e->fake, 0);
+    assert_non_null(log);
+    double done1 = json_number_value(json_object_get(page_entry(log, "1"), "t_done_mono"));
+    double start2 = json_number_value(json_object_get(page_entry(log, "2"), "t_mono"));
+    json_decref(log);
+    return start2 < done1;
+}
+
+/* max_in_flight: with the coin list known (600 coins, 6 pages of 100 a currency) a
+ * market_caps walk keeps pages in flight together. Page 1, answered last (a delay), still
+ * reaches the store first: the rows arrive in the same order as in a walk of one page at a
+ * time, the walk ends at the same empty 7th page, and no page past it is asked for. */
+static void test_walk_in_flight_keeps_order(void **state)
+{
+    struct env *e = *state;
+    struct cfg_source *cg = (struct cfg_source *)config_source(e->cfg, "coingecko");
+    assert_non_null(cg);
+    do_run(e, "prices"); /* the coin list: the walk now knows how many pages to expect */
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(config_source_in_flight(cg), 4); /* 1000/s */
+
+    const char *delay = "{\"match\":\"/coins/markets\",\"params\":{\"page\":\"1\","
+                        "\"vs_currency\":\"usd\"},\"kind\":\"delay\",\"delay\":0.3}";
+    cg->max_in_flight = 1;
+    assert_int_equal(fakeapi_reset(e->fake), 0);
+    assert_int_equal(fakeapi_fault(e->fake, delay), 0);
+    strlist_clear(&e->mem.snaps);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_false(page2_overlapped_page1(e));
+    struct strlist one_at_a_time = e->mem.snaps;
+    memset(&e->mem.snaps, 0, sizeof(e->mem.snaps));
+    assert_int_equal(one_at_a_time.n, 2 * UNIVERSE);
+
+    cg->max_in_flight = 0; /* the default: 4 at this rate limit */
+    assert_int_equal(fakeapi_reset(e->fake), 0);
+    assert_int_equal(fakeapi_fault(e->fake, delay), 0);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_true(page2_overlapped_page1(e));
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 7);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 7);
+    assert_int_equal(served(e, "/coins/markets", "page", "8"), 0);
+    assert_int_equal(e->sum.requests, 15);
+    assert_int_equal(e->mem.snaps.n, one_at_a_time.n);
+    for (size_t i = 0; i < one_at_a_time.n; i++)
+        if (strcmp(e->mem.snaps.items[i], one_at_a_time.items[i]) != 0)
+            fail_msg("row %zu: %s, one at a time %s", i, e->mem.snaps.items[i],
+                     one_at_a_time.items[i]);
+    strlist_clear(&one_at_a_time);
+}
+
+/* A walk with pages in flight that ends early (the data is shorter than the coin list says: a
+ * short page 3) stores nothing past its end, and its run ends only after every page asked
+ * for has reported. */
+static void test_walk_in_flight_stops_at_short_page(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(fakeapi_reset(e->fake), 0);
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"params\":{"
+                                            "\"page\":\"3\"},\"status\":200,\"count\":2,"
+                                            "\"body\":[]}"),
+                     0);
+    strlist_clear(&e->mem.snaps);
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    /* Pages 1 and 2 of each currency; page 3 (empty) ended each walk. */
+    assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 200);
+    assert_int_equal(e->mem.snaps.n, 2 * 200);
+    assert_int_equal(served(e, "/coins/markets", "page", "3"), 2);
+    assert_int_equal(served(e, "/global", NULL, NULL), 1);
+    /* Pages past the end were asked for ahead (at most 3 more a currency), never stored. */
+    assert_true(served(e, "/coins/markets", "vs_currency", "usd") <= 6);
 }
 
 /* A 429 on page 3: the bucket pauses, the same page is asked again, no page is skipped or
@@ -1112,6 +1220,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prices_resolves_on_demand, setup, teardown),
         cmocka_unit_test_setup_teardown(test_market_caps_walk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_429_resumes_the_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_in_flight_keeps_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_in_flight_stops_at_short_page, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_request_fails_the_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_and_cancel, setup, teardown),

@@ -570,10 +570,19 @@ static long long checksum_table(struct h *h, const char *table)
 
 /* --- tests -------------------------------------------------------------------------------- */
 
-static void test_roundtrip_every_spec(void **state)
+/* The server's count of executed prepared statements (COM_STMT_EXECUTE, which also counts
+ * array-bound executions), for all sessions. */
+static long long stmt_executions(struct h *h)
 {
-    struct h *h = *state;
-    start_sink(h, h->cfg);
+    return testdb_scalar(h->admin, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+                                   " WHERE VARIABLE_NAME = 'COM_STMT_EXECUTE'");
+}
+
+/* Every upsert spec written with cfg and read back bit for bit, then written again unchanged. */
+static void roundtrip(struct h *h, const struct config *cfg)
+{
+    double written0 = metrics_get("coingest_rows_written_total", "table=\"market_snapshots\"");
+    start_sink(h, cfg);
     /* The sink migrates on its first connection; the schema is needed for colinfo. */
     wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
     struct colinfo ci[BATCH_SPEC_COUNT][32];
@@ -618,7 +627,8 @@ static void test_roundtrip_every_spec(void **state)
     for (int id = 0; id < BATCH_SPEC_COUNT; id++)
         snapshot_specs += expect[id] && strcmp(expect[id]->spec->table, "market_snapshots") == 0;
     assert_int_equal(
-        (long long)metrics_get("coingest_rows_written_total", "table=\"market_snapshots\""),
+        (long long)(metrics_get("coingest_rows_written_total", "table=\"market_snapshots\"") -
+                    written0),
         40 * snapshot_specs);
 
     /* Writing the same rows again changes nothing. */
@@ -640,6 +650,140 @@ static void test_roundtrip_every_spec(void **state)
     for (int id = 0; id < BATCH_SPEC_COUNT; id++)
         batch_free(expect[id]);
     assert_int_equal(count_segments(h->spool), 0);
+}
+
+/* The default: binary writes (array binding), so the server executes prepared statements. */
+static void test_roundtrip_every_spec(void **state)
+{
+    struct h *h = *state;
+    long long before = stmt_executions(h);
+    roundtrip(h, h->cfg);
+    assert_true(stmt_executions(h) > before);
+}
+
+/* binary_writes = false: the SQL text path (the one a MySQL server gets) keeps every value. */
+static void test_roundtrip_text_path(void **state)
+{
+    struct h *h = *state;
+    struct config *cfg = good_cfg(h);
+    cfg->database.binary_writes = false;
+    roundtrip(h, cfg);
+    config_free(cfg);
+}
+
+/* batch_bytes at its minimum: every task takes many executions (binary) or statements (text),
+ * and nothing is lost or changed at the cuts. */
+static void test_roundtrip_small_statements(void **state)
+{
+    struct h *h = *state;
+    for (int binary = 0; binary < 2; binary++) {
+        struct config *cfg = good_cfg(h);
+        cfg->database.batch_bytes = 1024;
+        cfg->database.binary_writes = binary;
+        roundtrip(h, cfg);
+        config_free(cfg);
+    }
+}
+
+/* Times through the binary path (MYSQL_TIME computed without gmtime_r) land as the text
+ * path's literal says: the epoch, leap days, year ends, 2100 (not a leap year), 9999. */
+static void test_binary_times(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    static const int64_t ms[] = {
+        0,               /* 1970-01-01 00:00:00.000 */
+        951868799999,    /* 2000-02-29 23:59:59.999 */
+        951868800000,    /* 2000-03-01 */
+        1709164800001,   /* 2024-02-29 00:00:00.001 */
+        1735689599999,   /* 2024-12-31 23:59:59.999 */
+        4107542400000,   /* 2100-03-01 (2100-02-28 the day before) */
+        4107456000000,   /* 2100-02-28 */
+        253402300799999, /* 9999-12-31 23:59:59.999 */
+        1739122947123,   /* 2025-02-09 17:42:27.123 */
+    };
+    size_t n = sizeof(ms) / sizeof(ms[0]);
+    struct batch *b = batch_new(BATCH_PRICES, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        int row = batch_add_row(b);
+        assert_true(row >= 0);
+        char id[32];
+        int len = snprintf(id, sizeof(id), "time-%zu", i);
+        assert_int_equal(
+            batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_ASSET_ID, id, (size_t)len), 0);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_VS_CURRENCY, "usd", 3),
+                         0);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_SOURCE, "test", 4), 0);
+        batch_set_time(b, (uint32_t)row, BATCH_PRICES_COL_SOURCE_UPDATED_AT, ms[i]);
+        batch_set_time(b, (uint32_t)row, BATCH_PRICES_COL_FETCHED_AT, ms[i]);
+    }
+    assert_int_equal(sink_submit(h->s, b), 0);
+    wait_idle(h);
+    stop_sink(h, 5000);
+    for (size_t i = 0; i < n; i++) {
+        char text[40], sql[256];
+        db_format_time(ms[i], text, sizeof(text));
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM prices WHERE asset_id = 'time-%zu' AND source_updated_at = "
+                 "'%s' AND fetched_at = '%s'",
+                 i, text, text);
+        if (testdb_scalar(h->admin, sql) != 1)
+            fail_msg("%" PRId64 " ms did not land as %s", ms[i], text);
+    }
+}
+
+/* One DOUBLE column that holds integers, doubles and NULLs in turn within one task: the
+ * binary path starts a new execution where a column's type changes, and each value lands as
+ * the text path would store it (an integer as its exact double). */
+static void test_binary_mixed_column_types(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    const double dbl = 0.30000000000000004;
+    struct batch *b = batch_new(BATCH_PRICES, 64);
+    for (uint32_t r = 0; r < 60; r++) {
+        int row = batch_add_row(b);
+        assert_true(row >= 0);
+        char id[32];
+        int n = snprintf(id, sizeof(id), "mix-%02u", r);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_ASSET_ID, id, (size_t)n),
+                         0);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_VS_CURRENCY, "usd", 3),
+                         0);
+        assert_int_equal(batch_set_str(b, (uint32_t)row, BATCH_PRICES_COL_SOURCE, "test", 4), 0);
+        batch_set_time(b, (uint32_t)row, BATCH_PRICES_COL_SOURCE_UPDATED_AT, 1739122947123);
+        batch_set_time(b, (uint32_t)row, BATCH_PRICES_COL_FETCHED_AT, 1739122947999);
+        /* runs of 1, 2 and 3 rows of each kind */
+        switch ((r / (1 + r % 3)) % 3) {
+        case 0:
+            batch_set_int(b, (uint32_t)row, BATCH_PRICES_COL_PRICE, 9007199254740991);
+            break;
+        case 1:
+            assert_int_equal(batch_set_dbl(b, (uint32_t)row, BATCH_PRICES_COL_PRICE, dbl), 0);
+            break;
+        default:
+            break; /* NULL */
+        }
+    }
+    struct batch *expect = batch_new(BATCH_PRICES, 64);
+    assert_int_equal(batch_append(expect, b), 0);
+    assert_int_equal(sink_submit(h->s, b), 0);
+    wait_idle(h);
+    stop_sink(h, 5000);
+    for (uint32_t r = 0; r < expect->nrows; r++) {
+        const struct val *id = batch_val(expect, r, BATCH_PRICES_COL_ASSET_ID);
+        const struct val *v = batch_val(expect, r, BATCH_PRICES_COL_PRICE);
+        char sql[256];
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM prices WHERE asset_id = '%.*s' AND price %s", (int)id->len,
+                 id->u.s,
+                 v->type == VAL_NULL  ? "IS NULL"
+                 : v->type == VAL_INT ? "= 9007199254740991e0"
+                                      : "= 0.30000000000000004e0");
+        if (testdb_scalar(h->admin, sql) != 1)
+            fail_msg("row %u: %s", r, sql);
+    }
+    batch_free(expect);
 }
 
 static void add_asset(struct batch *b, const char *id, const char *name, size_t name_len,
@@ -1476,6 +1620,10 @@ int main(void)
         cmocka_set_test_filter(getenv("COINGEST_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip_every_spec, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_text_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_small_statements, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_binary_mixed_column_types, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_binary_times, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_statement_barrier, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),

@@ -2,7 +2,9 @@
  * coingecko jobs: assets, prices and market_caps as small state machines on the loop, run by
  * the generic runner (runner.h), which owns their lifecycle, job_runs rows and metrics.
  *
- * A run is a sequence of requests, one at a time. Each request gets fresh batches; the fetch
+ * A run is a sequence of requests, one at a time, except the market_caps walk over every coin,
+ * which keeps several pages in flight (the pipelined walk below). Each request gets fresh
+ * batches; the fetch
  * engine calls parse() on a 2xx body (a parse error makes the engine retry the request), and
  * on success done() hands the batches to the sink and plans the next request. A request that
  * fails for good is recorded (the first error becomes the run's error) and the run goes on
@@ -93,6 +95,21 @@ struct cg_state {
     uint64_t gen; /* bumped when the universe's categories or top change on reload */
 };
 
+struct cg_run;
+
+/* One page of a pipelined walk (below): asked for, then parsed into its own batches; its
+ * rows reach the run in page order. */
+struct page_slot {
+    struct cg_run *r;
+    uint32_t page;
+    bool used;     /* sent, and not yet taken by the walk */
+    bool reported; /* its done callback ran */
+    bool ok;
+    size_t ncoins;
+    struct batch *b[2]; /* market_snapshots, assets (first currency only) */
+    struct strlist ids;
+};
+
 /* One run's state (the job's run state, runner.h). */
 struct cg_run {
     struct run *run;
@@ -123,6 +140,14 @@ struct cg_run {
     enum step after_resolve;
     struct fetch_req *req;
     bool cancelled;
+
+    /* A pipelined walk (market_caps over every coin, max_in_flight > 1): up to nslots pages
+     * in flight, slot = page % nslots; `page` is the next one the walk takes, `next_send` the
+     * next one to ask for, `walk_over` set once the walk has ended (later pages are dropped
+     * as they report). */
+    struct page_slot *slots;
+    uint32_t nslots, nflight, next_send;
+    bool walk_over;
 
     /* pagination */
     size_t vs_idx, cat_idx;
@@ -206,9 +231,24 @@ static void drop_batches(struct cg_run *r)
     strlist_clear(&r->got_names);
 }
 
+static void slot_clear(struct page_slot *s)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(s->b); i++) {
+        batch_free(s->b[i]);
+        s->b[i] = NULL;
+    }
+    strlist_clear(&s->ids);
+    s->used = s->reported = s->ok = false;
+    s->ncoins = 0;
+}
+
 static void cg_cleanup(struct run *run)
 {
     struct cg_run *r = run_state(run);
+    for (uint32_t i = 0; r->slots && i < r->nslots; i++)
+        slot_clear(&r->slots[i]);
+    free(r->slots);
+    r->slots = NULL;
     drop_batches(r);
     strlist_clear(&r->vs);
     strlist_clear(&r->categories);
@@ -578,10 +618,12 @@ static bool page_done(struct cg_run *r)
         return false;
     }
     char what[256], why[256];
-    size_t seen = r->walk_seen.n;
-    strlist_append(&r->walk_seen, &r->got_ids);
-    strlist_sort_uniq(&r->walk_seen);
-    if (r->got_ncoins > 0 && r->walk_seen.n == seen) {
+    /* A merge, not a sort of everything seen so far: a walk of 70 pages sorted 17,500 ids 70
+     * times. Out of memory, the page counts as new (the walk stays bounded by its length). */
+    size_t added = 0;
+    if (strlist_merge_sorted(&r->walk_seen, &r->got_ids, &added) != 0)
+        added = 1;
+    if (r->got_ncoins > 0 && added == 0) {
         walk_name(r, what, sizeof(what));
         snprintf(why, sizeof(why),
                  "page %u brought no coin the walk had not seen (the API or a cache in front "
@@ -1032,8 +1074,174 @@ static void markets_next_currency(struct cg_run *r)
     r->walk_failed = false;
 }
 
+/* --- the pipelined walk ---------------------------------------------------------------------
+ *
+ * market_caps over every coin (or the top N) with max_in_flight > 1 keeps several pages in
+ * flight: while the API builds page n+1 and the next ones, the loop parses page n. Pages are
+ * parsed into their own slot as they arrive, in any order, and taken by the walk strictly in
+ * page order, through the same page_done() as the one-at-a-time walk: the rows reach the sink
+ * in page order, and the walk ends at the first short (or failed, or repeated) page exactly as
+ * before; pages already asked for past that end are dropped when they report, and the next
+ * currency starts only when every one has. Pages are asked for ahead only up to the page count
+ * the last coin list predicts (or the top N needs); past it, one at a time, so a walk that
+ * ends where expected asks for no page beyond its end. */
+
+static int slot_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
+{
+    struct page_slot *s = arg;
+    struct cg_run *r = s->r;
+    struct coingecko_stats st = {0};
+    r->times.fetched_ms = (int64_t)util_wall_ms();
+    /* A retried body starts over. */
+    for (size_t i = 0; i < ARRAY_SIZE(s->b); i++)
+        if (s->b[i])
+            s->b[i]->nrows = 0;
+    strlist_clear(&s->ids);
+    struct coingecko_markets_out out = {.snapshots = s->b[0], .assets = s->b[1], .ids = &s->ids};
+    int rc = coingecko_parse_markets(body, len, &r->times, r->vs.items[r->vs_idx], NULL, &out, &st,
+                                     err, errlen);
+    if (rc == 0) {
+        s->ncoins = out.ncoins;
+        run_count(r->run, st.field_type_errors + st.missing_coins + st.missing_currencies +
+                              st.missing_last_updated + st.skipped + st.overflow_numbers);
+        if (st.field_type_errors)
+            metrics_add("coingest_field_errors_total", "", (double)st.field_type_errors);
+    }
+    return rc;
+}
+
+static void slot_done(const struct fetch_result *res, void *arg)
+{
+    struct page_slot *s = arg;
+    struct cg_run *r = s->r;
+    s->reported = true;
+    s->ok = res->outcome == FETCH_OK;
+    r->nflight--;
+    if (r->walk_over || s->page < r->page) {
+        slot_clear(s); /* past the end of the walk: dropped */
+    } else if (!s->ok) {
+        /* The walk meets it in order and ends there; it has no rows. */
+        for (size_t i = 0; i < ARRAY_SIZE(s->b); i++) {
+            batch_free(s->b[i]);
+            s->b[i] = NULL;
+        }
+        strlist_clear(&s->ids);
+    }
+    advance(r);
+}
+
+/* The last page the walk may ask for ahead of taking the pages before it. */
+static uint32_t walk_ahead_limit(const struct cg_run *r)
+{
+    uint64_t coins = r->j->listed.n ? r->j->listed.n : r->per_page;
+    if (r->top && r->top < coins)
+        coins = r->top;
+    uint64_t pages = (coins + r->per_page - 1) / r->per_page;
+    uint64_t max = walk_max_pages(r);
+    if (pages > max)
+        pages = max;
+    if (pages < r->page)
+        pages = r->page; /* past the prediction: the next page alone */
+    return pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages;
+}
+
+/* Asks for the pages the window allows. 0, or a negative code when nothing could be sent and
+ * nothing is in flight. */
+static int walk_send(struct cg_run *r)
+{
+    uint32_t limit = walk_ahead_limit(r);
+    int assets_spec = r->vs_idx == 0 ? BATCH_ASSETS_MARKET : -1;
+    while (!r->walk_over && r->nflight < r->nslots && r->next_send <= limit &&
+           r->next_send < r->page + r->nslots) {
+        struct page_slot *s = &r->slots[r->next_send % r->nslots];
+        if (s->used)
+            break; /* taken by an earlier page still waiting to be consumed */
+        uint32_t keep = r->page;
+        r->page = r->next_send;
+        int rc = markets_page_path(r, r->vs.items[r->vs_idx], NULL);
+        r->page = keep;
+        if (rc == 0 && (!(s->b[0] = batch_new(BATCH_MARKET_SNAPSHOTS, 256)) ||
+                        (assets_spec >= 0 && !(s->b[1] = batch_new(BATCH_ASSETS_MARKET, 256)))))
+            rc = -ENOMEM;
+        if (rc == 0) {
+            s->r = r;
+            s->page = r->next_send;
+            s->used = true;
+            rc = run_get_tagged(r->run, r->path, 4 * MIB, slot_parse, slot_done, s);
+        }
+        if (rc != 0) {
+            slot_clear(s);
+            if (r->nflight == 0)
+                return rc;
+            /* The pages in flight end the walk (it counts as failed); their rows are kept up
+             * to the gap. */
+            run_fail_errno(r->run, "request", rc);
+            r->walk_failed = true;
+            r->walk_over = true;
+            return 0;
+        }
+        r->nflight++;
+        r->next_send++;
+    }
+    return 0;
+}
+
+/* One step of the pipelined walk: takes the pages that are in, in order, then asks for more.
+ * Returns as markets_step. */
+static int walk_step(struct cg_run *r)
+{
+    while (!r->walk_over) {
+        struct page_slot *s = &r->slots[r->page % r->nslots];
+        if (!s->used || !s->reported || s->page != r->page)
+            break;
+        /* The page becomes the run's current answer, as in the one-at-a-time walk. */
+        drop_batches(r);
+        r->b[0] = s->b[0];
+        r->b[1] = s->b[1];
+        s->b[0] = s->b[1] = NULL;
+        r->got_ids = s->ids;
+        memset(&s->ids, 0, sizeof(s->ids));
+        r->got_ncoins = s->ncoins;
+        r->last_ok = s->ok;
+        r->sent = true;
+        slot_clear(s);
+        if (r->last_ok && top_walk(r) && r->collected + r->got_ncoins > r->top)
+            trim_page(r, r->top - r->collected);
+        count_quotes(r);
+        bool more = page_done(r);
+        submit_all(r);
+        strlist_clear(&r->got_ids);
+        r->sent = false;
+        if (more)
+            r->page++;
+        else
+            r->walk_over = true;
+    }
+    if (r->walk_over) {
+        if (r->nflight)
+            return 0; /* pages past the end still report */
+        for (uint32_t i = 0; i < r->nslots; i++)
+            slot_clear(&r->slots[i]);
+        markets_next_currency(r);
+        r->walk_over = false;
+        r->next_send = 1;
+        if (r->vs_idx >= r->vs.n) {
+            check_quotes(r, "/coins/markets");
+            next_step(r, ST_GLOBAL);
+            return 1;
+        }
+    }
+    if (run_cancelled(r->run)) {
+        r->walk_over = true;
+        return 0;
+    }
+    return walk_send(r);
+}
+
 static int markets_step(struct cg_run *r)
 {
+    if (r->slots)
+        return walk_step(r);
     count_quotes(r);
     if (r->sent) {
         bool more;
@@ -1097,8 +1305,11 @@ static void advance(struct cg_run *r)
 {
     struct cg_state *j = r->j;
     for (;;) {
-        if (run_cancelled(r->run))
+        if (run_cancelled(r->run)) {
+            if (r->nflight)
+                return; /* a pipelined walk's pages still report: each calls advance() */
             r->step = ST_DONE;
+        }
         int rc = 1;
         switch (r->step) {
         case ST_RESOLVE_LIST:
@@ -1247,9 +1458,17 @@ static int cg_start(struct run *run, enum cg_job id)
             r->ids_all = true;
             next_step(r, ST_RESOLVE_CATEGORIES);
         } else if (id == CG_MARKET_CAPS) {
-            /* Every coin (or the top N) by walking the pages: nothing to resolve. */
+            /* Every coin (or the top N) by walking the pages: nothing to resolve. Several
+             * pages in flight when the source allows (the pipelined walk). */
             r->ids_all = true;
             next_step(r, ST_MARKETS);
+            uint32_t n = config_source_in_flight(src);
+            if (n > 1) {
+                if (!(r->slots = calloc(n, sizeof(*r->slots))))
+                    return -ENOMEM;
+                r->nslots = n;
+                r->next_send = 1;
+            }
         } else if (j->listed.n) {
             if (strlist_append(&r->ids, &j->listed))
                 return -ENOMEM;
