@@ -74,6 +74,12 @@ static int64_t floor_to(int64_t t, int64_t g)
     return q * g;
 }
 
+/* The grid a granularity's span starts on. */
+static int64_t grid_of(enum cg_granularity g)
+{
+    return g == CG_GRAN_DAILY ? CG_DAY_MS : g == CG_GRAN_HOURLY ? HOUR_MS : 5 * MINUTE_MS;
+}
+
 int64_t coingecko_history_end(enum cg_granularity g, int64_t now_ms)
 {
     switch (g) {
@@ -416,8 +422,10 @@ static void series_finished(struct hist_run *r, struct series *s)
 /* The plan refuses the range: start 365 days back (less a day's margin) from now on. */
 static void clamp_to_reach(struct hist_run *r)
 {
-    int64_t reach = (int64_t)run_started_ms(r->run) - (CG_PLAN_REACH_DAYS - 1) * CG_DAY_MS;
-    reach = floor_to(reach, CG_DAY_MS) + CG_DAY_MS;
+    /* An hour inside the reach, so that the window asked again is inside it too. */
+    int64_t g = grid_of(r->gran);
+    int64_t reach = (int64_t)util_wall_ms() - CG_PLAN_REACH_DAYS * CG_DAY_MS + HOUR_MS;
+    reach = floor_to(reach - 1, g) + g;
     log_warn("history: the plan reaches back 365 days; older history is out of reach",
              LOG_S("job", run_name(r->run)), LOG_S("asset", r->series[r->cur].asset_id));
     r->clamped = true;
@@ -579,9 +587,8 @@ static int hist_start(struct run *run)
     int64_t now = (int64_t)run_started_ms(run);
     r->end_ms = coingecko_history_end(r->gran, now);
     r->start_ms = days ? now - (int64_t)days * CG_DAY_MS : CG_HISTORY_EPOCH_MS;
-    r->start_ms = floor_to(r->start_ms, r->gran == CG_GRAN_DAILY    ? CG_DAY_MS
-                                        : r->gran == CG_GRAN_HOURLY ? HOUR_MS
-                                                                    : 5 * MINUTE_MS);
+    /* The first grid point inside the span: `days = 365` never asks before the plan's reach. */
+    r->start_ms = floor_to(r->start_ms - 1, grid_of(r->gran)) + grid_of(r->gran);
     r->t0_mono = r->last_log_mono = util_mono_ms();
     r->step = H_TRACKED;
     hist_advance(r);
