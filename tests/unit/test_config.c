@@ -382,8 +382,8 @@ static void check_defaults(const struct config *c)
     static const char *const names[] = {"assets", "prices", "market_caps"};
     static const uint64_t every[] = {86400000, 300000, 3600000};
     /* CoinGecko's jobs come first (history and ohlc off until configured); the other sources'
-     * follow. Of those sources only analytics
-     * (no remote API) is on, and its retention job is off. */
+     * follow. Of those sources only analytics (no remote API) is on, and its retention job is
+     * off. */
     assert_int_equal(c->njobs, 11);
     static const char *const others[] = {"history",        "ohlc",           "coinbase_candles",
                                          "rollups",        "indicators",     "retention",
