@@ -595,10 +595,22 @@ static int hist_start(struct run *run)
     return 0;
 }
 
-/* Steady state: each series catches up once a run (a backfill takes more, paced by credits). */
+/* Steady state, for the budget: a series needs a window once its span's end has moved on,
+ * which happens once a day (daily), an hour (hourly) or five minutes (auto); a first backfill
+ * takes more, paced by run_credits_spare. */
 static uint64_t hist_requests(const struct config *cfg, const struct cfg_job *job, uint64_t n)
 {
-    return coingecko_tracked_count(cfg, job, n);
+    const struct cfg_value *gv = config_job_value(job, "granularity");
+    enum cg_granularity g = CG_GRAN_DAILY;
+    if (gv && gv->s && parse_granularity(gv->s, &g) != 0)
+        g = CG_GRAN_DAILY;
+    uint64_t series = coingecko_tracked_count(cfg, job, n);
+    uint64_t period = (uint64_t)(g == CG_GRAN_DAILY    ? CG_DAY_MS
+                                 : g == CG_GRAN_HOURLY ? HOUR_MS
+                                                       : 5 * MINUTE_MS);
+    if (job->every_ms >= period)
+        return series;
+    return (series * job->every_ms + period - 1) / period;
 }
 
 static const struct cfg_key hist_keys[] = {
