@@ -254,50 +254,36 @@ bool coingecko_range_refused(const char *body, size_t len)
 
 /* ---- the history job ----------------------------------------------------------------------- */
 
-enum h_step { H_TRACKED, H_FILL, H_WINDOWS, H_DONE };
-
 struct series {
     const char *asset_id; /* into tracked.ids */
     const char *vs;       /* into tracked.vs */
-    char *product;        /* "vs:asset_id", the candle_fill key */
-    int64_t filled_ms;
-    bool done, counted;
 };
 
 struct hist_run {
+    struct backfill_walk walk; /* first: the walk finds itself in the run state */
     struct run *run;
-    enum h_step step;
     enum cg_granularity gran;
     int64_t start_ms, end_ms;
-    bool clamped, budget_stop;
+    bool clamped, budget_logged;
     struct cg_tracked tracked;
     struct series *series;
-    size_t nseries, cur;
-    struct cg_window w;
-    struct batch *b;
-    struct sbuf path;
+    char **products; /* "vs:asset_id", the candle_fill keys, one per series */
+    size_t nseries;
     /* progress */
     uint64_t t0_mono, last_log_mono;
     uint64_t windows_done, windows_est, points;
     size_t series_done;
 };
 
-static void hist_advance(struct hist_run *r);
-
 static void hist_cleanup(struct run *run)
 {
     struct hist_run *r = run_state(run);
+    backfill_walk_clear(&r->walk);
     for (size_t i = 0; i < r->nseries; i++)
-        free(r->series[i].product);
+        free(r->products[i]);
+    free(r->products);
     free(r->series);
     coingecko_tracked_clear(&r->tracked);
-    batch_free(r->b);
-    sbuf_free(&r->path);
-}
-
-static int by_product(const void *a, const void *b)
-{
-    return strcmp(((const struct series *)a)->product, ((const struct series *)b)->product);
 }
 
 static int make_series(struct hist_run *r)
@@ -305,7 +291,8 @@ static int make_series(struct hist_run *r)
     const struct cg_tracked *t = &r->tracked;
     size_t n = t->ids.n * t->vs.n;
     r->series = calloc(n + 1, sizeof(*r->series));
-    if (!r->series)
+    r->products = calloc(n + 1, sizeof(*r->products));
+    if (!r->series || !r->products)
         return -ENOMEM;
     for (size_t i = 0; i < t->ids.n; i++)
         for (size_t k = 0; k < t->vs.n; k++) {
@@ -313,24 +300,12 @@ static int make_series(struct hist_run *r)
             s->asset_id = t->ids.items[i];
             s->vs = t->vs.items[k];
             size_t len = strlen(s->vs) + 1 + strlen(s->asset_id) + 1;
-            if (!(s->product = malloc(len)))
+            if (!(r->products[r->nseries] = malloc(len)))
                 return -ENOMEM;
-            snprintf(s->product, len, "%s:%s", s->vs, s->asset_id);
+            snprintf(r->products[r->nseries], len, "%s:%s", s->vs, s->asset_id);
             r->nseries++;
         }
-    qsort(r->series, r->nseries, sizeof(*r->series), by_product);
     return 0;
-}
-
-static void tracked_done(struct run *run, int rc)
-{
-    struct hist_run *r = run_state(run);
-    if (rc == 0 && (rc = make_series(r)) != 0)
-        run_fail_errno(run, "series", rc);
-    if (rc == 0 && r->nseries == 0)
-        log_info("history: no asset to backfill", LOG_S("job", run_name(run)));
-    r->step = rc == 0 && r->nseries ? H_FILL : H_DONE;
-    hist_advance(r);
 }
 
 static int64_t window_len(enum cg_granularity g)
@@ -338,50 +313,10 @@ static int64_t window_len(enum cg_granularity g)
     return g == CG_GRAN_DAILY ? DAILY_MAX_MS : g == CG_GRAN_HOURLY ? HOURLY_MAX_MS : AUTO_MAX_MS;
 }
 
-/* Windows a series still needs (for the ETA). */
-static uint64_t windows_left(const struct hist_run *r, const struct series *s)
-{
-    int64_t from = s->filled_ms > r->start_ms ? s->filled_ms : r->start_ms;
-    if (from >= r->end_ms)
-        return 0;
-    int64_t len = window_len(r->gran);
-    return (uint64_t)((r->end_ms - from + len - 1) / len);
-}
-
 static void publish_progress(struct hist_run *r)
 {
     metrics_set("coingest_history_series_left", "", (double)(r->nseries - r->series_done));
     metrics_set("coingest_history_series_done", "", (double)r->series_done);
-}
-
-static void hist_fill_read(int rc, const struct store_rows *rows, const char *err, void *arg)
-{
-    struct hist_run *r = run_state(arg);
-    if (rc != 0)
-        backfill_read_failed(r->run, rc, err);
-    const char *product;
-    int64_t filled_ms;
-    for (uint32_t i = 0; rc == 0 && i < rows->nrows; i++) {
-        if (!backfill_row(rows, i, &product, &filled_ms))
-            continue;
-        struct series key = {.product = (char *)product};
-        struct series *s = bsearch(&key, r->series, r->nseries, sizeof(*r->series), by_product);
-        if (s)
-            s->filled_ms = filled_ms;
-    }
-    for (size_t i = 0; i < r->nseries; i++) {
-        uint64_t n = windows_left(r, &r->series[i]);
-        r->windows_est += n;
-        if (n == 0) {
-            r->series[i].counted = true;
-            r->series_done++;
-        }
-    }
-    publish_progress(r);
-    log_info("history pass", LOG_S("job", run_name(r->run)), LOG_U("series", r->nseries),
-             LOG_U("up_to_date", r->series_done), LOG_U("windows", r->windows_est));
-    r->step = H_WINDOWS;
-    hist_advance(r);
 }
 
 static void log_progress(struct hist_run *r, bool force)
@@ -398,146 +333,151 @@ static void log_progress(struct hist_run *r, bool force)
              LOG_U("requests_left", left), LOG_U("eta_s", (uint64_t)(per * (double)left / 1000.0)));
 }
 
-static int chart_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
+/* The walk's ops (backfill.h). */
+
+static int hist_plan(void *job, size_t i, int64_t filled_ms, struct backfill_window *bw,
+                     struct sbuf *path)
 {
-    struct hist_run *r = run_state(arg);
-    const struct series *s = &r->series[r->cur];
+    struct hist_run *r = job;
+    struct cg_window w;
+    if (coingecko_history_window(r->gran, filled_ms, r->start_ms, r->end_ms, &w) != 0)
+        return 1;
+    bw->from_ms = w.keep_from_ms;
+    bw->to_ms = w.keep_to_ms;
+    bw->max_body = CHART_MAX_BODY;
+    sbuf_puts(path, "/coins/");
+    coingecko_path_id(path, r->series[i].asset_id);
+    sbuf_printf(path, "/market_chart/range?vs_currency=%s&from=%lld&to=%lld&precision=full",
+                r->series[i].vs, (long long)w.ask_from_s, (long long)w.ask_to_s);
+    return 0;
+}
+
+static int hist_parse(void *job, size_t i, const struct backfill_window *bw, const char *body,
+                      size_t len, struct batch *b, char *err, size_t errlen)
+{
+    struct hist_run *r = job;
+    struct cg_window w = {.keep_from_ms = bw->from_ms,
+                          .keep_to_ms = bw->to_ms,
+                          .grid_ms = r->gran == CG_GRAN_DAILY ? CG_DAY_MS : 0};
     struct cg_chart_stats st = {0};
-    int rc = coingecko_parse_market_chart(body, len, s->asset_id, s->vs, &r->w,
-                                          (int64_t)util_wall_ms(), r->b, &st, err, errlen);
+    int rc = coingecko_parse_market_chart(body, len, r->series[i].asset_id, r->series[i].vs, &w,
+                                          (int64_t)util_wall_ms(), b, &st, err, errlen);
     if (rc == 0 && st.bad)
         run_count(r->run, st.bad);
     return rc;
 }
 
-static void series_finished(struct hist_run *r, struct series *s)
+/* The plan refuses the range (HTTP 401, code 10012): start at its reach, an hour inside it,
+ * and ask the same series again, once a run. Another 401 (a bad key) ends the walk. */
+static int hist_refused(void *job, size_t i, const struct fetch_result *res)
 {
-    if (!s->counted) {
-        s->counted = true;
-        r->series_done++;
-        publish_progress(r);
+    struct hist_run *r = job;
+    if (r->clamped || !coingecko_range_refused(res->body, res->len)) {
+        run_fail(r->run, "market_chart/range", res->error ? res->error : "HTTP 401");
+        return -1;
     }
-}
-
-/* The plan refuses the range: start 365 days back (less a day's margin) from now on. */
-static void clamp_to_reach(struct hist_run *r)
-{
-    /* An hour inside the reach, so that the window asked again is inside it too. */
     int64_t g = grid_of(r->gran);
     int64_t reach = (int64_t)util_wall_ms() - CG_PLAN_REACH_DAYS * CG_DAY_MS + HOUR_MS;
     reach = floor_to(reach - 1, g) + g;
     log_warn("history: the plan reaches back 365 days; older history is out of reach",
-             LOG_S("job", run_name(r->run)), LOG_S("asset", r->series[r->cur].asset_id));
+             LOG_S("job", run_name(r->run)), LOG_S("asset", r->series[i].asset_id));
     r->clamped = true;
     if (r->start_ms < reach)
         r->start_ms = reach;
-}
-
-static void chart_done(const struct fetch_result *res, void *arg)
-{
-    struct hist_run *r = run_state(arg);
-    struct series *s = &r->series[r->cur];
-    struct batch *b = r->b;
-    r->b = NULL;
-    if (res->outcome == FETCH_HTTP_ERROR && res->status == 401) {
-        batch_free(b);
-        if (!r->clamped && coingecko_range_refused(res->body, res->len)) {
-            clamp_to_reach(r); /* the same series again, from the plan's reach */
-        } else {
-            run_fail(r->run, "market_chart/range", res->error ? res->error : "HTTP 401");
-            r->step = H_DONE;
-        }
-        hist_advance(r);
-        return;
-    }
-    r->windows_done++;
-    if (res->outcome == FETCH_OK) {
-        uint64_t n = b ? b->nrows : 0;
-        if (run_emit(r->run, b) == 0 &&
-            backfill_mark(r->run, COINGECKO_SOURCE, s->product, r->gran, r->w.keep_to_ms) == 0) {
-            s->filled_ms = r->w.keep_to_ms;
-            r->points += n;
-            metrics_add("coingest_history_points_total", "", (double)n);
-        } else {
-            s->done = true;
-        }
-    } else {
-        batch_free(b);
-        s->done = true; /* the runner recorded why; the next pass resumes at the mark */
-    }
-    if (s->done || s->filled_ms >= r->end_ms) {
-        series_finished(r, s);
-        r->cur++;
-    }
-    log_progress(r, false);
-    hist_advance(r);
-}
-
-/* Sends the next window: 0 when a request is under way, 1 when nothing is left, -errno. */
-static int next_window(struct hist_run *r)
-{
-    for (; r->cur < r->nseries; r->cur++) {
-        struct series *s = &r->series[r->cur];
-        if (s->done ||
-            coingecko_history_window(r->gran, s->filled_ms, r->start_ms, r->end_ms, &r->w) != 0) {
-            series_finished(r, s);
-            continue;
-        }
-        if (run_credits_spare(r->run) == 0) {
-            r->budget_stop = true;
-            log_warn("history paused: the month's credits left are for the live jobs",
-                     LOG_S("job", run_name(r->run)), LOG_U("series_left", r->nseries - r->cur));
-            return 1;
-        }
-        sbuf_reset(&r->path);
-        sbuf_puts(&r->path, "/coins/");
-        coingecko_path_id(&r->path, s->asset_id);
-        sbuf_printf(&r->path, "/market_chart/range?vs_currency=%s&from=%lld&to=%lld&precision=full",
-                    s->vs, (long long)r->w.ask_from_s, (long long)r->w.ask_to_s);
-        if (sbuf_failed(&r->path) || !(r->b = batch_new(BATCH_PRICES, 512)))
-            return -ENOMEM;
-        run_handle_status(r->run, 401);
-        return run_get_limited(r->run, r->path.p, CHART_MAX_BODY, chart_parse, chart_done);
-    }
     return 1;
 }
 
-static void hist_advance(struct hist_run *r)
+static bool hist_may_send(void *job)
 {
-    if (run_cancelled(r->run))
-        r->step = H_DONE;
-    int rc = 0;
-    switch (r->step) {
-    case H_TRACKED:
-        rc = coingecko_tracked_resolve(r->run, &r->tracked, tracked_done);
-        break;
-    case H_FILL:
-        rc = backfill_read(r->run, COINGECKO_SOURCE, r->gran, hist_fill_read, r->run);
-        if (rc == -ENOTSUP) { /* a store without a database: from the start */
-            hist_fill_read(0, &(struct store_rows){0}, NULL, r->run);
-            return;
-        }
-        break;
-    case H_WINDOWS:
-        rc = next_window(r);
-        if (rc == 1) {
-            r->step = H_DONE;
-            hist_advance(r);
-            return;
-        }
-        break;
-    case H_DONE:
-    default:
-        if (r->windows_done)
-            log_progress(r, true);
-        run_finish(r->run);
+    struct hist_run *r = job;
+    if (run_credits_spare(r->run) > 0)
+        return true;
+    if (!r->budget_logged) {
+        r->budget_logged = true;
+        log_warn("history paused: the month's credits left are for the live jobs",
+                 LOG_S("job", run_name(r->run)), LOG_U("series_left", r->nseries - r->series_done));
+    }
+    return false;
+}
+
+/* Windows a series still needs (for the ETA). */
+static uint64_t windows_left(const struct hist_run *r, int64_t filled_ms)
+{
+    int64_t from = filled_ms > r->start_ms ? filled_ms : r->start_ms;
+    if (from >= r->end_ms)
+        return 0;
+    int64_t len = window_len(r->gran);
+    return (uint64_t)((r->end_ms - from + len - 1) / len);
+}
+
+static void hist_marks_read(void *job)
+{
+    struct hist_run *r = job;
+    size_t up_to_date = 0;
+    for (size_t i = 0; i < r->nseries; i++) {
+        uint64_t n = windows_left(r, backfill_walk_filled(&r->walk, i));
+        r->windows_est += n;
+        up_to_date += n == 0;
+    }
+    log_info("history pass", LOG_S("job", run_name(r->run)), LOG_U("series", r->nseries),
+             LOG_U("up_to_date", up_to_date), LOG_U("windows", r->windows_est));
+}
+
+static void hist_window_done(void *job, size_t i, uint64_t rows)
+{
+    struct hist_run *r = job;
+    (void)i;
+    r->windows_done++;
+    r->points += rows;
+    metrics_add("coingest_history_points_total", "", (double)rows);
+    log_progress(r, false);
+}
+
+static void hist_complete(void *job, size_t i)
+{
+    struct hist_run *r = job;
+    (void)i;
+    r->series_done++;
+    publish_progress(r);
+}
+
+static void hist_finished(void *job)
+{
+    struct hist_run *r = job;
+    publish_progress(r);
+    if (r->windows_done)
+        log_progress(r, true);
+    run_finish(r->run);
+}
+
+static const struct backfill_ops hist_ops = {
+    .source = COINGECKO_SOURCE,
+    .spec = BATCH_PRICES,
+    .plan = hist_plan,
+    .parse = hist_parse,
+    .handle_status = 401,
+    .refused = hist_refused,
+    .may_send = hist_may_send,
+    .marks_read = hist_marks_read,
+    .window_done = hist_window_done,
+    .complete = hist_complete,
+    .finished = hist_finished,
+};
+
+static void tracked_done(struct run *run, int rc)
+{
+    struct hist_run *r = run_state(run);
+    if (rc == 0 && (rc = make_series(r)) != 0)
+        run_fail_errno(run, "series", rc);
+    if (rc != 0 || r->nseries == 0 || run_cancelled(run)) {
+        if (rc == 0 && r->nseries == 0)
+            log_info("history: no asset to backfill", LOG_S("job", run_name(run)));
+        run_finish(run);
         return;
     }
-    if (rc < 0) {
-        run_fail_errno(r->run, "request", rc);
-        r->step = H_DONE;
-        hist_advance(r);
-    }
+    /* The marks' interval_s is the granularity (0 for auto): each keeps its own. */
+    backfill_walk_start(&r->walk, run, &hist_ops, r, r->gran, (const char *const *)r->products,
+                        r->nseries);
 }
 
 /* `granularity =`: daily, hourly or auto. -EINVAL for anything else. */
@@ -590,8 +530,7 @@ static int hist_start(struct run *run)
     /* The first grid point inside the span: `days = 365` never asks before the plan's reach. */
     r->start_ms = floor_to(r->start_ms - 1, grid_of(r->gran)) + grid_of(r->gran);
     r->t0_mono = r->last_log_mono = util_mono_ms();
-    r->step = H_TRACKED;
-    hist_advance(r);
+    coingecko_tracked_resolve(run, &r->tracked, tracked_done);
     return 0;
 }
 
