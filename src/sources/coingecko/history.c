@@ -8,6 +8,8 @@
  *      listed assets of the database (`assets`, by market_cap_rank), narrowed to the
  *      universe's categories and to `top` (the job's, else the universe's). Currencies: the
  *      job's `vs_currencies`, else the universe's.
+ *   2. and 3. are the backfill walk every backfill shares (backfill.h); this file gives it the
+ *      windows, the parser and the hooks below.
  *   2. One read of candle_fill (source coingecko, interval_s = the granularity, 0 for auto,
  *      product "vs:asset_id"): how far each series is stored. The marks are written by
  *      backfill_mark after each window's rows (a sink barrier), so a mark is never ahead of
@@ -25,9 +27,9 @@
  * rest of the month, the pass stops (logged once) and resumes at the next pass.
  *
  * The plan's reach. Public and Demo keys are refused ranges older than 365 days (HTTP 401,
- * error_code 10012). A window refused that way moves the pass's start to 365 days ago (less a
- * day's margin) and is asked again once; what lay before is logged as out of reach, never
- * retried in the pass.
+ * error_code 10012). A window refused that way moves the pass's start to 365 days ago (an hour
+ * inside the reach) and is asked again once; what lay before is logged as out of reach, never
+ * retried in the pass. A second refusal, or a 401 for another reason, fails the run.
  *
  * Progress: every minute a log line (series done and left, points stored, an ETA), the gauges
  * coingest_history_series_left / coingest_history_series_done and the counter
