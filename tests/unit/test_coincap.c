@@ -2,10 +2,7 @@
  * test_coincap: the CoinCap v3 source's parsers on the recorded responses
  * (tests/fixtures/coincap/): the v3 single-asset body (numbers sent as strings, read to the
  * last digit), the v2-shaped 10- and 1000-asset lists (nulls kept as unknown), the history
- * bodies kept to their window, and the v2 shutdown notice refused with its message. And the
- * coincap_history job under the runner with an in-memory store against tests/fakeapi/coincap.py:
- * ids mapped onto canonical ids, every day stored once, a window that fails for good ends only
- * its asset, and the next run resumes from the marks (the backfill walk, backfill.h).
+ * bodies kept to their window, and the v2 shutdown notice refused with its message.
  */
 #include <errno.h>
 #include <limits.h>
@@ -17,26 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <unistd.h>
-
 #include <cmocka.h>
-#include <uv.h>
 
 #include "testdb.h"
 
 #include "coingest/batch.h"
-#include "coingest/config.h"
-#include "coingest/fetch.h"
-#include "coingest/runner.h"
-#include "coingest/source.h"
-#include "coingest/timers.h"
-#include "coingest/util.h"
-#include "fakeapi_proc.h"
-#include "memstore.h"
 #include "sources/coincap/coincap.h"
-
-#define WAIT_MS 30000
-#define DAY_MS  86400000LL
 
 /* A recorded CoinCap body from tests/fixtures/coincap/ (testdb_read_fixture). */
 static char *load_fixture(const char *name, size_t *len)
@@ -181,202 +164,12 @@ static void test_history(void **state)
     batch_free(b);
 }
 
-/* ---- the coincap_history job -------------------------------------------------------------- */
-
-struct env {
-    struct fakeapi *fake;
-    uv_loop_t loop;
-    struct timers *timers;
-    struct fetcher *f;
-    struct api *apis[8];
-    struct config *cfg;
-    struct runner *rn;
-    struct memstore mem;
-    char conf[PATH_MAX];
-    bool done;
-    struct run_summary sum;
-};
-
-/* The canonical assets the store's universe read answers. */
-static const char *const universe[] = {
-    "bitcoin",     "btc", "Bitcoin",  NULL, "1300000000000",
-    "ethereum",    "eth", "Ethereum", NULL, "400000000000",
-    "binancecoin", "bnb", "BNB",      NULL, "90000000000",
-};
-
-static void on_run_done(const struct run_summary *s, void *arg)
-{
-    struct env *e = arg;
-    e->sum = *s;
-    e->done = true;
-}
-
-static void deadline_cb(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
-static void do_run(struct env *e)
-{
-    int i = config_job_index(e->cfg, "coincap_history");
-    assert_true(i >= 0);
-    e->done = false;
-    assert_int_equal(runner_start(e->rn, (size_t)i, on_run_done, e), 0);
-    bool expired = false;
-    uv_timer_t t;
-    uv_timer_init(&e->loop, &t);
-    t.data = &expired;
-    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
-    while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    if (!e->done)
-        fail_msg("the run did not finish within %d ms", WAIT_MS);
-}
-
-static int setup(void **state)
-{
-    if (!fakeapi_available())
-        skip();
-    struct env *e = calloc(1, sizeof(*e));
-    assert_non_null(e);
-    static const char *const args[] = {"--gaps", "7", NULL};
-    e->fake = fakeapi_start_script("coincap.py", "/v3", args);
-    assert_non_null(e->fake);
-    assert_int_equal(uv_loop_init(&e->loop), 0);
-    e->timers = timers_new(&e->loop);
-    e->f = fetcher_new(&e->loop, e->timers);
-    assert_non_null(e->f);
-    e->mem.loop = &e->loop;
-    e->mem.can_read = true;
-    e->mem.assets = universe;
-    e->mem.nassets = sizeof(universe) / sizeof(universe[0]) / 5;
-    snprintf(e->conf, sizeof(e->conf), "/tmp/test_coincap.%d.conf", (int)getpid());
-    FILE *fp = fopen(e->conf, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "[source.coingecko]\nenabled = false\n[source.analytics]\nenabled = false\n"
-            "[source.coincap]\nenabled = true\nbase_url = %s\napi_key = test-key-123456\n"
-            "rate_limit = 1000/s\nburst = 100\nbackoff_base = 10ms\nbackoff_cap = 50ms\n"
-            "max_retries = 1\n"
-            "[job.coincap_history]\nids = bitcoin, ethereum, binance-coin\ninterval = d1\n"
-            "days = 30\n[aliases]\ncoincap.binance-coin = binancecoin\n",
-            fakeapi_base_url(e->fake));
-    fclose(fp);
-    char err[1024];
-    if (config_load(e->conf, &e->cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
-    for (size_t i = 0; i < e->cfg->nsources && i < 8; i++)
-        if (e->cfg->sources[i].enabled && e->cfg->sources[i].def->nplans)
-            assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
-    e->rn = runner_new(e->cfg, e->apis, memstore_store(&e->mem));
-    assert_non_null(e->rn);
-    *state = e;
-    return 0;
-}
-
-static void fetcher_gone(void *arg)
-{
-    (void)arg;
-}
-
-static int teardown(void **state)
-{
-    struct env *e = *state;
-    runner_free(e->rn);
-    for (size_t i = 0; i < 8; i++)
-        api_free(e->apis[i]);
-    fetcher_free(e->f, fetcher_gone, NULL);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&e->loop), 0);
-    config_free(e->cfg);
-    memstore_clear(&e->mem);
-    fakeapi_stop(e->fake);
-    unlink(e->conf);
-    free(e);
-    return 0;
-}
-
-/* History requests of the fake's log after seq `since`; *last gets the last seq. */
-static size_t history_requests(struct env *e, const char *asset, long since, long *last)
-{
-    json_t *log = fakeapi_log(e->fake, since);
-    assert_non_null(log);
-    size_t n = 0, i;
-    json_t *it;
-    char want[64];
-    snprintf(want, sizeof(want), "/assets/%s/history", asset);
-    json_array_foreach(log, i, it)
-    {
-        const char *route = json_string_value(json_object_get(it, "route"));
-        n += route && strcmp(route, want) == 0;
-        if (last)
-            *last = (long)json_integer_value(json_object_get(it, "seq"));
-    }
-    json_decref(log);
-    return n;
-}
-
-/* Days held for a canonical asset, after checking each is unique and on 00:00 UTC. */
-static size_t days_of(const struct memstore *m, const char *asset_id)
-{
-    const struct batch *b = m->kept[BATCH_PRICES];
-    size_t n = 0;
-    for (uint32_t i = 0; b && i < b->nrows; i++) {
-        char a[64];
-        if (strcmp(memstore_str(b, i, BATCH_PRICES_COL_ASSET_ID, a, sizeof(a)), asset_id) != 0)
-            continue;
-        int64_t t = batch_val(b, i, BATCH_PRICES_COL_SOURCE_UPDATED_AT)->u.i;
-        assert_int_equal(t % DAY_MS, 0);
-        for (uint32_t k = 0; k < i; k++) {
-            char c[64];
-            if (strcmp(memstore_str(b, k, BATCH_PRICES_COL_ASSET_ID, c, sizeof(c)), asset_id) == 0)
-                assert_true(batch_val(b, k, BATCH_PRICES_COL_SOURCE_UPDATED_AT)->u.i != t);
-        }
-        n++;
-    }
-    return n;
-}
-
-static void test_history_job_resumes(void **state)
-{
-    struct env *e = *state;
-    /* ethereum's window fails for good (1 retry): that asset ends there, the others go on. */
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\": \"/assets/ethereum/history\", "
-                                            "\"status\": 500, \"count\": 2}"),
-                     0);
-    long seq = 0;
-    do_run(e);
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    size_t btc = days_of(&e->mem, "bitcoin"), bnb = days_of(&e->mem, "binancecoin");
-    assert_true(btc >= 20 && btc <= 30); /* 30 days less the fake's gaps (1 in 7) */
-    assert_true(bnb >= 20 && bnb <= 30);
-    assert_int_equal(days_of(&e->mem, "ethereum"), 0);
-    assert_int_equal(e->mem.kept[BATCH_CANDLE_FILL]->nrows, 2);
-    assert_int_equal(history_requests(e, "ethereum", 0, &seq), 2);
-
-    /* The next run asks only for ethereum's window. */
-    do_run(e);
-    assert_int_equal(e->sum.status, RUN_OK);
-    long seq2 = seq;
-    assert_int_equal(history_requests(e, "ethereum", seq, &seq2), 1);
-    assert_int_equal(history_requests(e, "bitcoin", seq, NULL), 0);
-    assert_int_equal(history_requests(e, "binance-coin", seq, NULL), 0);
-    size_t eth = days_of(&e->mem, "ethereum");
-    assert_true(eth >= 20 && eth <= 30);
-    assert_int_equal(days_of(&e->mem, "bitcoin"), btc);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_v3_asset),
         cmocka_unit_test(test_lists),
         cmocka_unit_test(test_history),
-        cmocka_unit_test_setup_teardown(test_history_job_resumes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
