@@ -179,14 +179,6 @@ int run_get(struct run *r, const char *path_query, fetch_parse_cb parse, fetch_d
 int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetch_parse_cb parse,
                     fetch_done_cb done);
 
-/* Requests the run's source can still spend this month beyond what its live jobs (priority
- * TBUCKET_PRIO_LIVE) need for the rest of it, by their schedule: monthly_credits less
- * credit_reserve, less the month's count so far, less the live jobs' requests per month times
- * the part of the month left. UINT64_MAX when the plan has no monthly cap. Backfill jobs
- * send a request only while this is above 0, so they never take what the live schedule needs.
- */
-uint64_t run_credits_spare(struct run *r);
-
 /* Makes a final answer with HTTP `status` (FETCH_HTTP_ERROR) to the next request sent with
  * run_get() the job's own business: the runner then neither counts that request as failed nor
  * records an error, and `done` decides what it means (a 414 the job answers by splitting the
@@ -220,6 +212,14 @@ void run_fail_errno(struct run *r, const char *what, int rc);
 
 /* Counts anomalies that are not errors (skipped elements, bad fields). */
 void run_count(struct run *r, uint64_t n);
+
+/* Requests the run's source can still spend this month beyond what its live jobs (priority
+ * TBUCKET_PRIO_LIVE) need for the rest of it, by their schedule: monthly_credits less
+ * credit_reserve, less the month's count so far, less the live jobs' requests per month times
+ * the part of the month left. UINT64_MAX when the plan has no monthly cap. Backfill jobs
+ * send a request only while this is above 0, so they never take what the live schedule needs.
+ */
+uint64_t run_credits_spare(struct run *r);
 
 /* Ends the run (see above). The run and its state are gone when this returns. */
 void run_finish(struct run *r);
