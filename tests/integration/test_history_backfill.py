@@ -14,7 +14,11 @@ rules, its 365-day refusal, gaps and late-listed coins). ctest-labels: slow
    the prices job keeps its schedule: no run of it is skipped, and each of its runs gets its
    requests through ahead of the backfill's queue: between a prices run's start and its first
    request at most two backfill requests reach the API (the one in flight and one granted
-   before the run's request was queued), however many the backfill has waiting.
+   before the run's request was queued). The backfill keeps one request in flight, so this
+   holds by that design as much as by the bucket's priority classes, which
+   tests/unit/test_tbucket.c proves on its own.
+3. Two ohlc passes: candles keyed by open time (close - interval), the still-open last candle
+   of each coin rewritten in place, the closed ones unchanged, none twice.
 """
 import os
 import signal
