@@ -66,6 +66,12 @@ static const struct mdesc descs[] = {
      "Request attempts sent to the API this calendar month (UTC), from the ledger, by API"},
     {"coingest_api_credits_left", M_GAUGE,
      "Monthly credits left (-1: the plan has no monthly cap), by API"},
+    {"coingest_history_points_total", M_COUNTER,
+     "Price points the history job stored (market_chart/range windows)"},
+    {"coingest_history_series_left", M_GAUGE,
+     "Series (asset x currency) the history pass has not brought up to date yet"},
+    {"coingest_history_series_done", M_GAUGE,
+     "Series (asset x currency) the history pass has brought up to date"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and
@@ -77,6 +83,9 @@ static const char *const zero_at_start[] = {
     "coingest_reloads_total",
     "coingest_reload_failures_total",
     "coingest_unmapped_keys_total",
+    "coingest_history_points_total",
+    "coingest_history_series_left",
+    "coingest_history_series_done",
 };
 
 struct series {

@@ -36,6 +36,8 @@ import urllib.parse
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import cg_history  # market_chart/range and ohlc of the synthetic universe
+
 PREFIX = "/api/v3"
 CONTROL = "/_control/"
 
@@ -349,6 +351,7 @@ class SyntheticRoutes:
     def __init__(self, app, n, epoch):
         self.app = app
         self.u = Universe(n, epoch)
+        self.u.history_reach_days = app.args.history_reach_days
 
     def route(self, path, params):
         u = self.u
@@ -367,6 +370,9 @@ class SyntheticRoutes:
             return [{"category_id": cid, "name": name} for cid, name, _ in CATEGORIES]
         if path == "/coins/categories":
             return self.categories(tick)
+        out = cg_history.route(u, urllib.parse.unquote(path), params, RATES, ApiError)
+        if out is not None:
+            return out
         raise ApiError(404, NOT_FOUND_BODY)
 
     def markets(self, params, tick):
@@ -507,6 +513,7 @@ FIXTURE_MAP = [
     ("/coins/bitcoin/market_chart", {"vs_currency": "usd", "days": "1"}, "market_chart_bitcoin_usd_days1_5min_2021-05.json"),
     ("/coins/bitcoin/market_chart", {"vs_currency": "usd", "days": "30"}, "market_chart_bitcoin_usd_days30_hourly_2021-05.json"),
     ("/coins/bitcoin/market_chart", {"vs_currency": "usd", "days": "90"}, "market_chart_bitcoin_usd_days90_daily_2021-05.json"),
+    ("/coins/bitcoin/market_chart/range", {"vs_currency": "usd"}, "market_chart_range_1y_daily_365rows_2020-02-20_tabs.json"),
 ]
 # The page that /coins/markets?vs_currency=usd&ids=... and /simple/price fall back to.
 FIXTURE_USD_PAGE = "coins_markets_usd_p1_250_precision-full_pcp-1h-24h-1y_2025-02-09.json"
@@ -1053,6 +1060,8 @@ def build_parser():
                    help="answer 414 to a request target (path + query) longer than this")
     p.add_argument("--max-ids", type=int, default=0,
                    help="answer 414 to a /simple/price asking for more ids than this")
+    p.add_argument("--history-reach-days", type=int, default=365,
+                   help="market_chart/range refuses older `from` (401, code 10012); 0: no limit")
     p.add_argument("--gzip", action="store_true", help="gzip bodies over 512 bytes if accepted")
     p.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
     p.add_argument("--tls-key", help="the certificate's PEM private key")

@@ -157,9 +157,10 @@ def main():
 
         def settled():
             j = status()
-            if not j or len(j["jobs"]) != 3:
+            # The three live jobs; history and ohlc are listed too, off (enabled false).
+            if not j or len([jb for jb in j["jobs"] if jb["enabled"]]) != 3:
                 return None
-            if any(jb["last_run"] is None or jb["running"] for jb in j["jobs"]):
+            if any(jb["last_run"] is None or jb["running"] for jb in j["jobs"] if jb["enabled"]):
                 return None
             month = db.scalar("SELECT COALESCE(SUM(requests),0) FROM job_runs")
             if j["sources"][0]["calls_this_month"] != int(month):
@@ -175,7 +176,7 @@ def main():
         src = j["sources"][0]
         check(src["name"] == "coingecko" and src["plan"] == "public",
               f"source and plan: {src['name']} {src['plan']}")
-        for jb in j["jobs"]:
+        for jb in (jb for jb in j["jobs"] if jb["enabled"]):
             row = db.sql(f"SELECT status, rows_written, requests FROM job_runs "
                          f"WHERE job='{jb['name']}' ORDER BY id DESC LIMIT 1")
             lr = jb["last_run"]

@@ -381,13 +381,15 @@ static void check_defaults(const struct config *c)
 
     static const char *const names[] = {"assets", "prices", "market_caps"};
     static const uint64_t every[] = {86400000, 300000, 3600000};
-    /* CoinGecko's jobs come first; the other sources' follow. Of those sources only analytics
-     * (no remote API) is on, and its retention job is off. */
-    assert_int_equal(c->njobs, 9);
-    static const char *const others[] = {"coinbase_candles", "rollups",        "indicators",
-                                         "retention",        "coincap_assets", "coincap_history"};
-    static const bool others_on[] = {true, true, true, false, true, true};
-    for (size_t i = 0; i < 6; i++) {
+    /* CoinGecko's jobs come first (history and ohlc off until configured); the other sources'
+     * follow. Of those sources only analytics (no remote API) is on, and its retention job is
+     * off. */
+    assert_int_equal(c->njobs, 11);
+    static const char *const others[] = {"history",        "ohlc",           "coinbase_candles",
+                                         "rollups",        "indicators",     "retention",
+                                         "coincap_assets", "coincap_history"};
+    static const bool others_on[] = {false, false, true, true, true, false, true, true};
+    for (size_t i = 0; i < 8; i++) {
         assert_string_equal(c->jobs[3 + i].name, others[i]);
         assert_int_equal(c->jobs[3 + i].enabled, others_on[i]);
     }
@@ -664,16 +666,18 @@ static void test_errors_structure(void **state)
     expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
                  "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
                  "[source.coinbase], [source.analytics], [source.coincap], [universe], "
-                 "[job.assets], [job.prices], [job.market_caps], [job.coinbase_candles], "
+                 "[job.assets], [job.prices], [job.market_caps], [job.history], [job.ohlc], "
+                 "[job.coinbase_candles], "
                  "[job.rollups], [job.indicators], [job.retention], [job.coincap_assets], "
                  "[job.coincap_history], [aliases])");
     expect_error("[source.coinmarketcap]\n",
                  "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko, "
                  "coinbase, analytics, coincap)");
-    expect_error("\n[job.price]\nevery = 5m\n",
-                 "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, "
-                 "coinbase_candles, rollups, indicators, retention, coincap_assets, "
-                 "coincap_history)");
+    expect_error(
+        "\n[job.price]\nevery = 5m\n",
+        "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, history, "
+        "ohlc, coinbase_candles, rollups, indicators, retention, coincap_assets, "
+        "coincap_history)");
     /* [retention] is [job.retention] under the name issue 16 gave it; not both. */
     expect_error("[job.retention]\nenabled = true\n[retention]\nmax_age = 30d\n",
                  "3: [retention]: section appears twice (first at line 1)");

@@ -7,6 +7,7 @@
  *   2. Their base currencies are mapped onto canonical ids (alias.h) against the assets table
  *      (one read); asset_aliases gets a row per key. A product whose base is not mapped is not
  *      fetched: its candles would have no asset to belong to.
+ *   3. and 4. run as the backfill walk every backfill shares (backfill.h).
  *   3. One read of candle_fill: how far each product's backfill has come.
  *   4. Per product, windows of at most 300 intervals from max(filled_to, now - days) up to the
  *      last closed interval (less CANDLE_SETTLE_S, so a candle the exchange has not finished
@@ -44,29 +45,27 @@
 
 static const uint32_t granularities[] = {60, 300, 900, 3600, 21600, 86400};
 
-enum step { ST_PRODUCTS, ST_UNIVERSE, ST_FILL, ST_CANDLES, ST_DONE };
+enum step { ST_PRODUCTS, ST_UNIVERSE, ST_CANDLES, ST_DONE };
 
 struct product {
     char *id;
     char *base;
     char vs[33];    /* the quote currency, lower case */
     char *asset_id; /* the mapped canonical id, NULL when not mapped */
-    int64_t filled_s;
 };
 
 struct cb_run {
+    struct backfill_walk walk; /* first: the walk finds itself in the run state */
     struct run *run;
     enum step step;
     uint32_t g;
     int64_t start_s, end_s;
     struct coinbase_products listed;
     struct product *prods;
-    size_t nprods, cur;
+    const char **ids; /* prods[i].id, the candle_fill keys */
+    size_t nprods;
     struct alias_universe *universe;
     bool universe_known;
-    int64_t from_s, to_s; /* the window asked for */
-    struct batch *b;
-    char path[512];
 };
 
 static void advance(struct cb_run *r);
@@ -74,6 +73,7 @@ static void advance(struct cb_run *r);
 static void cb_cleanup(struct run *run)
 {
     struct cb_run *r = run_state(run);
+    backfill_walk_clear(&r->walk);
     coinbase_products_clear(&r->listed);
     for (size_t i = 0; i < r->nprods; i++) {
         free(r->prods[i].id);
@@ -81,8 +81,8 @@ static void cb_cleanup(struct run *run)
         free(r->prods[i].asset_id);
     }
     free(r->prods);
+    free(r->ids);
     alias_universe_free(r->universe);
-    batch_free(r->b);
 }
 
 static void lower(char *dst, size_t cap, const char *s)
@@ -247,100 +247,70 @@ static void universe_read(int rc, const struct store_rows *rows, const char *err
                  LOG_S("job", run_name(r->run)), LOG_S("error", err ? err : strerror(-rc)));
     }
     map_bases(r);
-    r->step = ST_FILL;
-    advance(r);
-}
-
-/* --- 3. where each backfill stands ------------------------------------------------------- */
-
-static void fill_read(int rc, const struct store_rows *rows, const char *err, void *arg)
-{
-    struct cb_run *r = run_state(arg);
-    if (rc != 0)
-        backfill_read_failed(r->run, rc, err);
-    const char *product;
-    int64_t filled_ms;
-    for (uint32_t i = 0; rc == 0 && i < rows->nrows; i++) {
-        if (!backfill_row(rows, i, &product, &filled_ms))
-            continue;
-        for (size_t k = 0; k < r->nprods; k++)
-            if (strcmp(r->prods[k].id, product) == 0)
-                r->prods[k].filled_s = filled_ms / 1000;
-    }
     r->step = ST_CANDLES;
     advance(r);
 }
 
-/* --- 4. candles -------------------------------------------------------------------------- */
+/* --- 3. candles: the backfill walk (backfill.h) ---------------------------------------------- */
 
-static int candles_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
+static int candles_plan(void *job, size_t i, int64_t filled_ms, struct backfill_window *w,
+                        struct sbuf *path)
 {
-    struct cb_run *r = run_state(arg);
-    const struct product *p = &r->prods[r->cur];
+    struct cb_run *r = job;
+    const struct product *p = &r->prods[i];
+    if (!p->asset_id)
+        return 1; /* its candles would have no asset to belong to */
+    int64_t filled_s = filled_ms / 1000;
+    int64_t from = filled_s > r->start_s ? filled_s : r->start_s;
+    from -= from % r->g;
+    if (from >= r->end_s)
+        return 1;
+    int64_t to = from + (int64_t)COINBASE_MAX_CANDLES * r->g;
+    if (to > r->end_s)
+        to = r->end_s;
+    char a[32], b[32];
+    util_format_iso8601((uint64_t)from * 1000, a, sizeof(a));
+    util_format_iso8601((uint64_t)(to - r->g) * 1000, b, sizeof(b));
+    sbuf_printf(path, "/products/%s/candles?granularity=%u&start=%s&end=%s", p->id, r->g, a, b);
+    w->from_ms = from * 1000;
+    w->to_ms = to * 1000;
+    w->max_body = CANDLES_MAX_BODY;
+    return 0;
+}
+
+static int candles_parse(void *job, size_t i, const struct backfill_window *w, const char *body,
+                         size_t len, struct batch *b, char *err, size_t errlen)
+{
+    struct cb_run *r = job;
+    const struct product *p = &r->prods[i];
     struct coinbase_candle_req q = {.product = p->id,
                                     .asset_id = p->asset_id,
                                     .vs_currency = p->vs,
                                     .interval_s = r->g,
-                                    .from_s = r->from_s,
-                                    .to_s = r->to_s,
+                                    .from_s = w->from_ms / 1000,
+                                    .to_s = w->to_ms / 1000,
                                     .fetched_ms = (int64_t)util_wall_ms()};
     struct coinbase_candle_stats st = {0};
-    int rc = coinbase_parse_candles(body, len, &q, r->b, &st, err, errlen);
+    int rc = coinbase_parse_candles(body, len, &q, b, &st, err, errlen);
     if (rc == 0 && (st.bad || st.misaligned))
         run_count(r->run, st.bad + st.misaligned);
     return rc;
 }
 
-static bool emit_fill(struct cb_run *r, const struct product *p, int64_t to_s)
+static void candles_finished(void *job)
 {
-    return backfill_mark(r->run, COINBASE_SOURCE, p->id, r->g, to_s * 1000) == 0;
-}
-
-static void candles_done(const struct fetch_result *res, void *arg)
-{
-    struct cb_run *r = run_state(arg);
-    struct product *p = &r->prods[r->cur];
-    struct batch *b = r->b;
-    r->b = NULL;
-    if (res->outcome == FETCH_OK && run_emit(r->run, b) == 0 && emit_fill(r, p, r->to_s)) {
-        p->filled_s = r->to_s;
-    } else {
-        if (res->outcome != FETCH_OK)
-            batch_free(b);
-        r->cur++; /* this product goes on from its filled_to next run */
-    }
+    struct cb_run *r = job;
+    r->step = ST_DONE;
     advance(r);
 }
 
-/* Sends the next window, or moves on. Returns 0 when a request is under way, 1 when there is
- * nothing left, or -errno. */
-static int next_window(struct cb_run *r)
-{
-    for (; r->cur < r->nprods; r->cur++) {
-        struct product *p = &r->prods[r->cur];
-        if (!p->asset_id)
-            continue;
-        int64_t from = p->filled_s > r->start_s ? p->filled_s : r->start_s;
-        from -= from % r->g;
-        if (from >= r->end_s)
-            continue;
-        int64_t to = from + (int64_t)COINBASE_MAX_CANDLES * r->g;
-        if (to > r->end_s)
-            to = r->end_s;
-        char a[32], b[32];
-        util_format_iso8601((uint64_t)from * 1000, a, sizeof(a));
-        util_format_iso8601((uint64_t)(to - r->g) * 1000, b, sizeof(b));
-        snprintf(r->path, sizeof(r->path), "/products/%s/candles?granularity=%u&start=%s&end=%s",
-                 p->id, r->g, a, b);
-        r->from_s = from;
-        r->to_s = to;
-        if (!(r->b = batch_new(BATCH_CANDLES, COINBASE_MAX_CANDLES)))
-            return -ENOMEM;
-        int rc = run_get_limited(r->run, r->path, CANDLES_MAX_BODY, candles_parse, candles_done);
-        return rc ? rc : 0;
-    }
-    return 1;
-}
+static const struct backfill_ops candles_ops = {
+    .source = COINBASE_SOURCE,
+    .spec = BATCH_CANDLES,
+    .plan = candles_plan,
+    .parse = candles_parse,
+    .finished = candles_finished,
+};
 
 /* Coinbase's keys map onto CoinGecko's ids (assets.id), ranked by CoinGecko's market caps. */
 static const char *const canonical_source[] = {"coingecko"};
@@ -359,27 +329,21 @@ static void advance(struct cb_run *r)
                       universe_read, r->run);
         if (rc == -ENOTSUP) { /* a store without a database: overrides only */
             map_bases(r);
-            r->step = ST_FILL;
-            advance(r);
-            return;
-        }
-        break;
-    case ST_FILL:
-        rc = backfill_read(r->run, COINBASE_SOURCE, r->g, fill_read, r->run);
-        if (rc == -ENOTSUP) {
             r->step = ST_CANDLES;
             advance(r);
             return;
         }
         break;
     case ST_CANDLES:
-        rc = next_window(r);
-        if (rc == 1) {
-            r->step = ST_DONE;
-            advance(r);
-            return;
+        r->ids = calloc(r->nprods + 1, sizeof(*r->ids));
+        if (!r->ids) {
+            rc = -ENOMEM;
+            break;
         }
-        break;
+        for (size_t i = 0; i < r->nprods; i++)
+            r->ids[i] = r->prods[i].id;
+        backfill_walk_start(&r->walk, r->run, &candles_ops, r, r->g, r->ids, r->nprods);
+        return;
     case ST_DONE:
     default:
         run_finish(r->run);

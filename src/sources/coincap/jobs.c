@@ -19,10 +19,10 @@
  *
  * coincap_history: GET /assets?ids=.. (or ?limit=top without `ids`) for the assets' symbols
  * and names, the mapping, one read of candle_fill (source coincap, product = the CoinCap id,
- * interval_s 86400 for d1 or 3600 for h1), then per asset windows [from, to) of at most
- * HISTORY_WINDOW intervals from max(filled_to, now - days) up to the last closed interval:
- * GET /assets/{id}/history?interval=I&start=from&end=to (ms), points outside the window
- * dropped. After a window's prices a candle_fill statement records `to`; a statement is a
+ * interval_s 86400 for d1 or 3600 for h1; the backfill walk, backfill.h), then per asset windows
+ * [from, to) of at most HISTORY_WINDOW intervals from max(filled_to, now - days) up to the last
+ * closed interval: GET /assets/{id}/history?interval=I&start=from&end=to (ms), points outside the
+ * window dropped. After a window's prices a candle_fill statement records `to`; a statement is a
  * barrier in the sink, so it commits after those prices and a restart resumes at a point
  * before which everything is stored (MAX(source_updated_at) could not say that: coincap_assets
  * writes current prices into the same table, and writers commit out of order).
@@ -344,15 +344,15 @@ const struct job_def coincap_assets_job = {
 
 /* ================================ coincap_history ================================ */
 
-enum h_step { H_LIST, H_UNIVERSE, H_FILL, H_POINTS, H_DONE };
+enum h_step { H_LIST, H_UNIVERSE, H_POINTS, H_DONE };
 
 struct hist_asset {
     char *id;       /* CoinCap's */
     char *asset_id; /* the canonical id, NULL when not mapped */
-    int64_t filled_ms;
 };
 
 struct hist_run {
+    struct backfill_walk walk; /* first: the walk finds itself in the run state */
     struct run *run;
     enum h_step step;
     const char *interval; /* "d1" or "h1" */
@@ -360,12 +360,11 @@ struct hist_run {
     int64_t start_ms, end_ms;
     struct coincap_assets listed;
     struct hist_asset *assets;
-    size_t nassets, cur;
+    const char **ids; /* assets[i].id, the candle_fill keys */
+    size_t nassets;
     struct alias_universe *universe;
     bool universe_known;
-    int64_t from_ms, to_ms;
-    struct batch *b;
-    struct sbuf path; /* the request's path and query */
+    struct sbuf path; /* the list request's path and query */
 };
 
 static void hist_advance(struct hist_run *r);
@@ -373,14 +372,15 @@ static void hist_advance(struct hist_run *r);
 static void hist_cleanup(struct run *run)
 {
     struct hist_run *r = run_state(run);
+    backfill_walk_clear(&r->walk);
     coincap_assets_clear(&r->listed);
     for (size_t i = 0; i < r->nassets; i++) {
         free(r->assets[i].id);
         free(r->assets[i].asset_id);
     }
     free(r->assets);
+    free(r->ids);
     alias_universe_free(r->universe);
-    batch_free(r->b);
     sbuf_free(&r->path);
 }
 
@@ -467,90 +467,61 @@ static void hist_universe_read(int rc, const struct store_rows *rows, const char
         run_fail(r->run, "aliases", "out of memory");
         r->step = H_DONE;
     } else {
-        r->step = H_FILL;
+        r->step = H_POINTS;
     }
     hist_advance(r);
 }
 
-static void hist_fill_read(int rc, const struct store_rows *rows, const char *err, void *arg)
+/* The points: the backfill walk (backfill.h). */
+
+static int points_plan(void *job, size_t i, int64_t filled_ms, struct backfill_window *w,
+                       struct sbuf *path)
 {
-    struct hist_run *r = run_state(arg);
-    if (rc != 0)
-        backfill_read_failed(r->run, rc, err);
-    const char *id;
-    int64_t filled_ms;
-    for (uint32_t i = 0; rc == 0 && i < rows->nrows; i++) {
-        if (!backfill_row(rows, i, &id, &filled_ms))
-            continue;
-        for (size_t k = 0; k < r->nassets; k++)
-            if (strcmp(r->assets[k].id, id) == 0)
-                r->assets[k].filled_ms = filled_ms;
-    }
-    r->step = H_POINTS;
-    hist_advance(r);
+    struct hist_run *r = job;
+    int64_t from = filled_ms > r->start_ms ? filled_ms : r->start_ms;
+    from -= from % r->g_ms;
+    if (from >= r->end_ms)
+        return 1;
+    int64_t to = from + HISTORY_WINDOW * r->g_ms;
+    if (to > r->end_ms)
+        to = r->end_ms;
+    sbuf_printf(path, "/assets/%s/history?interval=%s&start=%lld&end=%lld", r->assets[i].id,
+                r->interval, (long long)from, (long long)to);
+    w->from_ms = from;
+    w->to_ms = to;
+    w->max_body = HISTORY_MAX_BODY;
+    return 0;
 }
 
-static int points_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
+static int points_parse(void *job, size_t i, const struct backfill_window *w, const char *body,
+                        size_t len, struct batch *b, char *err, size_t errlen)
 {
-    struct hist_run *r = run_state(arg);
-    const struct hist_asset *a = &r->assets[r->cur];
-    struct coincap_history_req q = {.asset_id = a->asset_id,
-                                    .from_ms = r->from_ms,
-                                    .to_ms = r->to_ms,
+    struct hist_run *r = job;
+    struct coincap_history_req q = {.asset_id = r->assets[i].asset_id,
+                                    .from_ms = w->from_ms,
+                                    .to_ms = w->to_ms,
                                     .fetched_ms = (int64_t)util_wall_ms()};
     struct coincap_history_stats st = {0};
-    int rc = coincap_parse_history(body, len, &q, r->b, &st, err, errlen);
+    int rc = coincap_parse_history(body, len, &q, b, &st, err, errlen);
     if (rc == 0 && st.bad)
         run_count(r->run, st.bad);
     return rc;
 }
 
-static bool emit_fill(struct hist_run *r, const struct hist_asset *a)
+static void points_finished(void *job)
 {
-    return backfill_mark(r->run, COINCAP_SOURCE, a->id, r->g_ms / 1000, r->to_ms) == 0;
-}
-
-static void points_done(const struct fetch_result *res, void *arg)
-{
-    struct hist_run *r = run_state(arg);
-    struct hist_asset *a = &r->assets[r->cur];
-    struct batch *b = r->b;
-    r->b = NULL;
-    if (res->outcome == FETCH_OK && run_emit(r->run, b) == 0 && emit_fill(r, a)) {
-        a->filled_ms = r->to_ms;
-    } else {
-        if (res->outcome != FETCH_OK)
-            batch_free(b);
-        r->cur++; /* this asset goes on from its filled_to next run */
-    }
+    struct hist_run *r = job;
+    r->step = H_DONE;
     hist_advance(r);
 }
 
-/* Sends the next window, or moves on: 0 when a request is under way, 1 when there is nothing
- * left, or -errno. */
-static int next_window(struct hist_run *r)
-{
-    for (; r->cur < r->nassets; r->cur++) {
-        struct hist_asset *a = &r->assets[r->cur];
-        int64_t from = a->filled_ms > r->start_ms ? a->filled_ms : r->start_ms;
-        from -= from % r->g_ms;
-        if (from >= r->end_ms)
-            continue;
-        int64_t to = from + HISTORY_WINDOW * r->g_ms;
-        if (to > r->end_ms)
-            to = r->end_ms;
-        sbuf_reset(&r->path);
-        if (sbuf_printf(&r->path, "/assets/%s/history?interval=%s&start=%lld&end=%lld", a->id,
-                        r->interval, (long long)from, (long long)to) != 0)
-            return -ENOMEM;
-        r->from_ms = from;
-        r->to_ms = to;
-        if (!(r->b = batch_new(BATCH_PRICES, HISTORY_WINDOW)))
-            return -ENOMEM;
-        return run_get_limited(r->run, r->path.p, HISTORY_MAX_BODY, points_parse, points_done);
-    }
-    return 1;
-}
+static const struct backfill_ops points_ops = {
+    .source = COINCAP_SOURCE,
+    .spec = BATCH_PRICES,
+    .plan = points_plan,
+    .parse = points_parse,
+    .finished = points_finished,
+};
 
 /* The list request: ?ids=a,b,c when `ids` is set, else the top `top`. 0 or -ENOMEM. */
 static int list_path(struct hist_run *r)
@@ -599,22 +570,16 @@ static void hist_advance(struct hist_run *r)
             return;
         }
         break;
-    case H_FILL:
-        rc = backfill_read(r->run, COINCAP_SOURCE, r->g_ms / 1000, hist_fill_read, r->run);
-        if (rc == -ENOTSUP) {
-            r->step = H_POINTS;
-            hist_advance(r);
-            return;
-        }
-        break;
     case H_POINTS:
-        rc = next_window(r);
-        if (rc == 1) {
-            r->step = H_DONE;
-            hist_advance(r);
-            return;
+        r->ids = calloc(r->nassets + 1, sizeof(*r->ids));
+        if (!r->ids) {
+            rc = -ENOMEM;
+            break;
         }
-        break;
+        for (size_t i = 0; i < r->nassets; i++)
+            r->ids[i] = r->assets[i].id;
+        backfill_walk_start(&r->walk, r->run, &points_ops, r, r->g_ms / 1000, r->ids, r->nassets);
+        return;
     case H_DONE:
     default:
         run_finish(r->run);

@@ -16,6 +16,7 @@
 #include "coingest/source.h"
 #include "coingest/util.h"
 #include "sources/coingecko/coingecko.h"
+#include "sources/coingecko/history.h"
 
 #define MINUTE_MS 60000u
 
@@ -61,9 +62,9 @@ static const char *const secret_params[] = {
 };
 
 static const struct job_def *const jobs[] = {
-    &coingecko_assets_job,
-    &coingecko_prices_job,
-    &coingecko_market_caps_job,
+    &coingecko_assets_job,      &coingecko_prices_job,
+    &coingecko_market_caps_job, &coingecko_history_job, /* history.c */
+    &coingecko_ohlc_job,                                /* ohlc.c */
 };
 
 /* {"status": {"error_code": N, "error_message": "..."}}, possibly inside "error". */
