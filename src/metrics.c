@@ -66,6 +66,11 @@ static const struct mdesc descs[] = {
      "Request attempts sent to the API this calendar month (UTC), from the ledger, by API"},
     {"coingest_api_credits_left", M_GAUGE,
      "Monthly credits left (-1: the plan has no monthly cap), by API"},
+    {"coingest_api_credits_projected", M_GAUGE,
+     "Calls the month will have used at its end on the schedule being run, by API"},
+    {"coingest_job_interval_seconds", M_GAUGE,
+     "The interval a job runs at: its configured every, or longer when the month's credits "
+     "cannot carry it, by job"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

@@ -160,6 +160,11 @@ struct config;
  * (also nested under "error"), or the generic shapes. Contract as source_def.error_message. */
 int coingecko_error_message(const char *body, size_t len, char *buf, size_t cap);
 
+/* GET /key (pro plan): the account's rate limit, monthly credits and the month's calls.
+ * Contract as source_def.parse_account. */
+struct account_info;
+int coingecko_parse_account(const char *body, size_t len, struct account_info *out);
+
 /* The jobs (runner.h) and the state they share across runs. */
 extern const struct job_def coingecko_assets_job;
 extern const struct job_def coingecko_prices_job;

@@ -1316,6 +1316,9 @@ static uint64_t market_caps_requests(const struct config *cfg, const struct cfg_
 
 #define MS_MINUTE (60u * 1000u)
 
+/* budget_keep: when the month's credits run short, market_caps is stretched first, then
+ * prices, then assets (the coin list is cheap and everything else depends on it). */
+
 /* The reasons each job's run_source_error() calls use (coingest_source_errors_total). */
 static const char *const assets_errors[] = {"walk_stalled", "walk_too_long", "list_gutted", NULL};
 static const char *const prices_errors[] = {"walk_stalled", "walk_too_long", "list_gutted",
@@ -1331,6 +1334,7 @@ const struct job_def coingecko_assets_job = {
     .start = assets_start,
     .cleanup = cg_cleanup,
     .requests_per_run = assets_requests,
+    .budget_keep = 3,
     .source_errors = assets_errors,
 };
 
@@ -1343,6 +1347,7 @@ const struct job_def coingecko_prices_job = {
     .start = prices_start,
     .cleanup = cg_cleanup,
     .requests_per_run = prices_requests,
+    .budget_keep = 2,
     .source_errors = prices_errors,
 };
 
@@ -1355,5 +1360,6 @@ const struct job_def coingecko_market_caps_job = {
     .start = market_caps_start,
     .cleanup = cg_cleanup,
     .requests_per_run = market_caps_requests,
+    .budget_keep = 1,
     .source_errors = market_caps_errors,
 };
