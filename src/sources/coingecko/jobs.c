@@ -16,9 +16,10 @@
  *                max_ids_per_request ids whose URL stays under max_url_bytes -> prices. A
  *                request answered 414 (URI Too Long) is asked for again in two halves, down
  *                to single ids, so no id is dropped for it.
- *   market_caps: per vs_currency, /coins/markets pages (order=market_cap_desc, per_page,
- *                precision=full) until a short page or `top` -> market_snapshots and assets'
- *                rank/image; then /global -> global_snapshots.
+ *   market_caps: per vs_currency, /coins/markets pages (order=id_asc for the whole universe,
+ *                market_cap_desc for the top N; per_page, precision=full) until a short page
+ *                or `top` -> market_snapshots and assets' rank/image; then /global ->
+ *                global_snapshots.
  *
  * The universe (which ids prices and market_caps track) is resolved at the start of a run:
  * an explicit id list; or `ids = all`, the ids of the last /coins/list this process fetched
@@ -343,14 +344,20 @@ static int build_ids_path(struct cg_run *r, const char *prefix, const char *suff
     return 0;
 }
 
-/* /coins/markets?vs_currency=V[&category=C]&order=market_cap_desc&per_page=P&page=N
- * &precision=full: one page of a walk. */
+static bool top_walk(const struct cg_run *r);
+
+/* /coins/markets?vs_currency=V[&category=C]&order=O&per_page=P&page=N&precision=full: one
+ * page of a walk. A walk of the top N pages by market_cap_desc: the order is the point. Every
+ * other walk (every coin, a category's members) sweeps a set, and pages by id_asc: ranks move
+ * while a walk of many pages goes on (minutes on a slow plan), so coins would cross page
+ * boundaries and be skipped or fetched twice; ids do not move (a coin listed or delisted
+ * during the walk shifts the pages after it by one). */
 static int markets_page_path(struct cg_run *r, const char *vs, const char *category)
 {
     size_t n = 0;
     char tail[128];
-    snprintf(tail, sizeof(tail), "&order=market_cap_desc&per_page=%u&page=%u&precision=full",
-             r->per_page, r->page);
+    snprintf(tail, sizeof(tail), "&order=%s&per_page=%u&page=%u&precision=full",
+             top_walk(r) ? "market_cap_desc" : "id_asc", r->per_page, r->page);
     r->path[0] = '\0';
     if (append_raw(r->path, sizeof(r->path), &n, "/coins/markets?vs_currency=") ||
         append_enc(r->path, sizeof(r->path), &n, vs) ||
