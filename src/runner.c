@@ -927,21 +927,26 @@ bool runner_plan_schedule(struct runner *rn, uint64_t now, uint64_t *every_ms)
         every_ms[j] = cfg->jobs[j].every_auto ? BUDGET_AUTO_MIN_MS : cfg->jobs[j].every_ms;
     uint64_t universe = budget_universe(cfg, 0);
     for (size_t s = 0; s < rn->nsources; s++) {
-        uint64_t credits = runner_monthly_credits(rn, s);
-        if (!rn->apis[s] || !credits)
+        if (!rn->apis[s])
             continue;
+        uint64_t credits = runner_monthly_credits(rn, s);
         const struct ledger *l = &rn->ledgers[s];
         int64_t end = month_start_ms(now, 1);
         uint64_t left_ms = (uint64_t)(end - (int64_t)now);
         /* A month the ledger has not started yet (its first request starts it) is unused. */
         uint64_t used = l->period_ms == month_start_ms(now, 0) ? ledger_used(l) : 0;
-        uint64_t usable = credits - credit_reserve(rn, s);
-        double spendable = used < usable ? (double)(usable - used) : 0;
         struct budget_job bj[64];
         size_t idx[64];
         size_t n = budget_jobs(cfg, s, universe, rn->last, bj, idx, 64);
-        if (!budget_fit(bj, n, spendable, left_ms))
-            stretched = true;
+        if (credits) {
+            uint64_t usable = credits - credit_reserve(rn, s);
+            double spendable = used < usable ? (double)(usable - used) : 0;
+            if (!budget_fit(bj, n, spendable, left_ms))
+                stretched = true;
+        } else {
+            for (size_t k = 0; k < n; k++) /* no monthly cap: as configured */
+                bj[k].every_ms = bj[k].auto_every ? BUDGET_AUTO_MIN_MS : bj[k].requested_ms;
+        }
         for (size_t k = 0; k < n; k++)
             every_ms[idx[k]] = bj[k].every_ms;
         char labels[96];
