@@ -618,6 +618,13 @@ ERR_CREDITS_BODY = (
     b'for the next billing cycle."}}')
 # What the public API's edge answers to a keyless client over its limit: plain text.
 THROTTLED_BODY = b"Throttled"
+# /simple/supported_vs_currencies: the codes the real API lists (2025), the synthetic
+# universe's currencies among them.
+SUPPORTED_VS = sorted(set(RATES) | {
+    "ltc", "bch", "eos", "xrp", "xlm", "link", "dot", "yfi", "aed", "ars", "bdt", "bhd", "bmd",
+    "brl", "clp", "czk", "dkk", "gel", "hkd", "huf", "ils", "kwd", "lkr", "mmk", "mxn", "ngn",
+    "nok", "nzd", "php", "pkr", "pln", "rub", "sar", "sek", "sgd", "thb", "try", "twd", "uah",
+    "vef", "vnd", "zar", "xdr", "xag", "xau", "bits", "sats"})
 
 
 class PlanModel:
@@ -991,6 +998,9 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if route == "/key" and method == "GET":
                 self.answer(entry, 200, dumps(app.plan.key_answer()))
+                return
+            if route == "/simple/supported_vs_currencies" and method == "GET":
+                self.answer(entry, 200, dumps(SUPPORTED_VS))
                 return
             status, body = self.route(app, method, route, params)
             self.answer(entry, status, body)

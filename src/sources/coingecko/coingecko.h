@@ -149,6 +149,15 @@ int coingecko_parse_global(const char *body, size_t len, const struct coingecko_
                            struct batch *global, struct coingecko_stats *st, char *err,
                            size_t errlen);
 
+/*
+ * /simple/supported_vs_currencies (["btc", "eth", ..., "usd", ...]): the currency codes
+ * (lower-case letters and digits, at most 16 bytes; anything else is skipped), sorted and
+ * unique, replace *codes. Returns 0, -EBADMSG (not a JSON array; message in err) or -ENOMEM
+ * (codes untouched on error).
+ */
+int coingecko_parse_supported_vs(const char *body, size_t len, struct strlist *codes, char *err,
+                                 size_t errlen);
+
 /* Frees the strings of an id list filled by these parsers and empties it; NULL is a no-op. */
 void coingecko_strlist_free(struct strlist *l);
 

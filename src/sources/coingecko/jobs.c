@@ -61,6 +61,7 @@ enum step {
     ST_IDS_LIST, /* explicit ids and no coin list yet: fetch one to check them against */
     ST_RESOLVE_CATEGORIES,
     ST_RESOLVE_TOP,
+    ST_VS_LIST, /* /simple/supported_vs_currencies, after a coin list (r->after_vs next) */
     /* assets */
     ST_ASSETS_LIST,
     ST_ASSETS_CATEGORIES,
@@ -89,6 +90,7 @@ struct cg_state {
     struct strlist listed; /* ids of the last /coins/list, sorted */
     struct strlist names;  /* "symbol\x1fid" and "name\x1fid" of that list, lower-cased, sorted:
                               suggestions for configured ids the list does not hold */
+    struct strlist vs_supported; /* the last /simple/supported_vs_currencies, sorted */
     struct idcache categories;
     struct idcache top;
     uint64_t gen; /* bumped when the universe's categories or top change on reload */
@@ -122,6 +124,7 @@ struct cg_run {
 
     enum step step;
     enum step after_resolve;
+    enum step after_vs;
     struct fetch_req *req;
     bool cancelled;
 
@@ -179,6 +182,7 @@ void coingecko_state_free(void *state)
     struct cg_state *j = state;
     strlist_clear(&j->listed);
     strlist_clear(&j->names);
+    strlist_clear(&j->vs_supported);
     idcache_clear(&j->categories);
     idcache_clear(&j->top);
     free(j);
@@ -465,6 +469,9 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
     case ST_GLOBAL:
         rc = coingecko_parse_global(body, len, &r->times, r->b[0], &st, err, errlen);
         break;
+    case ST_VS_LIST:
+        rc = coingecko_parse_supported_vs(body, len, &r->got_ids, err, errlen);
+        break;
     default:
         break;
     }
@@ -509,6 +516,7 @@ static size_t body_limit(const struct cg_run *r)
         return 8 * MIB;
     case ST_GLOBAL:
     case ST_ASSETS_CATEGORIES:
+    case ST_VS_LIST:
         return 1 * MIB;
     default: /* /coins/markets pages */
         return 4 * MIB;
@@ -846,6 +854,56 @@ static void report_unknown_ids(struct cg_run *r)
     }
 }
 
+/* Configured vs_currencies that CoinGecko does not support (the last
+ * /simple/supported_vs_currencies) would get no rows, and a /coins/markets walk in one is
+ * refused: each is reported at warn level, counted, and left out of the run's requests. */
+static void check_vs(struct cg_run *r)
+{
+    const struct strlist *ok = &r->j->vs_supported;
+    if (!ok->n)
+        return;
+    for (size_t i = 0; i < r->vs.n;) {
+        if (strlist_contains_sorted(ok, r->vs.items[i])) {
+            i++;
+            continue;
+        }
+        char head[33];
+        size_t len = strlen(r->vs.items[i]);
+        util_copy_clean(head, sizeof(head), r->vs.items[i], len < 32 ? len : 32);
+        log_warn("configured vs_currency is not one CoinGecko supports; left out",
+                 LOG_S("job", run_name(r->run)), LOG_S("vs_currency", head),
+                 LOG_S("see", "/simple/supported_vs_currencies"));
+        run_count(r->run, 1);
+        free(r->vs.items[i]);
+        memmove(&r->vs.items[i], &r->vs.items[i + 1], (r->vs.n - i - 1) * sizeof(*r->vs.items));
+        r->vs.n--;
+    }
+    if (!r->vs.n)
+        set_error(r, "vs_currencies", "none of the configured currencies is supported");
+}
+
+/* /simple/supported_vs_currencies, fetched with each coin list: a good answer replaces the
+ * known codes; the configured currencies are checked against what is known. */
+static int vs_list_step(struct cg_run *r)
+{
+    if (!r->sent) {
+        snprintf(r->path, sizeof(r->path), "/simple/supported_vs_currencies");
+        return send_request(r, -1, -1, -1);
+    }
+    if (r->last_ok && r->got_ids.n) {
+        strlist_clear(&r->j->vs_supported);
+        r->j->vs_supported = r->got_ids;
+        memset(&r->got_ids, 0, sizeof(r->got_ids));
+    }
+    drop_batches(r);
+    check_vs(r);
+    /* The assets job needs a currency only to walk categories: usd, after the error. */
+    if (!r->vs.n && r->id == CG_ASSETS && strlist_push(&r->vs, "usd", 3))
+        return -ENOMEM;
+    next_step(r, r->vs.n ? r->after_vs : ST_DONE);
+    return 1;
+}
+
 static void on_listed_count(int rc, const struct store_rows *rows, const char *err, void *arg)
 {
     struct cg_run *r = run_state(arg);
@@ -899,7 +957,8 @@ static int assets_list_step(struct cg_run *r)
             }
         }
     }
-    next_step(r, ST_ASSETS_CATEGORIES);
+    r->after_vs = ST_ASSETS_CATEGORIES;
+    next_step(r, ST_VS_LIST);
     return 1;
 }
 
@@ -1127,7 +1186,8 @@ static void advance(struct cg_run *r)
             }
             strlist_append(&r->ids, &j->listed);
             r->ids_all = false;
-            next_step(r, ST_RESOLVE_CATEGORIES);
+            r->after_vs = ST_RESOLVE_CATEGORIES;
+            next_step(r, ST_VS_LIST);
             break;
         case ST_IDS_LIST:
             if (!r->sent) {
@@ -1142,11 +1202,15 @@ static void advance(struct cg_run *r)
             }
             drop_batches(r);
             report_unknown_ids(r);
-            next_step(r, ST_RESOLVE_CATEGORIES);
+            r->after_vs = ST_RESOLVE_CATEGORIES;
+            next_step(r, ST_VS_LIST);
             break;
         case ST_RESOLVE_CATEGORIES:
         case ST_RESOLVE_TOP:
             rc = resolve_step(r);
+            break;
+        case ST_VS_LIST:
+            rc = vs_list_step(r);
             break;
         case ST_ASSETS_LIST:
             rc = assets_list_step(r);
@@ -1239,6 +1303,11 @@ static int cg_start(struct run *run, enum cg_job id)
     case CG_PRICES:
     case CG_MARKET_CAPS:
         r->after_resolve = id == CG_PRICES ? ST_PRICES : ST_MARKETS;
+        check_vs(r); /* against the codes the last coin list came with, when there are any */
+        if (!r->vs.n) {
+            next_step(r, ST_DONE);
+            break;
+        }
         if (!r->all) {
             if (strlist_append(&r->ids, &cfg->universe.ids))
                 return -ENOMEM;
@@ -1299,7 +1368,8 @@ static uint64_t assets_requests(const struct config *cfg, const struct cfg_job *
 {
     (void)job;
     (void)n;
-    return 2 + cfg->universe.categories.n * 2;
+    /* the coin list, the supported currencies, the category list, and the categories' pages */
+    return 3 + cfg->universe.categories.n * 2;
 }
 
 static uint64_t prices_requests(const struct config *cfg, const struct cfg_job *job, uint64_t n)
