@@ -77,6 +77,7 @@ struct ledger {
     uint64_t flushed_ms;   /* wall time of the last write */
     uint64_t failed_ms;    /* wall time of the last failed read */
     bool exhausted_logged; /* "monthly credits exhausted" was logged for this month */
+    bool api_exhausted;    /* the API answered that the month's credits are spent */
     /* What the API reported about the account (runner_set_account): its credits, and its own
      * count of the month's calls when that was more than ours (own_at_api: `own` then). */
     uint64_t api_credits;
@@ -715,6 +716,20 @@ static void on_done(const struct fetch_result *res, void *arg)
         ledger_count(r->rn, r->rn->cfg->jobs[r->job].source, res->attempts);
     long handled = r->handled_status;
     r->handled_status = 0;
+    const struct source_def *sd = run_source(r)->def;
+    if (res->outcome == FETCH_HTTP_ERROR && sd && sd->credits_exhausted &&
+        sd->credits_exhausted(res->status, res->error)) {
+        struct ledger *l = &r->rn->ledgers[r->rn->cfg->jobs[r->job].source];
+        if (!l->api_exhausted) {
+            l->api_exhausted = true;
+            log_error("the API says the month's credits are spent; no request is sent until "
+                      "the month rolls over",
+                      LOG_S("source", run_source(r)->name), LOG_S("job", r->sum.name),
+                      LOG_S("error", res->error));
+            l->exhausted_logged = true; /* that was the month's one line */
+            budget_changed(r->rn);
+        }
+    }
     if (res->outcome == FETCH_CANCELLED) {
         r->cancelled = true;
     } else if (res->outcome == FETCH_HTTP_ERROR && handled && res->status == handled) {
@@ -745,12 +760,17 @@ static int credits_check(struct run *r)
     struct ledger *l = &r->rn->ledgers[s];
     uint64_t used = ledger_used(l), credits = runner_monthly_credits(r->rn, s);
     uint64_t reserve = credit_reserve(r->rn, s);
-    if (!credits || used < credits - reserve)
+    if (!l->api_exhausted && (!credits || used < credits - reserve))
         return 0;
     char resume[32], why[160];
     sql_datetime(month_start_ms(util_wall_ms(), 1), resume, sizeof(resume));
     resume[10] = '\0';
-    if (reserve)
+    if (l->api_exhausted)
+        snprintf(why, sizeof(why),
+                 "the API says the month's credits are spent (%llu calls counted here); "
+                 "requests resume on %s",
+                 (unsigned long long)used, resume);
+    else if (reserve)
         snprintf(why, sizeof(why),
                  "%llu of %llu used (%llu kept in reserve); requests resume on %s",
                  (unsigned long long)used, (unsigned long long)credits, (unsigned long long)reserve,
@@ -940,7 +960,7 @@ bool runner_plan_schedule(struct runner *rn, uint64_t now, uint64_t *every_ms)
         size_t n = budget_jobs(cfg, s, universe, rn->last, bj, idx, 64);
         if (credits) {
             uint64_t usable = credits - credit_reserve(rn, s);
-            double spendable = used < usable ? (double)(usable - used) : 0;
+            double spendable = used < usable && !l->api_exhausted ? (double)(usable - used) : 0;
             if (!budget_fit(bj, n, spendable, left_ms))
                 stretched = true;
         } else {

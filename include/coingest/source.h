@@ -79,6 +79,12 @@ struct source_def {
      * "error" or "message" string). Must not allocate anything it keeps. */
     int (*error_message)(const char *body, size_t len, char *buf, size_t cap);
 
+    /* Does a final error answer (HTTP status and the API's message, as fetch_result.error)
+     * say that the month's credits are spent? Then the runner sends nothing more to this API
+     * until the month rolls over (a key shared with another client, or a count the ledger
+     * lost). NULL: no answer says so. */
+    bool (*credits_exhausted)(long status, const char *message);
+
     /* Reads the answer to a plan's account_path into *out (zeroed by the caller). Returns 0,
      * or -EBADMSG when the body is not what the endpoint answers. NULL when no plan has an
      * account_path. */

@@ -9,6 +9,9 @@
 3. The monthly ledger survives kill -9: the calls counted before the kill are read back at the
    restart and the count goes on from there; once the month's credits are spent no request is
    sent, and the refusal is logged once, not per run.
+4. What the API answers when a plan runs short: the public edge's plain-text "Throttled" 429
+   is waited out like any 429; a 429 that says the month's credits are spent (a key another
+   client drained) stops the requests until the month rolls over, with one error line.
 """
 import json
 import os
@@ -186,11 +189,54 @@ def ledger_kill9(check, work):
         db.drop()
 
 
+def api_refusals(check, work):
+    api = h.FakeAPI(work, "--universe", "300", "--rate-limit", "2/s", "--throttled-text")
+    db = h.Database(f"plans_refusals_{os.getpid()}")
+    try:
+        conf = os.path.join(work, "thr.conf")
+        h.write_config(conf, db, api.base_url, os.path.join(work, "spool-thr"),
+                       universe="ids = coin-00010, coin-00011")
+        text = open(conf).read().replace("max_retries = 3", "max_retries = 10")
+        open(conf, "w").write(text)
+        rc, out, err = h.run_daemon(conf, "--once", "prices,market_caps,prices")
+        log = api.requests()
+        throttled = [e for e in log if e.get("status") == 429]
+        check(len(throttled) > 0, f"the fake answered 'Throttled' ({len(throttled)} times)")
+        check.eq(rc, 0, "runs through plain-text 429s succeed")
+        check.eq(db.count("prices"), 2, "every price stored")
+    finally:
+        api.stop()
+        db.drop()
+
+    work = os.path.join(work, "drained")  # a fake API of its own: its own port file
+    os.mkdir(work)
+    api = h.FakeAPI(work, "--universe", "300", "--monthly-credits", "3")
+    db = h.Database(f"plans_drained_{os.getpid()}")
+    try:
+        conf = os.path.join(work, "drained.conf")
+        h.write_config(conf, db, api.base_url, os.path.join(work, "spool-drained"),
+                       universe="ids = coin-00001, coin-00002")
+        rc, out, err = h.run_daemon(conf, "--once", "prices,market_caps,prices,market_caps")
+        log = api.requests()
+        refused = [e for e in log if e.get("status") == 429]
+        check(len(refused) >= 1, "the fake refused for credits")
+        first = min(e["seq"] for e in refused)
+        after = [e for e in log if e["seq"] > first and e.get("status") != 429]
+        check.eq(after, [], "nothing served after the month was spent")
+        # The refusal is final: not retried, and nothing is sent after it.
+        check.eq(len(refused), 1, "no storm of requests")
+        check.eq(err.count("the API says the month's credits are spent"), 1, "one error line")
+        check(rc != 0, "the runs that could not send fail")
+    finally:
+        api.stop()
+        db.drop()
+
+
 def main():
     h.need_env()
     check = h.Check()
     work = h.tempdir("coingest-plans.")
-    for part in (churn, pro_key, ledger_kill9):
+    for part in (churn, pro_key, ledger_kill9, api_refusals):
         # Each part its own directory: the fake API's port file and log live there.
         d = os.path.join(work, part.__name__)
         os.mkdir(d)

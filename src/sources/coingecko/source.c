@@ -149,6 +149,20 @@ int coingecko_parse_account(const char *body, size_t len, struct account_info *o
     return any ? 0 : -EBADMSG;
 }
 
+/* A 429 whose message speaks of the monthly credits (or calls), not of the per-minute rate:
+ * the month is spent. */
+static bool credits_exhausted(long status, const char *message)
+{
+    if (status != 429 || !message)
+        return false;
+    char low[512];
+    size_t n = 0;
+    for (; message[n] && n < sizeof(low) - 1; n++)
+        low[n] = (char)(message[n] >= 'A' && message[n] <= 'Z' ? message[n] + 32 : message[n]);
+    low[n] = '\0';
+    return strstr(low, "monthly") && (strstr(low, "credit") || strstr(low, "call"));
+}
+
 const struct source_def coingecko_source = {
     .name = "coingecko",
     .title = "CoinGecko",
@@ -160,6 +174,7 @@ const struct source_def coingecko_source = {
     .secret_params = secret_params,
     .error_message = coingecko_error_message,
     .parse_account = coingecko_parse_account,
+    .credits_exhausted = credits_exhausted,
     .jobs = jobs,
     .njobs = ARRAY_SIZE(jobs),
     .state_new = coingecko_state_new,
