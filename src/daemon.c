@@ -522,6 +522,9 @@ static void tick_done(const struct run_summary *s, void *arg)
     struct jobslot *slot = arg;
     struct daemon *d = slot->d;
     sched_job_done(slot->sched_job);
+    char counted_detail[1024];
+    if (run_counted_json(s, counted_detail, sizeof(counted_detail)) < 0)
+        snprintf(counted_detail, sizeof(counted_detail), "{}");
     /* A failed run is an error (a warn when the stop cut it short), a partial one a warn. */
     enum log_level level = s->status == RUN_OK        ? LOG_INFO
                            : s->status == RUN_PARTIAL ? LOG_WARN
@@ -530,6 +533,7 @@ static void tick_done(const struct run_summary *s, void *arg)
     log_emit(level, "job finished", LOG_S("job", s->name),
              LOG_S("status", run_status_name(s->status)), LOG_U("requests", s->requests),
              LOG_U("rows", s->rows), LOG_U("counted", s->counted),
+             LOG_S("counted_detail", counted_detail),
              LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
              LOG_S("error", s->error), LOG_END);
     if (s->status == RUN_FAILED && !d->stopping) {

@@ -513,6 +513,11 @@ static struct batch *job_runs_row(const struct run_summary *s)
                   (int64_t)(s->finished_wall_ms - s->started_wall_ms));
     if (s->error[0])
         rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_ERROR, s->error, strlen(s->error));
+    batch_set_int(b, 0, BATCH_JOB_RUNS_COL_COUNTED, (int64_t)s->counted);
+    char detail[1024];
+    int dn = run_counted_json(s, detail, sizeof(detail));
+    if (s->ncounted_by && dn > 0)
+        rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_COUNTED_DETAIL, detail, (size_t)dn);
     if (rc) {
         batch_free(b);
         return NULL;
@@ -688,9 +693,51 @@ void run_fail_errno(struct run *r, const char *what, int rc)
     run_fail_request(r, what, rc == -ENOMEM ? "out of memory" : strerror(-rc));
 }
 
+void run_count_kind(struct run *r, const char *kind, uint64_t n)
+{
+    if (!n)
+        return;
+    struct run_summary *s = &r->sum;
+    s->counted += n;
+    size_t i = 0;
+    while (i < s->ncounted_by && strcmp(s->counted_by[i].kind, kind) != 0)
+        i++;
+    if (i == s->ncounted_by) {
+        if (i == RUN_COUNTED_KINDS) { /* full: the last slot becomes "other" */
+            i = RUN_COUNTED_KINDS - 1;
+            s->counted_by[i].kind = "other";
+        } else {
+            s->counted_by[i].kind = kind;
+            s->ncounted_by++;
+        }
+    }
+    s->counted_by[i].n += n;
+}
+
 void run_count(struct run *r, uint64_t n)
 {
-    r->sum.counted += n;
+    run_count_kind(r, "other", n);
+}
+
+int run_counted_json(const struct run_summary *s, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i <= s->ncounted_by; i++) {
+        int w = i == s->ncounted_by
+                    ? snprintf(buf + n, cap - n, "}")
+                    : snprintf(buf + n, cap - n, "%s\"%s\":%llu", i ? "," : "{",
+                               s->counted_by[i].kind, (unsigned long long)s->counted_by[i].n);
+        if (w < 0 || (size_t)w >= cap - n)
+            return -ENOSPC;
+        n += (size_t)w;
+    }
+    if (!s->ncounted_by) {
+        if (cap < 3)
+            return -ENOSPC;
+        memcpy(buf, "{}", 3);
+        n = 2;
+    }
+    return (int)n;
 }
 
 static int on_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)

@@ -48,6 +48,9 @@
 
 enum run_status { RUN_OK = 0, RUN_PARTIAL = 1, RUN_FAILED = 2 };
 
+/* Kinds of anomalies one run keeps apart (run_count_kind); more kinds count as "other". */
+#define RUN_COUNTED_KINDS 12
+
 struct run_summary {
     size_t job;       /* index into config.jobs */
     const char *name; /* the job's name (static) */
@@ -55,6 +58,11 @@ struct run_summary {
     uint64_t requests; /* HTTP requests the run made (attempts, including retries) */
     uint64_t rows;     /* rows handed to the store and accepted */
     uint64_t counted;  /* anomalies counted, not errors: coins left out, bad fields */
+    struct {
+        const char *kind; /* static: "missing_coins", "wrong_type_fields", ... */
+        uint64_t n;
+    } counted_by[RUN_COUNTED_KINDS]; /* `counted` by kind, in the order first counted */
+    size_t ncounted_by;
     uint64_t started_wall_ms, finished_wall_ms;
     char error[512]; /* first error, "" when none */
 };
@@ -246,8 +254,18 @@ void run_fail_request(struct run *r, const char *what, const char *why);
 /* run_fail_request with why = the text of -errno `rc` ("out of memory" for -ENOMEM). */
 void run_fail_errno(struct run *r, const char *what, int rc);
 
-/* Counts anomalies that are not errors (skipped elements, bad fields). */
+/* Counts anomalies that are not errors (skipped elements, bad fields), as kind "other". */
 void run_count(struct run *r, uint64_t n);
+
+/* Counts n anomalies of one kind (a static string: "missing_coins", "wrong_type_fields"; the
+ * kinds are documented in docs/jobs.md, "What counted means"); n 0 is a no-op. `counted` in the
+ * summary, the log and job_runs is the sum; job_runs.counted_detail and the log's
+ * counted_detail say how much of each kind. */
+void run_count_kind(struct run *r, const char *kind, uint64_t n);
+
+/* The summary's counts by kind as a compact JSON object ({"missing_coins":3}) in buf; "{}" when
+ * nothing was counted. Returns the length, or -ENOSPC when buf is too small. */
+int run_counted_json(const struct run_summary *s, char *buf, size_t cap);
 
 /* Ends the run (see above). The run and its state are gone when this returns. */
 void run_finish(struct run *r);

@@ -1056,6 +1056,14 @@ static void test_unsupported_vs_currency(void **state)
     assert_true(e->sum.counted >= 1);
     assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE); /* usd and eur */
+    /* job_runs keeps the kind apart from the other counts. */
+    const struct val *detail = job_runs_val(e, 0, "counted_detail");
+    assert_int_equal(detail->type, VAL_STR);
+    char *text = strndup(detail->u.s, detail->len);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"unsupported_vs_currencies\":1"));
+    free(text);
+    assert_int_equal(job_runs_val(e, 0, "counted")->u.i, (int64_t)e->sum.counted);
     json_t *log = fakeapi_log(e->fake, 0);
     size_t i;
     json_t *entry;

@@ -301,7 +301,7 @@ static void drop_id(struct cg_run *r, size_t i)
     util_copy_clean(head, sizeof(head), id, len < 64 ? len : 64);
     log_warn("coin id too long for a request; skipped", LOG_S("job", run_name(r->run)),
              LOG_S("id_start", head), LOG_U("bytes", len));
-    run_count(r->run, 1);
+    run_count_kind(r->run, "ids_too_long", 1);
     free(id);
     memmove(&r->ids.items[i], &r->ids.items[i + 1], (r->ids.n - i - 1) * sizeof(*r->ids.items));
     r->ids.n--;
@@ -476,8 +476,13 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
         break;
     }
     if (rc == 0) {
-        run_count(r->run, st.field_type_errors + st.missing_coins + st.missing_currencies +
-                              st.missing_last_updated + st.skipped + st.overflow_numbers);
+        /* Each kind on its own (docs/jobs.md, "What counted means"). */
+        run_count_kind(r->run, "wrong_type_fields", st.field_type_errors);
+        run_count_kind(r->run, "missing_coins", st.missing_coins);
+        run_count_kind(r->run, "missing_currencies", st.missing_currencies);
+        run_count_kind(r->run, "missing_times", st.missing_last_updated);
+        run_count_kind(r->run, "skipped_elements", st.skipped);
+        run_count_kind(r->run, "overflow_numbers", st.overflow_numbers);
         if (st.field_type_errors)
             metrics_add("coingest_field_errors_total", "", (double)st.field_type_errors);
     }
@@ -873,7 +878,7 @@ static void check_vs(struct cg_run *r)
         log_warn("configured vs_currency is not one CoinGecko supports; left out",
                  LOG_S("job", run_name(r->run)), LOG_S("vs_currency", head),
                  LOG_S("see", "/simple/supported_vs_currencies"));
-        run_count(r->run, 1);
+        run_count_kind(r->run, "unsupported_vs_currencies", 1);
         free(r->vs.items[i]);
         memmove(&r->vs.items[i], &r->vs.items[i + 1], (r->vs.n - i - 1) * sizeof(*r->vs.items));
         r->vs.n--;
