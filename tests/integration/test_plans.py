@@ -113,6 +113,17 @@ def pro_key(check, work):
         check(every > 300, f"prices stretched beyond its 5m ({every}s)")
         log = open(logf).read()
         check("stretched_for_credits=true" in log, "the stretched schedule is logged")
+
+        # A reload asks again; an account now with more credits relaxes the schedule.
+        api.control("POST", "credits", {"credits": 10000000})
+        before = len([e for e in api.requests() if e.get("route") == "/key"])
+        d.send_signal(signal.SIGHUP)
+        h.wait_for(lambda: len([e for e in api.requests() if e.get("route") == "/key"]) > before,
+                   30, what="GET /key after the reload")
+        every = h.wait_for(lambda: (metric_value(metrics(port), "coingest_job_interval_seconds",
+                                                 'job="prices"') or 1e9) <= 300 and 300, 30,
+                           what="prices back at 5m")
+        check(every == 300, "after the reload's /key, prices runs every 5 minutes again")
     finally:
         if d:
             d.send_signal(signal.SIGTERM)
