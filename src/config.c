@@ -1896,6 +1896,7 @@ static int apply_plan_defaults(struct parse *p)
          * the plan's figures, never these. */
         p->cfg->sources[i].rate_limit_set = key_set(p, sec, "rate_limit");
         p->cfg->sources[i].monthly_credits_set = key_set(p, sec, "monthly_credits");
+        p->cfg->sources[i].credit_reserve_set = key_set(p, sec, "credit_reserve");
         /* Unset, the reserve is 2% of the month's credits (200 of a Demo key's 10,000). */
         if (!key_set(p, sec, "credit_reserve"))
             p->cfg->sources[i].credit_reserve = p->cfg->sources[i].monthly_credits / 50;

@@ -182,11 +182,13 @@ uint64_t runner_monthly_credits(const struct runner *rn, size_t s)
     return rn->ledgers[s].api_credits;
 }
 
-/* The calls of the month never spent (credit_reserve, at most the credits in force). */
+/* The calls of the month never spent: credit_reserve, at most the credits in force; unset,
+ * 2% of the credits in force (which GET /key may have changed from the plan's). */
 static uint64_t credit_reserve(const struct runner *rn, size_t s)
 {
+    const struct cfg_source *src = &rn->cfg->sources[s];
     uint64_t credits = runner_monthly_credits(rn, s);
-    uint64_t reserve = rn->cfg->sources[s].credit_reserve;
+    uint64_t reserve = src->credit_reserve_set ? src->credit_reserve : credits / 50;
     return reserve < credits ? reserve : credits;
 }
 

@@ -112,6 +112,7 @@ struct cfg_source {
     struct rate plan_limit;       /* the plan's documented limit, for the budget warning */
     bool rate_limit_set;          /* rate_limit was given (file or environment), not the plan's */
     bool monthly_credits_set;     /* monthly_credits was given, not the plan's */
+    bool credit_reserve_set;      /* credit_reserve was given, not 2% of the credits */
     struct cfg_value *values;     /* def->nkeys values of the source's own keys */
 };
 
