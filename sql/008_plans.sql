@@ -8,7 +8,8 @@
 -- counted means", lists the kinds. NULL: nothing was counted (or a row from before this
 -- version).
 ALTER TABLE job_runs
-    ADD COLUMN IF NOT EXISTS counted BIGINT UNSIGNED NOT NULL DEFAULT 0
-        COMMENT 'anomalies counted, not errors: the sum of counted_detail' AFTER rows_written,
+    ADD COLUMN IF NOT EXISTS counted BIGINT UNSIGNED NULL
+        COMMENT 'anomalies counted, not errors: the sum of counted_detail (NULL: not recorded)'
+        AFTER rows_written,
     ADD COLUMN IF NOT EXISTS counted_detail TEXT NULL
         COMMENT 'JSON object: the count of each kind of anomaly' AFTER counted;
