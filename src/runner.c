@@ -241,26 +241,27 @@ static void ledger_flush(struct runner *rn, size_t s)
     l->flushed_ms = now;
 }
 
-/* Requests per month the schedule implies for source s with `universe` assets (printing the
- * per-job budget lines to out when not NULL), and the universe the budget assumes. */
-static double source_month_need(const struct config *cfg, size_t s, uint64_t universe, FILE *out);
+/* The universe the budget assumes. */
 static uint64_t budget_universe(const struct config *cfg, uint64_t universe_size);
+
+static double plan_source(const struct runner *rn, size_t s, uint64_t now, uint64_t *every_ms,
+                          bool *stretched);
 
 static void ledger_log(const struct runner *rn, size_t s, uint64_t now)
 {
     const struct cfg_source *src = &rn->cfg->sources[s];
     const struct ledger *l = &rn->ledgers[s];
     uint64_t used = ledger_used(l);
-    int64_t end = month_start_ms(now, 1);
-    double left_of_month = (double)(end - (int64_t)now) / (double)(end - l->period_ms);
-    double projected =
-        (double)used +
-        source_month_need(rn->cfg, s, budget_universe(rn->cfg, 0), NULL) * left_of_month;
+    /* The month's end on the schedule the daemon runs (fitted to the credits left). */
+    uint64_t *every = calloc(rn->cfg->njobs + 1, sizeof(*every));
+    bool stretched = false;
+    double projected = every ? plan_source(rn, s, now, every, &stretched) : (double)used;
+    free(every);
     uint64_t credits = runner_monthly_credits(rn, s);
     log_info("monthly credits", LOG_S("source", src->name), LOG_U("used", used),
              LOG_U("monthly_credits", credits), LOG_U("credit_reserve", credit_reserve(rn, s)),
              LOG_U("left", credits > used ? credits - used : 0),
-             LOG_U("projected", (uint64_t)llround(projected)));
+             LOG_U("projected", (uint64_t)llround(projected)), LOG_B("stretched", stretched));
 }
 
 static int send_checked(struct run *r, const char *path_query, size_t max_body);
@@ -912,22 +913,6 @@ static double per_minute(const struct rate *rt)
     return rt->period_ms ? (double)rt->count * 60000.0 / (double)rt->period_ms : 0;
 }
 
-/* Months are counted as 30 days here, as the budget lines always have. */
-static double source_month_need(const struct config *cfg, size_t s, uint64_t universe, FILE *out)
-{
-    (void)out; /* print_jobs prints the per-job lines */
-    double per_month = 0;
-    for (size_t i = 0; i < cfg->njobs; i++) {
-        const struct cfg_job *jb = &cfg->jobs[i];
-        if (jb->source != s || !jb->enabled || !jb->every_ms)
-            continue;
-        uint64_t reqs =
-            jb->def->requests_per_run ? jb->def->requests_per_run(cfg, jb, universe) : 1;
-        per_month += (double)reqs * 60000.0 / (double)jb->every_ms * 60 * 24 * 30;
-    }
-    return per_month;
-}
-
 static uint64_t budget_universe(const struct config *cfg, uint64_t universe_size)
 {
     uint64_t n = universe_size;
@@ -988,40 +973,49 @@ void runner_on_budget(struct runner *rn, void (*cb)(void *arg), void *arg)
     rn->budget_arg = arg;
 }
 
+/* Fits source s's jobs to what is left of its month at `now` (every_ms[j] for its jobs j);
+ * returns the calls the month ends with on that schedule, and sets *stretched when a job runs
+ * less often than configured. */
+static double plan_source(const struct runner *rn, size_t s, uint64_t now, uint64_t *every_ms,
+                          bool *stretched)
+{
+    const struct config *cfg = rn->cfg;
+    uint64_t credits = runner_monthly_credits(rn, s);
+    const struct ledger *l = &rn->ledgers[s];
+    int64_t end = month_start_ms(now, 1);
+    uint64_t left_ms = (uint64_t)(end - (int64_t)now);
+    /* A month the ledger has not started yet (its first request starts it) is unused. */
+    uint64_t used = l->period_ms == month_start_ms(now, 0) ? ledger_used(l) : 0;
+    struct budget_job bj[64];
+    size_t idx[64];
+    size_t n = budget_jobs(cfg, s, budget_universe(cfg, 0), rn->last, bj, idx, 64);
+    if (credits) {
+        uint64_t usable = credits - credit_reserve(rn, s);
+        double spendable = used < usable && !l->api_exhausted ? (double)(usable - used) : 0;
+        if (!budget_fit(bj, n, spendable, left_ms))
+            *stretched = true;
+    } else {
+        for (size_t k = 0; k < n; k++) /* no monthly cap: as configured */
+            bj[k].every_ms = bj[k].auto_every ? BUDGET_AUTO_MIN_MS : bj[k].requested_ms;
+    }
+    for (size_t k = 0; k < n; k++)
+        every_ms[idx[k]] = bj[k].every_ms;
+    return (double)used + budget_need(bj, n, left_ms);
+}
+
 bool runner_plan_schedule(struct runner *rn, uint64_t now, uint64_t *every_ms)
 {
     const struct config *cfg = rn->cfg;
     bool stretched = false;
     for (size_t j = 0; j < cfg->njobs; j++)
         every_ms[j] = cfg->jobs[j].every_auto ? BUDGET_AUTO_MIN_MS : cfg->jobs[j].every_ms;
-    uint64_t universe = budget_universe(cfg, 0);
     for (size_t s = 0; s < rn->nsources; s++) {
         if (!rn->apis[s])
             continue;
-        uint64_t credits = runner_monthly_credits(rn, s);
-        const struct ledger *l = &rn->ledgers[s];
-        int64_t end = month_start_ms(now, 1);
-        uint64_t left_ms = (uint64_t)(end - (int64_t)now);
-        /* A month the ledger has not started yet (its first request starts it) is unused. */
-        uint64_t used = l->period_ms == month_start_ms(now, 0) ? ledger_used(l) : 0;
-        struct budget_job bj[64];
-        size_t idx[64];
-        size_t n = budget_jobs(cfg, s, universe, rn->last, bj, idx, 64);
-        if (credits) {
-            uint64_t usable = credits - credit_reserve(rn, s);
-            double spendable = used < usable && !l->api_exhausted ? (double)(usable - used) : 0;
-            if (!budget_fit(bj, n, spendable, left_ms))
-                stretched = true;
-        } else {
-            for (size_t k = 0; k < n; k++) /* no monthly cap: as configured */
-                bj[k].every_ms = bj[k].auto_every ? BUDGET_AUTO_MIN_MS : bj[k].requested_ms;
-        }
-        for (size_t k = 0; k < n; k++)
-            every_ms[idx[k]] = bj[k].every_ms;
+        double projected = plan_source(rn, s, now, every_ms, &stretched);
         char labels[96];
         snprintf(labels, sizeof(labels), "api=\"%s\"", cfg->sources[s].name);
-        metrics_set("coingest_api_credits_projected", labels,
-                    (double)used + budget_need(bj, n, left_ms));
+        metrics_set("coingest_api_credits_projected", labels, projected);
     }
     for (size_t j = 0; j < cfg->njobs; j++) {
         char labels[160];

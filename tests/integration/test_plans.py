@@ -9,7 +9,11 @@
 3. The monthly ledger survives kill -9: the calls counted before the kill are read back at the
    restart and the count goes on from there; once the month's credits are spent no request is
    sent, and the refusal is logged once, not per run.
-4. What the API answers when a plan runs short: the public edge's plain-text "Throttled" 429
+4. A Demo key with a small credit figure (60 a month): after the runs at start the daemon fits
+   the rest of the month: every job stays scheduled, prices runs less often than its 5 minutes,
+   and the month's projected end (used + what the fitted schedule needs) stays within the
+   credits less the reserve, also after a kill -9 and restart.
+5. What the API answers when a plan runs short: the public edge's plain-text "Throttled" 429
    is waited out like any 429; a 429 that says the month's credits are spent (a key another
    client drained) stops the requests until the month rolls over, with one error line.
 """
@@ -201,6 +205,53 @@ def ledger_kill9(check, work):
         db.drop()
 
 
+def small_month(check, work):
+    api = h.FakeAPI(work, "--universe", "600")
+    db = h.Database(f"plans_month_{os.getpid()}")
+    port = h.free_port()
+    env = {"COINGEST_COINGECKO_PLAN": "demo", "COINGEST_COINGECKO_API_KEY": "CG-demo-test-key",
+           "COINGEST_COINGECKO_MONTHLY_CREDITS": "60"}
+    try:
+        conf = os.path.join(work, "month.conf")
+        h.write_config(conf, db, api.base_url, os.path.join(work, "spool-month"))
+        text = open(conf).read().replace("plan = public\n", "")
+        text = text.replace("metrics_listen =", f"metrics_listen = 127.0.0.1:{port}")
+        open(conf, "w").write(text)
+        usable = 60 - 60 // 50
+        for round_ in (1, 2):
+            logf = os.path.join(work, f"month{round_}.err")
+            d = h.start_daemon(conf, env=env, stderr_path=logf)
+
+            def settled():
+                try:
+                    n = db.count("job_runs", "job IN ('assets', 'prices', 'market_caps')")
+                except RuntimeError:
+                    return False
+                return n >= 3 * round_
+
+            h.wait_for(settled, 120, what=f"the runs at start ({round_})")
+            time.sleep(0.5)  # the refit after the last run
+            m = metrics(port)
+            projected = metric_value(m, "coingest_api_credits_projected", 'api="coingecko"')
+            used = metric_value(m, "coingest_api_calls_month", 'api="coingecko"')
+            check(projected is not None and projected <= usable,
+                  f"start {round_}: the month ends within {usable} credits ({used} used, "
+                  f"{projected} projected)")
+            every = {j: metric_value(m, "coingest_job_interval_seconds", f'job="{j}"')
+                     for j in ("assets", "prices", "market_caps")}
+            check(all(v and v >= c for v, c in zip(every.values(), (86400, 300, 3600))),
+                  f"start {round_}: no job runs more often than configured ({every})")
+            check(every["prices"] > 300, f"start {round_}: prices stretched ({every['prices']}s)")
+            d.send_signal(signal.SIGKILL)
+            d.wait(30)
+        calls = int(db.scalar("SELECT COALESCE(SUM(calls), 0) FROM api_usage") or 0)
+        check(calls <= usable, f"after two starts and a kill -9 the month used {calls} of "
+                               f"{usable}")
+    finally:
+        api.stop()
+        db.drop()
+
+
 def api_refusals(check, work):
     api = h.FakeAPI(work, "--universe", "300", "--rate-limit", "2/s", "--throttled-text")
     db = h.Database(f"plans_refusals_{os.getpid()}")
@@ -248,7 +299,7 @@ def main():
     h.need_env()
     check = h.Check()
     work = h.tempdir("coingest-plans.")
-    for part in (churn, pro_key, ledger_kill9, api_refusals):
+    for part in (churn, pro_key, ledger_kill9, small_month, api_refusals):
         # Each part its own directory: the fake API's port file and log live there.
         d = os.path.join(work, part.__name__)
         os.mkdir(d)
