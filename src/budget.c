@@ -10,7 +10,7 @@
 
 static double job_need(const struct budget_job *j, double every_ms, uint64_t period_ms)
 {
-    if (!j->requests_per_run || every_ms <= 0)
+    if (j->outside || !j->requests_per_run || every_ms <= 0)
         return 0;
     return (double)j->requests_per_run * (double)period_ms / every_ms;
 }
@@ -45,7 +45,7 @@ static uint64_t round_up(double ms, uint64_t floor_ms)
 bool budget_fit(struct budget_job *jobs, size_t n, double credits, uint64_t period_ms)
 {
     enum { MAX_JOBS = 64 };
-    double every[MAX_JOBS];
+    double every[MAX_JOBS] = {0};
     if (n > MAX_JOBS)
         n = MAX_JOBS;
     double T = (double)period_ms, cap = (double)BUDGET_STRETCH_CAP_MS;
@@ -54,7 +54,7 @@ bool budget_fit(struct budget_job *jobs, size_t n, double credits, uint64_t peri
     size_t nauto = 0;
     double fixed = 0;
     for (size_t i = 0; i < n; i++) {
-        if (jobs[i].auto_every) {
+        if (jobs[i].auto_every && !jobs[i].outside) {
             every[i] = (double)BUDGET_AUTO_MIN_MS;
             nauto++;
         } else {
@@ -66,7 +66,7 @@ bool budget_fit(struct budget_job *jobs, size_t n, double credits, uint64_t peri
     if (credits <= 0) {
         /* Nothing left to spend: every job waits as long as a stretch may go. */
         for (size_t i = 0; i < n; i++)
-            if (jobs[i].requests_per_run && every[i] < cap)
+            if (jobs[i].requests_per_run && !jobs[i].outside && every[i] < cap)
                 every[i] = cap;
         fitted = false;
         goto out;
@@ -78,7 +78,7 @@ bool budget_fit(struct budget_job *jobs, size_t n, double credits, uint64_t peri
     if (nauto) {
         double share = (credits - fixed) / (double)nauto;
         for (size_t i = 0; i < n; i++) {
-            if (!jobs[i].auto_every || !jobs[i].requests_per_run)
+            if (!jobs[i].auto_every || !jobs[i].requests_per_run || jobs[i].outside)
                 continue;
             double e = share > 0 ? (double)jobs[i].requests_per_run * T / share : cap;
             every[i] = e < (double)BUDGET_AUTO_MIN_MS ? (double)BUDGET_AUTO_MIN_MS
@@ -95,7 +95,7 @@ bool budget_fit(struct budget_job *jobs, size_t n, double credits, uint64_t peri
     for (;;) {
         size_t k = n;
         for (size_t i = 0; i < n; i++)
-            if (!jobs[i].auto_every && !done[i] && jobs[i].requests_per_run &&
+            if (!jobs[i].auto_every && !done[i] && jobs[i].requests_per_run && !jobs[i].outside &&
                 (k == n || jobs[i].keep < jobs[k].keep))
                 k = i;
         if (k == n)
@@ -119,12 +119,14 @@ bool budget_fit(struct budget_job *jobs, size_t n, double credits, uint64_t peri
     if (need > credits) {
         double f = need / credits;
         for (size_t i = 0; i < n; i++)
-            every[i] *= f;
+            if (!jobs[i].outside)
+                every[i] *= f;
     }
 
 out:
     for (size_t i = 0; i < n; i++) {
-        uint64_t floor_ms = jobs[i].auto_every ? BUDGET_AUTO_MIN_MS : jobs[i].requested_ms;
+        uint64_t floor_ms =
+            jobs[i].auto_every && !jobs[i].outside ? BUDGET_AUTO_MIN_MS : jobs[i].requested_ms;
         jobs[i].every_ms = round_up(every[i], floor_ms);
     }
     return fitted;

@@ -939,10 +939,13 @@ static size_t budget_jobs(const struct config *cfg, size_t s, uint64_t universe,
             jb->def->requests_per_run ? jb->def->requests_per_run(cfg, jb, universe) : 1;
         if (last && last[i].status == RUN_OK && last[i].requests)
             reqs = last[i].requests;
+        /* A backfill (priority below live) spends only what the live jobs leave of the
+         * month (run_credits_spare): it is not fitted and needs nothing of the plan. */
         bj[n] = (struct budget_job){.requested_ms = jb->every_ms,
                                     .auto_every = jb->every_auto,
                                     .requests_per_run = reqs,
-                                    .keep = jb->def->budget_keep};
+                                    .keep = jb->def->budget_keep,
+                                    .outside = jb->def->priority != TBUCKET_PRIO_LIVE};
         idx[n++] = i;
     }
     return n;

@@ -41,6 +41,8 @@ struct budget_job {
     bool auto_every;           /* every = auto: as often as the credits allow */
     uint64_t requests_per_run; /* calls one run costs (0: the job costs nothing) */
     int keep;                  /* stretch order: lower values are stretched first */
+    bool outside;              /* not fitted: runs at requested_ms and needs nothing of the
+                                  credits (a backfill, which spends only what is spare) */
     /* out */
     uint64_t every_ms; /* the interval the budget allows (>= requested_ms) */
 };

@@ -107,6 +107,24 @@ static void test_nothing_left(void **state)
     assert_true(budget_need(j, 3, MONTH) <= 100);
 }
 
+/* A backfill job is not fitted: it keeps its interval and takes nothing from the live jobs. */
+static void test_backfill_outside(void **state)
+{
+    (void)state;
+    struct budget_job j[4];
+    default_jobs(j);
+    j[3] = (struct budget_job){
+        .requested_ms = HOUR, .requests_per_run = 1000, .keep = 0, .outside = true};
+    struct budget_job k[3];
+    default_jobs(k);
+    budget_fit(j, 4, 9800, MONTH);
+    budget_fit(k, 3, 9800, MONTH);
+    assert_int_equal(j[3].every_ms, HOUR);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(j[i].every_ms, k[i].every_ms);
+    assert_true(budget_need(j, 4, MONTH) <= 9800);
+}
+
 /* ---- a simulated month ------------------------------------------------------------------- */
 
 struct sim {
@@ -228,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_stretch_order),
         cmocka_unit_test(test_auto_takes_the_rest),
         cmocka_unit_test(test_nothing_left),
+        cmocka_unit_test(test_backfill_outside),
         cmocka_unit_test(test_simulated_month_demo),
         cmocka_unit_test(test_simulated_month_shared_key),
         cmocka_unit_test(test_simulated_month_exhausted),
