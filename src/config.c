@@ -27,6 +27,8 @@
  */
 #include "coingest/config.h"
 
+#include "coingest/budget.h"
+
 #include "coingest/runner.h"
 #include "coingest/source.h"
 #include "coingest/util.h"
@@ -287,6 +289,7 @@ enum ktype {
     K_SECRET,      /* char *, NULL when unset, masked by the dump */
     K_SECRET_FILE, /* not stored in the config: read into the matching K_SECRET */
     K_DURATION,    /* uint64_t ms */
+    K_EVERY,       /* a job's every_ms: a duration, or `auto` (cfg_job.every_auto) */
     K_RATE,        /* struct rate */
     K_SIZE,        /* uint64_t bytes */
     K_BOOL,        /* bool */
@@ -389,7 +392,7 @@ static const struct keydef universe_keys[] = {
 
 static const struct keydef job_keys[] = {
     {"enabled", K_BOOL, JOB(enabled), NOLIMIT, R_JOB, 0},
-    {"every", K_DURATION, JOB(every_ms), 1, UINT64_MAX, R_JOB, 0},
+    {"every", K_EVERY, JOB(every_ms), 1, UINT64_MAX, R_JOB, 0},
     {"align", K_BOOL, JOB(align), NOLIMIT, R_JOB, 0},
     {"offset", K_DURATION, JOB(offset_ms), NOLIMIT, R_JOB, 0},
     {"jitter", K_DURATION, JOB(jitter_ms), NOLIMIT, R_JOB, 0},
@@ -1105,11 +1108,20 @@ static int apply(struct parse *p, int line, int sec, int ki, const char *label, 
         }
         return 0;
     }
+    case K_EVERY:
+        /* `auto`: as often as the month's credits allow (budget.h); every_ms holds the
+         * shortest interval it may run at, for everything that reads it without a budget. */
+        p->cfg->jobs[sections[sec].index].every_auto = strcmp(value, "auto") == 0;
+        if (p->cfg->jobs[sections[sec].index].every_auto) {
+            *(uint64_t *)f = BUDGET_AUTO_MIN_MS;
+            return 0;
+        }
+        /* fall through */
     case K_DURATION:
         r = duration_parse(value, &u);
         if (r == -EINVAL) {
-            fail(p, line, sec, label, -EINVAL, "\"%s\" is not a duration (e.g. 30s, 5m, 1h)",
-                 value);
+            fail(p, line, sec, label, -EINVAL, "\"%s\" is not a duration (e.g. 30s, 5m, 1h%s)",
+                 value, k->type == K_EVERY ? ", or auto" : "");
             return -EINVAL;
         }
         if (r == -ERANGE || u > k->max) {
@@ -1894,6 +1906,11 @@ static int apply_plan_defaults(struct parse *p)
             fail_nomem(p, 0);
             return -ENOMEM;
         }
+        /* What the API reports about the account (GET /key for CoinGecko's pro plan) replaces
+         * the plan's figures, never these. */
+        p->cfg->sources[i].rate_limit_set = key_set(p, sec, "rate_limit");
+        p->cfg->sources[i].monthly_credits_set = key_set(p, sec, "monthly_credits");
+        p->cfg->sources[i].credit_reserve_set = key_set(p, sec, "credit_reserve");
         /* Unset, the reserve is 2% of the month's credits (200 of a Demo key's 10,000). */
         if (!key_set(p, sec, "credit_reserve"))
             p->cfg->sources[i].credit_reserve = p->cfg->sources[i].monthly_credits / 50;
@@ -2307,6 +2324,12 @@ static void dump_key(FILE *out, const struct config *cfg, int sec, const struct 
         break;
     case K_SECRET_FILE:
         break; /* already read into the secret */
+    case K_EVERY:
+        if (cfg->jobs[sections[sec].index].every_auto) {
+            fprintf(out, "%s = auto\n", k->name);
+            break;
+        }
+        /* fall through */
     case K_DURATION:
         format_duration(*(const uint64_t *)f, buf, sizeof(buf));
         fprintf(out, "%s = %s\n", k->name, buf);
@@ -2382,6 +2405,7 @@ static bool value_equal(const struct keydef *k, const void *fa, const void *fb)
         return str_equal(*(char *const *)fa, *(char *const *)fb);
     case K_SECRET_FILE:
         return true;
+    case K_EVERY:
     case K_DURATION:
     case K_SIZE:
     case K_U64:
@@ -2406,6 +2430,9 @@ static bool key_equal(const struct config *a, const struct config *b, int sec,
                       const struct keydef *k)
 {
     if (k->type == K_IDS && a->universe.all != b->universe.all)
+        return false;
+    if (k->type == K_EVERY &&
+        a->jobs[sections[sec].index].every_auto != b->jobs[sections[sec].index].every_auto)
         return false;
     return value_equal(k, cfield(a, sec, k), cfield(b, sec, k));
 }

@@ -50,6 +50,7 @@ struct jobslot {
     struct daemon *d;
     size_t id;                     /* index into cfg->jobs */
     struct sched_entry *sched_job; /* NULL when not scheduled */
+    uint64_t every_ms;             /* the interval it is scheduled at (fit_schedule) */
     unsigned failed_streak;        /* runs in a row that failed, up to the last one */
 };
 
@@ -469,11 +470,61 @@ static void once_next(struct daemon *d)
     sink_on_idle(d->sink, once_idle, d);
 }
 
+/* Schedules each job at the interval the month's credits allow (runner_plan_schedule): the
+ * configured one while it fits, longer when it does not. A job moves only when its interval
+ * changes by more than a tenth, so the small drift of the ledger between runs does not keep
+ * shifting the grid. Logs the schedule whenever it changes. */
+static void fit_schedule(struct daemon *d)
+{
+    if (!d->runner || d->opts->once || d->stopping || !d->nslots)
+        return;
+    uint64_t every[64];
+    if (d->nslots > 64)
+        return;
+    bool stretched = runner_plan_schedule(d->runner, util_wall_ms(), every);
+    bool changed = false;
+    for (size_t i = 0; i < d->nslots; i++) {
+        struct jobslot *slot = &d->slots[i];
+        if (!slot->sched_job || !d->cfg->jobs[i].enabled)
+            continue;
+        uint64_t cur = slot->every_ms;
+        uint64_t diff = every[i] > cur ? every[i] - cur : cur - every[i];
+        if (cur && diff * 10 <= cur)
+            continue;
+        struct cfg_job c = d->cfg->jobs[i];
+        c.every_ms = every[i];
+        sched_job_update(slot->sched_job, &c);
+        slot->every_ms = every[i];
+        changed = true;
+    }
+    if (!changed)
+        return;
+    for (size_t i = 0; i < d->nslots; i++) {
+        const struct cfg_job *jb = &d->cfg->jobs[i];
+        if (!d->slots[i].sched_job || !jb->enabled)
+            continue;
+        log_emit(stretched && d->slots[i].every_ms > jb->every_ms ? LOG_WARN : LOG_INFO,
+                 "job schedule", LOG_S("job", jb->name),
+                 LOG_S("every", jb->every_auto ? "auto" : "fixed"),
+                 LOG_F("configured_s", (double)jb->every_ms / 1000.0),
+                 LOG_F("running_s", (double)d->slots[i].every_ms / 1000.0),
+                 LOG_B("stretched_for_credits", d->slots[i].every_ms > jb->every_ms), LOG_END);
+    }
+}
+
+static void budget_changed(void *arg)
+{
+    fit_schedule(arg);
+}
+
 static void tick_done(const struct run_summary *s, void *arg)
 {
     struct jobslot *slot = arg;
     struct daemon *d = slot->d;
     sched_job_done(slot->sched_job);
+    char counted_detail[1024];
+    if (run_counted_json(s, counted_detail, sizeof(counted_detail)) < 0)
+        snprintf(counted_detail, sizeof(counted_detail), "{}");
     /* A failed run is an error (a warn when the stop cut it short), a partial one a warn. */
     enum log_level level = s->status == RUN_OK        ? LOG_INFO
                            : s->status == RUN_PARTIAL ? LOG_WARN
@@ -482,6 +533,7 @@ static void tick_done(const struct run_summary *s, void *arg)
     log_emit(level, "job finished", LOG_S("job", s->name),
              LOG_S("status", run_status_name(s->status)), LOG_U("requests", s->requests),
              LOG_U("rows", s->rows), LOG_U("counted", s->counted),
+             LOG_S("counted_detail", counted_detail),
              LOG_F("seconds", (double)(s->finished_wall_ms - s->started_wall_ms) / 1000.0),
              LOG_S("error", s->error), LOG_END);
     if (s->status == RUN_FAILED && !d->stopping) {
@@ -498,6 +550,7 @@ static void tick_done(const struct run_summary *s, void *arg)
     status_run_finished(d->status);
     send_status(d);
     stop_progress(d);
+    fit_schedule(d);
 }
 
 static void tick(struct sched_entry *job, void *arg)
@@ -641,12 +694,18 @@ static void reload(struct daemon *d)
     status_set_config(d->status, next);
     for (size_t i = 0; i < d->nslots; i++) {
         /* --once runs have no schedule to change. */
-        if ((diff.job >> i & 1) && d->slots[i].sched_job)
+        if ((diff.job >> i & 1) && d->slots[i].sched_job) {
             sched_job_update(d->slots[i].sched_job, &next->jobs[i]);
+            d->slots[i].every_ms = next->jobs[i].every_ms;
+        }
     }
     struct config *old = d->cfg;
     d->cfg = next;
     config_free(old);
+    /* The new schedule against the month's credits, and the account's figures again. */
+    fit_schedule(d);
+    if (!d->opts->once)
+        runner_probe_accounts(d->runner);
     metrics_add("coingest_reloads_total", "", 1);
     log_info("configuration reloaded", LOG_S("path", d->opts->config_path),
              LOG_B("database", diff.database), LOG_B("rate", diff.source_rate != 0),
@@ -798,13 +857,22 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         once_next(d);
     } else {
         runner_print_budget(cfg, 0, NULL);
+        /* The first schedule assumes nothing used this month; the ledger's read (asked for
+         * now) and the account's report refit it (budget_changed). */
+        uint64_t every[64] = {0};
+        if (d->nslots <= 64)
+            runner_plan_schedule(d->runner, util_wall_ms(), every);
         for (size_t i = 0; i < d->nslots; i++) {
             d->slots[i].d = d;
             d->slots[i].id = i;
             /* The jobs of a source that is off are not scheduled. */
             if (!cfg->sources[cfg->jobs[i].source].enabled)
                 continue;
-            d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
+            struct cfg_job c = cfg->jobs[i];
+            if (i < 64 && every[i])
+                c.every_ms = every[i];
+            d->slots[i].every_ms = c.every_ms;
+            d->slots[i].sched_job = sched_add(d->sched, &c, tick, &d->slots[i]);
             if (!d->slots[i].sched_job)
                 goto fail_setup;
             char labels[160];
@@ -812,6 +880,22 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
             metrics_set("coingest_job_consecutive_failures", labels, 0);
         }
     }
+
+    if (!opts->once) {
+        for (size_t i = 0; i < d->nslots; i++) {
+            const struct cfg_job *jb = &cfg->jobs[i];
+            if (d->slots[i].sched_job && jb->enabled && d->slots[i].every_ms != jb->every_ms)
+                log_warn("job schedule", LOG_S("job", jb->name),
+                         LOG_S("every", jb->every_auto ? "auto" : "fixed"),
+                         LOG_F("configured_s", (double)jb->every_ms / 1000.0),
+                         LOG_F("running_s", (double)d->slots[i].every_ms / 1000.0),
+                         LOG_B("stretched_for_credits", true));
+        }
+    }
+    runner_on_budget(d->runner, budget_changed, d);
+    runner_load_ledgers(d->runner);
+    if (!opts->once)
+        runner_probe_accounts(d->runner);
 
     uv_run(&d->loop, UV_RUN_DEFAULT);
     status = d->exit_code;

@@ -1171,6 +1171,13 @@ static void on_transfer_done(struct fetch_req *r, CURLcode rc)
         def && def->error_message ? def->error_message : fetch_api_error_message;
     if (read_error(r->body, r->len, msg, sizeof(msg)) != 0)
         snprintf(msg, sizeof(msg), "HTTP %ld", status);
+    /* A 429 that says the month's credits are spent is no rate limit: waiting a minute does
+     * not bring them back. Final, so that the runner stops the API until the month rolls over
+     * (source.h, credits_exhausted) instead of retrying it 50 times. */
+    if (status == 429 && def && def->credits_exhausted && def->credits_exhausted(status, msg)) {
+        req_finish(r, FETCH_HTTP_ERROR, msg);
+        return;
+    }
     if (status == 429) {
         handle_429(r, retry_after, msg);
         return;

@@ -72,6 +72,11 @@ static const struct mdesc descs[] = {
      "Series (asset x currency) the history pass has not brought up to date yet"},
     {"coingest_history_series_done", M_GAUGE,
      "Series (asset x currency) the history pass has brought up to date"},
+    {"coingest_api_credits_projected", M_GAUGE,
+     "Calls the month will have used at its end on the schedule being run, by API"},
+    {"coingest_job_interval_seconds", M_GAUGE,
+     "The interval a job runs at: its configured every, or longer when the month's credits "
+     "cannot carry it, by job"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

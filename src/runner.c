@@ -28,9 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coingest/budget.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/source.h"
+#include "coingest/tbucket.h"
 #include "coingest/util.h"
 
 struct run {
@@ -82,12 +84,19 @@ enum ledger_state {
 /* One source's calls this month (see the file comment). */
 struct ledger {
     enum ledger_state state;
-    int64_t period_ms;   /* the month counted: its first day, 00:00 UTC */
-    uint64_t base;       /* calls the database held for the month when it was read */
-    uint64_t own;        /* calls this process made in the month */
-    uint64_t flushed;    /* base + own at the last write */
-    uint64_t flushed_ms; /* wall time of the last write */
-    uint64_t failed_ms;  /* wall time of the last failed read */
+    int64_t period_ms;     /* the month counted: its first day, 00:00 UTC */
+    uint64_t base;         /* calls the database held for the month when it was read */
+    uint64_t own;          /* calls this process made in the month */
+    uint64_t flushed;      /* base + own at the last write */
+    uint64_t flushed_ms;   /* wall time of the last write */
+    uint64_t failed_ms;    /* wall time of the last failed read */
+    bool exhausted_logged; /* "monthly credits exhausted" was logged for this month */
+    bool api_exhausted;    /* the API answered that the month's credits are spent */
+    /* What the API reported about the account (runner_set_account): its credits, and its own
+     * count of the month's calls when that was more than ours (own_at_api: `own` then). */
+    uint64_t api_credits;
+    uint64_t api_used, own_at_api;
+    bool api_counted;
 };
 
 struct ledger_read {
@@ -102,8 +111,11 @@ struct runner {
     struct api **apis;      /* per source */
     void **source_state;    /* per source */
     struct store store;
-    struct run **runs;        /* per job */
-    struct run_summary *last; /* per job */
+    void (*budget_cb)(void *arg); /* runner_on_budget */
+    void *budget_arg;
+    struct account_probe **probes; /* per source: the account request in flight, or NULL */
+    struct run **runs;             /* per job */
+    struct run_summary *last;      /* per job */
     size_t nsources, njobs;
 };
 
@@ -170,7 +182,34 @@ static void sql_datetime(int64_t ms, char *buf, size_t cap)
 
 static uint64_t ledger_used(const struct ledger *l)
 {
-    return l->base + l->own;
+    uint64_t ours = l->base + l->own;
+    /* The API's count (a key shared with another client) and our calls since it reported. */
+    uint64_t api = l->api_counted ? l->api_used + (l->own - l->own_at_api) : 0;
+    return api > ours ? api : ours;
+}
+
+uint64_t runner_monthly_credits(const struct runner *rn, size_t s)
+{
+    const struct cfg_source *src = &rn->cfg->sources[s];
+    if (src->monthly_credits_set || !rn->ledgers[s].api_credits)
+        return src->monthly_credits;
+    return rn->ledgers[s].api_credits;
+}
+
+/* The calls of the month never spent: credit_reserve, at most the credits in force; unset,
+ * 2% of the credits in force (which GET /key may have changed from the plan's). */
+static uint64_t credit_reserve(const struct runner *rn, size_t s)
+{
+    const struct cfg_source *src = &rn->cfg->sources[s];
+    uint64_t credits = runner_monthly_credits(rn, s);
+    uint64_t reserve = src->credit_reserve_set ? src->credit_reserve : credits / 50;
+    return reserve < credits ? reserve : credits;
+}
+
+static void budget_changed(struct runner *rn)
+{
+    if (rn->budget_cb)
+        rn->budget_cb(rn->budget_arg);
 }
 
 /* coingest_api_calls_month and coingest_api_credits_left (-1: the plan has no monthly cap). */
@@ -180,12 +219,12 @@ static void ledger_metrics(const struct runner *rn, size_t s)
     const struct ledger *l = &rn->ledgers[s];
     char labels[96];
     snprintf(labels, sizeof(labels), "api=\"%s\"", src->name);
-    uint64_t used = ledger_used(l);
+    uint64_t used = ledger_used(l), credits = runner_monthly_credits(rn, s);
     metrics_set("coingest_api_calls_month", labels, (double)used);
     metrics_set("coingest_api_credits_left", labels,
-                !src->monthly_credits         ? -1.0
-                : used < src->monthly_credits ? (double)(src->monthly_credits - used)
-                                              : 0.0);
+                !credits         ? -1.0
+                : used < credits ? (double)(credits - used)
+                                 : 0.0);
 }
 
 /* Writes the month's count through the store when it changed; only a count that includes
@@ -216,26 +255,27 @@ static void ledger_flush(struct runner *rn, size_t s)
     l->flushed_ms = now;
 }
 
-/* Requests per month the schedule implies for source s with `universe` assets (printing the
- * per-job budget lines to out when not NULL), and the universe the budget assumes. */
-static double source_month_need(const struct config *cfg, size_t s, uint64_t universe, FILE *out);
+/* The universe the budget assumes. */
 static uint64_t budget_universe(const struct config *cfg, uint64_t universe_size);
+
+static double plan_source(const struct runner *rn, size_t s, uint64_t now, uint64_t *every_ms,
+                          bool *stretched);
 
 static void ledger_log(const struct runner *rn, size_t s, uint64_t now)
 {
     const struct cfg_source *src = &rn->cfg->sources[s];
     const struct ledger *l = &rn->ledgers[s];
     uint64_t used = ledger_used(l);
-    int64_t end = month_start_ms(now, 1);
-    double left_of_month = (double)(end - (int64_t)now) / (double)(end - l->period_ms);
-    double projected =
-        (double)used +
-        source_month_need(rn->cfg, s, budget_universe(rn->cfg, 0), NULL) * left_of_month;
+    /* The month's end on the schedule the daemon runs (fitted to the credits left). */
+    uint64_t *every = calloc(rn->cfg->njobs + 1, sizeof(*every));
+    bool stretched = false;
+    double projected = every ? plan_source(rn, s, now, every, &stretched) : (double)used;
+    free(every);
+    uint64_t credits = runner_monthly_credits(rn, s);
     log_info("monthly credits", LOG_S("source", src->name), LOG_U("used", used),
-             LOG_U("monthly_credits", src->monthly_credits),
-             LOG_U("credit_reserve", src->credit_reserve),
-             LOG_U("left", src->monthly_credits > used ? src->monthly_credits - used : 0),
-             LOG_U("projected", (uint64_t)llround(projected)));
+             LOG_U("monthly_credits", credits), LOG_U("credit_reserve", credit_reserve(rn, s)),
+             LOG_U("left", credits > used ? credits - used : 0),
+             LOG_U("projected", (uint64_t)llround(projected)), LOG_B("stretched", stretched));
 }
 
 static int send_checked(struct run *r, const char *path_query, size_t max_body);
@@ -317,6 +357,7 @@ static void ledger_read_done(int rc, const struct store_rows *rows, const char *
     size_t source = lr->source;
     free(lr);
     ledger_release(rn, source);
+    budget_changed(rn);
 }
 
 /* Starts a new month's count when the month changed; asks the store for the month's row when
@@ -327,8 +368,12 @@ static bool ledger_prepare(struct runner *rn, size_t s, uint64_t now)
     struct ledger *l = &rn->ledgers[s];
     int64_t period = month_start_ms(now, 0);
     if (l->period_ms != period) {
-        ledger_flush(rn, s); /* the month that ended keeps its count */
-        *l = (struct ledger){.period_ms = period};
+        bool rolled = l->period_ms != 0;
+        ledger_flush(rn, s);                   /* the month that ended keeps its count */
+        uint64_t api_credits = l->api_credits; /* the account's size outlives the month */
+        *l = (struct ledger){.period_ms = period, .api_credits = api_credits};
+        if (rolled)
+            budget_changed(rn);
     }
     if (l->state == LEDGER_READING)
         return true;
@@ -389,7 +434,8 @@ struct runner *runner_new(const struct config *cfg, struct api *const *apis, str
     rn->runs = calloc(rn->njobs + 1, sizeof(*rn->runs));
     rn->last = calloc(rn->njobs + 1, sizeof(*rn->last));
     rn->ledgers = calloc(rn->nsources + 1, sizeof(*rn->ledgers));
-    if (!rn->apis || !rn->source_state || !rn->runs || !rn->last || !rn->ledgers)
+    rn->probes = calloc(rn->nsources + 1, sizeof(*rn->probes));
+    if (!rn->apis || !rn->source_state || !rn->runs || !rn->last || !rn->ledgers || !rn->probes)
         goto fail;
     for (size_t i = 0; i < rn->nsources; i++) {
         rn->apis[i] = apis ? apis[i] : NULL;
@@ -415,6 +461,22 @@ struct runner *runner_new(const struct config *cfg, struct api *const *apis, str
 fail:
     runner_free(rn);
     return NULL;
+}
+
+/* An account request (runner_probe_accounts). It outlives a runner freed while it is in
+ * flight: the runner detaches it (rn = NULL), and its done callback frees it. */
+struct account_probe {
+    struct runner *rn;
+    size_t source;
+};
+
+static void runner_detach_probes(struct runner *rn)
+{
+    for (size_t s = 0; rn->probes && s < rn->nsources; s++) {
+        if (rn->probes[s])
+            rn->probes[s]->rn = NULL;
+        rn->probes[s] = NULL;
+    }
 }
 
 static void run_free(struct run *r)
@@ -449,6 +511,8 @@ void runner_free(struct runner *rn)
     free(rn->runs);
     free(rn->last);
     free(rn->ledgers);
+    runner_detach_probes(rn);
+    free(rn->probes);
     free(rn);
 }
 
@@ -501,6 +565,11 @@ static struct batch *job_runs_row(const struct run_summary *s)
                   (int64_t)(s->finished_wall_ms - s->started_wall_ms));
     if (s->error[0])
         rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_ERROR, s->error, strlen(s->error));
+    batch_set_int(b, 0, BATCH_JOB_RUNS_COL_COUNTED, (int64_t)s->counted);
+    char detail[1024];
+    int dn = run_counted_json(s, detail, sizeof(detail));
+    if (s->ncounted_by && dn > 0)
+        rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_COUNTED_DETAIL, detail, (size_t)dn);
     if (rc) {
         batch_free(b);
         return NULL;
@@ -689,9 +758,51 @@ void run_fail_errno(struct run *r, const char *what, int rc)
     run_fail_request(r, what, rc == -ENOMEM ? "out of memory" : strerror(-rc));
 }
 
+void run_count_kind(struct run *r, const char *kind, uint64_t n)
+{
+    if (!n)
+        return;
+    struct run_summary *s = &r->sum;
+    s->counted += n;
+    size_t i = 0;
+    while (i < s->ncounted_by && strcmp(s->counted_by[i].kind, kind) != 0)
+        i++;
+    if (i == s->ncounted_by) {
+        if (i == RUN_COUNTED_KINDS) { /* full: the last slot becomes "other" */
+            i = RUN_COUNTED_KINDS - 1;
+            s->counted_by[i].kind = "other";
+        } else {
+            s->counted_by[i].kind = kind;
+            s->ncounted_by++;
+        }
+    }
+    s->counted_by[i].n += n;
+}
+
 void run_count(struct run *r, uint64_t n)
 {
-    r->sum.counted += n;
+    run_count_kind(r, "other", n);
+}
+
+int run_counted_json(const struct run_summary *s, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i <= s->ncounted_by; i++) {
+        int w = i == s->ncounted_by
+                    ? snprintf(buf + n, cap - n, "}")
+                    : snprintf(buf + n, cap - n, "%s\"%s\":%llu", i ? "," : "{",
+                               s->counted_by[i].kind, (unsigned long long)s->counted_by[i].n);
+        if (w < 0 || (size_t)w >= cap - n)
+            return -ENOSPC;
+        n += (size_t)w;
+    }
+    if (!s->ncounted_by) {
+        if (cap < 3)
+            return -ENOSPC;
+        memcpy(buf, "{}", 3);
+        n = 2;
+    }
+    return (int)n;
 }
 
 static int on_parse(const char *body, size_t len, void *arg, char *err, size_t errlen)
@@ -718,6 +829,20 @@ static void on_done(const struct fetch_result *res, void *arg)
         ledger_count(r->rn, r->rn->cfg->jobs[r->job].source, res->attempts);
     long handled = r->handled_status;
     r->handled_status = 0;
+    const struct source_def *sd = run_source(r)->def;
+    if (res->outcome == FETCH_HTTP_ERROR && sd && sd->credits_exhausted &&
+        sd->credits_exhausted(res->status, res->error)) {
+        struct ledger *l = &r->rn->ledgers[r->rn->cfg->jobs[r->job].source];
+        if (!l->api_exhausted) {
+            l->api_exhausted = true;
+            log_error("the API says the month's credits are spent; no request is sent until "
+                      "the month rolls over",
+                      LOG_S("source", run_source(r)->name), LOG_S("job", r->sum.name),
+                      LOG_S("error", res->error));
+            l->exhausted_logged = true; /* that was the month's one line */
+            budget_changed(r->rn);
+        }
+    }
     if (res->outcome == FETCH_CANCELLED) {
         r->cancelled = true;
     } else if (res->outcome == FETCH_HTTP_ERROR && handled && res->status == handled) {
@@ -835,28 +960,35 @@ static int credits_check(struct run *r)
 {
     size_t s = r->rn->cfg->jobs[r->job].source;
     const struct cfg_source *src = &r->rn->cfg->sources[s];
-    uint64_t used = ledger_used(&r->rn->ledgers[s]);
-    uint64_t reserve =
-        src->credit_reserve < src->monthly_credits ? src->credit_reserve : src->monthly_credits;
-    if (!src->monthly_credits || used < src->monthly_credits - reserve)
+    struct ledger *l = &r->rn->ledgers[s];
+    uint64_t used = ledger_used(l), credits = runner_monthly_credits(r->rn, s);
+    uint64_t reserve = credit_reserve(r->rn, s);
+    if (!l->api_exhausted && (!credits || used < credits - reserve))
         return 0;
     char resume[32], why[160];
     sql_datetime(month_start_ms(util_wall_ms(), 1), resume, sizeof(resume));
     resume[10] = '\0';
-    if (reserve)
+    if (l->api_exhausted)
+        snprintf(why, sizeof(why),
+                 "the API says the month's credits are spent (%llu calls counted here); "
+                 "requests resume on %s",
+                 (unsigned long long)used, resume);
+    else if (reserve)
         snprintf(why, sizeof(why),
                  "%llu of %llu used (%llu kept in reserve); requests resume on %s",
-                 (unsigned long long)used, (unsigned long long)src->monthly_credits,
-                 (unsigned long long)reserve, resume);
+                 (unsigned long long)used, (unsigned long long)credits, (unsigned long long)reserve,
+                 resume);
     else
         snprintf(why, sizeof(why), "%llu of %llu used; requests resume on %s",
-                 (unsigned long long)used, (unsigned long long)src->monthly_credits, resume);
+                 (unsigned long long)used, (unsigned long long)credits, resume);
     run_fail(r, "monthly credits exhausted", why);
-    if (!r->credits_logged) {
-        r->credits_logged = true;
-        log_error("monthly credits exhausted; no request is sent", LOG_S("source", src->name),
-                  LOG_S("job", r->sum.name), LOG_S("error", why));
+    /* One line for the month, not one per run: every run until the rollover ends the same. */
+    if (!r->credits_logged && !l->exhausted_logged) {
+        l->exhausted_logged = true;
+        log_error("monthly credits exhausted; no request is sent until the month rolls over",
+                  LOG_S("source", src->name), LOG_S("job", r->sum.name), LOG_S("error", why));
     }
+    r->credits_logged = true;
     return -EDQUOT;
 }
 
@@ -970,28 +1102,6 @@ static double per_minute(const struct rate *rt)
     return rt->period_ms ? (double)rt->count * 60000.0 / (double)rt->period_ms : 0;
 }
 
-/* Months are counted as 30 days here, as the budget lines always have. */
-static double source_month_need(const struct config *cfg, size_t s, uint64_t universe, FILE *out)
-{
-    double per_month = 0;
-    for (size_t i = 0; i < cfg->njobs; i++) {
-        const struct cfg_job *jb = &cfg->jobs[i];
-        if (jb->source != s || !jb->enabled || !jb->every_ms)
-            continue;
-        uint64_t reqs =
-            jb->def->requests_per_run ? jb->def->requests_per_run(cfg, jb, universe) : 1;
-        double rpm = (double)reqs * 60000.0 / (double)jb->every_ms;
-        per_month += rpm * 60 * 24 * 30;
-        if (out)
-            fprintf(out,
-                    "budget: job=%s requests_per_run=%llu every=%llus "
-                    "requests_per_min=%.2f requests_per_month=%.0f\n",
-                    jb->name, (unsigned long long)reqs, (unsigned long long)(jb->every_ms / 1000),
-                    rpm, rpm * 60 * 24 * 30);
-    }
-    return per_month;
-}
-
 static uint64_t budget_universe(const struct config *cfg, uint64_t universe_size)
 {
     uint64_t n = universe_size;
@@ -1002,6 +1112,255 @@ static uint64_t budget_universe(const struct config *cfg, uint64_t universe_size
     return n;
 }
 
+/* The jobs of source s that run on a schedule, as budget_fit() takes them (their indexes into
+ * cfg->jobs in idx). A job's cost is its last successful run's requests when `last` is given
+ * and it ran, else requests_per_run with `universe` assets. Returns how many. */
+static size_t budget_jobs(const struct config *cfg, size_t s, uint64_t universe,
+                          const struct run_summary *last, struct budget_job *bj, size_t *idx,
+                          size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->njobs && n < cap; i++) {
+        const struct cfg_job *jb = &cfg->jobs[i];
+        if (jb->source != s || !jb->enabled || !jb->every_ms)
+            continue;
+        uint64_t reqs =
+            jb->def->requests_per_run ? jb->def->requests_per_run(cfg, jb, universe) : 1;
+        if (last && last[i].status == RUN_OK && last[i].requests)
+            reqs = last[i].requests;
+        /* A backfill (priority below live) spends only what the live jobs leave of the
+         * month (run_credits_spare): it is not fitted and needs nothing of the plan. */
+        bj[n] = (struct budget_job){.requested_ms = jb->every_ms,
+                                    .auto_every = jb->every_auto,
+                                    .requests_per_run = reqs,
+                                    .keep = jb->def->budget_keep,
+                                    .outside = jb->def->priority != TBUCKET_PRIO_LIVE};
+        idx[n++] = i;
+    }
+    return n;
+}
+
+/* "5m", "200m", "1h", "90s": the largest unit that divides ms (intervals are whole seconds). */
+static void interval_text(uint64_t ms, char *buf, size_t cap)
+{
+    if (ms % 3600000 == 0)
+        snprintf(buf, cap, "%lluh", (unsigned long long)(ms / 3600000));
+    else if (ms % 60000 == 0)
+        snprintf(buf, cap, "%llum", (unsigned long long)(ms / 60000));
+    else
+        snprintf(buf, cap, "%llus", (unsigned long long)((ms + 999) / 1000));
+}
+
+void runner_load_ledgers(struct runner *rn)
+{
+    uint64_t now = util_wall_ms();
+    for (size_t s = 0; s < rn->nsources; s++)
+        if (rn->apis[s])
+            ledger_prepare(rn, s, now);
+}
+
+void runner_on_budget(struct runner *rn, void (*cb)(void *arg), void *arg)
+{
+    rn->budget_cb = cb;
+    rn->budget_arg = arg;
+}
+
+/* Fits source s's jobs to what is left of its month at `now` (every_ms[j] for its jobs j);
+ * returns the calls the month ends with on that schedule, and sets *stretched when a job runs
+ * less often than configured. */
+static double plan_source(const struct runner *rn, size_t s, uint64_t now, uint64_t *every_ms,
+                          bool *stretched)
+{
+    const struct config *cfg = rn->cfg;
+    uint64_t credits = runner_monthly_credits(rn, s);
+    const struct ledger *l = &rn->ledgers[s];
+    int64_t end = month_start_ms(now, 1);
+    uint64_t left_ms = (uint64_t)(end - (int64_t)now);
+    /* A month the ledger has not started yet (its first request starts it) is unused. */
+    uint64_t used = l->period_ms == month_start_ms(now, 0) ? ledger_used(l) : 0;
+    struct budget_job bj[64];
+    size_t idx[64];
+    size_t n = budget_jobs(cfg, s, budget_universe(cfg, 0), rn->last, bj, idx, 64);
+    if (credits) {
+        uint64_t usable = credits - credit_reserve(rn, s);
+        double spendable = used < usable && !l->api_exhausted ? (double)(usable - used) : 0;
+        if (!budget_fit(bj, n, spendable, left_ms))
+            *stretched = true;
+    } else {
+        for (size_t k = 0; k < n; k++) /* no monthly cap: as configured */
+            bj[k].every_ms = bj[k].auto_every ? BUDGET_AUTO_MIN_MS : bj[k].requested_ms;
+    }
+    for (size_t k = 0; k < n; k++)
+        every_ms[idx[k]] = bj[k].every_ms;
+    return (double)used + budget_need(bj, n, left_ms);
+}
+
+bool runner_plan_schedule(struct runner *rn, uint64_t now, uint64_t *every_ms)
+{
+    const struct config *cfg = rn->cfg;
+    bool stretched = false;
+    for (size_t j = 0; j < cfg->njobs; j++)
+        every_ms[j] = cfg->jobs[j].every_auto ? BUDGET_AUTO_MIN_MS : cfg->jobs[j].every_ms;
+    for (size_t s = 0; s < rn->nsources; s++) {
+        if (!rn->apis[s])
+            continue;
+        double projected = plan_source(rn, s, now, every_ms, &stretched);
+        char labels[96];
+        snprintf(labels, sizeof(labels), "api=\"%s\"", cfg->sources[s].name);
+        metrics_set("coingest_api_credits_projected", labels, projected);
+    }
+    for (size_t j = 0; j < cfg->njobs; j++) {
+        char labels[160];
+        snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[j].name);
+        metrics_set("coingest_job_interval_seconds", labels, (double)every_ms[j] / 1000.0);
+    }
+    return stretched;
+}
+
+static void account_done(const struct fetch_result *res, void *arg)
+{
+    struct account_probe *p = arg;
+    struct runner *rn = p->rn;
+    size_t s = p->source;
+    free(p);
+    if (!rn)
+        return; /* the runner is gone */
+    rn->probes[s] = NULL;
+    if (res->attempts)
+        ledger_count(rn, s, res->attempts);
+    const struct cfg_source *src = &rn->cfg->sources[s];
+    const struct source_def *d = src->def;
+    const char *path = d->plans[src->plan].account_path;
+    struct account_info info = {0};
+    if (res->outcome == FETCH_CANCELLED)
+        return;
+    if (res->outcome != FETCH_OK || d->parse_account(res->body, res->len, &info) != 0) {
+        log_warn("cannot read the account's limits; the plan's figures stay",
+                 LOG_S("source", src->name), LOG_S("path", path),
+                 LOG_S("error", res->outcome != FETCH_OK ? res->error : "not the expected answer"));
+        return;
+    }
+    if (info.rate_per_min && !src->rate_limit_set && rn->apis[s] &&
+        info.rate_per_min <= UINT32_MAX) {
+        struct cfg_source c = *src; /* api_update copies what it keeps */
+        c.rate_limit = (struct rate){(uint32_t)info.rate_per_min, 60000};
+        c.plan_limit = c.rate_limit;
+        api_update(rn->apis[s], &c);
+    }
+    runner_set_account(rn, s, &info);
+}
+
+void runner_probe_accounts(struct runner *rn)
+{
+    for (size_t s = 0; s < rn->nsources; s++) {
+        const struct cfg_source *src = &rn->cfg->sources[s];
+        const struct source_def *d = src->def;
+        if (!rn->apis[s] || !d || !d->nplans || !d->parse_account ||
+            !d->plans[src->plan].account_path || !src->api_key || rn->probes[s])
+            continue;
+        struct account_probe *p = malloc(sizeof(*p));
+        if (!p)
+            continue;
+        *p = (struct account_probe){rn, s};
+        rn->probes[s] = p; /* before the call, in case it answers at once */
+        if (!api_get_limited(rn->apis[s], d->plans[src->plan].account_path, TBUCKET_PRIO_LIVE,
+                             64 * 1024, NULL, account_done, p)) {
+            rn->probes[s] = NULL;
+            free(p);
+        }
+    }
+}
+
+void runner_set_account(struct runner *rn, size_t s, const struct account_info *info)
+{
+    if (s >= rn->nsources)
+        return;
+    struct ledger *l = &rn->ledgers[s];
+    uint64_t now = util_wall_ms();
+    if (l->period_ms != month_start_ms(now, 0))
+        ledger_prepare(rn, s, now);
+    if (info->monthly_credits)
+        l->api_credits = info->monthly_credits;
+    uint64_t api_used = 0;
+    bool counted = false;
+    if (info->has_calls_this_month) {
+        api_used = info->calls_this_month;
+        counted = true;
+    } else if (info->has_calls_left && info->monthly_credits >= info->calls_left) {
+        api_used = info->monthly_credits - info->calls_left;
+        counted = true;
+    }
+    if (counted) {
+        l->api_counted = true;
+        l->api_used = api_used;
+        l->own_at_api = l->own;
+    }
+    const struct cfg_source *src = &rn->cfg->sources[s];
+    log_info("the API reported the account", LOG_S("source", src->name),
+             LOG_U("rate_limit_per_min", info->rate_per_min),
+             LOG_U("monthly_credits", info->monthly_credits), LOG_U("calls_this_month", api_used),
+             LOG_U("monthly_credits_in_force", runner_monthly_credits(rn, s)),
+             LOG_B("config_overrides_credits", src->monthly_credits_set));
+    ledger_metrics(rn, s);
+    budget_changed(rn);
+}
+
+/* --check-config's lines for the jobs of source s: requested interval, the interval a month
+ * of the plan's credits allows (with nothing used yet), calls a month at each; and, when the
+ * requested schedule does not fit, a [job.*] block that does. */
+static double print_jobs(const struct config *cfg, size_t s, uint64_t universe, FILE *out)
+{
+    const struct cfg_source *src = &cfg->sources[s];
+    const uint64_t month_ms = 30ull * 86400000;
+    struct budget_job bj[64];
+    size_t idx[64];
+    size_t n = budget_jobs(cfg, s, universe, NULL, bj, idx, 64);
+    uint64_t usable =
+        src->monthly_credits > src->credit_reserve ? src->monthly_credits - src->credit_reserve : 0;
+    bool fits = true;
+    if (src->monthly_credits)
+        fits = budget_fit(bj, n, (double)usable, month_ms);
+    else
+        for (size_t k = 0; k < n; k++)
+            bj[k].every_ms = bj[k].auto_every ? BUDGET_AUTO_MIN_MS : bj[k].requested_ms;
+    /* What the configuration asks for: fixed jobs at their interval, `auto` ones at what the
+     * credits allow (asking for "as often as allowed" cannot be asking too much). */
+    double asked = 0;
+    for (size_t k = 0; k < n; k++)
+        asked += (double)bj[k].requests_per_run * (double)month_ms /
+                 (double)(bj[k].auto_every ? bj[k].every_ms : bj[k].requested_ms);
+    for (size_t k = 0; k < n && out; k++) {
+        const struct cfg_job *jb = &cfg->jobs[idx[k]];
+        double rpm = (double)bj[k].requests_per_run * 60000.0 / (double)jb->every_ms;
+        double allowed = (double)bj[k].requests_per_run * (double)month_ms / (double)bj[k].every_ms;
+        char every[32];
+        if (jb->every_auto)
+            snprintf(every, sizeof(every), "auto");
+        else
+            snprintf(every, sizeof(every), "%llus", (unsigned long long)(jb->every_ms / 1000));
+        fprintf(out,
+                "budget: job=%s requests_per_run=%llu every=%s requests_per_min=%.2f "
+                "requests_per_month=%.0f allowed_every=%llus allowed_requests_per_month=%.0f\n",
+                jb->name, (unsigned long long)bj[k].requests_per_run, every, rpm,
+                rpm * 60 * 24 * 30, (unsigned long long)((bj[k].every_ms + 999) / 1000), allowed);
+    }
+    if (fits || !n || !out)
+        return asked;
+    fprintf(out,
+            "# a schedule that fits source %s's %llu monthly credits (less a reserve of %llu; "
+            "lower-priority jobs stretched first):\n",
+            src->name, (unsigned long long)src->monthly_credits,
+            (unsigned long long)src->credit_reserve);
+    for (size_t k = 0; k < n; k++) {
+        char every[32];
+        interval_text(bj[k].every_ms, every, sizeof(every));
+        fprintf(out, "[job.%s]\nevery = %s\n", cfg->jobs[idx[k]].name, every);
+    }
+    fprintf(out, "# (or `every = auto` in a job: as often as the credits allow; the daemon "
+                 "stretches the schedule by itself when the month runs short)\n");
+    return asked;
+}
+
 bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE *out)
 {
     uint64_t n = budget_universe(cfg, universe_size);
@@ -1010,7 +1369,7 @@ bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE 
         const struct cfg_source *src = &cfg->sources[s];
         if (!src->enabled || (src->def && src->def->nplans == 0))
             continue; /* no API, no requests */
-        double per_month = source_month_need(cfg, s, n, out);
+        double per_month = print_jobs(cfg, s, n, out);
         double per_min = per_month / (60 * 24 * 30);
         double limit = per_minute(&src->rate_limit);
         double plan = src->plan_limit.period_ms ? per_minute(&src->plan_limit) : limit;
@@ -1040,8 +1399,8 @@ bool runner_print_budget(const struct config *cfg, uint64_t universe_size, FILE 
             if (!fits)
                 fprintf(out,
                         "warning: the configured jobs of source %s need more requests than the "
-                        "limits allow; runs will take longer than their interval or exhaust the "
-                        "plan\n",
+                        "limits allow; the daemon stretches their intervals to last the month "
+                        "(allowed_every above), or runs take longer than their interval\n",
                         src->name);
         } else {
             /* Rates to two decimals and monthly counts as whole numbers, as the

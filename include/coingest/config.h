@@ -79,7 +79,9 @@ struct cfg_job {
     const char *name;         /* def->name (static) */
     size_t source;            /* index of its source in config.sources */
     bool enabled;             /* default from the job definition */
-    uint64_t every_ms;        /* default from the job definition */
+    uint64_t every_ms;        /* default from the job definition; with every_auto, the
+                                 shortest interval (BUDGET_AUTO_MIN_MS) */
+    bool every_auto;          /* every = auto: as often as the month's credits allow */
     bool align;               /* default true: fire on wall-clock multiples of every */
     uint64_t offset_ms;       /* default 0: shift the aligned grid by this much */
     uint64_t jitter_ms;       /* default 0: random delay in [0, jitter) per tick */
@@ -110,6 +112,9 @@ struct cfg_source {
     uint64_t monthly_credits;     /* default by plan (0: no cap) */
     uint64_t credit_reserve;      /* calls of the month never spent; default monthly_credits/50 */
     struct rate plan_limit;       /* the plan's documented limit, for the budget warning */
+    bool rate_limit_set;          /* rate_limit was given (file or environment), not the plan's */
+    bool monthly_credits_set;     /* monthly_credits was given, not the plan's */
+    bool credit_reserve_set;      /* credit_reserve was given, not 2% of the credits */
     struct cfg_value *values;     /* def->nkeys values of the source's own keys */
 };
 

@@ -44,8 +44,12 @@
 #include "coingest/batch.h"
 #include "coingest/config.h"
 #include "coingest/fetch.h"
+#include "coingest/source.h"
 
 enum run_status { RUN_OK = 0, RUN_PARTIAL = 1, RUN_FAILED = 2 };
+
+/* Kinds of anomalies one run keeps apart (run_count_kind); more kinds count as "other". */
+#define RUN_COUNTED_KINDS 12
 
 struct run_summary {
     size_t job;       /* index into config.jobs */
@@ -54,6 +58,11 @@ struct run_summary {
     uint64_t requests; /* HTTP requests the run made (attempts, including retries) */
     uint64_t rows;     /* rows handed to the store and accepted */
     uint64_t counted;  /* anomalies counted, not errors: coins left out, bad fields */
+    struct {
+        const char *kind; /* static: "missing_coins", "wrong_type_fields", ... */
+        uint64_t n;
+    } counted_by[RUN_COUNTED_KINDS]; /* `counted` by kind, in the order first counted */
+    size_t ncounted_by;
     uint64_t started_wall_ms, finished_wall_ms;
     char error[512]; /* first error, "" when none */
 };
@@ -101,6 +110,9 @@ struct job_def {
      * tracked assets. */
     uint64_t (*requests_per_run)(const struct config *cfg, const struct cfg_job *job,
                                  uint64_t universe);
+    /* When the month's credits cannot carry the configured schedule, jobs with a lower
+     * `budget_keep` are stretched first (budget.h): what matters least gives way first. */
+    int budget_keep;
     /* The `reason`s this job passes to run_source_error(), NULL-terminated (may be NULL):
      * runner_new() shows each one's counter at 0, so a scraper sees its first increase. */
     const char *const *source_errors;
@@ -140,6 +152,38 @@ bool runner_any_running(const struct runner *rn);
 
 /* The last summary of a job (zeroed, with its name, before its first run). */
 const struct run_summary *runner_last(const struct runner *rn, size_t job);
+
+/* Reads each source's month from api_usage now (rather than at its first request), so the
+ * schedule can be fitted to it from the start. */
+void runner_load_ledgers(struct runner *rn);
+
+/* `cb(arg)` runs (on the loop thread) whenever what the schedule is fitted to changes: a
+ * source's month was read, the API reported the account's credits, a month began. NULL: none. */
+void runner_on_budget(struct runner *rn, void (*cb)(void *arg), void *arg);
+
+/* The intervals the month's credits allow now: every_ms[j] for each job j of the config
+ * (jobs of a source without monthly credits keep their configured interval; `every = auto`
+ * jobs of such a source run at BUDGET_AUTO_MIN_MS). Fits what is left of the month
+ * (monthly_credits - credit_reserve - used) to the time left of it, with each job's cost from
+ * its last successful run (else requests_per_run). Returns true when some job runs less often
+ * than configured. */
+bool runner_plan_schedule(struct runner *rn, uint64_t now_wall_ms, uint64_t *every_ms);
+
+/* What the API says about the account (struct account_info, source.h; GET /key for
+ * CoinGecko's pro plan): replaces the plan's monthly credits unless the config sets them, and
+ * raises the month's count when the API counted more (another client on the same key). The
+ * rate limit is the API's business (api_update). Calls the budget callback. */
+void runner_set_account(struct runner *rn, size_t source, const struct account_info *info);
+
+/* Asks each source whose plan has an account_path (source.h) and that has a key what the
+ * API says about the account, through its API (the attempts count in the ledger); the answer
+ * goes to runner_set_account, and its rate limit resizes the API's bucket unless the config
+ * sets rate_limit. A failure is logged and the plan's figures stay. Call at start and after
+ * each reload (after runner_set_config and api_update). */
+void runner_probe_accounts(struct runner *rn);
+
+/* The monthly credits in force for a source (the config's, or the API's report). */
+uint64_t runner_monthly_credits(const struct runner *rn, size_t source);
 
 /* Prints the request budget the configuration implies per source (requests per minute and per
  * month per job, from each job's requests_per_run) against each source's limits; returns true
@@ -219,7 +263,7 @@ void run_fail_request(struct run *r, const char *what, const char *why);
 /* run_fail_request with why = the text of -errno `rc` ("out of memory" for -ENOMEM). */
 void run_fail_errno(struct run *r, const char *what, int rc);
 
-/* Counts anomalies that are not errors (skipped elements, bad fields). */
+/* Counts anomalies that are not errors (skipped elements, bad fields), as kind "other". */
 void run_count(struct run *r, uint64_t n);
 
 /* Requests the run's source can still spend this month beyond what its live jobs (priority
@@ -230,6 +274,16 @@ void run_count(struct run *r, uint64_t n);
  * Until the month's count has been read (the source's first request waits for it), the count
  * is this process's own, so a backfill's first request may be the one that finds out. */
 uint64_t run_credits_spare(struct run *r);
+
+/* Counts n anomalies of one kind (a static string: "missing_coins", "wrong_type_fields"; the
+ * kinds are documented in docs/jobs.md, "What counted means"); n 0 is a no-op. `counted` in the
+ * summary, the log and job_runs is the sum; job_runs.counted_detail and the log's
+ * counted_detail say how much of each kind. */
+void run_count_kind(struct run *r, const char *kind, uint64_t n);
+
+/* The summary's counts by kind as a compact JSON object ({"missing_coins":3}) in buf; "{}" when
+ * nothing was counted. Returns the length, or -ENOSPC when buf is too small. */
+int run_counted_json(const struct run_summary *s, char *buf, size_t cap);
 
 /* Ends the run (see above). The run and its state are gone when this returns. */
 void run_finish(struct run *r);

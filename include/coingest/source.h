@@ -26,6 +26,15 @@
 
 struct job_def;
 
+/* What an API says about the account its key belongs to (CoinGecko: GET /key). */
+struct account_info {
+    uint64_t rate_per_min;     /* rate_limit_request_per_minute; 0: not said */
+    uint64_t monthly_credits;  /* monthly_call_credit; 0: not said */
+    uint64_t calls_this_month; /* current_total_monthly_calls */
+    uint64_t calls_left;       /* current_remaining_monthly_calls */
+    bool has_calls_this_month, has_calls_left;
+};
+
 /* A plan: what one kind of account with the API gets. plans[0] of a source is its default. */
 struct source_plan {
     const char *name;         /* the value of `plan =`, e.g. "public" */
@@ -41,6 +50,8 @@ struct source_plan {
                                  any. A base_url set explicitly whose host belongs to another
                                  plan of the source and not to this one is a config error (a
                                  proxy or a test server on another host is fine). */
+    const char *account_path; /* GET it at start and after each reload: the account's own
+                                 limits and usage (source_def.parse_account); NULL: none */
 };
 
 struct source_def {
@@ -67,6 +78,17 @@ struct source_def {
      * 0, or -ENOENT when the body holds none. NULL: the engine's generic reader (a top-level
      * "error" or "message" string). Must not allocate anything it keeps. */
     int (*error_message)(const char *body, size_t len, char *buf, size_t cap);
+
+    /* Does a final error answer (HTTP status and the API's message, as fetch_result.error)
+     * say that the month's credits are spent? Then the runner sends nothing more to this API
+     * until the month rolls over (a key shared with another client, or a count the ledger
+     * lost). NULL: no answer says so. */
+    bool (*credits_exhausted)(long status, const char *message);
+
+    /* Reads the answer to a plan's account_path into *out (zeroed by the caller). Returns 0,
+     * or -EBADMSG when the body is not what the endpoint answers. NULL when no plan has an
+     * account_path. */
+    int (*parse_account)(const char *body, size_t len, struct account_info *out);
 
     /* The jobs this source offers, in the order `--once` runs them by default. */
     const struct job_def *const *jobs;

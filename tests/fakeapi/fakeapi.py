@@ -393,7 +393,7 @@ class SyntheticRoutes:
                 if key not in PCP_KEYS:
                     raise ApiError(422, {"error": "invalid price_change_percentage"})
                 pcp.append(key)
-        keys = st["order"][order]
+        keys = self.app.plan.churned(st["order"][order], order)
         if params.get("ids"):
             wanted = {u.by_id[x]["i"] - 1 for x in params["ids"].split(",") if x in u.by_id}
             keys = [k for k in keys if k in wanted]
@@ -604,6 +604,119 @@ class FixtureRoutes:
         return self.load(best)
 
 
+
+# ---- plans: keys on the wrong host, GET /key, the month's credits, "Throttled", rank churn --
+# (issue 13). Options --api-host, --monthly-credits, --credits-used, --key-rate,
+# --throttled-text, --churn-ranks; control call /_control/credits. README, "Plans".
+
+# CoinGecko's answers to a key sent to the other plan's host (its error codes 10010/10011,
+# https://docs.coingecko.com/docs/errors-and-rate-limits).
+ERR_PRO_KEY_ON_PUBLIC = (
+    b'{"status":{"error_code":10010,"error_message":"If you are using Pro API key, please '
+    b'change your root URL from api.coingecko.com to pro-api.coingecko.com"}}')
+ERR_DEMO_KEY_ON_PRO = (
+    b'{"status":{"error_code":10011,"error_message":"If you are using Demo API key, please '
+    b'change your root URL from pro-api.coingecko.com to api.coingecko.com"}}')
+# The month's credits used up: a 429 in CoinGecko's status shape. (Modelled on its rate-limit
+# body; CoinGecko does not document the exact text.)
+ERR_CREDITS_BODY = (
+    b'{"status":{"error_code":429,"error_message":"You have exceeded your monthly API call '
+    b'credits. Please upgrade your plan at https://www.coingecko.com/en/api/pricing or wait '
+    b'for the next billing cycle."}}')
+# What the public API's edge answers to a keyless client over its limit: plain text.
+THROTTLED_BODY = b"Throttled"
+# /simple/supported_vs_currencies: the codes the real API lists (2025), the synthetic
+# universe's currencies among them.
+SUPPORTED_VS = sorted(set(RATES) | {
+    "ltc", "bch", "eos", "xrp", "xlm", "link", "dot", "yfi", "aed", "ars", "bdt", "bhd", "bmd",
+    "brl", "clp", "czk", "dkk", "gel", "hkd", "huf", "ils", "kwd", "lkr", "mmk", "mxn", "ngn",
+    "nok", "nzd", "php", "pkr", "pln", "rub", "sar", "sek", "sgd", "thb", "try", "twd", "uah",
+    "vef", "vnd", "zar", "xdr", "xag", "xau", "bits", "sats"})
+
+
+class PlanModel:
+    """The account behind the key: which host this fake stands for, the month's credits and
+    how many are used, the rate limit /key reports."""
+
+    def __init__(self, args):
+        self.host = getattr(args, "api_host", None)
+        self.credits = getattr(args, "monthly_credits", 0) or 0
+        self.used = getattr(args, "credits_used", 0) or 0
+        self.rate = getattr(args, "key_rate", 0) or 0
+        self.throttled_text = getattr(args, "throttled_text", False)
+        self.churn = getattr(args, "churn_ranks", False)
+        self.churn_seq = 0
+        self.lock = threading.Lock()
+
+    def gate(self, headers, route):
+        """None when the request may be served (and then it counts against the month), else
+        (status, body, headers, content type)."""
+        demo = headers.get("x-cg-demo-api-key")
+        pro = headers.get("x-cg-pro-api-key")
+        if self.host == "public" and pro:
+            return 401, ERR_PRO_KEY_ON_PUBLIC, None, None
+        if self.host == "pro" and demo:
+            return 401, ERR_DEMO_KEY_ON_PRO, None, None
+        with self.lock:
+            if self.credits and self.used >= self.credits:
+                return 429, ERR_CREDITS_BODY, None, None
+            self.used += 1
+        return None
+
+    def key_answer(self):
+        """GET /key, after gate() counted it."""
+        with self.lock:
+            credits, used, rate = self.credits, self.used, self.rate
+        return {"plan": "Basic", "rate_limit_request_per_minute": rate,
+                "monthly_call_credit": credits, "current_total_monthly_calls": used,
+                "current_remaining_monthly_calls": max(0, credits - used)}
+
+    def rate_limited_body(self, default):
+        """The 429 body of the per-minute limit: the API's JSON, or the edge's plain text."""
+        if self.throttled_text:
+            return THROTTLED_BODY, "text/plain"
+        return default, None
+
+    def churned(self, keys, order):
+        """Rank churn: every market_cap_desc request sees the ranks reshuffled (coins cross
+        page boundaries between the pages of one walk), as on the real API during a slow
+        walk. Other orders are stable."""
+        if not self.churn or order != "market_cap_desc":
+            return keys
+        with self.lock:
+            self.churn_seq += 1
+            seq = self.churn_seq
+        keys = list(keys)
+        random.Random(seq).shuffle(keys)
+        return keys
+
+    def control(self, method, req):
+        with self.lock:
+            if method == "POST":
+                if "used" in req:
+                    self.used = int(req["used"])
+                if "credits" in req:
+                    self.credits = int(req["credits"])
+                if "rate" in req:
+                    self.rate = int(req["rate"])
+            return 200, {"used": self.used, "credits": self.credits, "rate": self.rate}
+
+
+def add_plan_arguments(p):
+    p.add_argument("--api-host", choices=("public", "pro"),
+                   help="stand for api.coingecko.com (a pro key is refused, 10010) or "
+                        "pro-api.coingecko.com (a demo key is refused, 10011)")
+    p.add_argument("--monthly-credits", type=int, default=0,
+                   help="requests the month allows; past it every request answers 429")
+    p.add_argument("--credits-used", type=int, default=0, help="requests the month has used")
+    p.add_argument("--key-rate", type=int, default=0,
+                   help="rate_limit_request_per_minute that GET /key reports")
+    p.add_argument("--throttled-text", action="store_true",
+                   help="the per-minute limit answers 429 with a plain-text 'Throttled' body")
+    p.add_argument("--churn-ranks", action="store_true",
+                   help="reshuffle the market_cap_desc order on every /coins/markets request")
+
+
 class RateLimit:
     """Sliding-window limit: at most `count` served requests in any `window` seconds.
     A request older than window - slack has left the window; the slack absorbs scheduling
@@ -660,6 +773,7 @@ class App:
         self.rate_initial = (count, window)
         self.rate = RateLimit(count, window, args.rate_slack_ms / 1000.0)
         self.log_file = open(args.log, "a", encoding="utf-8") if args.log else None
+        self.plan = PlanModel(args)
         if routes:
             self.routes = routes(self)
         elif args.universe:
@@ -722,6 +836,8 @@ class App:
             req = json.loads(body) if body else {}
         except ValueError:
             return 400, {"error": "body is not JSON"}
+        if name == "credits":
+            return self.plan.control(method, req)
         if name == "faults" and method == "POST":
             items = req.get("faults", req) if isinstance(req, dict) else req
             if isinstance(items, dict):
@@ -881,7 +997,18 @@ class Handler(BaseHTTPRequestHandler):
             with app.lock:
                 wait = app.rate.check(time.monotonic())
             if wait is not None:
-                self.answer(entry, 429, self.err_429_body, {"Retry-After": str(wait)})
+                body, ctype = app.plan.rate_limited_body(self.err_429_body)
+                self.answer(entry, 429, body, {"Retry-After": str(wait)}, ctype)
+                return
+            refused = app.plan.gate(entry["headers"], route)
+            if refused:
+                self.answer(entry, refused[0], refused[1], refused[2], refused[3])
+                return
+            if route == "/key" and method == "GET":
+                self.answer(entry, 200, dumps(app.plan.key_answer()))
+                return
+            if route == "/simple/supported_vs_currencies" and method == "GET":
+                self.answer(entry, 200, dumps(SUPPORTED_VS))
                 return
             status, body = self.route(app, method, route, params)
             self.answer(entry, status, body)
@@ -1072,6 +1199,7 @@ def build_parser():
                    help="keep running when the parent process exits")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--selftest", action="store_true", help="run built-in checks and exit")
+    add_plan_arguments(p)
     return p
 
 

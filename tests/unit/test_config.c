@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "coingest/budget.h"
 #include "coingest/config.h"
 #include "coingest/source.h"
 #include "coingest/version.h"
@@ -585,17 +586,17 @@ static void test_plan_defaults(void **state)
     struct config *c = load_ok("[source.coingecko]\nplan = demo\napi_key = CG-demo\n");
     assert_int_equal(CG(c)->plan, PLAN("demo"));
     assert_string_equal(CG(c)->base_url, "https://api.coingecko.com/api/v3");
-    assert_int_equal(CG(c)->rate_limit.count, 30);
+    assert_int_equal(CG(c)->rate_limit.count, 100);
     assert_int_equal(CG(c)->rate_limit.period_ms, 60000);
-    assert_int_equal(CG(c)->plan_limit.count, 30);
+    assert_int_equal(CG(c)->plan_limit.count, 100);
     assert_int_equal(CG(c)->monthly_credits, 10000);
     config_free(c);
 
     c = load_ok("[source.coingecko]\napi_key = CG-pro\nplan = pro\n");
     assert_string_equal(CG(c)->base_url, "https://pro-api.coingecko.com/api/v3");
-    assert_int_equal(CG(c)->rate_limit.count, 500);
-    assert_int_equal(CG(c)->plan_limit.count, 500);
-    assert_int_equal(CG(c)->monthly_credits, 500000);
+    assert_int_equal(CG(c)->rate_limit.count, 250);
+    assert_int_equal(CG(c)->plan_limit.count, 250);
+    assert_int_equal(CG(c)->monthly_credits, 100000);
     config_free(c);
 
     /* An explicit value wins whatever the order of keys. */
@@ -752,8 +753,9 @@ static void test_errors_structure(void **state)
 static void test_errors_values(void **state)
 {
     (void)state;
-    expect_error("[job.assets]\nevery = 24h\n[job.prices]\nevery = 5 minutes\n",
-                 "4: [job.prices] every: \"5 minutes\" is not a duration (e.g. 30s, 5m, 1h)");
+    expect_error(
+        "[job.assets]\nevery = 24h\n[job.prices]\nevery = 5 minutes\n",
+        "4: [job.prices] every: \"5 minutes\" is not a duration (e.g. 30s, 5m, 1h, or auto)");
     expect_error("[job.prices]\nevery = 0\n",
                  "2: [job.prices] every: \"0\" is too short (at least 1ms)");
     expect_error("[daemon]\nshutdown_timeout = 213503982335d\n",
@@ -1045,7 +1047,7 @@ static void test_env_source_overrides(void **state)
     assert_int_equal(CG(c)->plan, PLAN("demo"));
     assert_string_equal(CG(c)->api_key, "CG-env");
     assert_string_equal(CG(c)->base_url, "https://api.coingecko.com/api/v3");
-    assert_int_equal(CG(c)->rate_limit.count, 30);
+    assert_int_equal(CG(c)->rate_limit.count, 100);
     assert_int_equal(CG(c)->monthly_credits, 10000);
     config_free(c);
 
@@ -1054,7 +1056,7 @@ static void test_env_source_overrides(void **state)
     c = load_ok("[source.coingecko]\nplan = public\n");
     assert_int_equal(CG(c)->plan, PLAN("pro"));
     assert_string_equal(CG(c)->base_url, "https://pro-api.coingecko.com/api/v3");
-    assert_int_equal(CG(c)->rate_limit.count, 500);
+    assert_int_equal(CG(c)->rate_limit.count, 250);
     config_free(c);
 
     setenv("COINGEST_COINGECKO_BASE_URL", "http://127.0.0.1:9/api/v3", 1);
@@ -1065,7 +1067,7 @@ static void test_env_source_overrides(void **state)
     assert_int_equal(CG(c)->rate_limit.count, 20);
     assert_int_equal(CG(c)->rate_limit.period_ms, 60000);
     assert_int_equal(CG(c)->monthly_credits, 1234);
-    assert_int_equal(CG(c)->plan_limit.count, 500); /* still the plan's */
+    assert_int_equal(CG(c)->plan_limit.count, 250); /* still the plan's */
     config_free(c);
 
     /* Bad values are reported against the variable, on line 0. */
@@ -1341,6 +1343,36 @@ static void set(char **slot, const char *v)
     *slot = v ? strdup(v) : NULL;
 }
 
+/* every = auto: as often as the month's credits allow; dumped as auto, a change to or from
+ * it is a schedule change; rate_limit/monthly_credits remember whether they were set. */
+static void test_every_auto(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[job.prices]\nevery = auto\n");
+    const struct cfg_job *j = JOB(c, "prices");
+    assert_true(j->every_auto);
+    assert_int_equal(j->every_ms, BUDGET_AUTO_MIN_MS);
+    assert_false(JOB(c, "market_caps")->every_auto);
+    assert_false(CG(c)->rate_limit_set);
+    assert_false(CG(c)->monthly_credits_set);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    config_dump(c, f);
+    fclose(f);
+    assert_non_null(strstr(buf, "[job.prices]\nenabled = true\nevery = auto\n"));
+    free(buf);
+    struct config *d =
+        load_ok("[job.prices]\nevery = 1m\n[source.coingecko]\nmonthly_credits = 5\n");
+    assert_false(JOB(d, "prices")->every_auto);
+    assert_true(CG(d)->monthly_credits_set);
+    struct config_diff diff;
+    config_diff(c, d, &diff);
+    assert_true(diff.job >> config_job_index(c, "prices") & 1);
+    config_free(d);
+    config_free(c);
+}
+
 static void test_diff(void **state)
 {
     (void)state;
@@ -1478,6 +1510,7 @@ int main(void)
         cmocka_unit_test_teardown(test_dump_masks_secrets, test_teardown),
         cmocka_unit_test_teardown(test_dump_long_list_round_trip, test_teardown),
         cmocka_unit_test_teardown(test_inline_hash_and_quotes, test_teardown),
+        cmocka_unit_test_teardown(test_every_auto, test_teardown),
         cmocka_unit_test_teardown(test_diff, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

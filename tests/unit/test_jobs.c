@@ -392,14 +392,16 @@ static void test_assets(void **state)
     assert_int_equal(e->mem.rows[BATCH_ASSETS_LIST], UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_CATEGORIES], 12);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1); /* after the whole list */
-    assert_int_equal(e->sum.requests, 2);
+    /* the list, the supported currencies, the category list */
+    assert_int_equal(e->sum.requests, 3);
     assert_int_equal(served(e, "/coins/list", "include_platform", "true"), 1);
+    assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
 
     /* The job_runs row, read by column name. */
     assert_int_equal(e->mem.job_runs->nrows, 1);
     assert_val_str(job_runs_val(e, 0, "job"), "assets");
     assert_val_str(job_runs_val(e, 0, "status"), "ok");
-    assert_int_equal(job_runs_val(e, 0, "requests")->u.i, 2);
+    assert_int_equal(job_runs_val(e, 0, "requests")->u.i, 3);
     assert_int_equal(job_runs_val(e, 0, "rows_written")->u.i, (int64_t)e->sum.rows);
     assert_int_equal(job_runs_val(e, 0, "error")->type, VAL_NULL);
     assert_int_equal(job_runs_val(e, 0, "started_at")->type, VAL_TIME);
@@ -420,7 +422,9 @@ static void test_prices_resolves_on_demand(void **state)
     assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
     size_t parts = served(e, "/simple/price", NULL, NULL);
     assert_true(parts >= 1);
-    assert_int_equal(e->sum.requests, 1 + parts);
+    /* with the list, the supported currencies it is checked against */
+    assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
+    assert_int_equal(e->sum.requests, 2 + parts);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_LIST], 0); /* the resolution stores nothing */
 }
@@ -1126,8 +1130,8 @@ static void test_registry_and_budget(void **state)
     assert_non_null(mem);
     assert_true(runner_print_budget(e->cfg, 600, mem));
     fclose(mem);
-    /* assets 2, prices 1 part of 600 ids, market_caps 2 x 6 pages + /global. */
-    assert_non_null(strstr(text, "job=assets requests_per_run=2 "));
+    /* assets 3, prices 1 part of 600 ids, market_caps 2 x 6 pages + /global. */
+    assert_non_null(strstr(text, "job=assets requests_per_run=3 "));
     assert_non_null(strstr(text, "job=market_caps requests_per_run=13 "));
     assert_non_null(strstr(text, "source=coingecko"));
     free(text);
@@ -1141,6 +1145,48 @@ static void test_registry_and_budget(void **state)
     assert_non_null(strstr(m, "coingest_source_errors_total{api=\"coingecko\",job=\"assets\","
                               "reason=\"list_gutted\"}"));
     free(m);
+}
+
+/* ---- vs_currencies checked against /simple/supported_vs_currencies ------------------------- */
+
+static int setup_bad_vs(void **state)
+{
+    return setup_with(state, "[universe]\nvs_currencies = usd, dollars, eur\n");
+}
+
+/* A currency CoinGecko does not list is reported, counted and left out of the requests; the
+ * others are fetched as usual. */
+static void test_unsupported_vs_currency(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_true(e->sum.counted >= 1);
+    assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE); /* usd and eur */
+    /* job_runs keeps the kind apart from the other counts. */
+    const struct val *detail = job_runs_val(e, 0, "counted_detail");
+    assert_int_equal(detail->type, VAL_STR);
+    char *text = strndup(detail->u.s, detail->len);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"unsupported_vs_currencies\":1"));
+    free(text);
+    assert_int_equal(job_runs_val(e, 0, "counted")->u.i, (int64_t)e->sum.counted);
+    json_t *log = fakeapi_log(e->fake, 0);
+    size_t i;
+    json_t *entry;
+    json_array_foreach(log, i, entry)
+    {
+        const char *vs =
+            json_string_value(json_object_get(json_object_get(entry, "params"), "vs_currencies"));
+        if (vs)
+            assert_string_equal(vs, "usd,eur");
+    }
+    json_decref(log);
+    /* market_caps knows the codes now: no currency walk for "dollars". */
+    do_run(e, "market_caps");
+    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(served(e, "/coins/markets", "vs_currency", "dollars"), 0);
 }
 
 /* ---- the monthly ledger -------------------------------------------------------------------- */
@@ -1166,7 +1212,8 @@ static void test_monthly_credits_cap(void **state)
     }
     assert_true(runs < 100);
     assert_int_equal(sent, 50);
-    assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL),
+    assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL) +
+                         served(e, "/simple/supported_vs_currencies", NULL, NULL),
                      50);
     assert_non_null(strstr(e->sum.error, "monthly credits exhausted: 50 of 50 used; requests "
                                          "resume on "));
@@ -1188,7 +1235,8 @@ static void test_monthly_credits_cap(void **state)
     assert_int_equal(e->sum.requests, 0);
     assert_int_equal(e->mem.usage_reads, 2);
     assert_non_null(strstr(e->sum.error, "50 of 50 used"));
-    assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL),
+    assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL) +
+                         served(e, "/simple/supported_vs_currencies", NULL, NULL),
                      50);
 }
 
@@ -1244,6 +1292,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prices_414_single_id_fails, setup_414_always,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_registry_and_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsupported_vs_currency, setup_bad_vs, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_cap, setup_credits, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_restored, setup_credits, teardown),
     };

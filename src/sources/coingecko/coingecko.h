@@ -149,6 +149,15 @@ int coingecko_parse_global(const char *body, size_t len, const struct coingecko_
                            struct batch *global, struct coingecko_stats *st, char *err,
                            size_t errlen);
 
+/*
+ * /simple/supported_vs_currencies (["btc", "eth", ..., "usd", ...]): the currency codes
+ * (lower-case letters and digits, at most 16 bytes; anything else is skipped), sorted and
+ * unique, replace *codes. Returns 0, -EBADMSG (not a JSON array; message in err) or -ENOMEM
+ * (codes untouched on error).
+ */
+int coingecko_parse_supported_vs(const char *body, size_t len, struct strlist *codes, char *err,
+                                 size_t errlen);
+
 /* Frees the strings of an id list filled by these parsers and empties it; NULL is a no-op. */
 void coingecko_strlist_free(struct strlist *l);
 
@@ -159,6 +168,11 @@ struct config;
 /* CoinGecko's error bodies: {"error": "..."}, {"status": {"error_code", "error_message"}}
  * (also nested under "error"), or the generic shapes. Contract as source_def.error_message. */
 int coingecko_error_message(const char *body, size_t len, char *buf, size_t cap);
+
+/* GET /key (pro plan): the account's rate limit, monthly credits and the month's calls.
+ * Contract as source_def.parse_account. */
+struct account_info;
+int coingecko_parse_account(const char *body, size_t len, struct account_info *out);
 
 /* The jobs (runner.h) and the state they share across runs. */
 extern const struct job_def coingecko_assets_job;

@@ -18,9 +18,10 @@
  *                max_ids_per_request ids whose URL stays under max_url_bytes -> prices. A
  *                request answered 414 (URI Too Long) is asked for again in two halves, down
  *                to single ids, so no id is dropped for it.
- *   market_caps: per vs_currency, /coins/markets pages (order=market_cap_desc, per_page,
- *                precision=full) until a short page or `top` -> market_snapshots and assets'
- *                rank/image; then /global -> global_snapshots.
+ *   market_caps: per vs_currency, /coins/markets pages (order=id_asc for the whole universe,
+ *                market_cap_desc for the top N; per_page, precision=full) until a short page
+ *                or `top` -> market_snapshots and assets' rank/image; then /global ->
+ *                global_snapshots.
  *
  * The universe (which ids prices and market_caps track) is resolved at the start of a run:
  * an explicit id list; or `ids = all`, the ids of the last /coins/list this process fetched
@@ -62,6 +63,7 @@ enum step {
     ST_IDS_LIST, /* explicit ids and no coin list yet: fetch one to check them against */
     ST_RESOLVE_CATEGORIES,
     ST_RESOLVE_TOP,
+    ST_VS_LIST, /* /simple/supported_vs_currencies, after a coin list (r->after_vs next) */
     /* assets */
     ST_ASSETS_LIST,
     ST_ASSETS_CATEGORIES,
@@ -90,6 +92,7 @@ struct cg_state {
     struct strlist listed; /* ids of the last /coins/list, sorted */
     struct strlist names;  /* "symbol\x1fid" and "name\x1fid" of that list, lower-cased, sorted:
                               suggestions for configured ids the list does not hold */
+    struct strlist vs_supported; /* the last /simple/supported_vs_currencies, sorted */
     struct idcache categories;
     struct idcache top;
     uint64_t gen; /* bumped when the universe's categories or top change on reload */
@@ -138,6 +141,7 @@ struct cg_run {
 
     enum step step;
     enum step after_resolve;
+    enum step after_vs;
     struct fetch_req *req;
     bool cancelled;
 
@@ -203,6 +207,7 @@ void coingecko_state_free(void *state)
     struct cg_state *j = state;
     strlist_clear(&j->listed);
     strlist_clear(&j->names);
+    strlist_clear(&j->vs_supported);
     idcache_clear(&j->categories);
     idcache_clear(&j->top);
     free(j);
@@ -336,7 +341,7 @@ static void drop_id(struct cg_run *r, size_t i)
     util_copy_clean(head, sizeof(head), id, len < 64 ? len : 64);
     log_warn("coin id too long for a request; skipped", LOG_S("job", run_name(r->run)),
              LOG_S("id_start", head), LOG_U("bytes", len));
-    run_count(r->run, 1);
+    run_count_kind(r->run, "ids_too_long", 1);
     free(id);
     memmove(&r->ids.items[i], &r->ids.items[i + 1], (r->ids.n - i - 1) * sizeof(*r->ids.items));
     r->ids.n--;
@@ -383,14 +388,20 @@ static int build_ids_path(struct cg_run *r, const char *prefix, const char *suff
     return 0;
 }
 
-/* /coins/markets?vs_currency=V[&category=C]&order=market_cap_desc&per_page=P&page=N
- * &precision=full: one page of a walk. */
+static bool top_walk(const struct cg_run *r);
+
+/* /coins/markets?vs_currency=V[&category=C]&order=O&per_page=P&page=N&precision=full: one
+ * page of a walk. A walk of the top N pages by market_cap_desc: the order is the point. Every
+ * other walk (every coin, a category's members) sweeps a set, and pages by id_asc: ranks move
+ * while a walk of many pages goes on (minutes on a slow plan), so coins would cross page
+ * boundaries and be skipped or fetched twice; ids do not move (a coin listed or delisted
+ * during the walk shifts the pages after it by one). */
 static int markets_page_path(struct cg_run *r, const char *vs, const char *category)
 {
     size_t n = 0;
     char tail[128];
-    snprintf(tail, sizeof(tail), "&order=market_cap_desc&per_page=%u&page=%u&precision=full",
-             r->per_page, r->page);
+    snprintf(tail, sizeof(tail), "&order=%s&per_page=%u&page=%u&precision=full",
+             top_walk(r) ? "market_cap_desc" : "id_asc", r->per_page, r->page);
     r->path[0] = '\0';
     if (append_raw(r->path, sizeof(r->path), &n, "/coins/markets?vs_currency=") ||
         append_enc(r->path, sizeof(r->path), &n, vs) ||
@@ -498,12 +509,20 @@ static int parse_body(const char *body, size_t len, void *arg, char *err, size_t
     case ST_GLOBAL:
         rc = coingecko_parse_global(body, len, &r->times, r->b[0], &st, err, errlen);
         break;
+    case ST_VS_LIST:
+        rc = coingecko_parse_supported_vs(body, len, &r->got_ids, err, errlen);
+        break;
     default:
         break;
     }
     if (rc == 0) {
-        run_count(r->run, st.field_type_errors + st.missing_coins + st.missing_currencies +
-                              st.missing_last_updated + st.skipped + st.overflow_numbers);
+        /* Each kind on its own (docs/jobs.md, "What counted means"). */
+        run_count_kind(r->run, "wrong_type_fields", st.field_type_errors);
+        run_count_kind(r->run, "missing_coins", st.missing_coins);
+        run_count_kind(r->run, "missing_currencies", st.missing_currencies);
+        run_count_kind(r->run, "missing_times", st.missing_last_updated);
+        run_count_kind(r->run, "skipped_elements", st.skipped);
+        run_count_kind(r->run, "overflow_numbers", st.overflow_numbers);
         if (st.field_type_errors)
             metrics_add("coingest_field_errors_total", "", (double)st.field_type_errors);
     }
@@ -542,6 +561,7 @@ static size_t body_limit(const struct cg_run *r)
         return 8 * MIB;
     case ST_GLOBAL:
     case ST_ASSETS_CATEGORIES:
+    case ST_VS_LIST:
         return 1 * MIB;
     default: /* /coins/markets pages */
         return 4 * MIB;
@@ -881,6 +901,56 @@ static void report_unknown_ids(struct cg_run *r)
     }
 }
 
+/* Configured vs_currencies that CoinGecko does not support (the last
+ * /simple/supported_vs_currencies) would get no rows, and a /coins/markets walk in one is
+ * refused: each is reported at warn level, counted, and left out of the run's requests. */
+static void check_vs(struct cg_run *r)
+{
+    const struct strlist *ok = &r->j->vs_supported;
+    if (!ok->n)
+        return;
+    for (size_t i = 0; i < r->vs.n;) {
+        if (strlist_contains_sorted(ok, r->vs.items[i])) {
+            i++;
+            continue;
+        }
+        char head[33];
+        size_t len = strlen(r->vs.items[i]);
+        util_copy_clean(head, sizeof(head), r->vs.items[i], len < 32 ? len : 32);
+        log_warn("configured vs_currency is not one CoinGecko supports; left out",
+                 LOG_S("job", run_name(r->run)), LOG_S("vs_currency", head),
+                 LOG_S("see", "/simple/supported_vs_currencies"));
+        run_count_kind(r->run, "unsupported_vs_currencies", 1);
+        free(r->vs.items[i]);
+        memmove(&r->vs.items[i], &r->vs.items[i + 1], (r->vs.n - i - 1) * sizeof(*r->vs.items));
+        r->vs.n--;
+    }
+    if (!r->vs.n)
+        set_error(r, "vs_currencies", "none of the configured currencies is supported");
+}
+
+/* /simple/supported_vs_currencies, fetched with each coin list: a good answer replaces the
+ * known codes; the configured currencies are checked against what is known. */
+static int vs_list_step(struct cg_run *r)
+{
+    if (!r->sent) {
+        snprintf(r->path, sizeof(r->path), "/simple/supported_vs_currencies");
+        return send_request(r, -1, -1, -1);
+    }
+    if (r->last_ok && r->got_ids.n) {
+        strlist_clear(&r->j->vs_supported);
+        r->j->vs_supported = r->got_ids;
+        memset(&r->got_ids, 0, sizeof(r->got_ids));
+    }
+    drop_batches(r);
+    check_vs(r);
+    /* The assets job needs a currency only to walk categories: usd, after the error. */
+    if (!r->vs.n && r->id == CG_ASSETS && strlist_push(&r->vs, "usd", 3))
+        return -ENOMEM;
+    next_step(r, r->vs.n ? r->after_vs : ST_DONE);
+    return 1;
+}
+
 static void on_listed_count(int rc, const struct store_rows *rows, const char *err, void *arg)
 {
     struct cg_run *r = run_state(arg);
@@ -934,7 +1004,8 @@ static int assets_list_step(struct cg_run *r)
             }
         }
     }
-    next_step(r, ST_ASSETS_CATEGORIES);
+    r->after_vs = ST_ASSETS_CATEGORIES;
+    next_step(r, ST_VS_LIST);
     return 1;
 }
 
@@ -1331,7 +1402,8 @@ static void advance(struct cg_run *r)
             }
             strlist_append(&r->ids, &j->listed);
             r->ids_all = false;
-            next_step(r, ST_RESOLVE_CATEGORIES);
+            r->after_vs = ST_RESOLVE_CATEGORIES;
+            next_step(r, ST_VS_LIST);
             break;
         case ST_IDS_LIST:
             if (!r->sent) {
@@ -1346,11 +1418,15 @@ static void advance(struct cg_run *r)
             }
             drop_batches(r);
             report_unknown_ids(r);
-            next_step(r, ST_RESOLVE_CATEGORIES);
+            r->after_vs = ST_RESOLVE_CATEGORIES;
+            next_step(r, ST_VS_LIST);
             break;
         case ST_RESOLVE_CATEGORIES:
         case ST_RESOLVE_TOP:
             rc = resolve_step(r);
+            break;
+        case ST_VS_LIST:
+            rc = vs_list_step(r);
             break;
         case ST_ASSETS_LIST:
             rc = assets_list_step(r);
@@ -1443,6 +1519,11 @@ static int cg_start(struct run *run, enum cg_job id)
     case CG_PRICES:
     case CG_MARKET_CAPS:
         r->after_resolve = id == CG_PRICES ? ST_PRICES : ST_MARKETS;
+        check_vs(r); /* against the codes the last coin list came with, when there are any */
+        if (!r->vs.n) {
+            next_step(r, ST_DONE);
+            break;
+        }
         if (!r->all) {
             if (strlist_append(&r->ids, &cfg->universe.ids))
                 return -ENOMEM;
@@ -1511,7 +1592,8 @@ static uint64_t assets_requests(const struct config *cfg, const struct cfg_job *
 {
     (void)job;
     (void)n;
-    return 2 + cfg->universe.categories.n * 2;
+    /* the coin list, the supported currencies, the category list, and the categories' pages */
+    return 3 + cfg->universe.categories.n * 2;
 }
 
 static uint64_t prices_requests(const struct config *cfg, const struct cfg_job *job, uint64_t n)
@@ -1535,6 +1617,9 @@ static uint64_t market_caps_requests(const struct config *cfg, const struct cfg_
 
 #define MS_MINUTE (60u * 1000u)
 
+/* budget_keep: when the month's credits run short, market_caps is stretched first, then
+ * prices, then assets (the coin list is cheap and everything else depends on it). */
+
 /* The reasons each job's run_source_error() calls use (coingest_source_errors_total). */
 static const char *const assets_errors[] = {"walk_stalled", "walk_too_long", "list_gutted", NULL};
 static const char *const prices_errors[] = {"walk_stalled", "walk_too_long", "list_gutted",
@@ -1550,6 +1635,7 @@ const struct job_def coingecko_assets_job = {
     .start = assets_start,
     .cleanup = cg_cleanup,
     .requests_per_run = assets_requests,
+    .budget_keep = 3,
     .source_errors = assets_errors,
 };
 
@@ -1562,6 +1648,7 @@ const struct job_def coingecko_prices_job = {
     .start = prices_start,
     .cleanup = cg_cleanup,
     .requests_per_run = prices_requests,
+    .budget_keep = 2,
     .source_errors = prices_errors,
 };
 
@@ -1574,5 +1661,6 @@ const struct job_def coingecko_market_caps_job = {
     .start = market_caps_start,
     .cleanup = cg_cleanup,
     .requests_per_run = market_caps_requests,
+    .budget_keep = 1,
     .source_errors = market_caps_errors,
 };

@@ -585,3 +585,43 @@ void coingecko_strlist_free(struct strlist *l)
     if (l)
         strlist_clear(l);
 }
+
+/* ---- /simple/supported_vs_currencies ------------------------------------------------------ */
+
+int coingecko_parse_supported_vs(const char *body, size_t len, struct strlist *codes, char *err,
+                                 size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    if (!json_is_array(root)) {
+        snprintf(err, errlen, "supported_vs_currencies: %s", root ? "not a JSON array" : jerr.text);
+        json_decref(root);
+        return -EBADMSG;
+    }
+    struct strlist got = {0};
+    int rc = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(root, i, v)
+    {
+        const char *s = json_string_value(v);
+        size_t n = s ? json_string_length(v) : 0;
+        /* Currency codes: short, lower-case letters and digits ("usd", "bits"). */
+        bool ok = n > 0 && n <= 16;
+        for (size_t k = 0; ok && k < n; k++)
+            ok = (s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9');
+        if (ok && strlist_push(&got, s, n) != 0) {
+            rc = -ENOMEM;
+            break;
+        }
+    }
+    json_decref(root);
+    if (rc) {
+        strlist_clear(&got);
+        return rc;
+    }
+    strlist_sort_uniq(&got);
+    strlist_clear(codes);
+    *codes = got;
+    return 0;
+}
