@@ -992,39 +992,24 @@ static int credits_check(struct run *r)
     return -EDQUOT;
 }
 
-/* Requests per month the LIVE-priority jobs of source s need (the schedule, as the budget
- * counts it: 30-day months). */
-static double live_month_need(const struct config *cfg, size_t s)
-{
-    double per_month = 0;
-    for (size_t i = 0; i < cfg->njobs; i++) {
-        const struct cfg_job *jb = &cfg->jobs[i];
-        if (jb->source != s || !jb->enabled || !jb->every_ms || !jb->def ||
-            jb->def->priority != TBUCKET_PRIO_LIVE)
-            continue;
-        uint64_t reqs = jb->def->requests_per_run
-                            ? jb->def->requests_per_run(cfg, jb, budget_universe(cfg, 0))
-                            : 1;
-        per_month += (double)reqs * 60000.0 / (double)jb->every_ms * 60 * 24 * 30;
-    }
-    return per_month;
-}
-
 uint64_t run_credits_spare(struct run *r)
 {
-    size_t s = r->rn->cfg->jobs[r->job].source;
-    const struct cfg_source *src = &r->rn->cfg->sources[s];
-    if (!src->monthly_credits)
+    struct runner *rn = r->rn;
+    size_t s = rn->cfg->jobs[r->job].source;
+    uint64_t credits = runner_monthly_credits(rn, s);
+    if (!credits)
         return UINT64_MAX;
-    const struct ledger *l = &r->rn->ledgers[s];
-    uint64_t used = ledger_used(l);
-    uint64_t reserve =
-        src->credit_reserve < src->monthly_credits ? src->credit_reserve : src->monthly_credits;
-    uint64_t now = util_wall_ms();
-    int64_t start = month_start_ms(now, 0), end = month_start_ms(now, 1);
-    double left_of_month = (double)(end - (int64_t)now) / (double)(end - start);
-    double live = live_month_need(r->rn->cfg, s) * left_of_month;
-    double spare = (double)src->monthly_credits - (double)reserve - (double)used - ceil(live);
+    if (rn->ledgers[s].api_exhausted)
+        return 0;
+    /* What the month ends with on the schedule being run (fitted to the credits, with what
+     * GET /key reported; backfill jobs are outside the fit), against what may be spent. */
+    uint64_t *every = calloc(rn->cfg->njobs + 1, sizeof(*every));
+    if (!every)
+        return 0; /* no room to plan: spend nothing rather than guess */
+    bool stretched = false;
+    double projected = plan_source(rn, s, util_wall_ms(), every, &stretched);
+    free(every);
+    double spare = (double)(credits - credit_reserve(rn, s)) - ceil(projected);
     return spare > 0 ? (uint64_t)spare : 0;
 }
 

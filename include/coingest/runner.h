@@ -266,13 +266,14 @@ void run_fail_errno(struct run *r, const char *what, int rc);
 /* Counts anomalies that are not errors (skipped elements, bad fields), as kind "other". */
 void run_count(struct run *r, uint64_t n);
 
-/* Requests the run's source can still spend this month beyond what its live jobs (priority
- * TBUCKET_PRIO_LIVE) need for the rest of it, by their schedule: monthly_credits less
- * credit_reserve, less the month's count so far, less the live jobs' requests per month times
- * the part of the month left. UINT64_MAX when the plan has no monthly cap. Backfill jobs
- * send a request only while this is above 0, so they never take what the live schedule needs.
- * Until the month's count has been read (the source's first request waits for it), the count
- * is this process's own, so a backfill's first request may be the one that finds out. */
+/* Requests the run's source can still spend this month beyond what its live jobs need for the
+ * rest of it: the monthly credits in force (GET /key's on pro, unless configured) less the
+ * reserve, less the month's projection on the schedule being run (the count so far plus the
+ * fitted live jobs' requests to the month's end; backfill-priority jobs are outside the fit).
+ * UINT64_MAX when the plan has no monthly cap; 0 once the API said the month is spent.
+ * Backfill jobs send a request only while this is above 0, so they never take what the live
+ * schedule needs. Until the month's count has been read (the source's first request waits
+ * for it), the count is this process's own, so a backfill's first request may find out. */
 uint64_t run_credits_spare(struct run *r);
 
 /* Counts n anomalies of one kind (a static string: "missing_coins", "wrong_type_fields"; the
