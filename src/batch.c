@@ -586,8 +586,12 @@ struct batch *batch_decode(const unsigned char *buf, size_t len)
         take(&p, end, &ncols, 2) || take(&p, end, &nrows, 4))
         return NULL;
     const struct batch_spec *spec = batch_spec((enum batch_spec_id)id);
-    /* Each value takes at least one byte, which bounds nrows before allocating. */
-    if (!spec || spec->ncols != ncols || (size_t)nrows * ncols > (size_t)(end - p))
+    /* Columns are only ever appended to a spec (and are nullable), so a record an older
+     * binary spooled with fewer columns is the same rows with the new columns NULL: it replays
+     * after an upgrade instead of being refused. More columns than the spec is a newer
+     * binary's record (or damage) and is refused. Each value takes at least one byte, which
+     * bounds nrows before allocating. */
+    if (!spec || ncols == 0 || ncols > spec->ncols || (size_t)nrows * ncols > (size_t)(end - p))
         return NULL;
     struct batch *b = batch_new((enum batch_spec_id)id, nrows ? nrows : 1);
     if (!b)

@@ -37,7 +37,10 @@ struct val {
     } u;
 };
 
-/* Spec ids are stored in the spool: append new ones at the end, never renumber. */
+/* Spec ids are stored in the spool: append new ones at the end, never renumber. The same holds
+ * for a spec's columns: a new column goes at the end of its list and is nullable in SQL, so
+ * that a record an older binary spooled (fewer columns) still replays, with the new ones NULL
+ * (batch_decode). */
 enum batch_spec_id {
     BATCH_ASSETS_LIST = 0,   /* /coins/list: id, symbol, name, platforms, listed_at */
     BATCH_ASSETS_MARKET = 1, /* /coins/markets: id, symbol, name, market_cap_rank, image_url */
