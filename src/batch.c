@@ -145,7 +145,8 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
                         COLS(job_runs_cols),
                         "finished_at=VALUES(finished_at), status=VALUES(status),"
                         " requests=VALUES(requests), rows_written=VALUES(rows_written),"
-                        " duration_ms=VALUES(duration_ms), error=VALUES(error)"},
+                        " duration_ms=VALUES(duration_ms), error=VALUES(error),"
+                        " instance=VALUES(instance)"},
     [BATCH_ASSETS_DELIST] = {BATCH_ASSETS_DELIST, "assets_delist", "assets", BATCH_KIND_STATEMENT,
                              COLS(assets_delist_cols),
                              "UPDATE assets SET delisted_at = ? WHERE delisted_at IS NULL"
@@ -585,8 +586,10 @@ struct batch *batch_decode(const unsigned char *buf, size_t len)
         take(&p, end, &ncols, 2) || take(&p, end, &nrows, 4))
         return NULL;
     const struct batch_spec *spec = batch_spec((enum batch_spec_id)id);
-    /* Each value takes at least one byte, which bounds nrows before allocating. */
-    if (!spec || spec->ncols != ncols || (size_t)nrows * ncols > (size_t)(end - p))
+    /* Each value takes at least one byte, which bounds nrows before allocating. A record
+     * with fewer columns than its spec was spooled before columns were appended to the spec
+     * (job_runs.instance): the missing trailing ones stay NULL. */
+    if (!spec || ncols == 0 || ncols > spec->ncols || (size_t)nrows * ncols > (size_t)(end - p))
         return NULL;
     struct batch *b = batch_new((enum batch_spec_id)id, nrows ? nrows : 1);
     if (!b)

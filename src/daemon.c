@@ -26,8 +26,10 @@
 #include <string.h>
 #include <sysexits.h>
 
+#include "coingest/cluster.h"
 #include "coingest/db.h"
 #include "coingest/fetch.h"
+#include "coingest/lease.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/notify.h"
@@ -66,7 +68,9 @@ struct daemon {
     struct runner *runner;
     struct sched *sched;
     struct server *server;
-    struct status *status; /* the status page's histories; with the server */
+    struct status *status;   /* the status page's histories; with the server */
+    struct cluster *cluster; /* [cluster] enabled (not with --once), else NULL */
+    char instance[LEASE_HOLDER_MAX + 1];
     uint64_t started_wall_ms;
     struct jobslot *slots; /* per job */
     size_t nslots;
@@ -282,9 +286,25 @@ static void server_closed(void *arg)
         fetcher_closed(d);
 }
 
-/* Closes everything but the sink, in reverse order of setup; the loop then runs dry. */
+static void teardown(struct daemon *d);
+
+static void cluster_stopped(void *arg)
+{
+    struct daemon *d = arg;
+    cluster_free(d->cluster);
+    d->cluster = NULL;
+    teardown(d);
+}
+
+/* Closes everything but the sink, in reverse order of setup; the loop then runs dry. The
+ * leases go first (after the sink has flushed, so that the month's calls are in api_usage
+ * before another instance takes the budget over and reads them). */
 static void teardown(struct daemon *d)
 {
+    if (d->cluster) {
+        cluster_stop(d->cluster, cluster_stopped, d);
+        return;
+    }
     d->closing = true;
     if (d->timers) {
         timers_stop(d->timers, &d->watchdog_timer);
@@ -508,11 +528,47 @@ static void tick(struct sched_entry *job, void *arg)
         sched_job_done(job);
         return;
     }
+    if (d->cluster && !cluster_may_run(d->cluster, slot->id)) {
+        /* A standby: another instance holds the job's lease (or its source's budget). */
+        log_debug("tick skipped: another instance runs the job",
+                  LOG_S("job", d->cfg->jobs[slot->id].name), LOG_S("instance", d->instance));
+        sched_job_done(job);
+        return;
+    }
     int rc = runner_start(d->runner, slot->id, tick_done, slot);
     if (rc < 0) {
         log_error("cannot start job", LOG_S("job", d->cfg->jobs[slot->id].name), LOG_I("rc", rc));
         sched_job_done(job);
     }
+}
+
+/* A lease came or went (cluster.h). A lost job lease stops that job's run; a lost budget
+ * lease stops every run of the source. A budget lease taken over means another instance spent
+ * the source's budget until now: the month is read again and the token bucket starts empty,
+ * so that the two together stay within the API's rate. */
+static void on_lease_change(void *arg, size_t job, size_t source, bool held)
+{
+    struct daemon *d = arg;
+    if (!d->runner)
+        return;
+    if (job != SIZE_MAX) {
+        if (!held)
+            runner_cancel_job(d->runner, job, "lease lost: another instance runs the job now");
+        return;
+    }
+    if (held) {
+        runner_ledger_reread(d->runner, source);
+        struct api *api = source < d->napis ? d->apis[source] : NULL;
+        struct tbucket *b = api ? api_bucket(api) : NULL;
+        uint64_t now = timers_now(d->timers);
+        while (b && tbucket_try_take(b, now))
+            ;
+        return;
+    }
+    for (size_t j = 0; j < d->cfg->njobs; j++)
+        if (d->cfg->jobs[j].source == source)
+            runner_cancel_job(d->runner, j,
+                              "lease lost: another instance spends the source's budget now");
 }
 
 /* The jobs' store is the sink: rows go to its writers, reads run on a writer connection. */
@@ -580,6 +636,8 @@ static json_t *status_snapshot(struct daemon *d)
             .started_wall_ms = d->started_wall_ms,
         };
         j = status_json(d->status, &v);
+        if (j && d->cluster)
+            json_object_set_new(j, "cluster", cluster_json(d->cluster));
     }
     free(next);
     free(streak);
@@ -773,6 +831,13 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     d->slots = calloc(d->nslots + 1, sizeof(*d->slots));
     if (!d->runner || !d->sched || !d->slots)
         goto fail_setup;
+    cluster_instance_name(cfg, d->instance, sizeof(d->instance));
+    runner_set_instance(d->runner, d->instance);
+    if (cfg->cluster.enabled && !opts->once) {
+        d->cluster = cluster_new(&d->loop, cfg, d->instance, on_lease_change, d);
+        if (!d->cluster)
+            goto fail_setup;
+    }
 
     if (cfg->daemon.metrics_listen && cfg->daemon.metrics_listen[0] && !opts->once) {
         d->server = server_new(&d->loop, cfg->daemon.metrics_listen, health, d, err, sizeof(err));

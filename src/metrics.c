@@ -66,6 +66,12 @@ static const struct mdesc descs[] = {
      "Request attempts sent to the API this calendar month (UTC), from the ledger, by API"},
     {"coingest_api_credits_left", M_GAUGE,
      "Monthly credits left (-1: the plan has no monthly cap), by API"},
+    {"coingest_cluster_instance_info", M_GAUGE,
+     "1, labelled with this instance's [cluster] name (cluster mode only)"},
+    {"coingest_cluster_lease_held", M_GAUGE,
+     "1 while this instance holds the lease (job:NAME or budget:SOURCE), by lease"},
+    {"coingest_cluster_lease_changes_total", M_COUNTER,
+     "Leases this instance acquired or lost, by lease and change"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

@@ -34,6 +34,14 @@ void db_library_end(void);
  * main thread. */
 MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen);
 
+/* As db_connect, with the read/write timeout of the connection set to rw_timeout_s seconds
+ * (0: db_connect's own, at least 30 s): the lease client notices a dead node within a renew
+ * interval. With `[database] hosts` set (and no socket), the nodes are tried in turn, starting
+ * with the one that answered last in this process; a node that is up but not ready (Galera's
+ * wsrep_ready is OFF) counts as down. */
+MYSQL *db_connect_rw(const struct cfg_database *db, unsigned rw_timeout_s, char *err,
+                     size_t errlen);
+
 /* One migration compiled into the binary: sql/NNN_name.sql as it was at build time, its
  * file name and its exact bytes (NUL-terminated; len does not count the NUL). */
 struct db_migration {
