@@ -264,22 +264,31 @@ static void connect_target(const char *host, uint32_t port, const char *sock, ch
         snprintf(buf, cap, "%s:%" PRIu32, host ? host : "localhost", port);
 }
 
+/* The value of a SHOW ... LIKE 'name' row into buf ("" when there is none). */
+static void show_value(MYSQL *c, const char *sql, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (mysql_query(c, sql))
+        return; /* the next statement will say what is wrong */
+    MYSQL_RES *res = mysql_store_result(c);
+    MYSQL_ROW row = res ? mysql_fetch_row(res) : NULL;
+    if (row && mysql_num_fields(res) >= 2 && row[1])
+        snprintf(buf, cap, "%s", row[1]);
+    mysql_free_result(res);
+}
+
 /* Galera's wsrep_ready: OFF on a node outside the primary component (it answers queries
- * with ER_UNKNOWN_COM_ERROR). A server without Galera has no such status: ready. */
+ * with ER_UNKNOWN_COM_ERROR). A server without Galera, or with wsrep_on = OFF (a plain
+ * MariaDB that merely has the provider installed reports wsrep_ready OFF), is ready. */
 static bool node_ready(MYSQL *c, char *state, size_t cap)
 {
+    char on[16];
     snprintf(state, cap, "?");
-    if (mysql_query(c, "SHOW STATUS LIKE 'wsrep_ready'"))
-        return true; /* the next statement will say what is wrong */
-    MYSQL_RES *res = mysql_store_result(c);
-    if (!res)
+    show_value(c, "SHOW VARIABLES LIKE 'wsrep_on'", on, sizeof(on));
+    if (strcmp(on, "ON") != 0)
         return true;
-    MYSQL_ROW row = mysql_fetch_row(res);
-    bool ready = !row || !row[1] || strcmp(row[1], "ON") == 0;
-    if (row && row[1])
-        snprintf(state, cap, "%s", row[1]);
-    mysql_free_result(res);
-    return ready;
+    show_value(c, "SHOW STATUS LIKE 'wsrep_ready'", state, cap);
+    return strcmp(state, "OFF") != 0;
 }
 
 static MYSQL *connect_one(const struct cfg_database *db, const char *host, uint32_t port,

@@ -39,11 +39,17 @@ static int escape(MYSQL *conn, const char *s, size_t max, char *out, char *err, 
     return 0;
 }
 
-/* Runs one statement and returns its affected rows (>= 0) or -errno. */
+/* Runs one statement and returns the rows it matched (>= 0) or -errno. An UPDATE's affected
+ * rows count only the rows it changed, and a renewal within the same millisecond as the last
+ * one changes nothing, so the count comes from the server's "Rows matched: N" info. */
 static int64_t exec(MYSQL *conn, const char *sql, const char *what, char *err, size_t errlen)
 {
     if (mysql_query(conn, sql))
         return fail(conn, what, err, errlen);
+    const char *info = mysql_info(conn);
+    unsigned long matched;
+    if (info && sscanf(info, "Rows matched: %lu", &matched) == 1)
+        return (int64_t)matched;
     return (int64_t)mysql_affected_rows(conn);
 }
 
