@@ -258,8 +258,9 @@ static void *thread_main(void *arg)
 {
     struct cluster *cl = arg;
     mysql_thread_init();
-    /* A dead node must not hold the thread much longer than a renew interval. */
-    unsigned rwt = (unsigned)((cl->renew_ms + 999) / 1000);
+    /* A statement that hangs (a dead node, a cluster reconfiguring) ends within the margin
+     * between a lease's local deadline and its expiry; by then the lease is lost here anyway. */
+    unsigned rwt = (unsigned)((cl->lease_ms - cl->renew_ms + 999) / 1000);
     if (rwt < 1)
         rwt = 1;
     MYSQL *conn = NULL;
@@ -277,8 +278,11 @@ static void *thread_main(void *arg)
                 log_warn("lease client cannot reach the database", LOG_S("error", err));
             }
         }
-        if (conn && !ensured)
-            ensured = ensure_rows(cl, conn) == 0;
+        if (conn && !ensured && !(ensured = ensure_rows(cl, conn) == 0) &&
+            db_error_class(mysql_errno(conn)) == DB_ERR_CONNECTION) {
+            mysql_close(conn);
+            conn = NULL;
+        }
         if (conn && ensured && pass(cl, conn) != 0) {
             log_warn("lease client lost its database connection; reconnecting",
                      LOG_S("error", mysql_error(conn)));

@@ -553,7 +553,8 @@ static void on_lease_change(void *arg, size_t job, size_t source, bool held)
         return;
     if (job != SIZE_MAX) {
         if (!held)
-            runner_cancel_job(d->runner, job, "lease lost: another instance runs the job now");
+            runner_cancel_job(d->runner, job,
+                              "lease lost: this instance no longer holds the job's lease");
         return;
     }
     if (held) {
@@ -567,8 +568,9 @@ static void on_lease_change(void *arg, size_t job, size_t source, bool held)
     }
     for (size_t j = 0; j < d->cfg->njobs; j++)
         if (d->cfg->jobs[j].source == source)
-            runner_cancel_job(d->runner, j,
-                              "lease lost: another instance spends the source's budget now");
+            runner_cancel_job(
+                d->runner, j,
+                "lease lost: this instance no longer holds the source's budget lease");
 }
 
 /* The jobs' store is the sink: rows go to its writers, reads run on a writer connection. */
