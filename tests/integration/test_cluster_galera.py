@@ -214,6 +214,9 @@ def main():
               "B's /metrics: it holds job:market_caps")
         check('coingest_cluster_instance_info{instance="inst-b"} 1' in metrics,
               "B's /metrics names the instance")
+        check('coingest_cluster_lease_changes_total{change="acquired",lease="budget:coingecko"}'
+              in metrics or 'coingest_cluster_lease_changes_total{lease="budget:coingecko",'
+              'change="acquired"}' in metrics, "B's /metrics counts the leases it acquired")
         time.sleep(3)  # a run of the last tick
         b.send_signal(signal.SIGTERM)
         check.eq(b.wait(60), 0, "B stops cleanly")
