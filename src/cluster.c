@@ -70,8 +70,12 @@ struct cluster {
     bool sync_init; /* mu and cv exist */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stop;   /* under mu */
-    bool exited; /* under mu */
+    bool stop;       /* under mu */
+    bool exited;     /* under mu */
+    bool first_pass; /* under mu: the thread has been through its first pass */
+    bool first_told; /* the loop's own: first_cb has run */
+    void (*first_cb)(void *arg);
+    void *first_arg;
 
     /* under mu: the table as last read, and the last database error ("" when none) */
     struct lease_row *table;
@@ -289,6 +293,9 @@ static void *thread_main(void *arg)
             mysql_close(conn);
             conn = NULL;
         }
+        pthread_mutex_lock(&cl->mu);
+        cl->first_pass = true;
+        pthread_mutex_unlock(&cl->mu);
         uv_async_send(&cl->async);
         pthread_mutex_lock(&cl->mu);
         wait_until_locked(cl, t0 + cl->renew_ms);
@@ -363,9 +370,14 @@ static void on_async(uv_async_t *h)
 {
     struct cluster *cl = h->data;
     pthread_mutex_lock(&cl->mu);
-    bool exited = cl->exited;
+    bool exited = cl->exited, first = cl->first_pass;
     pthread_mutex_unlock(&cl->mu);
     sync_view(cl);
+    if (first && !cl->first_told && !cl->stop_cb) {
+        cl->first_told = true;
+        if (cl->first_cb)
+            cl->first_cb(cl->first_arg);
+    }
     if (exited && cl->thread_started) {
         pthread_join(cl->tid, NULL);
         cl->thread_started = false;
@@ -481,6 +493,12 @@ fail_nomem:
     log_error("cluster: out of memory");
     cluster_free(cl);
     return NULL;
+}
+
+void cluster_on_first_pass(struct cluster *cl, void (*cb)(void *arg), void *arg)
+{
+    cl->first_cb = cb;
+    cl->first_arg = arg;
 }
 
 json_t *cluster_json(struct cluster *cl)

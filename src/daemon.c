@@ -665,6 +665,41 @@ static int serve_status_page(void *arg, const char **ctype, char **body, size_t 
     return 200;
 }
 
+/* --- the schedule ------------------------------------------------------------------------- */
+
+/* Puts every job of an enabled source on the schedule. 0, or -ENOMEM. */
+static int schedule(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    for (size_t i = 0; i < d->nslots; i++) {
+        d->slots[i].d = d;
+        d->slots[i].id = i;
+        /* The jobs of a source that is off are not scheduled. */
+        if (!cfg->sources[cfg->jobs[i].source].enabled)
+            continue;
+        d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
+        if (!d->slots[i].sched_job)
+            return -ENOMEM;
+        char labels[160];
+        snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[i].name);
+        metrics_set("coingest_job_consecutive_failures", labels, 0);
+    }
+    return 0;
+}
+
+/* Cluster mode: the schedule starts after the lease thread's first pass (cluster.h). */
+static void schedule_jobs(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->stopping)
+        return;
+    if (schedule(d) != 0) {
+        log_error("cannot schedule the jobs: out of memory");
+        d->exit_code = EX_OSERR;
+        begin_stop(d, true);
+    }
+}
+
 /* --- signals and reload ------------------------------------------------------------------- */
 
 static void register_secrets(const struct config *cfg)
@@ -865,19 +900,10 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         once_next(d);
     } else {
         runner_print_budget(cfg, 0, NULL);
-        for (size_t i = 0; i < d->nslots; i++) {
-            d->slots[i].d = d;
-            d->slots[i].id = i;
-            /* The jobs of a source that is off are not scheduled. */
-            if (!cfg->sources[cfg->jobs[i].source].enabled)
-                continue;
-            d->slots[i].sched_job = sched_add(d->sched, &cfg->jobs[i], tick, &d->slots[i]);
-            if (!d->slots[i].sched_job)
-                goto fail_setup;
-            char labels[160];
-            snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[i].name);
-            metrics_set("coingest_job_consecutive_failures", labels, 0);
-        }
+        if (d->cluster)
+            cluster_on_first_pass(d->cluster, schedule_jobs, d); /* once the leases are known */
+        else if (schedule(d) != 0)
+            goto fail_setup;
     }
 
     uv_run(&d->loop, UV_RUN_DEFAULT);

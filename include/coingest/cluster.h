@@ -47,6 +47,12 @@ void cluster_instance_name(const struct config *cfg, char *buf, size_t cap);
 struct cluster *cluster_new(uv_loop_t *loop, const struct config *cfg, const char *instance,
                             cluster_change_cb cb, void *arg);
 
+/* cb(arg) runs once on the loop thread after the lease thread's first pass (leases taken, or
+ * the database found unreachable), after the change callbacks of that pass. The daemon starts
+ * its schedule then, so that a job's run at start is not skipped only because the leases had
+ * not been asked for yet. */
+void cluster_on_first_pass(struct cluster *cl, void (*cb)(void *arg), void *arg);
+
 /* May this instance run job `job` now: it holds the job's lease and, for a source with an
  * API, the source's budget lease, both within their local deadlines. */
 bool cluster_may_run(struct cluster *cl, size_t job);

@@ -182,6 +182,8 @@ def main():
             time.sleep(1.5)
         rs = runs(db)
         check(any(r[1] == "inst-a" for r in rs), f"A ran jobs ({len(rs)} runs)")
+        check(any(r[0] == "assets" and r[1] == "inst-a" for r in rs),
+              "A ran assets (every 1h) at start: the schedule waits for the first lease pass")
         check.eq([r for r in rs if r[1] != "inst-a"], [], "B stood by while A held the leases")
         st = json.loads(get(mb, "/status.json"))
         leases = {x["name"]: x for x in st.get("cluster", {}).get("leases", [])}
