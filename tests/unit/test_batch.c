@@ -280,6 +280,39 @@ static void test_split_append(void **state)
     batch_free(orig);
 }
 
+/* A spool record written before a column was appended to its spec (job_runs.instance) still
+ * decodes, the missing column NULL; a record with more columns than the spec does not. */
+static void test_decode_older_record(void **state)
+{
+    (void)state;
+    struct batch *b = batch_new(BATCH_JOB_RUNS, 1);
+    assert_int_equal(batch_add_row(b), 0);
+    assert_int_equal(batch_set_str(b, 0, BATCH_JOB_RUNS_COL_JOB, "prices", 6), 0);
+    batch_set_time(b, 0, BATCH_JOB_RUNS_COL_STARTED_AT, 1739120400000);
+    assert_int_equal(batch_set_str(b, 0, BATCH_JOB_RUNS_COL_STATUS, "ok", 2), 0);
+    size_t len = 0;
+    unsigned char *enc = batch_encode(b, &len);
+    assert_non_null(enc);
+    /* The last value is the NULL instance: one type byte. Drop it and the column. */
+    assert_int_equal(enc[len - 1], VAL_NULL);
+    uint16_t ncols;
+    memcpy(&ncols, enc + 6, 2);
+    assert_int_equal(ncols, BATCH_JOB_RUNS_NCOLS);
+    ncols--;
+    memcpy(enc + 6, &ncols, 2);
+    struct batch *d = batch_decode(enc, len - 1);
+    assert_non_null(d);
+    assert_int_equal(d->nrows, 1);
+    assert_int_equal(batch_val(d, 0, BATCH_JOB_RUNS_COL_JOB)->type, VAL_STR);
+    assert_int_equal(batch_val(d, 0, BATCH_JOB_RUNS_COL_INSTANCE)->type, VAL_NULL);
+    batch_free(d);
+    ncols += 2; /* more columns than the spec has: refused */
+    memcpy(enc + 6, &ncols, 2);
+    assert_null(batch_decode(enc, len - 1));
+    free(enc);
+    batch_free(b);
+}
+
 static void test_arena(void **state)
 {
     (void)state;
@@ -323,7 +356,7 @@ int main(void)
         cmocka_unit_test(test_specs),          cmocka_unit_test(test_encode_roundtrip),
         cmocka_unit_test(test_decode_rejects), cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_bytes_bound),    cmocka_unit_test(test_split_append),
-        cmocka_unit_test(test_arena),
+        cmocka_unit_test(test_arena),          cmocka_unit_test(test_decode_older_record),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
