@@ -5,7 +5,10 @@
  * session time zone, strict sql_mode without NO_BACKSLASH_ESCAPES (so mysql_real_escape_string
  * output means what it says), timeouts so a dead server is noticed, and the server's
  * max_allowed_packet, which db_connect() stores in the connection's own option of that name
- * (the client must not send more than the server takes anyway) for db_max_packet().
+ * (the client must not send more than the server takes anyway) for db_max_packet(). With
+ * `[database] hosts`, the nodes are tried in turn from the one that answered last in the
+ * process; a Galera node with wsrep_on but not wsrep_ready (outside the primary component, or
+ * joining) counts as down, since it would answer every statement with error 1047.
  *
  * Migrations are named NNN_name.sql and applied in numeric order, each as one multi-statement
  * query (the server splits it, so semicolons inside string literals and comments are no

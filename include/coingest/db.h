@@ -3,12 +3,15 @@
  *
  * db_connect() opens a connection with utf8mb4, time_zone '+00:00', strict sql_mode (so a
  * value that does not fit is an error, not a silent truncation), connect/read/write timeouts,
- * and reads max_allowed_packet. db_migrate() applies the migrations sql/NNN_name.sql in
- * order (compiled into the binary, or read from a directory that overrides them), recording
- * each in schema_migrations(version, name, checksum, applied_at); a migration already applied
- * whose checksum (SHA-256 of its text) changed is refused. Concurrent migrators (several
- * writers, several daemons) are serialised with GET_LOCK. Errors are converted here, at the
- * module edge, from mysql_errno into classes and -errno-style codes plus the server's message.
+ * and reads max_allowed_packet. With `[database] hosts` it fails over between the nodes of a
+ * cluster, and it refuses a Galera node that is not ready (docs/cluster.md). db_migrate() applies
+ * the migrations sql/NNN_name.sql in order (compiled into the binary, or read from a directory that
+ * overrides them), recording each in schema_migrations(version, name, checksum, applied_at); a
+ * migration already applied whose checksum (SHA-256 of its text) changed is refused. Concurrent
+ * migrators (several writers, several daemons) are serialised with GET_LOCK (per node on Galera:
+ * docs/cluster.md says to run --migrate once there). Errors are converted
+ * here, at the module edge, from mysql_errno into classes and -errno-style codes plus the server's
+ * message.
  *
  * Thread: a connection belongs to one thread at a time. mysql_library_init must have been
  * called (db_library_init) before any thread uses the client library.
