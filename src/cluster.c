@@ -270,6 +270,7 @@ static void *thread_main(void *arg)
     MYSQL *conn = NULL;
     bool ensured = false;
     char err[512];
+    uint64_t started = util_mono_ms();
     pthread_mutex_lock(&cl->mu);
     while (!cl->stop) {
         pthread_mutex_unlock(&cl->mu);
@@ -287,6 +288,10 @@ static void *thread_main(void *arg)
             mysql_close(conn);
             conn = NULL;
         }
+        /* The first pass is over once the leases were asked for, or the database is out of
+         * reach, or a lease length went by (lease rows the sink's migrations have not created
+         * yet are waited for that long). */
+        bool done = !conn || (ensured && conn) || t0 - started >= cl->lease_ms;
         if (conn && ensured && pass(cl, conn) != 0) {
             log_warn("lease client lost its database connection; reconnecting",
                      LOG_S("error", mysql_error(conn)));
@@ -294,7 +299,7 @@ static void *thread_main(void *arg)
             conn = NULL;
         }
         pthread_mutex_lock(&cl->mu);
-        cl->first_pass = true;
+        cl->first_pass = cl->first_pass || done;
         pthread_mutex_unlock(&cl->mu);
         uv_async_send(&cl->async);
         pthread_mutex_lock(&cl->mu);

@@ -219,7 +219,7 @@ def main():
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        for _ in range(4):
+        for _ in range(6):
             tick()
             time.sleep(1.5)
         side.kill()
