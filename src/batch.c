@@ -146,7 +146,8 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
                         "finished_at=VALUES(finished_at), status=VALUES(status),"
                         " requests=VALUES(requests), rows_written=VALUES(rows_written),"
                         " duration_ms=VALUES(duration_ms), error=VALUES(error),"
-                        " counted=VALUES(counted), counted_detail=VALUES(counted_detail)"},
+                        " counted=VALUES(counted), counted_detail=VALUES(counted_detail),"
+                        " instance=VALUES(instance)"},
     [BATCH_ASSETS_DELIST] = {BATCH_ASSETS_DELIST, "assets_delist", "assets", BATCH_KIND_STATEMENT,
                              COLS(assets_delist_cols),
                              "UPDATE assets SET delisted_at = ? WHERE delisted_at IS NULL"

@@ -326,6 +326,7 @@ struct keydef {
 #define DB(f)       offsetof(struct cfg_database, f)
 #define SRC(f)      offsetof(struct cfg_source, f)
 #define UNIVERSE(f) offsetof(struct config, universe.f)
+#define CLUSTER(f)  offsetof(struct config, cluster.f)
 #define JOB(f)      offsetof(struct cfg_job, f)
 #define NOLIMIT     0, UINT64_MAX
 
@@ -359,6 +360,14 @@ static const struct keydef database_keys[] = {
     {"ssl_ca", K_OPTSTR, DB(ssl_ca), NOLIMIT, R_DATABASE, 0},
     {"ssl_cert", K_OPTSTR, DB(ssl_cert), NOLIMIT, R_DATABASE, 0},
     {"ssl_key", K_OPTSTR, DB(ssl_key), NOLIMIT, R_DATABASE, 0},
+    {"hosts", K_OPTSTR, DB(hosts), NOLIMIT, R_DATABASE, 0},
+};
+
+static const struct keydef cluster_keys[] = {
+    {"enabled", K_BOOL, CLUSTER(enabled), NOLIMIT, R_RESTART, 0},
+    {"instance", K_OPTSTR, CLUSTER(instance), NOLIMIT, R_RESTART, 0},
+    {"lease", K_DURATION, CLUSTER(lease_ms), 2 * MS_SECOND, UINT64_MAX, R_RESTART, 0},
+    {"renew", K_DURATION, CLUSTER(renew_ms), 100, UINT64_MAX, R_RESTART, 0},
 };
 
 static const struct keydef source_keys[] = {
@@ -406,6 +415,7 @@ static const struct keydef job_keys[] = {
 enum section_id {
     SEC_DAEMON,
     SEC_DATABASE,
+    SEC_CLUSTER,
     SEC_FIRST_SOURCE,
     SEC_NONE = -1, /* before the first header */
     SEC_BAD = -2,  /* inside a section already reported as wrong */
@@ -481,6 +491,10 @@ static void sections_init(void)
                                               .keys = database_keys,
                                               .nkeys = ARRAY_SIZE(database_keys),
                                               .kind = SK_ROOT};
+    sections[SEC_CLUSTER] = (struct section){.name = "cluster",
+                                             .keys = cluster_keys,
+                                             .nkeys = ARRAY_SIZE(cluster_keys),
+                                             .kind = SK_ROOT};
     sections[SEC_UNIVERSE] = (struct section){.name = "universe",
                                               .keys = universe_keys,
                                               .nkeys = ARRAY_SIZE(universe_keys),
@@ -725,6 +739,9 @@ struct config *config_defaults(void)
     cfg->database.binary_writes = true;
     cfg->database.ssl_mode = DB_SSL_PREFERRED;
 
+    cfg->cluster.lease_ms = 15 * MS_SECOND;
+    cfg->cluster.renew_ms = 5 * MS_SECOND;
+
     cfg->universe.all = true;
 
     cfg->sources = calloc(source_count, sizeof(*cfg->sources));
@@ -796,6 +813,7 @@ void config_free(struct config *cfg)
     free(cfg->daemon.metrics_listen);
     free(cfg->daemon.spool_dir);
     config_database_clear(&cfg->database);
+    free(cfg->cluster.instance);
     for (size_t i = 0; i < cfg->nsources; i++) {
         struct cfg_source *src = &cfg->sources[i];
         free(src->name);
@@ -2185,6 +2203,88 @@ static int check_database_tls(struct parse *p)
     return 0;
 }
 
+int config_host_at(const char *hosts, size_t i, uint32_t default_port, char *host, size_t cap,
+                   uint32_t *port)
+{
+    const char *p = hosts ? hosts : "";
+    for (size_t n = 0;; n++) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *end = p + strcspn(p, ",");
+        if (n == i) {
+            const char *stop = end;
+            while (stop > p && (stop[-1] == ' ' || stop[-1] == '\t'))
+                stop--;
+            if (stop == p)
+                return *end || n ? -EINVAL : -ENOENT; /* "a,,b" or a trailing comma */
+            const char *colon = memchr(p, ':', (size_t)(stop - p));
+            const char *hend = colon ? colon : stop;
+            if (hend == p || (size_t)(hend - p) >= cap || memchr(p, ' ', (size_t)(hend - p)))
+                return -EINVAL;
+            memcpy(host, p, (size_t)(hend - p));
+            host[hend - p] = '\0';
+            *port = default_port;
+            if (colon) {
+                char num[8];
+                size_t nl = (size_t)(stop - colon - 1);
+                uint64_t v;
+                if (nl == 0 || nl >= sizeof(num))
+                    return -EINVAL;
+                memcpy(num, colon + 1, nl);
+                num[nl] = '\0';
+                if (config_parse_uint(num, 65535, &v) || v == 0)
+                    return -EINVAL;
+                *port = (uint32_t)v;
+            }
+            return 0;
+        }
+        if (!*end)
+            return -ENOENT;
+        p = end + 1;
+    }
+}
+
+/* [database] hosts must parse, and [cluster] renew must come well inside a lease. */
+static int check_cluster(struct parse *p)
+{
+    const struct config *cfg = p->cfg;
+    if (cfg->database.hosts) {
+        char host[256];
+        uint32_t port;
+        int rc = 0;
+        size_t i = 0;
+        while ((rc = config_host_at(cfg->database.hosts, i, 3306, host, sizeof(host), &port)) == 0)
+            i++;
+        if (rc != -ENOENT || i == 0) {
+            fail(p, key_line(p, SEC_DATABASE, "hosts"), SEC_DATABASE, "hosts", -EINVAL,
+                 "expected a comma-separated list of HOST or HOST:PORT (entry %zu is not)", i + 1);
+            return -EINVAL;
+        }
+    }
+    const struct cfg_cluster *cl = &cfg->cluster;
+    if (cl->renew_ms * 2 > cl->lease_ms) {
+        fail(p, blame_line(p, SEC_CLUSTER, "renew", "lease"), SEC_CLUSTER, "renew", -EINVAL,
+             "renew (%llums) must be at most half of lease (%llums): a holder must get a second "
+             "chance to renew before its lease runs out",
+             (unsigned long long)cl->renew_ms, (unsigned long long)cl->lease_ms);
+        return -EINVAL;
+    }
+    if (cl->instance) {
+        size_t n = strlen(cl->instance);
+        bool ok = n > 0 && n <= 100;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (unsigned char)cl->instance[i] > ' ' && (unsigned char)cl->instance[i] < 127 &&
+                 cl->instance[i] != '"' && cl->instance[i] != '\\';
+        if (!ok) {
+            fail(p, key_line(p, SEC_CLUSTER, "instance"), SEC_CLUSTER, "instance", -EINVAL,
+                 "an instance name is 1 to 100 printable ASCII characters without spaces, "
+                 "quotes or backslashes");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct config **out, char *err, size_t errlen)
 {
     struct parse p = {.path = path ? path : "(null)", .err = err, .errlen = errlen};
@@ -2244,7 +2344,7 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     if (p.failed)
         goto fail;
     if (finish_ids(&p) || apply_env(&p) || apply_plan_defaults(&p) || cross_check(&p) ||
-        check_database_tls(&p))
+        check_database_tls(&p) || check_cluster(&p))
         goto fail;
 
     parse_free(&p, data);

@@ -26,8 +26,10 @@
 #include <string.h>
 #include <sysexits.h>
 
+#include "coingest/cluster.h"
 #include "coingest/db.h"
 #include "coingest/fetch.h"
+#include "coingest/lease.h"
 #include "coingest/log.h"
 #include "coingest/metrics.h"
 #include "coingest/notify.h"
@@ -67,7 +69,9 @@ struct daemon {
     struct runner *runner;
     struct sched *sched;
     struct server *server;
-    struct status *status; /* the status page's histories; with the server */
+    struct status *status;   /* the status page's histories; with the server */
+    struct cluster *cluster; /* [cluster] enabled (not with --once), else NULL */
+    char instance[LEASE_HOLDER_MAX + 1];
     uint64_t started_wall_ms;
     struct jobslot *slots; /* per job */
     size_t nslots;
@@ -283,9 +287,25 @@ static void server_closed(void *arg)
         fetcher_closed(d);
 }
 
-/* Closes everything but the sink, in reverse order of setup; the loop then runs dry. */
+static void teardown(struct daemon *d);
+
+static void cluster_stopped(void *arg)
+{
+    struct daemon *d = arg;
+    cluster_free(d->cluster);
+    d->cluster = NULL;
+    teardown(d);
+}
+
+/* Closes everything but the sink, in reverse order of setup; the loop then runs dry. The
+ * leases go first (after the sink has flushed, so that the month's calls are in api_usage
+ * before another instance takes the budget over and reads them). */
 static void teardown(struct daemon *d)
 {
+    if (d->cluster) {
+        cluster_stop(d->cluster, cluster_stopped, d);
+        return;
+    }
     d->closing = true;
     if (d->timers) {
         timers_stop(d->timers, &d->watchdog_timer);
@@ -561,11 +581,49 @@ static void tick(struct sched_entry *job, void *arg)
         sched_job_done(job);
         return;
     }
+    if (d->cluster && !cluster_may_run(d->cluster, slot->id)) {
+        /* A standby: another instance holds the job's lease (or its source's budget). */
+        log_debug("tick skipped: another instance runs the job",
+                  LOG_S("job", d->cfg->jobs[slot->id].name), LOG_S("instance", d->instance));
+        sched_job_done(job);
+        return;
+    }
     int rc = runner_start(d->runner, slot->id, tick_done, slot);
     if (rc < 0) {
         log_error("cannot start job", LOG_S("job", d->cfg->jobs[slot->id].name), LOG_I("rc", rc));
         sched_job_done(job);
     }
+}
+
+/* A lease came or went (cluster.h). A lost job lease stops that job's run; a lost budget
+ * lease stops every run of the source. A budget lease taken over means another instance spent
+ * the source's budget until now: the month is read again and the token bucket starts empty,
+ * so that the two together stay within the API's rate. */
+static void on_lease_change(void *arg, size_t job, size_t source, bool held)
+{
+    struct daemon *d = arg;
+    if (!d->runner)
+        return;
+    if (job != SIZE_MAX) {
+        if (!held)
+            runner_cancel_job(d->runner, job,
+                              "lease lost: this instance no longer holds the job's lease");
+        return;
+    }
+    if (held) {
+        runner_ledger_reread(d->runner, source);
+        struct api *api = source < d->napis ? d->apis[source] : NULL;
+        struct tbucket *b = api ? api_bucket(api) : NULL;
+        uint64_t now = timers_now(d->timers);
+        while (b && tbucket_try_take(b, now))
+            ;
+        return;
+    }
+    for (size_t j = 0; j < d->cfg->njobs; j++)
+        if (d->cfg->jobs[j].source == source)
+            runner_cancel_job(
+                d->runner, j,
+                "lease lost: this instance no longer holds the source's budget lease");
 }
 
 /* The jobs' store is the sink: rows go to its writers, reads run on a writer connection. */
@@ -633,6 +691,8 @@ static json_t *status_snapshot(struct daemon *d)
             .started_wall_ms = d->started_wall_ms,
         };
         j = status_json(d->status, &v);
+        if (j && d->cluster)
+            json_object_set_new(j, "cluster", cluster_json(d->cluster));
     }
     free(next);
     free(streak);
@@ -656,6 +716,59 @@ static int serve_status_page(void *arg, const char **ctype, char **body, size_t 
     *body = j ? status_html(j, len) : NULL;
     json_decref(j);
     return 200;
+}
+
+/* --- the schedule ------------------------------------------------------------------------- */
+
+/* Puts every job of an enabled source on the schedule. 0, or -ENOMEM. */
+static int schedule(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    /* The first schedule assumes nothing used this month; the ledger's read (asked for at
+     * start) and the account's report refit it (budget_changed). */
+    uint64_t every[64] = {0};
+    if (d->nslots <= 64)
+        runner_plan_schedule(d->runner, util_wall_ms(), every);
+    for (size_t i = 0; i < d->nslots; i++) {
+        d->slots[i].d = d;
+        d->slots[i].id = i;
+        /* The jobs of a source that is off are not scheduled. */
+        if (!cfg->sources[cfg->jobs[i].source].enabled)
+            continue;
+        struct cfg_job c = cfg->jobs[i];
+        if (i < 64 && every[i])
+            c.every_ms = every[i];
+        d->slots[i].every_ms = c.every_ms;
+        d->slots[i].sched_job = sched_add(d->sched, &c, tick, &d->slots[i]);
+        if (!d->slots[i].sched_job)
+            return -ENOMEM;
+        char labels[160];
+        snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[i].name);
+        metrics_set("coingest_job_consecutive_failures", labels, 0);
+    }
+    for (size_t i = 0; i < d->nslots; i++) {
+        const struct cfg_job *jb = &cfg->jobs[i];
+        if (d->slots[i].sched_job && jb->enabled && d->slots[i].every_ms != jb->every_ms)
+            log_warn("job schedule", LOG_S("job", jb->name),
+                     LOG_S("every", jb->every_auto ? "auto" : "fixed"),
+                     LOG_F("configured_s", (double)jb->every_ms / 1000.0),
+                     LOG_F("running_s", (double)d->slots[i].every_ms / 1000.0),
+                     LOG_B("stretched_for_credits", true));
+    }
+    return 0;
+}
+
+/* Cluster mode: the schedule starts after the lease thread's first pass (cluster.h). */
+static void schedule_jobs(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->stopping)
+        return;
+    if (schedule(d) != 0) {
+        log_error("cannot schedule the jobs: out of memory");
+        d->exit_code = EX_OSERR;
+        begin_stop(d, true);
+    }
 }
 
 /* --- signals and reload ------------------------------------------------------------------- */
@@ -832,6 +945,13 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     d->slots = calloc(d->nslots + 1, sizeof(*d->slots));
     if (!d->runner || !d->sched || !d->slots)
         goto fail_setup;
+    cluster_instance_name(cfg, d->instance, sizeof(d->instance));
+    runner_set_instance(d->runner, d->instance);
+    if (cfg->cluster.enabled && !opts->once) {
+        d->cluster = cluster_new(&d->loop, cfg, d->instance, on_lease_change, d);
+        if (!d->cluster)
+            goto fail_setup;
+    }
 
     if (cfg->daemon.metrics_listen && cfg->daemon.metrics_listen[0] && !opts->once) {
         d->server = server_new(&d->loop, cfg->daemon.metrics_listen, health, d, err, sizeof(err));
@@ -857,41 +977,12 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         once_next(d);
     } else {
         runner_print_budget(cfg, 0, NULL);
-        /* The first schedule assumes nothing used this month; the ledger's read (asked for
-         * now) and the account's report refit it (budget_changed). */
-        uint64_t every[64] = {0};
-        if (d->nslots <= 64)
-            runner_plan_schedule(d->runner, util_wall_ms(), every);
-        for (size_t i = 0; i < d->nslots; i++) {
-            d->slots[i].d = d;
-            d->slots[i].id = i;
-            /* The jobs of a source that is off are not scheduled. */
-            if (!cfg->sources[cfg->jobs[i].source].enabled)
-                continue;
-            struct cfg_job c = cfg->jobs[i];
-            if (i < 64 && every[i])
-                c.every_ms = every[i];
-            d->slots[i].every_ms = c.every_ms;
-            d->slots[i].sched_job = sched_add(d->sched, &c, tick, &d->slots[i]);
-            if (!d->slots[i].sched_job)
-                goto fail_setup;
-            char labels[160];
-            snprintf(labels, sizeof(labels), "job=\"%s\"", cfg->jobs[i].name);
-            metrics_set("coingest_job_consecutive_failures", labels, 0);
-        }
+        if (d->cluster)
+            cluster_on_first_pass(d->cluster, schedule_jobs, d); /* once the leases are known */
+        else if (schedule(d) != 0)
+            goto fail_setup;
     }
 
-    if (!opts->once) {
-        for (size_t i = 0; i < d->nslots; i++) {
-            const struct cfg_job *jb = &cfg->jobs[i];
-            if (d->slots[i].sched_job && jb->enabled && d->slots[i].every_ms != jb->every_ms)
-                log_warn("job schedule", LOG_S("job", jb->name),
-                         LOG_S("every", jb->every_auto ? "auto" : "fixed"),
-                         LOG_F("configured_s", (double)jb->every_ms / 1000.0),
-                         LOG_F("running_s", (double)d->slots[i].every_ms / 1000.0),
-                         LOG_B("stretched_for_credits", true));
-        }
-    }
     runner_on_budget(d->runner, budget_changed, d);
     runner_load_ledgers(d->runner);
     if (!opts->once)

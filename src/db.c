@@ -5,7 +5,10 @@
  * session time zone, strict sql_mode without NO_BACKSLASH_ESCAPES (so mysql_real_escape_string
  * output means what it says), timeouts so a dead server is noticed, and the server's
  * max_allowed_packet, which db_connect() stores in the connection's own option of that name
- * (the client must not send more than the server takes anyway) for db_max_packet().
+ * (the client must not send more than the server takes anyway) for db_max_packet(). With
+ * `[database] hosts`, the nodes are tried in turn from the one that answered last in the
+ * process; a Galera node with wsrep_on but not wsrep_ready (outside the primary component, or
+ * joining) counts as down, since it would answer every statement with error 1047.
  *
  * Migrations are named NNN_name.sql and applied in numeric order, each as one multi-statement
  * query (the server splits it, so semicolons inside string literals and comments are no
@@ -85,9 +88,16 @@ enum db_err_class db_error_class(unsigned int err)
     case ER_BAD_DB_ERROR:
     case ER_HOST_IS_BLOCKED:
     case ER_HOST_NOT_PRIVILEGED:
+    /* Galera: "WSREP has not yet prepared node for application use" -- the node left the
+     * primary component or is still joining. Another node may serve: reconnect. */
+    case ER_UNKNOWN_COM_ERROR:
         return DB_ERR_CONNECTION;
+    /* On Galera a certification failure (a conflicting write committed first on another
+     * node) reaches the client as ER_LOCK_DEADLOCK at COMMIT, or at the next statement of a
+     * transaction a replicated write aborted: the whole transaction is retried. */
     case ER_LOCK_DEADLOCK:
     case ER_LOCK_WAIT_TIMEOUT:
+    case ER_ERROR_DURING_COMMIT:
     case ER_LOCK_ABORTED:
     case ER_LOCK_TABLE_FULL:
     case ER_QUERY_INTERRUPTED:
@@ -249,15 +259,89 @@ static const char *ssl_mode_name(enum db_ssl_mode mode)
 }
 
 /* Writes "HOST:PORT" or the socket path: where a connection goes, for messages. */
-static void connect_target(const struct cfg_database *db, const char *sock, char *buf, size_t cap)
+static void connect_target(const char *host, uint32_t port, const char *sock, char *buf, size_t cap)
 {
     if (sock)
         snprintf(buf, cap, "%s", sock);
     else
-        snprintf(buf, cap, "%s:%" PRIu32, db->host ? db->host : "localhost", db->port);
+        snprintf(buf, cap, "%s:%" PRIu32, host ? host : "localhost", port);
 }
 
+/* The value of a SHOW ... LIKE 'name' row into buf ("" when there is none). */
+static void show_value(MYSQL *c, const char *sql, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (mysql_query(c, sql))
+        return; /* the next statement will say what is wrong */
+    MYSQL_RES *res = mysql_store_result(c);
+    MYSQL_ROW row = res ? mysql_fetch_row(res) : NULL;
+    if (row && mysql_num_fields(res) >= 2 && row[1])
+        snprintf(buf, cap, "%s", row[1]);
+    mysql_free_result(res);
+}
+
+/* Galera's wsrep_ready: OFF on a node outside the primary component (it answers queries
+ * with ER_UNKNOWN_COM_ERROR). A server without Galera, or with wsrep_on = OFF (a plain
+ * MariaDB that merely has the provider installed reports wsrep_ready OFF), is ready. */
+static bool node_ready(MYSQL *c, char *state, size_t cap)
+{
+    char on[16];
+    snprintf(state, cap, "?");
+    show_value(c, "SHOW VARIABLES LIKE 'wsrep_on'", on, sizeof(on));
+    if (strcmp(on, "ON") != 0)
+        return true;
+    show_value(c, "SHOW STATUS LIKE 'wsrep_ready'", state, cap);
+    return strcmp(state, "OFF") != 0;
+}
+
+static MYSQL *connect_one(const struct cfg_database *db, const char *host, uint32_t port,
+                          unsigned rw_timeout_s, char *err, size_t errlen);
+
+/* The node of a `hosts` list that answered last: every connection of the process starts
+ * there, so writers and the lease client stay together and move on together. */
+static _Atomic unsigned preferred_host;
+
 MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen)
+{
+    return db_connect_rw(db, 0, err, errlen);
+}
+
+MYSQL *db_connect_rw(const struct cfg_database *db, unsigned rw_timeout_s, char *err, size_t errlen)
+{
+    bool sock = db->socket && *db->socket;
+    if (sock || !db->hosts || !*db->hosts)
+        return connect_one(db, db->host, db->port, rw_timeout_s, err, errlen);
+    size_t n = 0;
+    char host[256];
+    uint32_t port;
+    while (config_host_at(db->hosts, n, db->port, host, sizeof(host), &port) == 0)
+        n++;
+    if (n == 0) {
+        snprintf(err, errlen, "[database] hosts holds no usable entry: \"%s\"", db->hosts);
+        return NULL;
+    }
+    unsigned first = preferred_host % (unsigned)n;
+    char last[400] = "";
+    for (size_t k = 0; k < n; k++) {
+        unsigned i = (unsigned)((first + k) % n);
+        if (config_host_at(db->hosts, i, db->port, host, sizeof(host), &port) != 0)
+            continue;
+        MYSQL *c = connect_one(db, host, port, rw_timeout_s, last, sizeof(last));
+        if (c) {
+            if (i != first)
+                log_warn("database node unavailable; failed over", LOG_S("to", host),
+                         LOG_U("port", port), LOG_S("error", err[0] ? err : last));
+            preferred_host = i;
+            return c;
+        }
+        snprintf(err, errlen, "%s", last);
+    }
+    snprintf(err, errlen, "no node of [database] hosts answered (%zu tried); last: %s", n, last);
+    return NULL;
+}
+
+static MYSQL *connect_one(const struct cfg_database *db, const char *host, uint32_t port,
+                          unsigned rw_timeout_s, char *err, size_t errlen)
 {
     MYSQL *c = mysql_init(NULL);
     if (!c) {
@@ -269,7 +353,7 @@ MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen)
         ct = 1;
     /* A statement may legitimately take a while (a big batch on a busy server); these only
      * catch a peer that vanished without closing the connection. */
-    unsigned rwt = ct * 6 < 30 ? 30 : ct * 6;
+    unsigned rwt = rw_timeout_s ? rw_timeout_s : ct * 6 < 30 ? 30 : ct * 6;
     mysql_options(c, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
     mysql_options(c, MYSQL_OPT_READ_TIMEOUT, &rwt);
     mysql_options(c, MYSQL_OPT_WRITE_TIMEOUT, &rwt);
@@ -277,10 +361,10 @@ MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen)
     tls_options(c, db);
     const char *sock = db->socket && *db->socket ? db->socket : NULL;
     char target[300];
-    connect_target(db, sock, target, sizeof(target));
+    connect_target(host, port, sock, target, sizeof(target));
     enum db_ssl_mode mode = db->ssl_mode;
-    if (!mysql_real_connect(c, sock ? NULL : db->host, db->user, db->password, db->database,
-                            sock ? 0 : db->port, sock, 0)) {
+    if (!mysql_real_connect(c, sock ? NULL : host, db->user, db->password, db->database,
+                            sock ? 0 : port, sock, 0)) {
         unsigned e = mysql_errno(c);
         if (e == CR_SSL_CONNECTION_ERROR && mode >= DB_SSL_VERIFY_CA)
             snprintf(err, errlen, "connect to %s: TLS failed (ssl_mode = %s, ssl_ca = %s): %s (%u)",
@@ -305,6 +389,15 @@ MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen)
                  "connect to %s: the server did not agree to TLS, which ssl_mode = %s requires "
                  "(the server needs ssl_cert and ssl_key)",
                  target, ssl_mode_name(mode));
+        mysql_close(c);
+        return NULL;
+    }
+    char wsrep[32];
+    if (!node_ready(c, wsrep, sizeof(wsrep))) {
+        snprintf(err, errlen,
+                 "connect to %s: the Galera node is not ready (wsrep_ready = %s): it is outside "
+                 "the cluster's primary component or still joining",
+                 target, wsrep);
         mysql_close(c);
         return NULL;
     }

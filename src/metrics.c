@@ -77,6 +77,12 @@ static const struct mdesc descs[] = {
     {"coingest_job_interval_seconds", M_GAUGE,
      "The interval a job runs at: its configured every, or longer when the month's credits "
      "cannot carry it, by job"},
+    {"coingest_cluster_instance_info", M_GAUGE,
+     "1, labelled with this instance's [cluster] name (cluster mode only)"},
+    {"coingest_cluster_lease_held", M_GAUGE,
+     "1 while this instance holds the lease (job:NAME or budget:SOURCE), by lease"},
+    {"coingest_cluster_lease_changes_total", M_COUNTER,
+     "Leases this instance acquired or lost, by lease and change"},
 };
 
 /* Counters without labels that are rendered at 0 until their first event, so that rate() and

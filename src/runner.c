@@ -45,6 +45,7 @@ struct run {
     struct run_summary sum;
     uint64_t ok_requests, failed_requests;
     bool cancelled;
+    const char *cancel_why; /* static; NULL: the shutdown */
     bool finished;
 
     /* the request in flight */
@@ -117,6 +118,7 @@ struct runner {
     struct run **runs;             /* per job */
     struct run_summary *last;      /* per job */
     size_t nsources, njobs;
+    char *instance; /* job_runs.instance, or NULL */
 };
 
 const char *run_status_name(enum run_status s)
@@ -513,6 +515,7 @@ void runner_free(struct runner *rn)
     free(rn->ledgers);
     runner_detach_probes(rn);
     free(rn->probes);
+    free(rn->instance);
     free(rn);
 }
 
@@ -547,7 +550,7 @@ const struct run_summary *runner_last(const struct runner *rn, size_t job)
 /* ---- the run's record -------------------------------------------------------------------- */
 
 /* The job_runs row, columns by name (the constants come from the table's one spec). */
-static struct batch *job_runs_row(const struct run_summary *s)
+static struct batch *job_runs_row(const struct run_summary *s, const char *instance)
 {
     struct batch *b = batch_new(BATCH_JOB_RUNS, 1);
     if (!b || batch_add_row(b) != 0) {
@@ -570,6 +573,8 @@ static struct batch *job_runs_row(const struct run_summary *s)
     int dn = run_counted_json(s, detail, sizeof(detail));
     if (s->ncounted_by && dn > 0)
         rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_COUNTED_DETAIL, detail, (size_t)dn);
+    if (instance)
+        rc |= batch_set_str(b, 0, BATCH_JOB_RUNS_COL_INSTANCE, instance, strlen(instance));
     if (rc) {
         batch_free(b);
         return NULL;
@@ -585,7 +590,7 @@ void run_finish(struct run *r)
     r->finished = true;
     r->sum.finished_wall_ms = util_wall_ms();
     if (r->cancelled)
-        run_fail(r, "run", "cancelled by shutdown");
+        run_fail(r, "run", r->cancel_why ? r->cancel_why : "cancelled by shutdown");
     if (r->failed_requests == 0 && !r->sum.error[0])
         r->sum.status = RUN_OK;
     else if (r->ok_requests > 0)
@@ -595,7 +600,7 @@ void run_finish(struct run *r)
 
     /* The month's calls, then the run's own record, through the store like every other row. */
     ledger_flush(rn, rn->cfg->jobs[r->job].source);
-    struct batch *b = job_runs_row(&r->sum);
+    struct batch *b = job_runs_row(&r->sum, rn->instance);
     if (!b)
         log_warn("job_runs row lost: out of memory", LOG_S("job", r->sum.name));
     else if (rn->store.submit(rn->store.ctx, b) != 0)
@@ -660,31 +665,62 @@ int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg)
     return 0;
 }
 
-void runner_cancel(struct runner *rn)
+/* Cancels run r, the one of job `job`: its request and every tagged one; each one's done
+ * callback runs (and unlinks it), and the job's callbacks finish the run. */
+static void cancel_run(struct runner *rn, size_t job, struct run *r, const char *why)
 {
-    for (size_t i = 0; i < rn->njobs; i++) {
-        struct run *r = rn->runs[i];
-        if (!r)
-            continue;
-        r->cancelled = true;
-        if (r->req)
-            fetch_cancel(r->req); /* the job's done callback runs and finishes the run */
-        /* Tagged requests: each one's done callback runs (and unlinks it). */
-        for (bool again = true; again && rn->runs[i] == r;) {
-            again = false;
-            for (struct run_req *q = r->tagged; q; q = q->next) {
-                if (q->req) {
-                    struct fetch_req *fr = q->req;
-                    q->req = NULL;
-                    fetch_cancel(fr);
-                    again = true;
-                    break;
-                }
+    r->cancelled = true;
+    if (why)
+        r->cancel_why = why; /* a lost lease stays the reason if the shutdown follows */
+    if (r->req)
+        fetch_cancel(r->req);
+    for (bool again = true; again && rn->runs[job] == r;) {
+        again = false;
+        for (struct run_req *q = r->tagged; q; q = q->next) {
+            if (q->req) {
+                struct fetch_req *fr = q->req;
+                q->req = NULL;
+                fetch_cancel(fr);
+                again = true;
+                break;
             }
         }
     }
+}
+
+void runner_cancel(struct runner *rn)
+{
+    for (size_t i = 0; i < rn->njobs; i++)
+        if (rn->runs[i])
+            cancel_run(rn, i, rn->runs[i], NULL);
     /* A request waiting for a ledger read ends as cancelled when the read answers (the store
      * answers every read, -ECANCELED at its shutdown), as a job's own read would. */
+}
+
+void runner_cancel_job(struct runner *rn, size_t job, const char *why)
+{
+    struct run *r = job < rn->njobs ? rn->runs[job] : NULL;
+    if (r && !r->cancelled)
+        cancel_run(rn, job, r, why);
+}
+
+void runner_set_instance(struct runner *rn, const char *instance)
+{
+    free(rn->instance);
+    rn->instance = instance && *instance ? strdup(instance) : NULL;
+}
+
+void runner_ledger_reread(struct runner *rn, size_t source)
+{
+    if (source >= rn->nsources)
+        return;
+    struct ledger *l = &rn->ledgers[source];
+    if (l->state == LEDGER_READING)
+        return; /* the read under way answers after the takeover */
+    ledger_flush(rn, source);
+    /* What this instance counted stays in the database (GREATEST never lowers it); the next
+     * read brings in what the other instances added. */
+    *l = (struct ledger){.period_ms = l->period_ms};
 }
 
 /* ---- for job definitions ------------------------------------------------------------------ */
@@ -1032,6 +1068,8 @@ int run_get_limited(struct run *r, const char *path_query, size_t max_body, fetc
 {
     if (!r->rn->apis[r->rn->cfg->jobs[r->job].source])
         return -ENODEV; /* a source without plans has no API */
+    if (r->cancelled)
+        return -ECANCELED; /* runner_cancel_job between two requests */
     r->parse = parse;
     r->req_done = done;
     /* Long id lists make long paths: the error message keeps their beginning. */

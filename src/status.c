@@ -608,6 +608,39 @@ static void page_sink(struct sbuf *b, const json_t *j)
     sbuf_puts(b, "</tr></table>");
 }
 
+/* [cluster]: this instance and every lease in cluster_leases (the daemon adds "cluster" to the
+ * snapshot only in cluster mode; cluster.h). */
+static void page_cluster(struct sbuf *b, const json_t *j)
+{
+    const json_t *c = json_object_get(j, "cluster");
+    if (!json_is_object(c))
+        return;
+    sbuf_puts(b, "<h2>Cluster: this instance is ");
+    cell(b, "span", NULL, "cluster", c, "instance", NULL);
+    sbuf_puts(b, "</h2><table><tr><th>lease</th><th>holder</th><th>held here</th>"
+                 "<th>token</th><th>expires in (ms)</th></tr>");
+    const json_t *leases = json_object_get(c, "leases");
+    for (size_t i = 0; i < json_array_size(leases); i++) {
+        const json_t *l = json_array_get(leases, i);
+        char path[64];
+        snprintf(path, sizeof(path), "cluster.leases.%zu", i);
+        sbuf_puts(b, "<tr>");
+        cell(b, "td", NULL, path, l, "name", NULL);
+        cell(b, "td", NULL, path, l, "holder",
+             json_is_null(json_object_get(l, "holder")) ? "(expired)" : NULL);
+        cell(b, "td", NULL, path, l, "mine", NULL);
+        cell(b, "td", "n", path, l, "token", NULL);
+        cell(b, "td", "n", path, l, "expires_in_ms", NULL);
+        sbuf_puts(b, "</tr>");
+    }
+    if (json_is_string(json_object_get(c, "db_error"))) {
+        sbuf_puts(b, "<tr><td colspan=\"5\">");
+        cell(b, "span", "err", "cluster", c, "db_error", NULL);
+        sbuf_puts(b, "</td></tr>");
+    }
+    sbuf_puts(b, "</table>");
+}
+
 /* Bars of committed rows per minute, oldest on the left, scaled to the largest. */
 static void page_chart(struct sbuf *b, const json_t *j)
 {
@@ -719,6 +752,7 @@ char *status_html(const json_t *j, size_t *len)
     page_sources(&b, j);
     page_jobs(&b, j);
     page_sink(&b, j);
+    page_cluster(&b, j);
     page_chart(&b, j);
     page_recent(&b, j);
     sbuf_puts(&b, "</main><footer>The same data as JSON: <a href=\"/status.json\">/status.json"

@@ -197,7 +197,8 @@ enum { BATCH_ASSET_CATEGORIES_COLUMNS(BATCH_COL_ENUM) BATCH_ASSET_CATEGORIES_NCO
     X(BATCH_JOB_RUNS_COL_DURATION_MS, "duration_ms")                                               \
     X(BATCH_JOB_RUNS_COL_ERROR, "error")                                                           \
     X(BATCH_JOB_RUNS_COL_COUNTED, "counted")                                                       \
-    X(BATCH_JOB_RUNS_COL_COUNTED_DETAIL, "counted_detail")
+    X(BATCH_JOB_RUNS_COL_COUNTED_DETAIL, "counted_detail")                                               \
+    X(BATCH_JOB_RUNS_COL_INSTANCE, "instance")
 enum { BATCH_JOB_RUNS_COLUMNS(BATCH_COL_ENUM) BATCH_JOB_RUNS_NCOLS };
 
 /* BATCH_ASSETS_DELIST: the delist statement's parameters, in order. */

@@ -151,7 +151,17 @@ struct config {
         char *ssl_ca;                /* PEM CA file; NULL when unset; verify_* need it */
         char *ssl_cert;              /* PEM client certificate; NULL when unset */
         char *ssl_key;               /* PEM key of ssl_cert; NULL when unset */
+        char *hosts;                 /* "a:3306, b, c:3307": nodes to fail over between, tried
+                                        in turn instead of host/port; NULL when unset */
     } database;
+
+    /* [cluster]: several instances against one database, one active per job (docs/cluster.md). */
+    struct cfg_cluster {
+        bool enabled;      /* default false */
+        char *instance;    /* NULL: hostname-pid, resolved at start (cluster_instance_name) */
+        uint64_t lease_ms; /* default 15s */
+        uint64_t renew_ms; /* default 5s; less than lease */
+    } cluster;
 
     struct cfg_source *sources; /* source_count entries, registry order */
     size_t nsources;
@@ -225,6 +235,12 @@ int config_parse_rate(const char *s, struct rate *r);
 int config_parse_size(const char *s, uint64_t *bytes);
 int config_parse_bool(const char *s, bool *b);
 int config_parse_uint(const char *s, uint64_t max, uint64_t *v);
+
+/* Entry i of a `[database] hosts` list ("a:3306, b, c:3307"): its host into host (cap bytes)
+ * and its port (default_port when the entry has none). 0, -ENOENT past the last entry, or
+ * -EINVAL for an entry that does not parse. Thread: any. */
+int config_host_at(const char *hosts, size_t i, uint32_t default_port, char *host, size_t cap,
+                   uint32_t *port);
 
 /* Index of a job in cfg->jobs by name, or -1. */
 int config_job_index(const struct config *cfg, const char *name);

@@ -3,12 +3,15 @@
  *
  * db_connect() opens a connection with utf8mb4, time_zone '+00:00', strict sql_mode (so a
  * value that does not fit is an error, not a silent truncation), connect/read/write timeouts,
- * and reads max_allowed_packet. db_migrate() applies the migrations sql/NNN_name.sql in
- * order (compiled into the binary, or read from a directory that overrides them), recording
- * each in schema_migrations(version, name, checksum, applied_at); a migration already applied
- * whose checksum (SHA-256 of its text) changed is refused. Concurrent migrators (several
- * writers, several daemons) are serialised with GET_LOCK. Errors are converted here, at the
- * module edge, from mysql_errno into classes and -errno-style codes plus the server's message.
+ * and reads max_allowed_packet. With `[database] hosts` it fails over between the nodes of a
+ * cluster, and it refuses a Galera node that is not ready (docs/cluster.md). db_migrate() applies
+ * the migrations sql/NNN_name.sql in order (compiled into the binary, or read from a directory that
+ * overrides them), recording each in schema_migrations(version, name, checksum, applied_at); a
+ * migration already applied whose checksum (SHA-256 of its text) changed is refused. Concurrent
+ * migrators (several writers, several daemons) are serialised with GET_LOCK (per node on Galera:
+ * docs/cluster.md says to run --migrate once there). Errors are converted
+ * here, at the module edge, from mysql_errno into classes and -errno-style codes plus the server's
+ * message.
  *
  * Thread: a connection belongs to one thread at a time. mysql_library_init must have been
  * called (db_library_init) before any thread uses the client library.
@@ -33,6 +36,14 @@ void db_library_end(void);
  * or NULL with the reason in err. Thread: any thread that called mysql_thread_init or the
  * main thread. */
 MYSQL *db_connect(const struct cfg_database *db, char *err, size_t errlen);
+
+/* As db_connect, with the read/write timeout of the connection set to rw_timeout_s seconds
+ * (0: db_connect's own, at least 30 s): the lease client notices a dead node within a renew
+ * interval. With `[database] hosts` set (and no socket), the nodes are tried in turn, starting
+ * with the one that answered last in this process; a node that is up but not ready (Galera's
+ * wsrep_ready is OFF) counts as down. */
+MYSQL *db_connect_rw(const struct cfg_database *db, unsigned rw_timeout_s, char *err,
+                     size_t errlen);
 
 /* One migration compiled into the binary: sql/NNN_name.sql as it was at build time, its
  * file name and its exact bytes (NUL-terminated; len does not count the NUL). */

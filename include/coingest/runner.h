@@ -146,6 +146,18 @@ int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg);
  * emitted, and each run's done callback reports it. */
 void runner_cancel(struct runner *rn);
 
+/* Cancels the run of one job, if one is going (its lease was lost, cluster.h): as
+ * runner_cancel for that run, with "lease lost" as its error. */
+void runner_cancel_job(struct runner *rn, size_t job, const char *why);
+
+/* The name job_runs rows carry in their `instance` column (copied; NULL or "": NULL). */
+void runner_set_instance(struct runner *rn, const char *instance);
+
+/* Another instance may have spent source s's month since it was read: the next request of the
+ * source reads the month's count from api_usage again first (this instance has just taken over
+ * the source's budget lease, cluster.h). Writes this instance's own count first. */
+void runner_ledger_reread(struct runner *rn, size_t source);
+
 /* Is a run of `job` going on? Is any? */
 bool runner_running(const struct runner *rn, size_t job);
 bool runner_any_running(const struct runner *rn);

@@ -664,13 +664,14 @@ static void test_plan_hosts(void **state)
 static void test_errors_structure(void **state)
 {
     (void)state;
-    expect_error("[daemon]\nlog_level = info\n[foo]\nx = 1\n",
-                 "3: [foo]: unknown section (known: [daemon], [database], [source.coingecko], "
-                 "[source.coinbase], [source.analytics], [source.coincap], [universe], "
-                 "[job.assets], [job.prices], [job.market_caps], [job.history], [job.ohlc], "
-                 "[job.coinbase_candles], "
-                 "[job.rollups], [job.indicators], [job.retention], [job.coincap_assets], "
-                 "[job.coincap_history], [aliases])");
+    expect_error(
+        "[daemon]\nlog_level = info\n[foo]\nx = 1\n",
+        "3: [foo]: unknown section (known: [daemon], [database], [cluster], [source.coingecko], "
+        "[source.coinbase], [source.analytics], [source.coincap], [universe], "
+        "[job.assets], [job.prices], [job.market_caps], [job.history], [job.ohlc], "
+        "[job.coinbase_candles], "
+        "[job.rollups], [job.indicators], [job.retention], [job.coincap_assets], "
+        "[job.coincap_history], [aliases])");
     expect_error("[source.coinmarketcap]\n",
                  "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko, "
                  "coinbase, analytics, coincap)");
@@ -872,6 +873,61 @@ static void test_errors_cross_field(void **state)
     snprintf(want, sizeof(want), "2: [database] password_file: cannot read \"%s\": Is a directory",
              tmpdir);
     expect_error(text, want);
+}
+
+/* [cluster] keys and [database] hosts: defaults, what is refused, and the host list reader. */
+static void test_cluster_keys(void **state)
+{
+    (void)state;
+    expect_error("[cluster]\nlease = 10s\nrenew = 6s\n",
+                 "3: [cluster] renew: renew (6000ms) must be at most half of lease (10000ms): a "
+                 "holder must get a second chance to renew before its lease runs out");
+    expect_error("[cluster]\nlease = 1s\n",
+                 "2: [cluster] lease: \"1s\" is too short (at least 2s)");
+    expect_error("[cluster]\ninstance = \"a b\"\n",
+                 "2: [cluster] instance: an instance name is 1 to 100 printable ASCII characters "
+                 "without spaces, quotes or backslashes");
+    expect_error("[database]\nhosts = a:3306, , c\n",
+                 "2: [database] hosts: expected a comma-separated list of HOST or HOST:PORT (entry "
+                 "2 is not)");
+    expect_error("[database]\nhosts = a:99999\n",
+                 "2: [database] hosts: expected a comma-separated list of HOST or HOST:PORT (entry "
+                 "1 is not)");
+
+    struct config *cfg = NULL;
+    char err[1024] = "";
+    assert_int_equal(load_text("[database]\nport = 3307\nhosts = db1:3306, db2 ,db3:4000\n"
+                               "[cluster]\nenabled = yes\ninstance = node-a\nlease = 4s\n"
+                               "renew = 2s\n",
+                               &cfg, err, sizeof(err)),
+                     0);
+    assert_true(cfg->cluster.enabled);
+    assert_string_equal(cfg->cluster.instance, "node-a");
+    assert_int_equal(cfg->cluster.lease_ms, 4000);
+    assert_int_equal(cfg->cluster.renew_ms, 2000);
+    char host[64];
+    uint32_t port = 0;
+    assert_int_equal(config_host_at(cfg->database.hosts, 0, 3307, host, sizeof(host), &port), 0);
+    assert_string_equal(host, "db1");
+    assert_int_equal(port, 3306);
+    assert_int_equal(config_host_at(cfg->database.hosts, 1, 3307, host, sizeof(host), &port), 0);
+    assert_string_equal(host, "db2");
+    assert_int_equal(port, 3307);
+    assert_int_equal(config_host_at(cfg->database.hosts, 2, 3307, host, sizeof(host), &port), 0);
+    assert_string_equal(host, "db3");
+    assert_int_equal(port, 4000);
+    assert_int_equal(config_host_at(cfg->database.hosts, 3, 3307, host, sizeof(host), &port),
+                     -ENOENT);
+    config_free(cfg);
+
+    cfg = config_defaults();
+    assert_non_null(cfg);
+    assert_false(cfg->cluster.enabled);
+    assert_null(cfg->cluster.instance);
+    assert_null(cfg->database.hosts);
+    assert_int_equal(cfg->cluster.lease_ms, 15000);
+    assert_int_equal(cfg->cluster.renew_ms, 5000);
+    config_free(cfg);
 }
 
 static void test_missing_file(void **state)
@@ -1499,6 +1555,7 @@ int main(void)
         cmocka_unit_test_teardown(test_plan_defaults, test_teardown),
         cmocka_unit_test_teardown(test_plan_hosts, test_teardown),
         cmocka_unit_test_teardown(test_errors_structure, test_teardown),
+        cmocka_unit_test_teardown(test_cluster_keys, test_teardown),
         cmocka_unit_test_teardown(test_errors_values, test_teardown),
         cmocka_unit_test_teardown(test_errors_cross_field, test_teardown),
         cmocka_unit_test_teardown(test_missing_file, test_teardown),

@@ -618,6 +618,29 @@ static void test_busy_and_cancel(void **state)
     assert_val_str(job_runs_val(e, 0, "job"), "market_caps");
 }
 
+/* A lost lease (cluster.h) cancels one job's run, with its own reason; job_runs names the
+ * instance runner_set_instance gave. */
+static void test_cancel_one_job(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
+                                            "\"seconds\":5}"),
+                     0);
+    runner_set_instance(e->rn, "ingest-a");
+    e->done = false;
+    size_t id = job(e, "market_caps");
+    assert_int_equal(runner_start(e->rn, id, on_run_done, e), 0);
+    uv_run(&e->loop, UV_RUN_NOWAIT);
+    runner_cancel_job(e->rn, job(e, "prices"), "not this one"); /* not running: nothing */
+    assert_true(runner_running(e->rn, id));
+    runner_cancel_job(e->rn, id, "lease lost: test");
+    wait_done(e);
+    assert_false(runner_running(e->rn, id));
+    assert_int_equal(e->sum.status, RUN_FAILED);
+    assert_string_equal(e->sum.error, "run: lease lost: test");
+    assert_val_str(job_runs_val(e, 0, "instance"), "ingest-a");
+}
+
 /* Rows the store refuses make the run record the loss. */
 static void test_store_refuses(void **state)
 {
@@ -1273,6 +1296,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_request_fails_the_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_one_job, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_top_n, setup_top, teardown),
         cmocka_unit_test_setup_teardown(test_explicit_ids, setup_ids, teardown),

@@ -75,6 +75,36 @@ static void test_html(void **state)
     json_decref(j);
 }
 
+/* Cluster mode: the lease table, escaped, with its paths; absent without "cluster". */
+static void test_html_cluster(void **state)
+{
+    (void)state;
+    json_t *j = sample_json();
+    size_t len = 0;
+    char *page = status_html(j, &len);
+    assert_null(strstr(page, "Cluster"));
+    free(page);
+    json_error_t err;
+    json_t *c = json_loads("{\"instance\":\"ingest-<a>\",\"lease_ms\":15000,\"renew_ms\":5000,"
+                           "\"db_error\":null,\"leases\":[{\"name\":\"job:prices\","
+                           "\"holder\":\"ingest-b\",\"last_holder\":\"ingest-b\",\"token\":7,"
+                           "\"expires_in_ms\":4200,\"mine\":false},{\"name\":\"job:assets\","
+                           "\"holder\":null,\"last_holder\":\"ingest-a\",\"token\":3,"
+                           "\"expires_in_ms\":-100,\"mine\":false}]}",
+                           0, &err);
+    assert_non_null(c);
+    json_object_set_new(j, "cluster", c);
+    page = status_html(j, &len);
+    assert_non_null(page);
+    assert_non_null(strstr(page, "data-k=\"cluster.instance\">ingest-&lt;a&gt;<"));
+    assert_non_null(strstr(page, "data-k=\"cluster.leases.0.holder\">ingest-b<"));
+    assert_non_null(strstr(page, "data-k=\"cluster.leases.0.token\">7<"));
+    assert_non_null(strstr(page, "data-k=\"cluster.leases.0.mine\">no<"));
+    assert_non_null(strstr(page, "data-k=\"cluster.leases.1.holder\" data-v=\"n/a\">(expired)<"));
+    free(page);
+    json_decref(j);
+}
+
 static void test_month_start(void **state)
 {
     (void)state;
@@ -91,6 +121,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_html),
+        cmocka_unit_test(test_html_cluster),
         cmocka_unit_test(test_month_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
