@@ -235,7 +235,8 @@ static const struct batch_spec specs[BATCH_SPEC_COUNT] = {
      * lowers it. */
     [BATCH_API_USAGE] = {BATCH_API_USAGE, "api_usage", "api_usage", BATCH_KIND_UPSERT,
                          COLS(api_usage_cols),
-                         "calls=GREATEST(calls, VALUES(calls)), updated_at=VALUES(updated_at)"},
+                         "calls=GREATEST(calls, VALUES(calls)), updated_at=VALUES(updated_at),"
+                         " charged=COALESCE(VALUES(charged), charged)"},
 };
 
 const struct batch_spec *batch_spec(enum batch_spec_id id)

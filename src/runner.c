@@ -97,6 +97,7 @@ struct ledger {
      * count of the month's calls when that was more than ours (own_at_api: `own` then). */
     uint64_t api_credits;
     uint64_t api_used, own_at_api;
+    uint64_t charged_flushed; /* api_used at the last write (api_usage.charged) */
     bool api_counted;
 };
 
@@ -235,7 +236,8 @@ static void ledger_flush(struct runner *rn, size_t s)
 {
     struct ledger *l = &rn->ledgers[s];
     uint64_t used = ledger_used(l);
-    if (l->state != LEDGER_READ || used == l->flushed)
+    bool charged_new = l->api_counted && l->api_used != l->charged_flushed;
+    if (l->state != LEDGER_READ || (used == l->flushed && !charged_new))
         return;
     const char *name = rn->cfg->sources[s].name;
     uint64_t now = util_wall_ms();
@@ -249,12 +251,16 @@ static void ledger_flush(struct runner *rn, size_t s)
     batch_set_time(b, 0, BATCH_API_USAGE_COL_PERIOD_START, l->period_ms);
     batch_set_int(b, 0, BATCH_API_USAGE_COL_CALLS, (int64_t)used);
     batch_set_time(b, 0, BATCH_API_USAGE_COL_UPDATED_AT, (int64_t)now);
+    if (l->api_counted) /* the API's own count, as it last reported it */
+        batch_set_int(b, 0, BATCH_API_USAGE_COL_CHARGED, (int64_t)l->api_used);
     if (rn->store.submit(rn->store.ctx, b) != 0) {
         log_warn("api_usage row not written", LOG_S("source", name));
         return;
     }
     l->flushed = used;
     l->flushed_ms = now;
+    if (l->api_counted)
+        l->charged_flushed = l->api_used;
 }
 
 /* The universe the budget assumes. */
@@ -1317,6 +1323,7 @@ void runner_set_account(struct runner *rn, size_t s, const struct account_info *
         l->api_counted = true;
         l->api_used = api_used;
         l->own_at_api = l->own;
+        ledger_flush(rn, s); /* api_usage.charged */
     }
     const struct cfg_source *src = &rn->cfg->sources[s];
     log_info("the API reported the account", LOG_S("source", src->name),

@@ -197,7 +197,7 @@ enum { BATCH_ASSET_CATEGORIES_COLUMNS(BATCH_COL_ENUM) BATCH_ASSET_CATEGORIES_NCO
     X(BATCH_JOB_RUNS_COL_DURATION_MS, "duration_ms")                                               \
     X(BATCH_JOB_RUNS_COL_ERROR, "error")                                                           \
     X(BATCH_JOB_RUNS_COL_COUNTED, "counted")                                                       \
-    X(BATCH_JOB_RUNS_COL_COUNTED_DETAIL, "counted_detail")                                               \
+    X(BATCH_JOB_RUNS_COL_COUNTED_DETAIL, "counted_detail")                                         \
     X(BATCH_JOB_RUNS_COL_INSTANCE, "instance")
 enum { BATCH_JOB_RUNS_COLUMNS(BATCH_COL_ENUM) BATCH_JOB_RUNS_NCOLS };
 
@@ -349,7 +349,8 @@ enum { BATCH_RETENTION_COLUMNS(BATCH_COL_ENUM) BATCH_RETENTION_NCOLS };
     X(BATCH_API_USAGE_COL_SOURCE, "source")                                                        \
     X(BATCH_API_USAGE_COL_PERIOD_START, "period_start")                                            \
     X(BATCH_API_USAGE_COL_CALLS, "calls")                                                          \
-    X(BATCH_API_USAGE_COL_UPDATED_AT, "updated_at")
+    X(BATCH_API_USAGE_COL_UPDATED_AT, "updated_at")                                                \
+    X(BATCH_API_USAGE_COL_CHARGED, "charged")
 enum { BATCH_API_USAGE_COLUMNS(BATCH_COL_ENUM) BATCH_API_USAGE_NCOLS };
 
 enum batch_kind { BATCH_KIND_UPSERT = 0, BATCH_KIND_STATEMENT = 1 };

@@ -104,6 +104,12 @@ def pro_key(check, work):
         log = open(logf).read()
         line = [x for x in log.splitlines() if "the API reported the account" in x][0]
         check("monthly_credits=5000" in line, f"the account's credits are read: {line}")
+        # api_usage keeps the API's own count beside the daemon's (4899 before this daemon).
+        charged = h.wait_for(lambda: db.scalar(
+            "SELECT charged FROM api_usage WHERE source = 'coingecko'"), 30,
+            what="api_usage.charged")
+        check(charged is not None and int(charged) >= 4899,
+              f"api_usage.charged is the account's count ({charged})")
 
         # 4899 of 5000 used, 100 kept in reserve: the metrics say so, and the schedule is
     # stretched (whatever the day of the month: one credit cannot carry prices for an hour).
