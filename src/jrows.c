@@ -515,7 +515,7 @@ static size_t skip_ws(const char *s, size_t len, size_t i)
  * load would. Returns 0 (walked, *n elements), an elem callback's error, or 1 when the body
  * needs the whole-document walk: it is not a well-formed array, or an element needs the
  * overflow fix or breaks the budget; that walk then gives the same rows, or the same
- * message, as before. The caller rolls back what this walk added. An allocation failure is
+ * message, as before, going on after the *n elements walked here. An allocation failure is
  * -ENOMEM here, as the whole-document load reports it. */
 static int stream_array(struct jrows *j, const char *body, size_t len, const char *id_key,
                         jrows_elem_cb elem, void *arg, size_t *n)
@@ -562,7 +562,6 @@ static int stream_array(struct jrows *j, const char *body, size_t len, const cha
 int jrows_array(struct jrows *j, const char *body, size_t len, const char *expected,
                 const char *id_key, jrows_elem_cb elem, void *arg, size_t *nitems)
 {
-    struct jrows_stats st0 = j->st;
     size_t n = 0;
     int rc = stream_array(j, body, len, id_key, elem, arg, &n);
     if (rc != 1) {
@@ -571,12 +570,11 @@ int jrows_array(struct jrows *j, const char *body, size_t len, const char *expec
             *nitems = n;
         return rc;
     }
-    /* The whole-document walk, from where the parse began. */
-    for (int i = 0; i < j->nout; i++)
-        while (j->out[i]->nrows > j->mark[i])
-            batch_drop_last(j->out[i]);
-    release_ids(j);
-    j->st = st0;
+    /* The whole-document walk. The n elements the stream already walked parsed on their own,
+     * so the whole document holds them unchanged (no overflowing number among them): their
+     * rows, ids and counts stay, and the walk goes on from element n. Walking them again would
+     * run the callbacks twice, and callbacks keep state of their own (a product list, a
+     * count of missing times). */
     json_t *root;
     rc = jrows_load(j, body, len, &root);
     if (rc)
@@ -586,8 +584,9 @@ int jrows_array(struct jrows *j, const char *body, size_t len, const char *expec
         json_decref(root);
         return jrows_finish(j, -EBADMSG);
     }
+    size_t walked = n;
     n = json_array_size(root);
-    for (size_t i = 0; i < n && !rc; i++)
+    for (size_t i = walked; i < n && !rc; i++)
         rc = walk_elem(j, json_array_get(root, i), id_key, elem, arg);
     rc = jrows_finish(j, rc);
     json_decref(root);

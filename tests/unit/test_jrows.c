@@ -268,6 +268,51 @@ static void test_array_walk_and_ids(void **state)
     batch_free(b);
 }
 
+/* A body the stream cannot finish (a number beyond double range in the second element) goes
+ * to the whole-document walk, which goes on after the elements already walked: each element
+ * reaches the callback once, whatever state the callback keeps. */
+struct seen_ctx {
+    struct batch *b;
+    uint16_t cols[1];
+    char seen[8][8];
+    int n;
+};
+
+static int seen_row(struct jrows *j, const json_t *elem, const json_t *id, void *arg)
+{
+    struct seen_ctx *c = arg;
+    (void)elem;
+    assert_true(c->n < 8);
+    snprintf(c->seen[c->n++], sizeof(c->seen[0]), "%s", json_string_value(id));
+    int row = jrows_add_row(j, c->b);
+    if (row < 0)
+        return row;
+    return jrows_put(j, c->b, (uint32_t)row, c->cols[0], JROWS_STR, id);
+}
+
+static void test_stream_fallback_walks_once(void **state)
+{
+    (void)state;
+    static const char *const fixed[] = {"asset_id"};
+    struct batch *b = batch_new(BATCH_MARKET_SNAPSHOTS, 1);
+    struct seen_ctx c = {.b = b};
+    struct jrows j;
+    size_t n = 0;
+    const char *body = "[{\"key\":\"a\"},{\"key\":\"b\",\"v\":1e999},{\"key\":\"c\"}]";
+    jrows_begin(&j, "products", NULL, NULL, NULL, 0);
+    assert_int_equal(jrows_out(&j, b, BATCH_MARKET_SNAPSHOTS, fixed, 1, NULL, 0, c.cols), 0);
+    assert_int_equal(jrows_array(&j, body, strlen(body), "an array", "key", seen_row, &c, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(c.n, 3);
+    assert_string_equal(c.seen[0], "a");
+    assert_string_equal(c.seen[1], "b");
+    assert_string_equal(c.seen[2], "c");
+    assert_int_equal(b->nrows, 3);
+    assert_int_equal(j.st.items, 3);
+    assert_int_equal(j.st.rows, 3);
+    batch_free(b);
+}
+
 /* Arrays of arrays (candles): no id key, every element is passed. */
 struct candle_ctx {
     struct batch *b;
@@ -511,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_strings_exact),
         cmocka_unit_test(test_array_walk_and_ids),
         cmocka_unit_test(test_array_without_ids),
+        cmocka_unit_test(test_stream_fallback_walks_once),
         cmocka_unit_test(test_bad_bodies_and_messages),
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_dump),
