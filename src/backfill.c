@@ -222,7 +222,7 @@ static void walk_next(struct backfill_walk *w)
                 ops->complete(w->job, w->cur);
             continue;
         }
-        if (rc == 0 && ops->may_send && !ops->may_send(w->job))
+        if (rc == 0 && !(ops->may_send ? ops->may_send(w->job) : run_may_spend(w->run)))
             break;
         if (rc == 0 && (sbuf_failed(&w->path) || !(w->b = batch_new(ops->spec, 256))))
             rc = -ENOMEM;

@@ -364,6 +364,15 @@ bool cluster_may_run(struct cluster *cl, size_t job)
     return false;
 }
 
+bool cluster_holds_budget(struct cluster *cl, size_t source)
+{
+    uint64_t now = util_mono_ms();
+    for (size_t i = 0; i < cl->nslots; i++)
+        if (cl->slots[i].job == SIZE_MAX && cl->slots[i].source == source)
+            return holds(cl, i, now);
+    return false;
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     struct cluster *cl = h->data;

@@ -2262,10 +2262,10 @@ static int check_cluster(struct parse *p)
         }
     }
     const struct cfg_cluster *cl = &cfg->cluster;
-    if (cl->renew_ms * 2 > cl->lease_ms) {
+    if (cl->renew_ms * 3 > cl->lease_ms) {
         fail(p, blame_line(p, SEC_CLUSTER, "renew", "lease"), SEC_CLUSTER, "renew", -EINVAL,
-             "renew (%llums) must be at most half of lease (%llums): a holder must get a second "
-             "chance to renew before its lease runs out",
+             "renew (%llums) must be at most a third of lease (%llums): a holder counts a lease "
+             "as its own for lease - renew after each renewal, which must outlast the next one",
              (unsigned long long)cl->renew_ms, (unsigned long long)cl->lease_ms);
         return -EINVAL;
     }

@@ -599,6 +599,21 @@ static void tick(struct sched_entry *job, void *arg)
  * lease stops every run of the source. A budget lease taken over means another instance spent
  * the source's budget until now: the month is read again and the token bucket starts empty,
  * so that the two together stay within the API's rate. */
+/* GET /key and the like: by the instance that holds a source's budget lease only (the others
+ * do not call the API); without [cluster], for every source. */
+static void probe_accounts(struct daemon *d)
+{
+    if (d->opts->once)
+        return;
+    if (!d->cluster) {
+        runner_probe_accounts(d->runner);
+        return;
+    }
+    for (size_t s = 0; s < d->cfg->nsources; s++)
+        if (cluster_holds_budget(d->cluster, s))
+            runner_probe_account(d->runner, s);
+}
+
 static void on_lease_change(void *arg, size_t job, size_t source, bool held)
 {
     struct daemon *d = arg;
@@ -612,6 +627,8 @@ static void on_lease_change(void *arg, size_t job, size_t source, bool held)
     }
     if (held) {
         runner_ledger_reread(d->runner, source);
+        if (!d->opts->once)
+            runner_probe_account(d->runner, source); /* the account as it is now */
         struct api *api = source < d->napis ? d->apis[source] : NULL;
         struct tbucket *b = api ? api_bucket(api) : NULL;
         uint64_t now = timers_now(d->timers);
@@ -817,8 +834,7 @@ static void reload(struct daemon *d)
     config_free(old);
     /* The new schedule against the month's credits, and the account's figures again. */
     fit_schedule(d);
-    if (!d->opts->once)
-        runner_probe_accounts(d->runner);
+    probe_accounts(d);
     metrics_add("coingest_reloads_total", "", 1);
     log_info("configuration reloaded", LOG_S("path", d->opts->config_path),
              LOG_B("database", diff.database), LOG_B("rate", diff.source_rate != 0),
@@ -985,8 +1001,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
 
     runner_on_budget(d->runner, budget_changed, d);
     runner_load_ledgers(d->runner);
-    if (!opts->once)
-        runner_probe_accounts(d->runner);
+    probe_accounts(d); /* in cluster mode, none yet: on gaining a budget lease */
 
     uv_run(&d->loop, UV_RUN_DEFAULT);
     status = d->exit_code;

@@ -57,6 +57,7 @@ struct run {
     char *waiting_path;  /* a request waiting for its source's ledger to be read, or NULL */
     size_t waiting_max_body;
     bool credits_logged;    /* the run has said that the month's credits are used up */
+    bool spare_logged;      /* the run has said that it pauses for the live jobs' credits */
     struct run_req *tagged; /* requests sent with run_get_tagged, in flight or waiting */
 
     void *state; /* def->run_size bytes */
@@ -725,8 +726,12 @@ void runner_ledger_reread(struct runner *rn, size_t source)
         return; /* the read under way answers after the takeover */
     ledger_flush(rn, source);
     /* What this instance counted stays in the database (GREATEST never lowers it); the next
-     * read brings in what the other instances added. */
-    *l = (struct ledger){.period_ms = l->period_ms};
+     * read brings in what the other instances added. What the API said about the account
+     * (its size, and that the month is spent) holds for every instance: it stays. */
+    *l = (struct ledger){.period_ms = l->period_ms,
+                         .api_credits = l->api_credits,
+                         .api_exhausted = l->api_exhausted,
+                         .exhausted_logged = l->exhausted_logged};
 }
 
 /* ---- for job definitions ------------------------------------------------------------------ */
@@ -797,6 +802,8 @@ void run_fail_request(struct run *r, const char *what, const char *why)
 
 void run_fail_errno(struct run *r, const char *what, int rc)
 {
+    if (rc == -EDQUOT)
+        return; /* run_get's refusal: it counted the request and recorded why already */
     run_fail_request(r, what, rc == -ENOMEM ? "out of memory" : strerror(-rc));
 }
 
@@ -1005,7 +1012,10 @@ static int credits_check(struct run *r)
     struct ledger *l = &r->rn->ledgers[s];
     uint64_t used = ledger_used(l), credits = runner_monthly_credits(r->rn, s);
     uint64_t reserve = credit_reserve(r->rn, s);
-    if (!l->api_exhausted && (!credits || used < credits - reserve))
+    /* While GET /key has not answered, the plan's figure is a guess (the account may be
+     * larger): nothing is refused on it. The API's own refusal still stops requests. */
+    bool guess = !src->monthly_credits_set && !l->api_credits && r->rn->probes[s];
+    if (!l->api_exhausted && (!credits || guess || used < credits - reserve))
         return 0;
     char resume[32], why[160];
     sql_datetime(month_start_ms(util_wall_ms(), 1), resume, sizeof(resume));
@@ -1053,6 +1063,19 @@ uint64_t run_credits_spare(struct run *r)
     free(every);
     double spare = (double)(credits - credit_reserve(rn, s)) - ceil(projected);
     return spare > 0 ? (uint64_t)spare : 0;
+}
+
+bool run_may_spend(struct run *r)
+{
+    if (r->def->priority == TBUCKET_PRIO_LIVE || run_credits_spare(r) > 0)
+        return true;
+    if (!r->spare_logged) {
+        r->spare_logged = true;
+        log_warn("backfill paused: the month's credits left are for the live jobs",
+                 LOG_S("job", r->sum.name),
+                 LOG_S("source", r->rn->cfg->sources[r->rn->cfg->jobs[r->job].source].name));
+    }
+    return false;
 }
 
 /* Sends now, unless the month's credits are used up. 0, -EDQUOT or -ENOMEM. */
@@ -1279,25 +1302,31 @@ static void account_done(const struct fetch_result *res, void *arg)
     runner_set_account(rn, s, &info);
 }
 
+void runner_probe_account(struct runner *rn, size_t s)
+{
+    if (s >= rn->nsources)
+        return;
+    const struct cfg_source *src = &rn->cfg->sources[s];
+    const struct source_def *d = src->def;
+    if (!rn->apis[s] || !d || !d->nplans || !d->parse_account ||
+        !d->plans[src->plan].account_path || !src->api_key || rn->probes[s])
+        return;
+    struct account_probe *p = malloc(sizeof(*p));
+    if (!p)
+        return;
+    *p = (struct account_probe){rn, s};
+    rn->probes[s] = p; /* before the call, in case it answers at once */
+    if (!api_get_limited(rn->apis[s], d->plans[src->plan].account_path, TBUCKET_PRIO_LIVE,
+                         64 * 1024, NULL, account_done, p)) {
+        rn->probes[s] = NULL;
+        free(p);
+    }
+}
+
 void runner_probe_accounts(struct runner *rn)
 {
-    for (size_t s = 0; s < rn->nsources; s++) {
-        const struct cfg_source *src = &rn->cfg->sources[s];
-        const struct source_def *d = src->def;
-        if (!rn->apis[s] || !d || !d->nplans || !d->parse_account ||
-            !d->plans[src->plan].account_path || !src->api_key || rn->probes[s])
-            continue;
-        struct account_probe *p = malloc(sizeof(*p));
-        if (!p)
-            continue;
-        *p = (struct account_probe){rn, s};
-        rn->probes[s] = p; /* before the call, in case it answers at once */
-        if (!api_get_limited(rn->apis[s], d->plans[src->plan].account_path, TBUCKET_PRIO_LIVE,
-                             64 * 1024, NULL, account_done, p)) {
-            rn->probes[s] = NULL;
-            free(p);
-        }
-    }
+    for (size_t s = 0; s < rn->nsources; s++)
+        runner_probe_account(rn, s);
 }
 
 void runner_set_account(struct runner *rn, size_t s, const struct account_info *info)

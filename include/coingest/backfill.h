@@ -71,7 +71,8 @@ struct backfill_ops {
      * -1 to end the walk. The runner records nothing for it; the job does when it must. */
     long handle_status;
     int (*refused)(void *job, size_t i, const struct fetch_result *res);
-    /* Optional. Asked before every request; false ends the walk (a budget that ran out). */
+    /* Optional. Asked before every request; false ends the walk (a budget that ran out).
+     * Unset: run_may_spend (a backfill never takes the live jobs' credits). */
     bool (*may_send)(void *job);
     /* Optional. Called once the marks are read (before the first window); after each window
      * whose rows and mark were handed out; and once per product when it needs nothing more

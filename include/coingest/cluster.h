@@ -57,6 +57,9 @@ void cluster_on_first_pass(struct cluster *cl, void (*cb)(void *arg), void *arg)
  * API, the source's budget lease, both within their local deadlines. */
 bool cluster_may_run(struct cluster *cl, size_t job);
 
+/* Does this instance hold source `source`'s budget lease now (within its local deadline)? */
+bool cluster_holds_budget(struct cluster *cl, size_t source);
+
 /* The instance name given to cluster_new. */
 const char *cluster_instance(const struct cluster *cl);
 

@@ -194,6 +194,10 @@ void runner_set_account(struct runner *rn, size_t source, const struct account_i
  * each reload (after runner_set_config and api_update). */
 void runner_probe_accounts(struct runner *rn);
 
+/* The same for source s alone (cluster mode: the instance that gains s's budget lease asks;
+ * the others do not call the API at all). A probe already under way is left alone. */
+void runner_probe_account(struct runner *rn, size_t s);
+
 /* The monthly credits in force for a source (the config's, or the API's report). */
 uint64_t runner_monthly_credits(const struct runner *rn, size_t source);
 
@@ -272,7 +276,8 @@ void run_source_error(struct run *r, const char *reason, const char *what, const
  * a failed request and records the error. */
 void run_fail_request(struct run *r, const char *what, const char *why);
 
-/* run_fail_request with why = the text of -errno `rc` ("out of memory" for -ENOMEM). */
+/* run_fail_request with why = the text of -errno `rc` ("out of memory" for -ENOMEM); -EDQUOT
+ * (run_get refused the request, and recorded it and why) adds nothing. */
 void run_fail_errno(struct run *r, const char *what, int rc);
 
 /* Counts anomalies that are not errors (skipped elements, bad fields), as kind "other". */
@@ -287,6 +292,12 @@ void run_count(struct run *r, uint64_t n);
  * schedule needs. Until the month's count has been read (the source's first request waits
  * for it), the count is this process's own, so a backfill's first request may find out. */
 uint64_t run_credits_spare(struct run *r);
+
+/* True when the run may send a request now: always at live priority; at backfill priority
+ * only while run_credits_spare is above 0 (else one warn line per run says the backfill
+ * pauses). Backfill jobs ask before each request and end the pass, not fail, when it is
+ * false: the next pass goes on from where this one stopped. */
+bool run_may_spend(struct run *r);
 
 /* Counts n anomalies of one kind (a static string: "missing_coins", "wrong_type_fields"; the
  * kinds are documented in docs/jobs.md, "What counted means"); n 0 is a no-op. `counted` in the

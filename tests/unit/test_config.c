@@ -879,9 +879,10 @@ static void test_errors_cross_field(void **state)
 static void test_cluster_keys(void **state)
 {
     (void)state;
-    expect_error("[cluster]\nlease = 10s\nrenew = 6s\n",
-                 "3: [cluster] renew: renew (6000ms) must be at most half of lease (10000ms): a "
-                 "holder must get a second chance to renew before its lease runs out");
+    expect_error("[cluster]\nlease = 10s\nrenew = 4s\n",
+                 "3: [cluster] renew: renew (4000ms) must be at most a third of lease (10000ms): "
+                 "a holder counts a lease as its own for lease - renew after each renewal, which "
+                 "must outlast the next one");
     expect_error("[cluster]\nlease = 1s\n",
                  "2: [cluster] lease: \"1s\" is too short (at least 2s)");
     expect_error("[cluster]\ninstance = \"a b\"\n",
@@ -897,13 +898,13 @@ static void test_cluster_keys(void **state)
     struct config *cfg = NULL;
     char err[1024] = "";
     assert_int_equal(load_text("[database]\nport = 3307\nhosts = db1:3306, db2 ,db3:4000\n"
-                               "[cluster]\nenabled = yes\ninstance = node-a\nlease = 4s\n"
+                               "[cluster]\nenabled = yes\ninstance = node-a\nlease = 6s\n"
                                "renew = 2s\n",
                                &cfg, err, sizeof(err)),
                      0);
     assert_true(cfg->cluster.enabled);
     assert_string_equal(cfg->cluster.instance, "node-a");
-    assert_int_equal(cfg->cluster.lease_ms, 4000);
+    assert_int_equal(cfg->cluster.lease_ms, 6000);
     assert_int_equal(cfg->cluster.renew_ms, 2000);
     char host[64];
     uint32_t port = 0;

@@ -185,6 +185,8 @@ static int ohlc_request(struct ohlc_run *r)
 {
     if (r->tracked.vs.n == 0 || r->cur >= r->tracked.ids.n * r->tracked.vs.n)
         return 1;
+    if (!run_may_spend(r->run))
+        return 1; /* the live jobs' credits: the next run asks again */
     sbuf_reset(&r->path);
     sbuf_puts(&r->path, "/coins/");
     coingecko_path_id(&r->path, cur_asset(r));
