@@ -549,6 +549,8 @@ void runner_cancel(struct runner *rn)
         if (!r)
             continue;
         r->cancelled = true;
+        if (r->def->cancel)
+            r->def->cancel(r);
         if (r->req)
             fetch_cancel(r->req); /* the job's done callback runs and finishes the run */
     }
@@ -772,6 +774,13 @@ int run_read(struct run *r, const char *sql, const char *const *params, size_t n
     if (!r->rn->store.read)
         return -ENOTSUP;
     return r->rn->store.read(r->rn->store.ctx, sql, params, nparams, max_rows, cb, arg);
+}
+
+int run_work(struct run *r, void (*fn)(void *arg), void (*done)(void *arg), void *arg)
+{
+    if (!r->rn->store.work)
+        return -ENOTSUP;
+    return r->rn->store.work(r->rn->store.work_ctx, fn, done, arg);
 }
 
 /* ---- budget ------------------------------------------------------------------------------- */
