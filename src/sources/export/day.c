@@ -945,10 +945,17 @@ static void upload_day(struct export_plan *p, struct export_s3_client *c, const 
         return;
     pathf(path, "%s/_upload.json", dir);
     json_t *st = json_load_file(path, 0, NULL);
+    /* Progress belongs to one export of the day and one destination: a re-export or a new
+     * bucket, prefix or endpoint starts over. */
     json_t *exported = json_object_get(m, "exported_at");
-    if (!st || !json_equal(json_object_get(st, "exported_at"), exported)) {
+    char dest[1024];
+    snprintf(dest, sizeof(dest), "%s s3://%s/%s", p->s3.endpoint ? p->s3.endpoint : "aws",
+             p->s3.bucket, p->s3.prefix ? p->s3.prefix : "");
+    if (!st || !json_equal(json_object_get(st, "exported_at"), exported) ||
+        !json_is_string(json_object_get(st, "destination")) ||
+        strcmp(json_string_value(json_object_get(st, "destination")), dest) != 0) {
         json_decref(st);
-        st = json_pack("{s:O,s:{}}", "exported_at", exported, "files");
+        st = json_pack("{s:O,s:s,s:{}}", "exported_at", exported, "destination", dest, "files");
     }
     if (!st || json_object_get(st, "manifest_uploaded_at")) {
         json_decref(st);
