@@ -4,14 +4,14 @@
  * not involved).
  *
  * Signing: libcurl's CURLOPT_AWS_SIGV4 ("aws:amz:REGION:s3") with the access key as user and
- * the secret as password. libcurl 7.88 (Debian 12) does not hash an upload it reads through a
- * callback; since 7.87 it takes the payload hash from an x-amz-content-sha256 header the
- * caller sets, which S3 requires anyway and verifies against the body. So every request
- * carries that header (the file's sha256, or the hash of the empty body), and a PUT also
- * carries Content-MD5, which the store checks too; the answer's ETag (the MD5 of a
- * single-part upload) must then equal the file's md5: only then is the part confirmed. The
- * key in the URL is percent-encoded per segment as SigV4's canonical URI wants it ('=' of
- * date= becomes %3D), since libcurl signs the path as given.
+ * the secret as password. libcurl cannot hash an upload it reads through a callback; it takes
+ * the payload hash from an x-amz-content-sha256 header the caller sets (curl PR #9804; without
+ * it recent versions sign S3 requests as UNSIGNED-PAYLOAD). So every request carries that
+ * header with the real sha256 (of the file, or of the empty body), which S3 requires and
+ * verifies against the body; a PUT also carries Content-MD5, which the store checks too. The
+ * answer's ETag (the MD5 of a single-part upload) must then equal the file's md5: only then is
+ * the part confirmed. The key in the URL is percent-encoded per segment as SigV4's canonical
+ * URI wants it ('=' of date= becomes %3D), since libcurl signs the path as given.
  *
  * Pacing: the uploads have their own token bucket (tbucket.h, used from this thread only),
  * s3_requests_per_second tokens a second, burst the same. Retries: network errors, 5xx, 429
