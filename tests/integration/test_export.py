@@ -1,3 +1,4 @@
+# ctest-labels: tsan
 """The export job: closed days to files, re-exports, backfills and kill -9 (docs/export.md).
 
 A week of data for 1,000 assets (exportcheck.seed: prices hourly, market snapshots and daily
