@@ -8,7 +8,9 @@ cannot install it the test SKIPs (exit 77) and says why.
    hash, Content-MD5, canonical URI with date%3D), two injected 503s are retried, every part and
    manifest in the bucket equals the local file byte for byte, each day's _upload.json says
    it is done; a second run uploads nothing.
-2. kill -9 in the middle of the uploads to a new prefix: every part _upload.json marks as
+2. A day that shrinks (most of its rows deleted) is exported again in fewer parts: the run
+   uploads that day only, and deletes the parts the old export had and the new one has not.
+3. kill -9 in the middle of the uploads to a new prefix: every part _upload.json marks as
    uploaded is in the bucket with its sha256, the local files are intact; the next run
    completes the bucket.
 """
@@ -91,6 +93,27 @@ s3_requests_per_second = 200
         before_puts = s3.proxy.puts
         rc, _, err = h.run_daemon(conf, "--once", "export", env=env)
         c.eq((rc, s3.proxy.puts), (0, before_puts), "a second run uploads nothing")
+
+        # A day that shrinks: fewer parts, the old extra parts deleted from the bucket.
+        day = dates[2]
+        dd = os.path.join(out, "prices", f"date={day}")
+        old = json.load(open(os.path.join(dd, "_manifest.json")))
+        db.sql(f"DELETE FROM prices WHERE source_updated_at >= '{day}' AND "
+               f"source_updated_at < '{day}' + INTERVAL 1 DAY AND asset_id NOT LIKE 'coin-1_'")
+        before_puts, before_deletes = s3.proxy.puts, s3.proxy.deletes
+        rc, _, err = h.run_daemon(conf, "--once", "export", env=env)
+        c.eq(rc, 0, "the run after a day shrank exits 0")
+        new = json.load(open(os.path.join(dd, "_manifest.json")))
+        gone = sorted({f["name"] for f in old["files"]} - {f["name"] for f in new["files"]})
+        c.eq(sorted(new["stale"]), gone, f"the manifest lists the {len(gone)} parts that went")
+        c(len(gone) >= 2, "the shrunk day has fewer parts")
+        c.eq(s3.proxy.puts - before_puts, len(new["files"]) + 1,
+             "only that day's parts and manifest are uploaded")
+        c.eq(s3.proxy.deletes - before_deletes, len(gone), "one DELETE per part that went")
+        statuses = [s3.get(f"lake/v1/prices/date={day}/{n}")[0] for n in gone]
+        c.eq(statuses, [404] * len(gone), "those parts are no longer in the bucket")
+        bad = check_bucket("lake/v1")
+        c(not bad, f"the bucket matches the local export again: {bad[:3]}")
 
         # kill -9 in the middle of the uploads (a new prefix: everything uploads again).
         s3conf("lake/v2")
