@@ -160,10 +160,13 @@ SELECT CONCAT('coin-', a.seq), 'usd', 'coingecko',
        NOW(3)
 FROM seq_1_to_1000 a CROSS JOIN seq_0_to_6 d;
 INSERT INTO global_snapshots (source, snapshot_at, active_cryptocurrencies, markets,
-                              total_market_cap_usd, btc_dominance, total_market_cap, fetched_at)
+                              total_market_cap_usd, btc_dominance, total_market_cap,
+                              total_volume, fetched_at)
 SELECT 'coingecko', TIMESTAMP(CURRENT_DATE - INTERVAL 7 DAY) + INTERVAL h.seq HOUR,
        10000 + h.seq, NULL, 2.5e12 + h.seq / 3e0, IF(h.seq % 2 = 0, NULL, 52.1e0),
-       '{"usd": 2500000000000.5, "eur": 2.3e12}', NOW(3)
+       '{"usd": 2500000000000.5, "eur": 2.3e12}',
+       IF(h.seq % 5 = 0, CONCAT('{"long": "', REPEAT('ab,cé ', 100 * h.seq), '"}'), NULL),
+       NOW(3)
 FROM seq_0_to_167 h;
 INSERT INTO indicators_daily (source, asset_id, vs_currency, day, close, market_cap, return_1d,
                               return_nd, return_days, rsi_14, avg_gain, avg_loss,
