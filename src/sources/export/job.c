@@ -282,6 +282,13 @@ static int export_start(struct run *r)
 {
     struct export_run *st = run_state(r);
     char why[512] = "";
+    /* Off and not configured: `--once all` runs every job of every enabled source, and a
+     * default config must not fail it. Switched on without a dir is an error (below). */
+    if (!run_job(r)->enabled && !str_value(run_job(r), "dir")) {
+        log_warn("export: [job.export] is off and has no dir; nothing to export");
+        run_finish(r);
+        return 0;
+    }
     if (!(st->plan = calloc(1, sizeof(*st->plan))))
         return -ENOMEM;
     atomic_init(&st->plan->cancel, false);
