@@ -131,6 +131,7 @@ class Proxy:
         self.failures = []
         self.puts = 0
         self.deletes = 0
+        self.arrivals = []  # time.monotonic() of each request as it arrived
         self.stall_s = 0.0
         self.fail_next = 0  # answer this many PUTs 503 (retry path)
         self.lock = threading.Lock()
@@ -150,6 +151,7 @@ class Proxy:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 why = verify(self.command, self.path, headers, body)
                 with proxy.lock:
+                    proxy.arrivals.append(time.monotonic())
                     if why:
                         proxy.failures.append(f"{self.command} {self.path}: {why}")
                     else:

@@ -10,7 +10,10 @@ cannot install it the test SKIPs (exit 77) and says why.
    it is done; a second run uploads nothing.
 2. A day that shrinks (most of its rows deleted) is exported again in fewer parts: the run
    uploads that day only, and deletes the parts the old export had and the new one has not.
-3. kill -9 in the middle of the uploads to a new prefix: every part _upload.json marks as
+3. The uploads keep to their own token bucket: at s3_requests_per_second = 40 (burst 40), the
+   requests of a full upload span at least (n - 40) / 40 seconds (a lower bound only, less
+   the loop clock's slack).
+4. kill -9 in the middle of the uploads to a new prefix: every part _upload.json marks as
    uploaded is in the bucket with its sha256, the local files are intact; the next run
    completes the bucket.
 """
@@ -25,6 +28,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
 import s3check  # noqa: E402
 from exportcheck import TABLES, closed_days, day_valid, seed, write_conf as conf_for  # noqa: E402
+
+# A lower bound on pacing allows the loop clock's slack (tests/support/fakeapi_proc.h,
+# FAKEAPI_CLOCK_SLACK_S, 5 ms) plus what the proxy's arrival times add: each is taken after the
+# body is read and its signature checked, which takes longer for a 64 kB part than for a
+# manifest, so the first and the last request of a run can be a few ms closer than granted.
+SLACK_S = 0.05
 
 
 def main():
@@ -114,6 +123,24 @@ s3_requests_per_second = 200
         c.eq(statuses, [404] * len(gone), "those parts are no longer in the bucket")
         bad = check_bucket("lake/v1")
         c(not bad, f"the bucket matches the local export again: {bad[:3]}")
+
+        # Pacing: a full upload to a new prefix at 40 requests a second.
+        write_conf(out, f"""s3_bucket = coingest-lake
+s3_prefix = lake/paced
+s3_region = {s3check.REGION}
+s3_endpoint = {s3.endpoint}
+s3_path_style = true
+s3_requests_per_second = 40
+""")
+        start = len(s3.proxy.arrivals)
+        rc, _, err = h.run_daemon(conf, "--once", "export", env=env)
+        c.eq(rc, 0, "the paced upload exits 0")
+        times = s3.proxy.arrivals[start:]
+        n = len(times)
+        span = times[-1] - times[0] if n > 1 else 0
+        want = (n - 40) / 40 - SLACK_S
+        c(n > 80 and span >= want,
+          f"{n} requests at 40/s (burst 40) span {span:.2f}s >= {want:.2f}s")
 
         # kill -9 in the middle of the uploads (a new prefix: everything uploads again).
         s3conf("lake/v2")
