@@ -15,6 +15,8 @@ window).
    manifest says what it replaces, and it reads back equal to the database.
 4. kill -9 while a day is being written: every date= directory is complete and valid; the next
    run completes, leaves no temporary directory, and every day reads back equal.
+5. SIGTERM while a day is being written: the daemon cancels the export (the read is dropped,
+   the day's temporary directory removed) and exits 0; what is under final names is complete.
 The upload to S3 is test_export_s3.py.
 """
 import glob
@@ -118,6 +120,25 @@ UPDATE prices SET price = price * 1.5 WHERE asset_id = 'coin-7'
     bad = [(t, d, check_day(db, out2, t, d)) for t in TABLES for d in dates]
     bad = [b for b in bad if b[2]]
     c(not bad, f"after kill -9 and a rerun every day reads back equal: {bad[:3]}")
+
+    # 5. SIGTERM during an export.
+    out3 = os.path.join(work, "out3")
+    write_conf(out3)
+    log = os.path.join(work, "term.log")
+    p = h.start_daemon(conf, stderr_path=log)
+    try:
+        h.wait_for(lambda: glob.glob(os.path.join(out3, "*", ".tmp-date=*", "part-*")),
+                   timeout=60, step=0.005, what="a day being written")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=120)
+    c.eq(rc, 0, "SIGTERM during an export: the daemon exits 0")
+    text = open(log).read()
+    c("job=export status=" in text, "the export run ended and was reported")
+    c.eq(glob.glob(os.path.join(out3, "*", ".*")), [], "no temporary directory is left")
+    finals = glob.glob(os.path.join(out3, "*", "date=*"))
+    bad = [(f, day_valid(f)) for f in finals if day_valid(f)]
+    c(not bad, f"every final day directory after SIGTERM is complete ({len(finals)}): {bad[:2]}")
 
     db.drop()
     c.done()

@@ -683,6 +683,13 @@ out:
         free(cells[i].buf);
     free(cells);
     free(binds);
+    if (st && rc == -ECANCELED) {
+        /* Reading the rest of the result would take as long as the rest of the day; closing
+         * the connection drops it at once (the statement is then freed without a word to the
+         * server). The run ends here. */
+        mysql_close(tr->conn);
+        tr->conn = NULL;
+    }
     if (st)
         mysql_stmt_close(st);
     return rc ? rc : rows;
@@ -874,7 +881,7 @@ done:
     json_decref(files);
     json_decref(m);
     /* Read-only: nothing to commit, the snapshot just ends. */
-    if (mysql_query(tr->conn, "COMMIT") != 0 && !rc) {
+    if (tr->conn && mysql_query(tr->conn, "COMMIT") != 0 && !rc) {
         fail_db(tr, "ending a read");
         rc = -EIO;
     }
@@ -1062,7 +1069,7 @@ void export_execute(struct export_plan *p)
         return;
     }
     int64_t today = p->now_ms / EXPORT_MS_DAY;
-    for (size_t t = 0; t < p->ntables && !cancelled(p); t++) {
+    for (size_t t = 0; t < p->ntables && conn && !cancelled(p); t++) {
         struct table_run tr = {.p = p, .conn = conn, .t = export_table_find(p->tables[t])};
         pathf(tr.tdir, "%s/%s", p->dir, tr.t->name);
         if (load_columns(&tr) != 0 || tr.ncols == 0) {
@@ -1075,12 +1082,14 @@ void export_execute(struct export_plan *p)
         for (int64_t day = today - (int64_t)p->days; day < today && !cancelled(p); day++) {
             if (export_day(&tr, day) != 0)
                 p->days_failed++;
-            if (mysql_ping(conn) != 0)
+            if (!tr.conn || mysql_ping(tr.conn) != 0)
                 break; /* the connection is gone: the next run tries again */
         }
+        conn = tr.conn; /* NULL when a cancelled read closed it */
         table_run_clear(&tr);
     }
-    mysql_close(conn);
+    if (conn)
+        mysql_close(conn);
     mysql_thread_end();
     if (!p->upload || cancelled(p))
         return;
