@@ -205,20 +205,55 @@ class Proxy:
         self.server.server_close()
 
 
-def signed_request(port, method, path, body=b""):
-    """A request signed here (the same algorithm the proxy checks), for reading objects back."""
+def sign_headers(host, method, path, body, encode_path=True):
+    """The headers a correct client sends (encode_path False: the path signed as given, the
+    mistake the verifier must catch when the key holds '=')."""
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    date = amz_date[:8]
     payload = hashlib.sha256(body).hexdigest()
-    headers = {"host": f"127.0.0.1:{port}", "x-amz-date": amz_date,
-               "x-amz-content-sha256": payload}
+    headers = {"host": host, "x-amz-date": amz_date, "x-amz-content-sha256": payload}
     signed = sorted(headers)
-    scope = f"{date}/{REGION}/s3/aws4_request"
+    scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
     p, _, q = path.partition("?")
-    sig = signature(method, p, q, headers, signed, payload, amz_date, scope, SECRET_KEY)
+    canon = canonical_uri if encode_path else (lambda x: x)
+    canon_headers = "".join(f"{h}:{headers[h]}\n" for h in signed)
+    creq = "\n".join([method, canon(p), canonical_query(q), canon_headers, ";".join(signed),
+                      payload])
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                     hashlib.sha256(creq.encode()).hexdigest()])
+    sig = hmac.new(signing_key(SECRET_KEY, amz_date[:8], REGION, "s3"), sts.encode(),
+                   hashlib.sha256).hexdigest()
     headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, "
                                 f"SignedHeaders={';'.join(signed)}, Signature={sig}")
+    return headers
+
+
+def self_test():
+    """The verifier accepts a correct request and refuses each kind of wrong one; returns the
+    list of checks that did not behave."""
+    bad = []
+    path = "/b/lake/prices/date%3D2026-11-24/part-00000.csv.gz"
+    raw = "/b/lake/prices/date=2026-11-24/part-00000.csv.gz"
+    body = b"some bytes"
+    ok = sign_headers("127.0.0.1:1", "PUT", path, body)
+    if verify("PUT", path, ok, body) is not None:
+        bad.append("a correct request is refused: " + str(verify("PUT", path, ok, body)))
+    if verify("PUT", path, ok, body + b"x") is None:
+        bad.append("a changed body passes")
+    if verify("DELETE", path, ok, body) is None:
+        bad.append("another method passes")
+    wrong = sign_headers("127.0.0.1:1", "PUT", raw, body, encode_path=False)
+    if verify("PUT", raw, wrong, body) is None:
+        bad.append("a path signed without encoding '=' passes")
+    md5 = dict(ok, **{"content-md5": base64.b64encode(hashlib.md5(b"other").digest()).decode()})
+    if verify("PUT", path, md5, body) is None:
+        bad.append("a wrong Content-MD5 passes")
+    return bad
+
+
+def signed_request(port, method, path, body=b""):
+    """A request signed here (the same algorithm the proxy checks), for reading objects back."""
+    headers = sign_headers(f"127.0.0.1:{port}", method, path, body)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request(method, path, body=body, headers=headers)
     r = conn.getresponse()

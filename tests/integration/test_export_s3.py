@@ -43,6 +43,8 @@ def main():
     if not binary:
         h.skip(why)
     c = h.Check()
+    bad = s3check.self_test()
+    c(not bad, f"the SigV4 verifier refuses what it must and accepts a correct request: {bad}")
     work = h.tempdir("coingest-export-s3-")
     db = h.Database("coingest_it_export_s3")
     out = os.path.join(work, "out")
