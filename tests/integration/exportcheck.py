@@ -171,7 +171,8 @@ FROM seq_0_to_167 h;
 INSERT INTO indicators_daily (source, asset_id, vs_currency, day, close, market_cap, return_1d,
                               return_nd, return_days, rsi_14, avg_gain, avg_loss,
                               volatility_14d, volatility_30d)
-SELECT 'coingecko', CONCAT('coin-', a.seq), 'usd', CURRENT_DATE - INTERVAL 7 DAY + INTERVAL d.seq DAY,
+SELECT 'coingecko', CONCAT('coin-', a.seq), 'usd',
+       CURRENT_DATE - INTERVAL 7 DAY + INTERVAL d.seq DAY,
        a.seq / 3e0, NULL, IF(d.seq = 0, NULL, 0.01e0 * d.seq), NULL, 7,
        IF(d.seq < 3, NULL, 100e0 / 7e0), NULL, NULL, NULL, NULL
 FROM seq_1_to_1000 a CROSS JOIN seq_0_to_6 d;
