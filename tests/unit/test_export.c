@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <uv.h>
 
 #include "coingest/config.h"
 #include "coingest/runner.h"
@@ -274,6 +275,78 @@ static void test_credentials_file(void **state)
     unlink(path);
 }
 
+/* ---- the work seam: a store whose work runs on libuv's thread pool, as the daemon's ---- */
+
+struct pool_call {
+    uv_work_t req;
+    void (*fn)(void *);
+    void (*done)(void *);
+    void *arg;
+};
+
+static void pool_run(uv_work_t *req)
+{
+    struct pool_call *c = req->data;
+    c->fn(c->arg);
+}
+
+static void pool_done(uv_work_t *req, int status)
+{
+    (void)status;
+    struct pool_call *c = req->data;
+    c->done(c->arg);
+    free(c);
+}
+
+static int pool_work(void *ctx, void (*fn)(void *), void (*done)(void *), void *arg)
+{
+    struct pool_call *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    *c = (struct pool_call){.fn = fn, .done = done, .arg = arg};
+    c->req.data = c;
+    int rc = uv_queue_work(ctx, &c->req, pool_run, pool_done);
+    if (rc)
+        free(c);
+    return rc;
+}
+
+/* The run hands its plan to the work thread, which finds no database, and the run ends on
+ * the loop with that error: the whole path through run_work without a server. */
+static void test_work_without_database(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/test_export.XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "[database]\nsocket = /nonexistent/coingest-test.sock\nconnect_timeout = 1s\n"
+               "[job.export]\nenabled = true\ndir = /tmp/coingest-test-export-none\n");
+    fclose(f);
+    struct config *cfg = NULL;
+    char err[1024];
+    if (config_load(path, &cfg, err, sizeof(err)) != 0)
+        fail_msg("config: %s", err);
+    unlink(path);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct store st = {.submit = drop_submit, .work = pool_work, .work_ctx = &loop};
+    struct runner *rn = runner_new(cfg, NULL, st);
+    assert_non_null(rn);
+    struct outcome o = {0};
+    assert_int_equal(runner_start(rn, (size_t)config_job_index(cfg, "export"), on_done, &o), 0);
+    assert_false(o.done); /* the work runs off the loop; the run ends on it */
+    assert_true(runner_running(rn, (size_t)config_job_index(cfg, "export")));
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(o.done);
+    assert_int_equal(o.sum.status, RUN_FAILED);
+    if (!strstr(o.sum.error, "connecting to the database"))
+        fail_msg("error: %s", o.sum.error);
+    runner_free(rn);
+    config_free(cfg);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -284,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_kinds_tables_keys),
         cmocka_unit_test(test_job_config_errors),
         cmocka_unit_test(test_credentials_file),
+        cmocka_unit_test(test_work_without_database),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
