@@ -249,6 +249,7 @@ static int make_plan(struct run *r, struct export_plan *p, char *why, size_t cap
     if (!s3->access_key || !s3->secret_key)
         return -ENOMEM;
     log_add_secret(s3->secret_key);
+    log_add_secret(s3->session_token);
     return 0;
 }
 
