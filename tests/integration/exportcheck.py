@@ -12,9 +12,11 @@ import os
 import re
 
 ASSETS = 1000
-TABLES = ["prices", "market_snapshots", "global_snapshots", "indicators_daily"]
+TABLES = ["prices", "market_snapshots", "global_snapshots", "candles", "price_rollups",
+          "indicators_daily"]
 DAYCOL = {"prices": "source_updated_at", "market_snapshots": "snapshot_at",
-          "global_snapshots": "snapshot_at", "indicators_daily": "day"}
+          "global_snapshots": "snapshot_at", "candles": "open_time",
+          "price_rollups": "bucket_start", "indicators_daily": "day"}
 
 FIELD = re.compile(r'("(?:[^"]|"")*"|[^,"\r\n]*)(,|\r\n|$)')
 
@@ -168,6 +170,21 @@ SELECT 'coingecko', TIMESTAMP(CURRENT_DATE - INTERVAL 7 DAY) + INTERVAL h.seq HO
        IF(h.seq % 5 = 0, CONCAT('{"long": "', REPEAT('ab,cé ', 100 * h.seq), '"}'), NULL),
        NOW(3)
 FROM seq_0_to_167 h;
+INSERT INTO candles (source, asset_id, vs_currency, interval_s, open_time, product, open, high,
+                     low, close, volume, fetched_at)
+SELECT 'coinbase', CONCAT('coin-', a.seq), 'usd', 3600,
+       TIMESTAMP(CURRENT_DATE - INTERVAL 7 DAY) + INTERVAL h.seq HOUR, CONCAT('C', a.seq, '-USD'),
+       a.seq + h.seq / 8e0, a.seq + h.seq / 4e0, a.seq + 0e0, a.seq + h.seq / 6e0,
+       IF(h.seq % 4 = 0, NULL, h.seq * 1.1e0), NOW(3)
+FROM seq_1_to_50 a CROSS JOIN seq_0_to_167 h;
+INSERT INTO price_rollups (source, asset_id, vs_currency, bucket, bucket_start, open, high, low,
+                           close, samples, volume_24h, market_cap, computed_at)
+SELECT 'coingecko', CONCAT('coin-', a.seq), 'usd', IF(h.seq < 168, '1h', '1d'),
+       IF(h.seq < 168, TIMESTAMP(CURRENT_DATE - INTERVAL 7 DAY) + INTERVAL h.seq HOUR,
+          TIMESTAMP(CURRENT_DATE - INTERVAL 7 DAY) + INTERVAL (h.seq - 168) DAY),
+       1e0 / a.seq, 2e0 / a.seq, 0.5e0 / a.seq, 1.5e0 / a.seq, 12,
+       IF(a.seq % 2 = 0, NULL, 1e6 * a.seq), NULL, NOW(3)
+FROM seq_1_to_100 a CROSS JOIN seq_0_to_174 h;
 INSERT INTO indicators_daily (source, asset_id, vs_currency, day, close, market_cap, return_1d,
                               return_nd, return_days, rsi_14, avg_gain, avg_loss,
                               volatility_14d, volatility_30d)

@@ -400,13 +400,14 @@ static void day_range(struct table_run *tr, int64_t day, char *buf, size_t cap)
     char from[32], to[32];
     export_format_day(day, from, sizeof(from));
     export_format_day(day + 1, to, sizeof(to));
-    snprintf(buf, cap, "`%s` >= '%s' AND `%s` < '%s'", tr->t->day_col, from, tr->t->day_col, to);
+    snprintf(buf, cap, "`%s` >= '%s' AND `%s` < '%s'%s%s", tr->t->day_col, from, tr->t->day_col, to,
+             tr->t->index_hint ? " AND " : "", tr->t->index_hint ? tr->t->index_hint : "");
 }
 
 /* The day's row count and fingerprint (see the top of the file). */
 static int fingerprint(struct table_run *tr, int64_t day, uint64_t *rows, char *fp, size_t cap)
 {
-    char where[200];
+    char where[256];
     day_range(tr, day, where, sizeof(where));
     struct sbuf *q = &tr->sql;
     sbuf_reset(q);
@@ -577,7 +578,7 @@ static int write_row(struct day_out *o, int f)
 static int64_t stream_rows(struct day_out *o, int64_t day)
 {
     struct table_run *tr = o->tr;
-    char where[200];
+    char where[256];
     day_range(tr, day, where, sizeof(where));
     struct sbuf *q = &tr->sql;
     sbuf_reset(q);

@@ -29,10 +29,13 @@ extern const struct job_def export_job;
 /* The longest export dir: room under PATH_MAX for TABLE/date=D/NAME. */
 #define EXPORT_DIR_MAX 3072
 
-/* A table export knows: its name and the column whose UTC day puts a row in a day. */
+/* A table export knows: its name, the column whose UTC day puts a row in a day, and a
+ * condition ANDed to the day's range (NULL: none) that lets the server use an index whose
+ * first column is not the day column. */
 struct export_table {
     const char *name;
     const char *day_col;
+    const char *index_hint;
 };
 
 /* The tables export can write, and the one called `name` (NULL when unknown). */

@@ -17,13 +17,14 @@
 #include "sources/export/export.h"
 
 const struct export_table export_tables[] = {
-    {"prices", "source_updated_at"},
-    {"market_snapshots", "snapshot_at"},
-    {"global_snapshots", "snapshot_at"},
-    {"candles", "open_time"},
-    {"price_rollups", "bucket_start"},
-    {"indicators_daily", "day"},
-    {"movers_daily", "day"},
+    {"prices", "source_updated_at", NULL},
+    {"market_snapshots", "snapshot_at", NULL},
+    {"global_snapshots", "snapshot_at", NULL},
+    {"candles", "open_time", NULL},
+    /* Its time index is (bucket, bucket_start): without the bucket, a day is a full scan. */
+    {"price_rollups", "bucket_start", "`bucket` IN ('1h', '1d')"},
+    {"indicators_daily", "day", NULL},
+    {"movers_daily", "day", NULL},
 };
 const size_t export_ntables = sizeof(export_tables) / sizeof(export_tables[0]);
 
