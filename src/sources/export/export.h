@@ -151,10 +151,11 @@ struct export_s3_client;
 struct export_s3_client *export_s3_new(const struct export_plan *p);
 void export_s3_free(struct export_s3_client *c);
 
-/* PUTs the file at `path` to TABLE/date=D/NAME under the prefix, signed with SigV4, with its
- * sha256 (hex) and md5 (hex) -- the store checks both; returns 0 only when the store answered
- * 200 with an ETag equal to the md5, i.e. it holds exactly these bytes. Retries with backoff
- * on network errors, 5xx and 429. -errno otherwise, with the reason in err. */
+/* PUTs the file at `path` as object `key` (export_s3_key), signed with SigV4, with its sha256
+ * (hex) and md5 (hex) -- the store checks both; returns 0 only when the store answered 2xx
+ * with an ETag equal to the md5, i.e. it holds exactly these bytes. Retries with backoff on
+ * network errors, 5xx, 429 and 408. -ECANCELED when the run was cancelled, -EBADMSG for an
+ * ETag that differs, another -errno otherwise; the reason in err. Work thread. */
 int export_s3_put(struct export_s3_client *c, const char *key, const char *path,
                   const char *content_type, const char *sha256_hex, const char *md5_hex, char *err,
                   size_t errlen);
