@@ -14,6 +14,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential cmake pkg-config \
         libuv1-dev libcurl4-openssl-dev libjansson-dev libmariadb-dev libinih-dev \
+        zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -35,6 +36,8 @@ RUN apt-get update \
         libjansson4 \
         libmariadb3 \
         libinih1 \
+        zlib1g \
+        libssl3 \
         ca-certificates \
         curl \
         tini \

@@ -677,6 +677,42 @@ static int store_read(void *ctx, const char *sql, const char *const *params, siz
     return rc;
 }
 
+/* Work off the loop (export) runs on libuv's thread pool; the runner waits for its run to end
+ * before the daemon stops, so no work is left queued when the loop closes. */
+struct store_work_call {
+    uv_work_t req;
+    void (*fn)(void *arg);
+    void (*done)(void *arg);
+    void *arg;
+};
+
+static void store_work_run(uv_work_t *req)
+{
+    struct store_work_call *call = req->data;
+    call->fn(call->arg);
+}
+
+static void store_work_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled: uv_cancel is not used on these */
+    struct store_work_call call = *(struct store_work_call *)req->data;
+    free(req->data);
+    call.done(call.arg);
+}
+
+static int store_work(void *ctx, void (*fn)(void *arg), void (*done)(void *arg), void *arg)
+{
+    struct store_work_call *call = malloc(sizeof(*call));
+    if (!call)
+        return -ENOMEM;
+    *call = (struct store_work_call){.fn = fn, .done = done, .arg = arg};
+    call->req.data = call;
+    int rc = uv_queue_work(ctx, &call->req, store_work_run, store_work_done);
+    if (rc != 0)
+        free(call);
+    return rc;
+}
+
 /* --- the status page ---------------------------------------------------------------------- */
 
 /* The snapshot of everything the page shows (status.h), or NULL on OOM. */
@@ -954,7 +990,11 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
         if (!(d->apis[i] = api_new(d->fetcher, &cfg->sources[i])))
             goto fail_setup;
     }
-    struct store store = {.submit = store_submit, .read = store_read, .ctx = d->sink};
+    struct store store = {.submit = store_submit,
+                          .read = store_read,
+                          .ctx = d->sink,
+                          .work = store_work,
+                          .work_ctx = &d->loop};
     d->runner = runner_new(cfg, d->apis, store);
     d->sched = sched_new(d->timers);
     d->nslots = cfg->njobs;

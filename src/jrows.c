@@ -153,22 +153,12 @@ static int dump_string(struct sbuf *b, const char *s, size_t len)
     return rc;
 }
 
-/* The shortest of %.15g..%.17g that reads back as d; whole numbers below 2^53 as integers. */
+/* Numbers as sbuf_put_double spells them; JSON has no NaN or infinity: null. */
 static int dump_number(struct sbuf *b, double d)
 {
-    char tmp[40];
     if (!isfinite(d))
         return sbuf_append(b, "null", 4);
-    if (d == floor(d) && fabs(d) < 9007199254740992.0) {
-        snprintf(tmp, sizeof(tmp), "%.0f", d);
-    } else {
-        for (int prec = 15; prec <= 17; prec++) {
-            snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
-            if (strtod(tmp, NULL) == d)
-                break;
-        }
-    }
-    return sbuf_append(b, tmp, strlen(tmp));
+    return sbuf_put_double(b, d);
 }
 
 /* Recursion depth is bounded by jansson's own parse depth limit. */

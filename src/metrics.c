@@ -62,6 +62,12 @@ static const struct mdesc descs[] = {
      "Source asset keys a mapping pass left unmapped (ambiguous or unknown)"},
     {"coingest_retention_deleted_rows_total", M_COUNTER,
      "Raw rows the retention job deleted (covered by a daily rollup), by table"},
+    {"coingest_export_rows_total", M_COUNTER, "Rows the export job wrote to day files"},
+    {"coingest_export_files_total", M_COUNTER, "Files (parts) the export job wrote"},
+    {"coingest_export_uploaded_files_total", M_COUNTER,
+     "Exported files uploaded to S3 and confirmed by their checksum"},
+    {"coingest_export_upload_failures_total", M_COUNTER,
+     "Exported files whose upload failed for good in a run (retried next run)"},
     {"coingest_api_calls_month", M_GAUGE,
      "Request attempts sent to the API this calendar month (UTC), from the ledger, by API"},
     {"coingest_api_credits_left", M_GAUGE,
@@ -97,6 +103,10 @@ static const char *const zero_at_start[] = {
     "coingest_history_points_total",
     "coingest_history_series_left",
     "coingest_history_series_done",
+    "coingest_export_rows_total",
+    "coingest_export_files_total",
+    "coingest_export_uploaded_files_total",
+    "coingest_export_upload_failures_total",
 };
 
 struct series {

@@ -679,6 +679,8 @@ static void cancel_run(struct runner *rn, size_t job, struct run *r, const char 
     r->cancelled = true;
     if (why)
         r->cancel_why = why; /* a lost lease stays the reason if the shutdown follows */
+    if (r->def->cancel)
+        r->def->cancel(r); /* work off the loop (a database read) is the job's to stop */
     if (r->req)
         fetch_cancel(r->req);
     for (bool again = true; again && rn->runs[job] == r;) {
@@ -1145,6 +1147,13 @@ int run_read(struct run *r, const char *sql, const char *const *params, size_t n
     if (!r->rn->store.read)
         return -ENOTSUP;
     return r->rn->store.read(r->rn->store.ctx, sql, params, nparams, max_rows, cb, arg);
+}
+
+int run_work(struct run *r, void (*fn)(void *arg), void (*done)(void *arg), void *arg)
+{
+    if (!r->rn->store.work)
+        return -ENOTSUP;
+    return r->rn->store.work(r->rn->store.work_ctx, fn, done, arg);
 }
 
 /* ---- budget ------------------------------------------------------------------------------- */

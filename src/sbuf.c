@@ -9,6 +9,7 @@
 #include "coingest/sbuf.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,4 +84,21 @@ void sbuf_free(struct sbuf *b)
     b->p = NULL;
     b->len = b->cap = 0;
     b->oom = false;
+}
+
+int sbuf_put_double(struct sbuf *b, double d)
+{
+    char tmp[40];
+    if (!isfinite(d))
+        return -EDOM;
+    if (d == floor(d) && fabs(d) < 9007199254740992.0) {
+        snprintf(tmp, sizeof(tmp), "%.0f", d);
+    } else {
+        for (int prec = 15; prec <= 17; prec++) {
+            snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
+            if (strtod(tmp, NULL) == d)
+                break;
+        }
+    }
+    return sbuf_append(b, tmp, strlen(tmp));
 }

@@ -82,12 +82,21 @@ typedef void (*store_read_cb)(int rc, const struct store_rows *rows, const char 
 /* Where rows go and reads come from. submit takes the batch (also on error) and returns 0
  * when the rows are accepted (committed, or durably on their way), else -errno. read runs a
  * SELECT with string parameters and calls cb exactly once, later, on the loop thread; it
- * returns 0, or -errno when cb will not run. read may be NULL (no database to read). */
+ * returns 0, or -errno when cb will not run. read may be NULL (no database to read).
+ *
+ * work runs fn(arg) on a thread off the loop (in the daemon: libuv's thread pool), then
+ * done(arg) on the loop thread, exactly once and never inline; it returns 0, or -errno when
+ * neither will run. It is for jobs that stream more than a read's rows should hold (export):
+ * fn may block for long (its own database connection, files, HTTP), must not touch loop
+ * objects, and should end soon once the job is cancelled. work may be NULL (no threads: the
+ * unit tests' stores); work_ctx is its ctx. */
 struct store {
     int (*submit)(void *ctx, struct batch *b);
     int (*read)(void *ctx, const char *sql, const char *const *params, size_t nparams,
                 size_t max_rows, store_read_cb cb, void *arg);
     void *ctx;
+    int (*work)(void *work_ctx, void (*fn)(void *arg), void (*done)(void *arg), void *arg);
+    void *work_ctx;
 };
 
 struct run;
@@ -106,6 +115,11 @@ struct job_def {
     int (*start)(struct run *r);
     /* Frees what the run state holds (not the state itself); may be NULL. */
     void (*cleanup)(struct run *r);
+    /* Called by runner_cancel (and runner_cancel_job) for a run going on, on the loop thread, after
+     * run_cancelled() became true: for a job whose work runs off the loop (run_work), to tell that
+     * work to stop early. May be NULL (a job that only sends requests and reads: those end by
+     * themselves). Must not finish the run. */
+    void (*cancel)(struct run *r);
     /* Requests one run makes with this config, for the budget; `universe` is the number of
      * tracked assets. */
     uint64_t (*requests_per_run)(const struct config *cfg, const struct cfg_job *job,
@@ -261,6 +275,11 @@ int run_emit(struct run *r, struct batch *b);
 /* Reads through the store (see struct store); -ENOTSUP when the store cannot read. */
 int run_read(struct run *r, const char *sql, const char *const *params, size_t nparams,
              size_t max_rows, store_read_cb cb, void *arg);
+
+/* Runs fn(arg) off the loop thread and then done(arg) on it, through the store (struct store,
+ * `work`). Returns 0, or -ENOTSUP when the store has no threads, or the store's -errno; then
+ * neither callback runs. */
+int run_work(struct run *r, void (*fn)(void *arg), void (*done)(void *arg), void *arg);
 
 /* Records an error ("what: why"; the first one is kept). */
 void run_fail(struct run *r, const char *what, const char *why);

@@ -68,6 +68,13 @@ static inline int sbuf_puts(struct sbuf *b, const char *s)
  * itself fails (vsnprintf < 0; the buffer is not marked failed then). */
 int sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Appends a finite double as the shortest of %.15g..%.17g that reads back as the same double
+ * (strtod), whole numbers below 2^53 without a fraction or exponent ("3", not "3.0"). This is
+ * the one spelling of a DOUBLE in everything coingest writes out (JSON columns, exports).
+ * 0, -ENOMEM, or -EDOM for NaN and infinities (nothing appended: the caller decides how to
+ * spell them). */
+int sbuf_put_double(struct sbuf *b, double d);
+
 /* True when an append failed since the buffer was last reset. */
 static inline bool sbuf_failed(const struct sbuf *b)
 {

@@ -108,7 +108,7 @@ else
       fail "shellcheck on the maintainer scripts"
   fi
   depends=$(dpkg-deb -f "$deb" Depends)
-  for lib in adduser libuv1 libcurl4 libjansson4 libmariadb3 libinih1; do
+  for lib in adduser libuv1 libcurl4 libjansson4 libmariadb3 libinih1 zlib1g libssl3; do
     printf '%s' "$depends" | grep -q "$lib" && ok "Depends names $lib" || fail "Depends lacks $lib: $depends"
   done
   grep -qx 'User=coingest' "$tmp/build/coingestd.service" && ok "the unit runs as the package's user" ||

@@ -383,20 +383,21 @@ static void check_defaults(const struct config *c)
     static const char *const names[] = {"assets", "prices", "market_caps"};
     static const uint64_t every[] = {86400000, 300000, 3600000};
     /* CoinGecko's jobs come first (history and ohlc off until configured); the other sources'
-     * follow. Of those sources only analytics (no remote API) is on, and its retention job is
-     * off. */
-    assert_int_equal(c->njobs, 11);
-    static const char *const others[] = {"history",        "ohlc",           "coinbase_candles",
-                                         "rollups",        "indicators",     "retention",
-                                         "coincap_assets", "coincap_history"};
-    static const bool others_on[] = {false, false, true, true, true, false, true, true};
-    for (size_t i = 0; i < 8; i++) {
+     * follow. Of those sources only analytics and export (no remote API) are on; retention and
+     * export are jobs that are off. */
+    assert_int_equal(c->njobs, 12);
+    static const char *const others[] = {
+        "history",   "ohlc",           "coinbase_candles", "rollups", "indicators",
+        "retention", "coincap_assets", "coincap_history",  "export"};
+    static const bool others_on[] = {false, false, true, true, true, false, true, true, false};
+    for (size_t i = 0; i < 9; i++) {
         assert_string_equal(c->jobs[3 + i].name, others[i]);
         assert_int_equal(c->jobs[3 + i].enabled, others_on[i]);
     }
     for (size_t i = 0; i < c->nsources; i++)
         assert_int_equal(c->sources[i].enabled, strcmp(c->sources[i].name, "coingecko") == 0 ||
-                                                    strcmp(c->sources[i].name, "analytics") == 0);
+                                                    strcmp(c->sources[i].name, "analytics") == 0 ||
+                                                    strcmp(c->sources[i].name, "export") == 0);
     assert_int_equal(c->naliases, 0);
     for (size_t i = 0; i < 3; i++) {
         const struct cfg_job *j = &c->jobs[i];
@@ -667,19 +668,19 @@ static void test_errors_structure(void **state)
     expect_error(
         "[daemon]\nlog_level = info\n[foo]\nx = 1\n",
         "3: [foo]: unknown section (known: [daemon], [database], [cluster], [source.coingecko], "
-        "[source.coinbase], [source.analytics], [source.coincap], [universe], "
+        "[source.coinbase], [source.analytics], [source.coincap], [source.export], [universe], "
         "[job.assets], [job.prices], [job.market_caps], [job.history], [job.ohlc], "
         "[job.coinbase_candles], "
         "[job.rollups], [job.indicators], [job.retention], [job.coincap_assets], "
-        "[job.coincap_history], [aliases])");
+        "[job.coincap_history], [job.export], [aliases])");
     expect_error("[source.coinmarketcap]\n",
                  "1: [source.coinmarketcap]: unknown source \"coinmarketcap\" (known: coingecko, "
-                 "coinbase, analytics, coincap)");
+                 "coinbase, analytics, coincap, export)");
     expect_error(
         "\n[job.price]\nevery = 5m\n",
         "2: [job.price]: unknown job \"price\" (known: assets, prices, market_caps, history, "
         "ohlc, coinbase_candles, rollups, indicators, retention, coincap_assets, "
-        "coincap_history)");
+        "coincap_history, export)");
     /* [retention] is [job.retention] under the name issue 16 gave it; not both. */
     expect_error("[job.retention]\nenabled = true\n[retention]\nmax_age = 30d\n",
                  "3: [retention]: section appears twice (first at line 1)");
@@ -690,7 +691,7 @@ static void test_errors_structure(void **state)
                  "3: [aliases] coinbase.BTC: duplicate alias");
     expect_error("[aliases]\nkraken.XBT = bitcoin\n",
                  "2: [aliases] kraken.XBT: unknown source \"kraken\" (known: coingecko, coinbase, "
-                 "analytics, coincap)");
+                 "analytics, coincap, export)");
     expect_error("[aliases]\nBTC = bitcoin\n",
                  "2: [aliases] BTC: expected SOURCE.KEY = ASSET_ID (e.g. <source>.BTC = bitcoin)");
     struct config *ac = load_ok("[aliases]\ncoinbase.BTC = bitcoin\ncoinbase.btc = batcat\n");

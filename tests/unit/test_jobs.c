@@ -159,7 +159,7 @@ struct env {
     uv_loop_t loop;
     struct timers *timers;
     struct fetcher *f;
-    struct api *apis[4];
+    struct api *apis[8];
     struct config *cfg;
     struct runner *rn;
     struct memstore mem;
@@ -238,7 +238,7 @@ static void load_config(struct env *e, const char *extra)
 static void start_runner(struct env *e)
 {
     memset(e->apis, 0, sizeof(e->apis));
-    assert_true(e->cfg->nsources <= 4);
+    assert_true(e->cfg->nsources <= sizeof(e->apis) / sizeof(e->apis[0]));
     for (size_t i = 0; i < e->cfg->nsources; i++)
         if (e->cfg->sources[i].enabled)
             assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
@@ -290,7 +290,7 @@ static int teardown(void **state)
 {
     struct env *e = *state;
     runner_free(e->rn);
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < sizeof(e->apis) / sizeof(e->apis[0]); i++)
         api_free(e->apis[i]);
     fetcher_free(e->f, fetcher_gone, NULL);
     if (e->mem.read_timer_init) {

@@ -4,6 +4,7 @@
  * and what an allocation failure does (content unchanged, the failure sticky until reset).
  */
 #include <errno.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -199,6 +200,31 @@ static void test_out_of_memory_is_sticky(void **state)
 #endif
 }
 
+/* sbuf_put_double: the shortest text that reads back as the same double; whole numbers below
+ * 2^53 as integers; NaN and infinities refused without a byte appended. */
+static void test_put_double(void **state)
+{
+    (void)state;
+    struct sbuf b = {0};
+    assert_int_equal(sbuf_put_double(&b, 0.1), 0);
+    assert_string_equal(b.p, "0.1");
+    sbuf_reset(&b);
+    assert_int_equal(sbuf_put_double(&b, 0.1 + 0.2), 0);
+    assert_string_equal(b.p, "0.30000000000000004");
+    sbuf_reset(&b);
+    assert_int_equal(sbuf_put_double(&b, 3.0), 0);
+    assert_string_equal(b.p, "3");
+    sbuf_reset(&b);
+    assert_int_equal(sbuf_put_double(&b, 1e300), 0);
+    assert_string_equal(b.p, "1e+300");
+    sbuf_reset(&b);
+    assert_int_equal(sbuf_put_double(&b, NAN), -EDOM);
+    assert_int_equal(sbuf_put_double(&b, -INFINITY), -EDOM);
+    assert_int_equal(b.len, 0);
+    assert_false(sbuf_failed(&b));
+    sbuf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +236,7 @@ int main(void)
         cmocka_unit_test(test_reserve_in_place),
         cmocka_unit_test(test_impossible_size),
         cmocka_unit_test(test_out_of_memory_is_sticky),
+        cmocka_unit_test(test_put_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
