@@ -81,6 +81,7 @@ struct daemon {
     struct wheel_timer stop_timer;
     struct wheel_timer once_timer;
     struct wheel_timer inflight_timer; /* a stop: when transfers in flight are cancelled */
+    struct wheel_timer month_timer;    /* the month's turn: ledgers roll, the schedule refits */
     uint64_t watchdog_ms;
     uint64_t stop_deadline; /* monotonic ms */
 
@@ -312,6 +313,7 @@ static void teardown(struct daemon *d)
         timers_stop(d->timers, &d->stop_timer);
         timers_stop(d->timers, &d->once_timer);
         timers_stop(d->timers, &d->inflight_timer);
+        timers_stop(d->timers, &d->month_timer);
     }
     if (d->server)
         server_close(d->server, server_closed, d);
@@ -903,6 +905,15 @@ static void on_signal(uv_signal_t *h, int signum)
     }
 }
 
+static void month_turn(struct wheel_timer *tm, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->stopping || !d->runner)
+        return;
+    /* a second past the turn, so that the wall clock is in the new month when it fires */
+    timers_start(d->timers, tm, runner_month_tick(d->runner) + 1000);
+}
+
 static void watchdog(struct wheel_timer *tm, void *arg)
 {
     struct daemon *d = arg;
@@ -964,6 +975,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     wheel_timer_init(&d->stop_timer, stop_timeout, d);
     wheel_timer_init(&d->once_timer, once_wait_timeout, d);
     wheel_timer_init(&d->inflight_timer, stop_inflight, d);
+    wheel_timer_init(&d->month_timer, month_turn, d);
 
     d->sink = sink_new(&d->loop, d->timers, cfg);
     if (!d->sink)
@@ -1042,6 +1054,8 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     runner_on_budget(d->runner, budget_changed, d);
     runner_load_ledgers(d->runner);
     probe_accounts(d); /* in cluster mode, none yet: on gaining a budget lease */
+    if (!opts->once)
+        month_turn(&d->month_timer, d);
 
     uv_run(&d->loop, UV_RUN_DEFAULT);
     status = d->exit_code;

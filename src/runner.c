@@ -1311,6 +1311,18 @@ static void account_done(const struct fetch_result *res, void *arg)
     runner_set_account(rn, s, &info);
 }
 
+uint64_t runner_month_tick(struct runner *rn)
+{
+    uint64_t now = util_wall_ms();
+    for (size_t s = 0; s < rn->nsources; s++) {
+        struct ledger *l = &rn->ledgers[s];
+        if (rn->apis[s] && l->period_ms && l->period_ms != month_start_ms(now, 0))
+            ledger_prepare(rn, s, now); /* rolls the month over and refits (budget_changed) */
+    }
+    int64_t next = month_start_ms(now, 1);
+    return next > (int64_t)now ? (uint64_t)(next - (int64_t)now) : 1000;
+}
+
 void runner_probe_account(struct runner *rn, size_t s)
 {
     if (s >= rn->nsources)

@@ -208,6 +208,12 @@ void runner_set_account(struct runner *rn, size_t source, const struct account_i
  * each reload (after runner_set_config and api_update). */
 void runner_probe_accounts(struct runner *rn);
 
+/* At a month's turn (UTC): every source whose ledger counts the month that ended starts the
+ * new one (its count read back, the "spent" state gone) and the schedule is refitted, so that
+ * jobs stretched for the old month's credits do not wait for their next tick. Returns the ms
+ * until the next month begins, for the caller's timer. */
+uint64_t runner_month_tick(struct runner *rn);
+
 /* The same for source s alone (cluster mode: the instance that gains s's budget lease asks;
  * the others do not call the API at all). A probe already under way is left alone. */
 void runner_probe_account(struct runner *rn, size_t s);

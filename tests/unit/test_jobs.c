@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1280,6 +1281,32 @@ static void test_monthly_credits_restored(void **state)
     assert_non_null(strstr(e->sum.error, "50 of 50 used"));
 }
 
+/* Within the month, the month's turn changes nothing (the month stays spent) and says how
+ * long until the next one begins (the daemon's timer). */
+static void test_month_tick_within_the_month(void **state)
+{
+    struct env *e = *state;
+    e->mem.usage_calls = 50;
+    do_run(e, "prices");
+    assert_non_null(strstr(e->sum.error, "50 of 50 used"));
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    time_t now = ts.tv_sec;
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    tm.tm_mday = 1;
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    tm.tm_mon += 1; /* timegm normalises December + 1 */
+    int64_t to_next_s = (int64_t)timegm(&tm) - (int64_t)now;
+    uint64_t ms = runner_month_tick(e->rn);
+    assert_true(ms > 0 && ms <= 31ull * 86400 * 1000);
+    /* the same turn, up to the seconds between the two clock readings */
+    assert_true(llabs((int64_t)(ms / 1000) - to_next_s) <= 2);
+    do_run(e, "prices");
+    assert_int_equal(e->sum.requests, 0);
+    assert_non_null(strstr(e->sum.error, "monthly credits"));
+}
+
 int main(void)
 {
     if (!fakeapi_available()) {
@@ -1319,6 +1346,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unsupported_vs_currency, setup_bad_vs, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_cap, setup_credits, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_restored, setup_credits, teardown),
+        cmocka_unit_test_setup_teardown(test_month_tick_within_the_month, setup_credits, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
