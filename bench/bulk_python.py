@@ -20,9 +20,11 @@ Prints, for the median (by wall time) of BENCH_E2E_REPS repetitions, each on a f
 does; BENCH_PRERENDER=0 turns both off):
 
   bench=bulk_python run=first|tick universe=.. wall_s=.. rows=.. rows_per_s=.. requests=..
-    requests_per_s=.. cpu_s=.. rows_per_cpu_s=.. peak_rss_kb=.. api_cpu_s=.. prerender=0|1
+    requests_per_s=.. cpu_s=.. rows_per_cpu_s=.. peak_rss_kb=.. api_cpu_s=.. db_cpu_s=..
+    prerender=0|1
 
-api_cpu_s is the fake API's CPU during the run (as in bench/e2e.py).
+api_cpu_s and db_cpu_s are the CPU the fake API and the MariaDB server used during the run
+(as in bench/e2e.py).
 
 Needs python3-requests and python3-mysqldb (Debian packages; bench/run installs them); the
 loader runs on BENCH_PYTHON, by default /usr/bin/python3 (Debian's, which has them).
@@ -190,6 +192,8 @@ def main():
                         api.control("POST", "tick", {})
                     e2e.warm(api)
                     api_cpu0 = e2e.proc_cpu_s(api.proc.pid)
+                    dbpid = e2e.db_server_pid()
+                    db_cpu0 = e2e.proc_cpu_s(dbpid) if dbpid else 0.0
                     t0 = time.monotonic()
                     p = subprocess.Popen([py, os.path.abspath(__file__), "--once",
                                           api.base_url, db.socket or "", str(db.port), db.user,
@@ -199,6 +203,7 @@ def main():
                     _, status, ru = os.wait4(p.pid, 0)
                     wall = time.monotonic() - t0
                     api_cpu = e2e.proc_cpu_s(api.proc.pid) - api_cpu0
+                    db_cpu = (e2e.proc_cpu_s(dbpid) - db_cpu0) if dbpid else 0.0
                     p.returncode = os.waitstatus_to_exitcode(status)
                     p.stdout.close()
                     if p.returncode != 0:
@@ -209,7 +214,7 @@ def main():
                     results[run].append({
                         "wall_s": wall, "rows": int(kv["rows"]), "requests": int(kv["requests"]),
                         "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss,
-                        "api_cpu_s": api_cpu})
+                        "api_cpu_s": api_cpu, "db_cpu_s": db_cpu})
             finally:
                 db.drop()
     finally:
@@ -223,7 +228,7 @@ def main():
               f"requests_per_s={r['requests'] / wall:.1f} cpu_s={cpu:.3f} "
               f"rows_per_cpu_s={r['rows'] / cpu if cpu > 0 else 0:.0f} "
               f"peak_rss_kb={r['peak_rss_kb']} api_cpu_s={r['api_cpu_s']:.2f} "
-              f"prerender={int(primes > 0)}", flush=True)
+              f"db_cpu_s={r['db_cpu_s']:.2f} prerender={int(primes > 0)}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
