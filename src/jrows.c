@@ -15,7 +15,9 @@
  * costs in memory is its largest element's tree, not the whole document's: the 1.7 MB coin
  * list with platforms was a 16 MB tree. Anything unusual (not an array, a syntax error, a
  * number overflow, the budget) rolls that walk back and takes the whole-document path, which
- * gives the same rows or the same error as before.
+ * gives the same rows or the same error as before. Each element's tree is built in a small
+ * arena reset once the element is walked (see "the element arena" below), so the walk costs
+ * one malloc per body rather than some 200 per element.
  *
  * Fields. A field table maps JSON keys (or dotted paths) to columns by name; jrows_out looks
  * the names up in the batch spec once per parse, and the kind decides how a JSON value becomes
