@@ -15,15 +15,21 @@ Same synthetic universe, fake API and kind of fresh database (schema applied bef
 --once` process; cpu_s and peak_rss_kb come from wait4() on it. It has none of the daemon's
 guarantees (rate limiting, retries, spool, job_runs bookkeeping, bit-exact checks).
 
-Prints, for the median (by wall time) of BENCH_E2E_REPS repetitions, each on a fresh database:
+Prints, for the median (by wall time) of BENCH_E2E_REPS repetitions, each on a fresh database
+(after one untimed repetition that fills the fake API's --prerender cache, as bench/e2e.py
+does; BENCH_PRERENDER=0 turns both off):
 
   bench=bulk_python run=first|tick universe=.. wall_s=.. rows=.. rows_per_s=.. requests=..
-    requests_per_s=.. cpu_s=.. rows_per_cpu_s=.. peak_rss_kb=..
+    requests_per_s=.. cpu_s=.. rows_per_cpu_s=.. peak_rss_kb=.. api_cpu_s=.. db_cpu_s=..
+    prerender=0|1
+
+api_cpu_s and db_cpu_s are the CPU the fake API and the MariaDB server used during the run
+(as in bench/e2e.py).
 
 Needs python3-requests and python3-mysqldb (Debian packages; bench/run installs them); the
 loader runs on BENCH_PYTHON, by default /usr/bin/python3 (Debian's, which has them).
 Environment: as bench/e2e.py (COINGESTD for the schema, FAKEAPI, COINGEST_SOURCE_DIR,
-COINGEST_TEST_DB_*, BENCH_UNIVERSE, BENCH_E2E_REPS, BENCH_WORKDIR).
+COINGEST_TEST_DB_*, BENCH_UNIVERSE, BENCH_E2E_REPS, BENCH_PRERENDER, BENCH_WORKDIR).
 """
 import json
 import os
@@ -169,11 +175,12 @@ def main():
     n = int(os.environ.get("BENCH_UNIVERSE", "17500"))
     reps = max(1, int(os.environ.get("BENCH_E2E_REPS", "3")))
     work = tempfile.mkdtemp(prefix="bench-bulk.", dir=os.environ.get("BENCH_WORKDIR"))
-    api = h.FakeAPI(work, "--universe", str(n))
+    api_args, primes = e2e.prerender()
+    api = h.FakeAPI(work, "--universe", str(n), *api_args)
     results = {"first": [], "tick": []}
     try:
-        for rep in range(reps):
-            db = h.Database(f"bench_bulk_{os.getpid()}_{rep}")
+        for rep in range(-primes, reps):
+            db = h.Database(f"bench_bulk_{os.getpid()}_{rep + primes}")
             try:
                 conf = os.path.join(work, f"bulk{rep}.conf")
                 e2e.bench_config(conf, db, api.base_url, os.path.join(work, f"spool{rep}"))
@@ -184,6 +191,9 @@ def main():
                     if run == "tick":
                         api.control("POST", "tick", {})
                     e2e.warm(api)
+                    api_cpu0 = e2e.proc_cpu_s(api.proc.pid)
+                    dbpid = e2e.db_server_pid()
+                    db_cpu0 = e2e.proc_cpu_s(dbpid) if dbpid else 0.0
                     t0 = time.monotonic()
                     p = subprocess.Popen([py, os.path.abspath(__file__), "--once",
                                           api.base_url, db.socket or "", str(db.port), db.user,
@@ -192,14 +202,19 @@ def main():
                     out = p.stdout.read()
                     _, status, ru = os.wait4(p.pid, 0)
                     wall = time.monotonic() - t0
+                    api_cpu = e2e.proc_cpu_s(api.proc.pid) - api_cpu0
+                    db_cpu = (e2e.proc_cpu_s(dbpid) - db_cpu0) if dbpid else 0.0
                     p.returncode = os.waitstatus_to_exitcode(status)
                     p.stdout.close()
                     if p.returncode != 0:
                         sys.exit(f"bench/bulk_python.py: the loader failed: {out}")
                     kv = dict(x.split("=", 1) for x in out.split())
+                    if rep < 0:
+                        continue  # the untimed repetition that filled the fake API's cache
                     results[run].append({
                         "wall_s": wall, "rows": int(kv["rows"]), "requests": int(kv["requests"]),
-                        "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss})
+                        "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss,
+                        "api_cpu_s": api_cpu, "db_cpu_s": db_cpu})
             finally:
                 db.drop()
     finally:
@@ -212,7 +227,8 @@ def main():
               f"rows_per_s={r['rows'] / wall:.0f} requests={r['requests']} "
               f"requests_per_s={r['requests'] / wall:.1f} cpu_s={cpu:.3f} "
               f"rows_per_cpu_s={r['rows'] / cpu if cpu > 0 else 0:.0f} "
-              f"peak_rss_kb={r['peak_rss_kb']}", flush=True)
+              f"peak_rss_kb={r['peak_rss_kb']} api_cpu_s={r['api_cpu_s']:.2f} "
+              f"db_cpu_s={r['db_cpu_s']:.2f} prerender={int(primes > 0)}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

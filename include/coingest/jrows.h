@@ -109,7 +109,7 @@ struct jrows {
     struct batch *out[JROWS_MAX_OUT];
     uint32_t mark[JROWS_MAX_OUT];
     struct strlist *idlist;
-    const json_t **ids; /* kept ids, pointers into the document until jrows_finish */
+    char **ids; /* kept ids (copies), moved to idlist by jrows_finish */
     size_t nids, capids;
     struct sbuf sb; /* scratch for JSON text columns */
 };
@@ -133,6 +133,12 @@ int jrows_out(struct jrows *j, struct batch *b, enum batch_spec_id id, const cha
 #define JROWS_MEM_FACTOR 16u
 #define JROWS_MEM_SLACK  (4u << 20)
 size_t jrows_mem_budget(size_t len);
+
+/* Whether jrows_array parses each element of an array body into an arena that is reset once
+ * the element is walked (default true: it takes malloc and free out of the parse). Tests
+ * turn it off, before any parse, so that every allocation jansson makes is a malloc that
+ * can be made to fail. */
+void jrows_element_arena(bool on);
 
 /* Parses a whole body into *root (the caller json_decref's it). Counts overflow_numbers.
  * 0, -EBADMSG (not JSON; message set), -E2BIG (its parse would allocate more than

@@ -774,6 +774,8 @@ class App:
         self.rate = RateLimit(count, window, args.rate_slack_ms / 1000.0)
         self.log_file = open(args.log, "a", encoding="utf-8") if args.log else None
         self.plan = PlanModel(args)
+        self.prerendered = {}
+        self.prerendered_bytes = 0
         if routes:
             self.routes = routes(self)
         elif args.universe:
@@ -783,6 +785,29 @@ class App:
             fixtures = args.fixtures or os.path.join(
                 os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
             self.routes = FixtureRoutes(self, fixtures)
+
+    # --prerender: the universe's answers kept by (tick, route, query), so that a benchmark
+    # measures its client, not this stand-in's Python building the same page again.
+    PRERENDER_ROUTES = ("/coins/list", "/coins/markets", "/global", "/simple/price",
+                        "/coins/categories", "/coins/categories/list")
+    PRERENDER_MAX_BYTES = 512 << 20
+
+    def prerender_key(self, route, params):
+        """The cache key of an answer, or None when it is not to be kept (no --prerender, not
+        the universe, rank churn, which differs on every request, or another route)."""
+        if (not getattr(self.args, "prerender", False) or not getattr(self.args, "universe", 0)
+                or self.plan.churn or route not in self.PRERENDER_ROUTES):
+            return None
+        return (self.tick, route, tuple(sorted(params.items())))
+
+    def keep_prerendered(self, key, body):
+        with self.lock:
+            if self.prerendered_bytes + len(body) > self.PRERENDER_MAX_BYTES:
+                self.prerendered.clear()
+                self.prerendered_bytes = 0
+            if key not in self.prerendered:
+                self.prerendered[key] = body
+                self.prerendered_bytes += len(body)
 
     def next_conn(self):
         with self.lock:
@@ -1033,13 +1058,21 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, app, method, route, params):
         if method != "GET" or route is None:
             return 404, self.not_found_body
+        key = app.prerender_key(route, params)
+        if key is not None:
+            body = app.prerendered.get(key)
+            if body is not None:
+                return 200, body
         try:
             out = app.routes.route(route, params)
         except ApiError as e:
             return e.status, e.body
         if isinstance(out, ApiError):
             return out.status, out.body
-        return 200, out if isinstance(out, bytes) else dumps(out)
+        body = out if isinstance(out, bytes) else dumps(out)
+        if key is not None:
+            app.keep_prerendered(key, body)
+        return 200, body
 
     def apply_fault(self, app, f, route, params, entry):
         if f.get("delay") or f["kind"] == "delay":
@@ -1197,6 +1230,9 @@ def build_parser():
                    help="request log entries kept in memory (oldest dropped; default 100000)")
     p.add_argument("--no-parent-watch", action="store_true",
                    help="keep running when the parent process exits")
+    p.add_argument("--prerender", action="store_true",
+                   help="universe mode: keep each answer by (tick, route, query) and serve it "
+                        "again from memory (for benchmarks)")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--selftest", action="store_true", help="run built-in checks and exit")
     add_plan_arguments(p)
@@ -1368,6 +1404,19 @@ def selftest(args):
     st, _, body = get(c, PREFIX + "/simple/price?ids=coin-00001&vs_currencies=usd"
                       "&include_last_updated_at=true")
     check(json.loads(body)["coin-00001"]["last_updated_at"] > before, "universe: tick moves")
+    c.close()
+    srv.shutdown()
+    srv.server_close()
+
+    srv = start(["--universe", "300", "--prerender"])
+    c = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+    q = PREFIX + "/coins/markets?vs_currency=usd&per_page=250&page=1&precision=full"
+    bodies = [get(c, q)[2], get(c, q)[2]]
+    get(c, CONTROL + "tick", "POST", b"{}")
+    bodies.append(get(c, q)[2])
+    check(bodies[0] == bodies[1] and bodies[1] != bodies[2] and len(json.loads(bodies[2])) == 250,
+          "prerender: the same page again, a new one after a tick")
+    check(len(srv.app.prerendered) == 2, "prerender: one entry per tick and query")
     c.close()
     srv.shutdown()
     srv.server_close()

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "coingest/batch.h"
+#include "coingest/jrows.h"
 #include "sources/coingecko/coingecko.h"
 #include "rowcheck.h"
 #include "testdb.h"
@@ -900,60 +901,72 @@ static void test_out_of_memory_rolls_back(void **state)
 #if ALLOCFAIL
     size_t len;
     char *body = fixture("coins_markets_ids-bitcoin-ethereum_eth_2021-05.json", &len);
-    long failures = 0, enomem = 0;
-    for (long n = 0;; n++) {
-        long live = allocfail_live;
-        struct batch *sn = batch_new(BATCH_MARKET_SNAPSHOTS, 1);
-        struct batch *am = batch_new(BATCH_ASSETS_MARKET, 1);
-        struct batch *ac = batch_new(BATCH_ASSET_CATEGORIES, 1);
-        assert_int_equal(batch_add_row(sn), 0);
-        assert_int_equal(batch_add_row(am), 0);
-        assert_int_equal(batch_add_row(ac), 0);
-        size_t sn_bytes = sn->bytes;
-        char *first = strdup("first");
-        char **items = malloc(sizeof(*items));
-        items[0] = first;
-        struct strlist ids = {items, 1};
-        struct coingecko_stats st = {0}, zero = {0};
-        struct coingecko_markets_out out = {sn, am, ac, &ids, 0};
+    /* Twice: as the daemon parses (elements in jrows' arena, which one malloc provides), then
+     * with every jansson allocation a malloc of its own, so that each can fail. */
+    for (int arena = 1; arena >= 0; arena--) {
+        jrows_element_arena(arena);
+        long failures = 0, enomem = 0;
+        for (long n = 0;; n++) {
+            long live = allocfail_live;
+            struct batch *sn = batch_new(BATCH_MARKET_SNAPSHOTS, 1);
+            struct batch *am = batch_new(BATCH_ASSETS_MARKET, 1);
+            struct batch *ac = batch_new(BATCH_ASSET_CATEGORIES, 1);
+            assert_int_equal(batch_add_row(sn), 0);
+            assert_int_equal(batch_add_row(am), 0);
+            assert_int_equal(batch_add_row(ac), 0);
+            size_t sn_bytes = sn->bytes;
+            char *first = strdup("first");
+            char **items = malloc(sizeof(*items));
+            items[0] = first;
+            struct strlist ids = {items, 1};
+            struct coingecko_stats st = {0}, zero = {0};
+            struct coingecko_markets_out out = {sn, am, ac, &ids, 0};
 
-        allocfail_countdown = n;
-        int rc = coingecko_parse_markets(body, len, &times, "eth", "layer-1", &out, &st, NULL, 0);
-        int injected = allocfail_countdown < 0;
-        allocfail_countdown = -1;
+            allocfail_countdown = n;
+            int rc =
+                coingecko_parse_markets(body, len, &times, "eth", "layer-1", &out, &st, NULL, 0);
+            int injected = allocfail_countdown < 0;
+            allocfail_countdown = -1;
 
-        if (rc == 0) {
-            /* Success despite a failed allocation: jansson drops a byte of a long token when
-             * growing its lexer buffer fails (it ignores that error), so no values are checked
-             * then. */
-            assert_int_equal(sn->nrows, 3);
-            assert_int_equal(ids.n, 3);
-        } else {
-            assert_true(injected);
-            /* jansson reports some of its own allocation failures as syntax errors. */
-            assert_true(rc == -ENOMEM || rc == -EBADMSG);
-            enomem += rc == -ENOMEM;
-            assert_int_equal(sn->nrows, 1);
-            assert_int_equal(am->nrows, 1);
-            assert_int_equal(ac->nrows, 1);
-            assert_int_equal(sn->bytes, sn_bytes);
-            assert_int_equal(ids.n, 1);
-            assert_ptr_equal(ids.items[0], first);
-            assert_memory_equal(&st, &zero, sizeof(st));
-            failures++;
+            if (rc == 0) {
+                /* Success despite a failed allocation: jansson drops a byte of a long token when
+                 * growing its lexer buffer fails (it ignores that error), so no values are checked
+                 * then. */
+                assert_int_equal(sn->nrows, 3);
+                assert_int_equal(ids.n, 3);
+            } else {
+                assert_true(injected);
+                /* jansson reports some of its own allocation failures as syntax errors. */
+                assert_true(rc == -ENOMEM || rc == -EBADMSG);
+                enomem += rc == -ENOMEM;
+                assert_int_equal(sn->nrows, 1);
+                assert_int_equal(am->nrows, 1);
+                assert_int_equal(ac->nrows, 1);
+                assert_int_equal(sn->bytes, sn_bytes);
+                assert_int_equal(ids.n, 1);
+                assert_ptr_equal(ids.items[0], first);
+                assert_memory_equal(&st, &zero, sizeof(st));
+                failures++;
+            }
+            coingecko_strlist_free(&ids);
+            batch_free(sn);
+            batch_free(am);
+            batch_free(ac);
+            if (allocfail_live != live)
+                fail_msg("allocation %ld failed: %ld blocks leaked", n, allocfail_live - live);
+            if (rc == 0 && !injected)
+                break;
         }
-        coingecko_strlist_free(&ids);
-        batch_free(sn);
-        batch_free(am);
-        batch_free(ac);
-        if (allocfail_live != live)
-            fail_msg("allocation %ld failed: %ld blocks leaked", n, allocfail_live - live);
-        if (rc == 0 && !injected)
-            break;
+        if (arena) {
+            /* The arena itself, the roi text and the id copies. */
+            assert_true(failures > 3);
+        } else {
+            /* jansson's parse, the batches' arenas, the roi text and the id copies. */
+            assert_true(failures > 20);
+            assert_true(enomem > 10);
+        }
     }
-    /* jansson's parse, the arena, the roi text and the id copies all allocate. */
-    assert_true(failures > 20);
-    assert_true(enomem > 10);
+    jrows_element_arena(true);
     free(body);
 #else
     skip();
