@@ -228,15 +228,7 @@ static void wait_until_locked(struct cluster *cl, uint64_t until)
         uint64_t now = util_mono_ms();
         if (now >= until)
             return;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t left = until - now;
-        ts.tv_sec += (time_t)(left / 1000);
-        ts.tv_nsec += (long)(left % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = util_mono_deadline(until - now);
         pthread_cond_timedwait(&cl->cv, &cl->mu, &ts);
     }
 }

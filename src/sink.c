@@ -931,15 +931,7 @@ static void wait_ms_locked(struct sink *s, uint64_t ms, uint64_t gen)
         uint64_t now = util_mono_ms();
         if (now >= deadline)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t left = deadline - now;
-        ts.tv_sec += (time_t)(left / 1000);
-        ts.tv_nsec += (long)(left % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = util_mono_deadline(deadline - now);
         pthread_cond_timedwait(&s->cv, &s->mu, &ts);
     }
 }

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* A rate: `count` events per `period_ms` (a config value, the token bucket's refill). */
 struct rate {
@@ -21,6 +22,10 @@ struct rate {
 uint64_t util_wall_ms(void);
 /* Milliseconds from an arbitrary origin (CLOCK_MONOTONIC). Thread: any. */
 uint64_t util_mono_ms(void);
+
+/* The CLOCK_MONOTONIC time `ms` from now, as pthread_cond_timedwait takes it (for a condition
+ * variable whose clock was set to CLOCK_MONOTONIC). */
+struct timespec util_mono_deadline(uint64_t ms);
 
 /* A small, fast, seedable random source (splitmix64). Not for secrets.
  * Tests seed it to make jitter deterministic. */
