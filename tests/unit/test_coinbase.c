@@ -34,6 +34,7 @@
 #include "coingest/timers.h"
 #include "fakeapi_proc.h"
 #include "memstore.h"
+#include "runwait.h"
 #include "sources/coinbase/coinbase.h"
 
 #define WAIT_MS 60000
@@ -41,11 +42,7 @@
 /* A recorded Coinbase body from tests/fixtures/coinbase/ (testdb_read_fixture). */
 static char *load_fixture(const char *name, size_t *len)
 {
-    char rel[256];
-    snprintf(rel, sizeof(rel), "coinbase/%s", name);
-    char *buf = testdb_read_fixture(rel, len);
-    assert_non_null(buf);
-    return buf;
+    return testdb_fixture("coinbase", name, len);
 }
 
 /* ---- parsers ---------------------------------------------------------------------------- */
@@ -170,8 +167,7 @@ struct env {
     struct runner *rn;
     struct memstore mem;
     char conf[PATH_MAX];
-    bool done;
-    struct run_summary sum;
+    struct runwait run;
 };
 
 /* The canonical assets the store's universe read answers. */
@@ -183,35 +179,9 @@ static const char *const assets[] = {
     "ethereum", "eth", "Ethereum", NULL, "400000000000",
 };
 
-static void on_run_done(const struct run_summary *s, void *arg)
-{
-    struct env *e = arg;
-    e->sum = *s;
-    e->done = true;
-}
-
-static void deadline_cb(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
 static void do_run(struct env *e)
 {
-    int i = config_job_index(e->cfg, "coinbase_candles");
-    assert_true(i >= 0);
-    e->done = false;
-    assert_int_equal(runner_start(e->rn, (size_t)i, on_run_done, e), 0);
-    bool expired = false;
-    uv_timer_t t;
-    uv_timer_init(&e->loop, &t);
-    t.data = &expired;
-    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
-    while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    if (!e->done)
-        fail_msg("the run did not finish within %d ms", WAIT_MS);
+    runwait_job(&e->run, e->rn, e->cfg, &e->loop, "coinbase_candles", WAIT_MS);
 }
 
 static void start_runner(struct env *e)
@@ -361,9 +331,9 @@ static void test_job_maps_and_resumes(void **state)
                                             "\"match\":\"/products/ETH-USD/candles\",\"skip\":1}"),
                      0);
     do_run(e);
-    int64_t end_ms = (int64_t)(e->sum.started_wall_ms / 1000 - 120) / 3600 * 3600 * 1000;
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "ETH-USD"));
+    int64_t end_ms = (int64_t)(e->run.sum.started_wall_ms / 1000 - 120) / 3600 * 3600 * 1000;
+    assert_int_equal(e->run.sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->run.sum.error, "ETH-USD"));
 
     /* Aliases: BTC by its dominant market cap, ETH by the override, DUP listed, not fetched. */
     const struct batch *al = e->mem.kept[BATCH_ASSET_ALIASES];
@@ -403,7 +373,7 @@ static void test_job_maps_and_resumes(void **state)
     /* Run 2 resumes ETH-USD where the store says it got; the others are current. */
     long since = last_seq(e);
     do_run(e);
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     assert_int_equal(candle_requests(e, "ETH-USD", since), 2);
     assert_true(candle_requests(e, "BTC-USD", since) <= 1); /* 1 only if an hour just closed */
     size_t eth_usd = candles_of(&e->mem, "ETH-USD", end_ms);
@@ -416,7 +386,7 @@ static void test_job_maps_and_resumes(void **state)
     e->mem = fresh;
     e->rn = runner_new(e->cfg, e->apis, memstore_store(&e->mem));
     do_run(e);
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     assert_int_equal(candles_of(&e->mem, "ETH-USD", end_ms), eth_usd);
     assert_int_equal(candles_of(&e->mem, "BTC-USD", end_ms), btc);
     memstore_clear(&e->mem);

@@ -33,6 +33,7 @@
 #include "coingest/util.h"
 #include "fakeapi_proc.h"
 #include "memstore.h"
+#include "runwait.h"
 #include "sources/coingecko/history.h"
 #include "testdb.h"
 
@@ -109,11 +110,7 @@ static void test_windows(void **state)
 
 static char *fixture(const char *name, size_t *len)
 {
-    char rel[256];
-    snprintf(rel, sizeof(rel), "coingecko/%s", name);
-    char *buf = testdb_read_fixture(rel, len);
-    assert_non_null(buf);
-    return buf;
+    return testdb_fixture("coingecko", name, len);
 }
 
 static int64_t t_of(const struct batch *b, uint32_t i)
@@ -279,39 +276,12 @@ struct env {
     struct runner *rn;
     struct memstore mem;
     char conf[PATH_MAX];
-    bool done;
-    struct run_summary sum;
+    struct runwait run;
 };
-
-static void on_run_done(const struct run_summary *s, void *arg)
-{
-    struct env *e = arg;
-    e->sum = *s;
-    e->done = true;
-}
-
-static void deadline_cb(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
 
 static void do_run(struct env *e, const char *job)
 {
-    int i = config_job_index(e->cfg, job);
-    assert_true(i >= 0);
-    e->done = false;
-    assert_int_equal(runner_start(e->rn, (size_t)i, on_run_done, e), 0);
-    bool expired = false;
-    uv_timer_t t;
-    uv_timer_init(&e->loop, &t);
-    t.data = &expired;
-    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
-    while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    if (!e->done)
-        fail_msg("the run did not finish within %d ms", WAIT_MS);
+    runwait_job(&e->run, e->rn, e->cfg, &e->loop, job, WAIT_MS);
 }
 
 static void stop_runner(struct env *e)
@@ -436,7 +406,7 @@ static void test_daily_clamps_and_resumes(void **state)
     start_runner(e, "[job.history]\nenabled = true\ndays = 400\ngranularity = daily\n");
     long seq = 0;
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     /* One window refused past the reach, asked again from it; then one window per series. */
     assert_int_equal(requests(e, "/market_chart/range", 0, &seq), 1 + 6);
     int64_t now = (int64_t)util_wall_ms();
@@ -470,7 +440,7 @@ static void test_daily_clamps_and_resumes(void **state)
     /* A second pass resumes from the marks: nothing to ask for. */
     uint64_t rows = e->mem.kept[BATCH_PRICES]->nrows;
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, NULL), 0);
     assert_int_equal(e->mem.kept[BATCH_PRICES]->nrows, rows);
 }
@@ -481,7 +451,7 @@ static void test_hourly_and_auto(void **state)
     start_runner(e, "[job.history]\nenabled = true\nids = coin-00002\n"
                     "vs_currencies = usd\ndays = 3\ngranularity = hourly\n");
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     static int64_t t[2000];
     int64_t now = (int64_t)util_wall_ms();
     size_t n = series_times(&e->mem, "coin-00002", "usd", t, 2000);
@@ -510,7 +480,7 @@ static void test_ohlc_job(void **state)
     struct env *e = *state;
     start_runner(e, "[job.ohlc]\nenabled = true\ndays = 7\nvs_currencies = usd\n");
     do_run(e, "ohlc");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     const struct batch *b = e->mem.kept[BATCH_CANDLES];
     assert_non_null(b);
     int64_t now = (int64_t)util_wall_ms();
@@ -537,7 +507,7 @@ static void test_leaves_live_credits(void **state)
     long seq = 0;
     requests(e, "", 0, &seq);
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, &seq), 0);
 
     /* Without live jobs the same month has room. */
@@ -546,7 +516,7 @@ static void test_leaves_live_credits(void **state)
     e->cfg->sources[0].monthly_credits = 10;
     e->cfg->sources[0].credit_reserve = 0;
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, NULL), 6);
 }
 
