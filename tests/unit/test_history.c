@@ -118,6 +118,20 @@ static int64_t t_of(const struct batch *b, uint32_t i)
     return batch_val(b, i, BATCH_PRICES_COL_SOURCE_UPDATED_AT)->u.i;
 }
 
+/* Parses the recorded chart `name` of coin/usd (fetched at 5) into b through window w, with
+ * st zeroed first. */
+static void parse_chart(const char *name, const char *coin, const struct cg_window *w,
+                        struct batch *b, struct cg_chart_stats *st)
+{
+    char err[256];
+    size_t len;
+    char *body = fixture(name, &len);
+    memset(st, 0, sizeof(*st));
+    assert_int_equal(
+        coingecko_parse_market_chart(body, len, coin, "usd", w, 5, b, st, err, sizeof(err)), 0);
+    free(body);
+}
+
 static void test_market_chart(void **state)
 {
     (void)state;
@@ -128,13 +142,10 @@ static void test_market_chart(void **state)
 
     /* days=90&interval=daily: 90 points at 00:00 and a trailing "now" (14:39:54) point. The
      * daily grid keeps the 00:00 points of the window and never "now". */
-    char *body = fixture("market_chart_bitcoin_usd_days90_daily_2021-05.json", &len);
     struct cg_window w = {
         .keep_from_ms = 1613347200000LL, .keep_to_ms = 1621036800000LL + DAY, .grid_ms = DAY};
-    struct cg_chart_stats st = {0};
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "bitcoin", "usd", &w, 5, b, &st, err, sizeof(err)),
-        0);
+    struct cg_chart_stats st;
+    parse_chart("market_chart_bitcoin_usd_days90_daily_2021-05.json", "bitcoin", &w, b, &st);
     assert_int_equal(st.points, 91);
     assert_int_equal(st.rows, 90);
     assert_int_equal(st.off_grid, 1);
@@ -145,43 +156,28 @@ static void test_market_chart(void **state)
     char s[64];
     assert_string_equal(memstore_str(b, 0, BATCH_PRICES_COL_SOURCE, s, sizeof(s)), "coingecko");
     assert_int_equal(batch_val(b, 0, BATCH_PRICES_COL_FETCHED_AT)->u.i, 5);
-    free(body);
 
     /* days=1, 5-minutely: the "now" point (…594000) precedes its neighbour (…594955); a window
      * ending before it keeps neither of the trailing pair's "now". */
-    body = fixture("market_chart_bitcoin_usd_days1_5min_2021-05.json", &len);
     uint32_t before = b->nrows;
     w = (struct cg_window){.keep_from_ms = 1621003519770LL, .keep_to_ms = 1621089594000LL};
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "bitcoin", "usd", &w, 5, b, &st, err, sizeof(err)),
-        0);
+    parse_chart("market_chart_bitcoin_usd_days1_5min_2021-05.json", "bitcoin", &w, b, &st);
     assert_int_equal(st.points, 288);
     assert_int_equal(st.rows, 286);
     assert_int_equal(st.outside, 2);
     for (uint32_t i = before + 1; i < b->nrows; i++)
         assert_true(t_of(b, i) > t_of(b, i - 1));
-    free(body);
 
     /* The one-year range: 365 daily points, no "now" point. */
-    body = fixture("market_chart_range_1y_daily_365rows_2020-02-20_tabs.json", &len);
     w = (struct cg_window){.keep_from_ms = 0, .keep_to_ms = INT64_MAX, .grid_ms = DAY};
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "ark", "usd", &w, 5, b, &st, err, sizeof(err)), 0);
+    parse_chart("market_chart_range_1y_daily_365rows_2020-02-20_tabs.json", "ark", &w, b, &st);
     assert_int_equal(st.rows, 365);
-    free(body);
 
     /* Hourly, not on the hour: every point of the window is kept. */
-    body = fixture("market_chart_bitcoin_usd_days30_hourly_2021-05.json", &len);
     w = (struct cg_window){.keep_from_ms = 1618499053863LL, .keep_to_ms = 1621087334184LL};
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "bitcoin", "usd", &w, 5, b, &st, err, sizeof(err)),
-        0);
+    parse_chart("market_chart_bitcoin_usd_days30_hourly_2021-05.json", "bitcoin", &w, b, &st);
     assert_int_equal(st.rows, 720);
     assert_int_equal(st.outside, 2);
-    free(body);
 
     /* The refusal past 365 days: an error body, not a chart; nothing added. */
     const char *refusal =
@@ -195,7 +191,7 @@ static void test_market_chart(void **state)
     assert_non_null(strstr(err, "allowed time range"));
     assert_int_equal(b->nrows, before);
     assert_true(coingecko_range_refused(refusal, strlen(refusal)));
-    body = fixture("error_404_market_chart_incorrect_path_2022-04-26.json", &len);
+    char *body = fixture("error_404_market_chart_incorrect_path_2022-04-26.json", &len);
     assert_false(coingecko_range_refused(body, len));
     free(body);
     const char *nulls = "{\"prices\":[[1000,null],[2000,\"x\"],[3000,2.5]],\"market_caps\":[]}";
