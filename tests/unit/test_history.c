@@ -33,7 +33,7 @@
 #include "coingest/util.h"
 #include "fakeapi_proc.h"
 #include "memstore.h"
-#include "runwait.h"
+#include "jobenv.h"
 #include "sources/coingecko/history.h"
 #include "testdb.h"
 
@@ -263,57 +263,27 @@ static void test_ohlc(void **state)
 /* ---- the jobs ----------------------------------------------------------------------------- */
 
 struct env {
-    struct fakeapi *fake;
-    uv_loop_t loop;
-    struct timers *timers;
-    struct fetcher *f;
-    struct api *apis[8];
-    struct config *cfg;
-    struct runner *rn;
+    struct jobenv j;
     struct memstore mem;
-    char conf[PATH_MAX];
-    struct runwait run;
 };
 
 static void do_run(struct env *e, const char *job)
 {
-    runwait_job(&e->run, e->rn, e->cfg, &e->loop, job, WAIT_MS);
-}
-
-static void stop_runner(struct env *e)
-{
-    runner_free(e->rn);
-    e->rn = NULL;
-    for (size_t i = 0; i < 8; i++) {
-        api_free(e->apis[i]);
-        e->apis[i] = NULL;
-    }
-    config_free(e->cfg);
-    e->cfg = NULL;
+    jobenv_run(&e->j, job, WAIT_MS);
 }
 
 /* A runner over the fake API with `extra` appended to the config. */
 static void start_runner(struct env *e, const char *extra)
 {
-    if (e->rn)
-        stop_runner(e);
-    FILE *fp = fopen(e->conf, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
-            "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\n"
-            "[source.analytics]\nenabled = false\n"
-            "[universe]\nids = coin-00001, coin-00002, coin-00017\nvs_currencies = usd, eur\n%s",
-            fakeapi_base_url(e->fake), extra);
-    fclose(fp);
-    char err[1024];
-    if (config_load(e->conf, &e->cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
-    for (size_t i = 0; i < e->cfg->nsources && i < 8; i++)
-        if (e->cfg->sources[i].enabled && e->cfg->sources[i].def->nplans)
-            assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
-    e->rn = runner_new(e->cfg, e->apis, memstore_store(&e->mem));
-    assert_non_null(e->rn);
+    jobenv_stop(&e->j);
+    jobenv_load(
+        &e->j,
+        "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
+        "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\n"
+        "[source.analytics]\nenabled = false\n"
+        "[universe]\nids = coin-00001, coin-00002, coin-00017\nvs_currencies = usd, eur\n%s",
+        fakeapi_base_url(e->j.fake), extra);
+    jobenv_start(&e->j, memstore_store(&e->mem));
 }
 
 static int setup(void **state)
@@ -323,36 +293,19 @@ static int setup(void **state)
     struct env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
     static const char *const args[] = {"--universe", "30", NULL};
-    e->fake = fakeapi_start(args);
-    assert_non_null(e->fake);
-    assert_int_equal(uv_loop_init(&e->loop), 0);
-    e->timers = timers_new(&e->loop);
-    e->f = fetcher_new(&e->loop, e->timers);
-    assert_non_null(e->f);
-    e->mem.loop = &e->loop;
+    jobenv_init(&e->j, fakeapi_start(args), "test_history");
+    e->mem.loop = &e->j.loop;
     e->mem.can_read = true;
-    snprintf(e->conf, sizeof(e->conf), "/tmp/test_history.%d.conf", (int)getpid());
     *state = e;
     return 0;
-}
-
-static void fetcher_gone(void *arg)
-{
-    (void)arg;
 }
 
 static int teardown(void **state)
 {
     struct env *e = *state;
-    stop_runner(e);
-    fetcher_free(e->f, fetcher_gone, NULL);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&e->loop), 0);
+    jobenv_stop(&e->j);
+    jobenv_close(&e->j);
     memstore_clear(&e->mem);
-    fakeapi_stop(e->fake);
-    unlink(e->conf);
     free(e);
     return 0;
 }
@@ -360,7 +313,7 @@ static int teardown(void **state)
 /* Requests the fake logged on `route_suffix` since seq `since`; *last gets the last seq. */
 static size_t requests(struct env *e, const char *route_suffix, long since, long *last)
 {
-    json_t *log = fakeapi_log(e->fake, since);
+    json_t *log = fakeapi_log(e->j.fake, since);
     assert_non_null(log);
     size_t n = 0, i;
     json_t *it;
@@ -402,7 +355,7 @@ static void test_daily_clamps_and_resumes(void **state)
     start_runner(e, "[job.history]\nenabled = true\ndays = 400\ngranularity = daily\n");
     long seq = 0;
     do_run(e, "history");
-    assert_int_equal(e->run.sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* One window refused past the reach, asked again from it; then one window per series. */
     assert_int_equal(requests(e, "/market_chart/range", 0, &seq), 1 + 6);
     int64_t now = (int64_t)util_wall_ms();
@@ -436,7 +389,7 @@ static void test_daily_clamps_and_resumes(void **state)
     /* A second pass resumes from the marks: nothing to ask for. */
     uint64_t rows = e->mem.kept[BATCH_PRICES]->nrows;
     do_run(e, "history");
-    assert_int_equal(e->run.sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, NULL), 0);
     assert_int_equal(e->mem.kept[BATCH_PRICES]->nrows, rows);
 }
@@ -447,7 +400,7 @@ static void test_hourly_and_auto(void **state)
     start_runner(e, "[job.history]\nenabled = true\nids = coin-00002\n"
                     "vs_currencies = usd\ndays = 3\ngranularity = hourly\n");
     do_run(e, "history");
-    assert_int_equal(e->run.sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     static int64_t t[2000];
     int64_t now = (int64_t)util_wall_ms();
     size_t n = series_times(&e->mem, "coin-00002", "usd", t, 2000);
@@ -476,7 +429,7 @@ static void test_ohlc_job(void **state)
     struct env *e = *state;
     start_runner(e, "[job.ohlc]\nenabled = true\ndays = 7\nvs_currencies = usd\n");
     do_run(e, "ohlc");
-    assert_int_equal(e->run.sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     const struct batch *b = e->mem.kept[BATCH_CANDLES];
     assert_non_null(b);
     int64_t now = (int64_t)util_wall_ms();
@@ -498,21 +451,21 @@ static void test_leaves_live_credits(void **state)
      * (unless it ends within 10 s), they are more than the 10 credits of this plan. */
     start_runner(e, "[job.history]\nenabled = true\ndays = 30\n[job.prices]\nevery = 1s\n"
                     "[job.assets]\nenabled = false\n[job.market_caps]\nenabled = false\n");
-    e->cfg->sources[0].monthly_credits = 10;
-    e->cfg->sources[0].credit_reserve = 0;
+    e->j.cfg->sources[0].monthly_credits = 10;
+    e->j.cfg->sources[0].credit_reserve = 0;
     long seq = 0;
     requests(e, "", 0, &seq);
     do_run(e, "history");
-    assert_int_equal(e->run.sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, &seq), 0);
 
     /* Without live jobs the same month has room. */
     start_runner(e, "[job.history]\nenabled = true\ndays = 30\n[job.prices]\nenabled = false\n"
                     "[job.assets]\nenabled = false\n[job.market_caps]\nenabled = false\n");
-    e->cfg->sources[0].monthly_credits = 10;
-    e->cfg->sources[0].credit_reserve = 0;
+    e->j.cfg->sources[0].monthly_credits = 10;
+    e->j.cfg->sources[0].credit_reserve = 0;
     do_run(e, "history");
-    assert_int_equal(e->run.sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, NULL), 6);
 }
 
