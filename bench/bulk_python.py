@@ -33,33 +33,14 @@ COINGEST_TEST_DB_*, BENCH_UNIVERSE, BENCH_E2E_REPS, BENCH_PRERENDER, BENCH_WORKD
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIR = os.environ.get("COINGEST_SOURCE_DIR") or os.path.dirname(HERE)
-
-SNAP_COLS = ("asset_id", "vs_currency", "source", "snapshot_at", "market_cap_rank", "price",
-             "market_cap", "fully_diluted_valuation", "total_volume", "high_24h", "low_24h",
-             "price_change_24h", "price_change_pct_24h", "market_cap_change_24h",
-             "market_cap_change_pct_24h", "circulating_supply", "total_supply", "max_supply",
-             "ath", "ath_change_pct", "ath_date", "atl", "atl_change_pct", "atl_date", "roi",
-             "fetched_at")
-SNAP_KEYS = (None, None, None, "last_updated", "market_cap_rank", "current_price", "market_cap",
-             "fully_diluted_valuation", "total_volume", "high_24h", "low_24h",
-             "price_change_24h", "price_change_percentage_24h", "market_cap_change_24h",
-             "market_cap_change_percentage_24h", "circulating_supply", "total_supply",
-             "max_supply", "ath", "ath_change_percentage", "ath_date", "atl",
-             "atl_change_percentage", "atl_date", "roi", None)
-SNAP_PK = 4  # asset_id, vs_currency, source, snapshot_at
-DATES = {"last_updated", "ath_date", "atl_date"}
-GLOBAL_COLS = ("source", "snapshot_at", "active_cryptocurrencies", "markets",
-               "total_market_cap_usd", "total_volume_usd", "btc_dominance", "eth_dominance",
-               "market_cap_change_pct_24h_usd", "total_market_cap", "total_volume",
-               "market_cap_percentage", "fetched_at")
+sys.path.insert(0, HERE)
+from baseline import (GLOBAL_COLS, SNAP_COLS, SNAP_PK, global_row, line, measure,  # noqa: E402
+                      snapshot_row)
 
 
 def upsert_sql(table, cols, nkey, extra=""):
@@ -67,13 +48,6 @@ def upsert_sql(table, cols, nkey, extra=""):
     upd = ",".join(f"`{c}`=VALUES(`{c}`)" for c in cols[nkey:]) + extra
     return (f"INSERT INTO `{table}` ({','.join('`' + c + '`' for c in cols)}) "
             f"VALUES ({','.join(['%s'] * len(cols))}) ON DUPLICATE KEY UPDATE {upd}")
-
-
-def dt(iso):
-    """2025-02-09T17:44:04.143Z -> 2025-02-09 17:44:04.143 (None stays None)."""
-    if not iso:
-        return None
-    return iso.replace("T", " ").rstrip("Z")[:23]
 
 
 def load_once(base_url, sock, port, user, password, dbname):
@@ -116,23 +90,7 @@ def load_once(base_url, sock, port, user, password, dbname):
                    f"&page={page}&precision=full")
         snaps, assets = [], []
         for c in rows:
-            snap = []
-            for col, key in zip(SNAP_COLS, SNAP_KEYS):
-                if col == "asset_id":
-                    snap.append(c["id"])
-                elif col == "vs_currency":
-                    snap.append("usd")
-                elif col == "source":
-                    snap.append("coingecko")
-                elif col == "fetched_at":
-                    snap.append(now)
-                elif col == "roi":
-                    snap.append(json.dumps(c["roi"]) if c.get("roi") else None)
-                elif key in DATES:
-                    snap.append(dt(c.get(key)))
-                else:
-                    snap.append(c.get(key))
-            snaps.append(snap)
+            snaps.append(snapshot_row(c, now))
             assets.append((c["id"], c.get("symbol"), c.get("name"), c.get("market_cap_rank"),
                            c.get("image"), now, now))
         put(snap_sql, snaps)
@@ -141,14 +99,7 @@ def load_once(base_url, sock, port, user, password, dbname):
             break
         page += 1
     g = get("/global")["data"]
-    put(upsert_sql("global_snapshots", GLOBAL_COLS, 2),
-        [("coingecko", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(g["updated_at"])),
-          g.get("active_cryptocurrencies"), g.get("markets"),
-          (g.get("total_market_cap") or {}).get("usd"), (g.get("total_volume") or {}).get("usd"),
-          (g.get("market_cap_percentage") or {}).get("btc"),
-          (g.get("market_cap_percentage") or {}).get("eth"),
-          g.get("market_cap_change_percentage_24h_usd"), json.dumps(g.get("total_market_cap")),
-          json.dumps(g.get("total_volume")), json.dumps(g.get("market_cap_percentage")), now)])
+    put(upsert_sql("global_snapshots", GLOBAL_COLS, 2), [global_row(g, now)])
     db.close()
     print(f"rows={nrows} requests={nreq}")
     return 0
@@ -158,11 +109,6 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--once":
         sys.exit(load_once(*sys.argv[2:8]))
 
-    sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "integration"))
-    import harness as h
-    sys.path.insert(0, HERE)
-    import e2e
-
     # The loader runs on Debian's interpreter, where python3-requests and python3-mysqldb live
     # (a python3 earlier in PATH, e.g. pyenv's, does not see them).
     py = os.environ.get("BENCH_PYTHON") or (
@@ -170,66 +116,19 @@ def main():
     if subprocess.run([py, "-c", "import MySQLdb, requests"]).returncode != 0:
         sys.exit(f"bench/bulk_python.py: {py} lacks MySQLdb or requests "
                  "(apt-get install python3-requests python3-mysqldb)")
-    coingestd = e2e.need("COINGESTD")
-    e2e.need("FAKEAPI")
-    n = int(os.environ.get("BENCH_UNIVERSE", "17500"))
-    reps = max(1, int(os.environ.get("BENCH_E2E_REPS", "3")))
-    work = tempfile.mkdtemp(prefix="bench-bulk.", dir=os.environ.get("BENCH_WORKDIR"))
+    sys.path.insert(0, HERE)
+    import e2e
+
+    def loader(api, db):
+        return [py, os.path.abspath(__file__), "--once", api.base_url, db.socket or "",
+                str(db.port), db.user, db.password, db.name]
+
     api_args, primes = e2e.prerender()
-    api = h.FakeAPI(work, "--universe", str(n), *api_args)
-    results = {"first": [], "tick": []}
-    try:
-        for rep in range(-primes, reps):
-            db = h.Database(f"bench_bulk_{os.getpid()}_{rep + primes}")
-            try:
-                conf = os.path.join(work, f"bulk{rep}.conf")
-                e2e.bench_config(conf, db, api.base_url, os.path.join(work, f"spool{rep}"))
-                subprocess.run([coingestd, "-c", conf, "--migrate"], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                api.control("POST", "reset", {"all": True})
-                for run in ("first", "tick"):
-                    if run == "tick":
-                        api.control("POST", "tick", {})
-                    e2e.warm(api)
-                    api_cpu0 = e2e.proc_cpu_s(api.proc.pid)
-                    dbpid = e2e.db_server_pid()
-                    db_cpu0 = e2e.proc_cpu_s(dbpid) if dbpid else 0.0
-                    t0 = time.monotonic()
-                    p = subprocess.Popen([py, os.path.abspath(__file__), "--once",
-                                          api.base_url, db.socket or "", str(db.port), db.user,
-                                          db.password, db.name],
-                                         stdout=subprocess.PIPE, text=True)
-                    out = p.stdout.read()
-                    _, status, ru = os.wait4(p.pid, 0)
-                    wall = time.monotonic() - t0
-                    api_cpu = e2e.proc_cpu_s(api.proc.pid) - api_cpu0
-                    db_cpu = (e2e.proc_cpu_s(dbpid) - db_cpu0) if dbpid else 0.0
-                    p.returncode = os.waitstatus_to_exitcode(status)
-                    p.stdout.close()
-                    if p.returncode != 0:
-                        sys.exit(f"bench/bulk_python.py: the loader failed: {out}")
-                    kv = dict(x.split("=", 1) for x in out.split())
-                    if rep < 0:
-                        continue  # the untimed repetition that filled the fake API's cache
-                    results[run].append({
-                        "wall_s": wall, "rows": int(kv["rows"]), "requests": int(kv["requests"]),
-                        "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss,
-                        "api_cpu_s": api_cpu, "db_cpu_s": db_cpu})
-            finally:
-                db.drop()
-    finally:
-        api.stop()
+    n, results = measure("bulk_python", loader, api_args, primes)
     for run in ("first", "tick"):
-        rs = sorted(results[run], key=lambda r: r["wall_s"])
-        r = rs[len(rs) // 2]
-        wall, cpu = r["wall_s"], r["cpu_s"]
-        print(f"bench=bulk_python run={run} universe={n} wall_s={wall:.3f} rows={r['rows']} "
-              f"rows_per_s={r['rows'] / wall:.0f} requests={r['requests']} "
-              f"requests_per_s={r['requests'] / wall:.1f} cpu_s={cpu:.3f} "
-              f"rows_per_cpu_s={r['rows'] / cpu if cpu > 0 else 0:.0f} "
-              f"peak_rss_kb={r['peak_rss_kb']} api_cpu_s={r['api_cpu_s']:.2f} "
+        r = results[run]
+        print(line("bulk_python", run, n, r) + f" api_cpu_s={r['api_cpu_s']:.2f} "
               f"db_cpu_s={r['db_cpu_s']:.2f} prerender={int(primes > 0)}", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,30 +28,16 @@ COINGEST_TEST_DB_*, BENCH_UNIVERSE, BENCH_E2E_REPS, BENCH_WORKDIR).
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIR = os.environ.get("COINGEST_SOURCE_DIR") or os.path.dirname(HERE)
-STMT_ROWS = 1000
+sys.path.insert(0, HERE)
+from baseline import GLOBAL_COLS, SNAP_COLS, global_row, line, measure, snapshot_row  # noqa: E402
 
-SNAP_COLS = ("asset_id", "vs_currency", "source", "snapshot_at", "market_cap_rank", "price",
-             "market_cap", "fully_diluted_valuation", "total_volume", "high_24h", "low_24h",
-             "price_change_24h", "price_change_pct_24h", "market_cap_change_24h",
-             "market_cap_change_pct_24h", "circulating_supply", "total_supply", "max_supply",
-             "ath", "ath_change_pct", "ath_date", "atl", "atl_change_pct", "atl_date", "roi",
-             "fetched_at")
-SNAP_KEYS = (None, None, None, "last_updated", "market_cap_rank", "current_price", "market_cap",
-             "fully_diluted_valuation", "total_volume", "high_24h", "low_24h",
-             "price_change_24h", "price_change_percentage_24h", "market_cap_change_24h",
-             "market_cap_change_percentage_24h", "circulating_supply", "total_supply",
-             "max_supply", "ath", "ath_change_percentage", "ath_date", "atl",
-             "atl_change_percentage", "atl_date", "roi", None)
-DATES = {"last_updated", "ath_date", "atl_date"}
+STMT_ROWS = 1000
 
 
 # --- the cron job itself -------------------------------------------------------------------
@@ -69,13 +55,6 @@ def lit(v):
                  ("\x1a", "\\Z")):
         s = s.replace(a, b)
     return "'" + s + "'"
-
-
-def dt(iso):
-    """2025-02-09T17:44:04.143Z -> 2025-02-09 17:44:04.143 (None stays None)."""
-    if not iso:
-        return None
-    return iso.replace("T", " ").rstrip("Z")[:23]
 
 
 class Writer:
@@ -122,23 +101,7 @@ def cron_once(base_url, db_args):
                    f"&page={page}&precision=full&price_change_percentage=1h,24h,7d")
         snaps, ranks = [], []
         for c in rows:
-            snap = []
-            for col, key in zip(SNAP_COLS, SNAP_KEYS):
-                if col == "asset_id":
-                    snap.append(c["id"])
-                elif col == "vs_currency":
-                    snap.append("usd")
-                elif col == "source":
-                    snap.append("coingecko")
-                elif col == "fetched_at":
-                    snap.append(now)
-                elif col == "roi":
-                    snap.append(json.dumps(c["roi"]) if c.get("roi") else None)
-                elif key in DATES:
-                    snap.append(dt(c.get(key)))
-                else:
-                    snap.append(c.get(key))
-            snaps.append(snap)
+            snaps.append(snapshot_row(c, now))
             ranks.append((c["id"], c.get("market_cap_rank"), c.get("image"), now, now))
         w.upsert("market_snapshots", SNAP_COLS, snaps,
                  "market_cap_rank=VALUES(market_cap_rank),price=VALUES(price),"
@@ -150,20 +113,7 @@ def cron_once(base_url, db_args):
             break
         page += 1
     g = get("/global")["data"]
-    w.upsert("global_snapshots", ("source", "snapshot_at", "active_cryptocurrencies", "markets",
-                                  "total_market_cap_usd", "total_volume_usd", "btc_dominance",
-                                  "eth_dominance", "market_cap_change_pct_24h_usd",
-                                  "total_market_cap", "total_volume", "market_cap_percentage",
-                                  "fetched_at"),
-             [("coingecko", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(g["updated_at"])),
-               g.get("active_cryptocurrencies"), g.get("markets"),
-               (g.get("total_market_cap") or {}).get("usd"),
-               (g.get("total_volume") or {}).get("usd"),
-               (g.get("market_cap_percentage") or {}).get("btc"),
-               (g.get("market_cap_percentage") or {}).get("eth"),
-               g.get("market_cap_change_percentage_24h_usd"),
-               json.dumps(g.get("total_market_cap")), json.dumps(g.get("total_volume")),
-               json.dumps(g.get("market_cap_percentage")), now)],
+    w.upsert("global_snapshots", GLOBAL_COLS, [global_row(g, now)],
              "active_cryptocurrencies=VALUES(active_cryptocurrencies)")
     rc = w.close()
     print(f"rows={w.rows} requests={requests} rc={rc}")
@@ -176,60 +126,13 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--once":
         sys.exit(1 if cron_once(sys.argv[2], sys.argv[3:]) else 0)
 
-    sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "integration"))
-    import harness as h
-    sys.path.insert(0, HERE)
-    import e2e
+    def loader(api, db):
+        return [sys.executable, os.path.abspath(__file__), "--once", api.base_url] + \
+            db._args(db.name)
 
-    coingestd = e2e.need("COINGESTD")
-    e2e.need("FAKEAPI")
-    n = int(os.environ.get("BENCH_UNIVERSE", "17500"))
-    reps = max(1, int(os.environ.get("BENCH_E2E_REPS", "3")))
-    work = tempfile.mkdtemp(prefix="bench-cron.", dir=os.environ.get("BENCH_WORKDIR"))
-    api = h.FakeAPI(work, "--universe", str(n))
-    results = {"first": [], "tick": []}
-    try:
-        for rep in range(reps):
-            db = h.Database(f"bench_cron_{os.getpid()}_{rep}")
-            try:
-                conf = os.path.join(work, f"cron{rep}.conf")
-                e2e.bench_config(conf, db, api.base_url, os.path.join(work, f"spool{rep}"))
-                subprocess.run([coingestd, "-c", conf, "--migrate"], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                api.control("POST", "reset", {"all": True})
-                for run in ("first", "tick"):
-                    if run == "tick":
-                        api.control("POST", "tick", {})
-                    e2e.warm(api)
-                    t0 = time.monotonic()
-                    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--once",
-                                          api.base_url] + db._args(db.name),
-                                         stdout=subprocess.PIPE, text=True)
-                    out = p.stdout.read()
-                    _, status, ru = os.wait4(p.pid, 0)
-                    wall = time.monotonic() - t0
-                    p.returncode = os.waitstatus_to_exitcode(status)
-                    p.stdout.close()
-                    if p.returncode != 0:
-                        sys.exit(f"bench/cron_python.py: the cron run failed: {out}")
-                    kv = dict(x.split("=", 1) for x in out.split())
-                    results[run].append({
-                        "wall_s": wall, "rows": int(kv["rows"]), "requests": int(kv["requests"]),
-                        "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss})
-            finally:
-                db.drop()
-    finally:
-        api.stop()
+    n, results = measure("cron_python", loader)
     for run in ("first", "tick"):
-        rs = sorted(results[run], key=lambda r: r["wall_s"])
-        r = rs[len(rs) // 2]
-        wall, cpu = r["wall_s"], r["cpu_s"]
-        print(f"bench=cron_python run={run} universe={n} wall_s={wall:.3f} rows={r['rows']} "
-              f"rows_per_s={r['rows'] / wall:.0f} requests={r['requests']} "
-              f"requests_per_s={r['requests'] / wall:.1f} cpu_s={cpu:.3f} "
-              f"rows_per_cpu_s={r['rows'] / cpu if cpu > 0 else 0:.0f} "
-              f"peak_rss_kb={r['peak_rss_kb']}", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+        print(line("cron_python", run, n, results[run]), flush=True)
 
 
 if __name__ == "__main__":

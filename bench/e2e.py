@@ -67,22 +67,8 @@ def bench_config(path, db, base_url, spool_dir, extra=""):
     """The default configuration, except: no client-side rate limit (the fake API has none
     either), and flush_interval 100ms so that commits follow the runs closely. `extra` is
     appended (more sections)."""
-    sock = f"socket = {db.socket}" if db.socket else f"host = 127.0.0.1\nport = {db.port}"
     with open(path, "w") as f:
-        f.write(f"""[daemon]
-log_level = info
-metrics_listen =
-spool_dir = {spool_dir}
-shutdown_timeout = 120s
-
-[database]
-{sock}
-user = {db.user}
-password = {db.password}
-database = {db.name}
-migrations_dir = {SOURCE_DIR}/sql
-flush_interval = 100ms
-
+        f.write(h.daemon_sections(db, spool_dir, "100ms", shutdown_timeout="120s") + f"""
 [source.coingecko]
 base_url = {base_url}
 plan = public

@@ -231,3 +231,23 @@ days = 7
 part_max_bytes = 65536
 {extra}
 """)
+
+
+def prepare(h, c, prefix, dbname):
+    """A test's start: a work directory, database `dbname` migrated (checked with c) and
+    seeded, and a config (work/c.conf) exporting to work/out. Returns (work, db, out, conf,
+    write_conf, dates): write_conf(dir_, extra="") rewrites the config, dates are the closed
+    days of the seed."""
+    work = h.tempdir(prefix)
+    db = h.Database(dbname)
+    out = os.path.join(work, "out")
+    conf = os.path.join(work, "c.conf")
+
+    def rewrite(dir_, extra=""):
+        write_conf(h, conf, db, work, dir_, extra)
+
+    rewrite(out)
+    rc, _, err = h.run_daemon(conf, "--migrate")
+    c.eq(rc, 0, "migrate" if rc == 0 else f"migrate ({err.strip()[-300:]})")
+    seed(db)
+    return work, db, out, conf, rewrite, closed_days(db)

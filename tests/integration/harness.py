@@ -16,6 +16,9 @@ import time
 import urllib.request
 
 SKIP = 77
+# The source tree (ctest sets COINGEST_SOURCE_DIR; the benches may not).
+SOURCE_DIR = os.environ.get("COINGEST_SOURCE_DIR") or os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def skip(why):
@@ -150,32 +153,45 @@ class FakeAPI:
         return log.get("requests", log) if isinstance(log, dict) else log
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
-def write_config(path, db, base_url, spool_dir, extra="", universe="ids = all",
-                 rate="6000/min", jobs=""):
+def stop_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def daemon_sections(db, spool_dir, flush_interval="200ms", database_extra="",
+                    shutdown_timeout="20s"):
+    """The [daemon] and [database] sections of a config on the test database `db`, the
+    daemon's metrics listener off; `database_extra` lines end [database]."""
     sock = f"socket = {db.socket}" if db.socket else f"host = 127.0.0.1\nport = {db.port}"
-    text = f"""[daemon]
+    return f"""[daemon]
 log_level = info
 metrics_listen =
 spool_dir = {spool_dir}
-shutdown_timeout = 20s
+shutdown_timeout = {shutdown_timeout}
 
 [database]
 {sock}
 user = {db.user}
 password = {db.password}
 database = {db.name}
-migrations_dir = {os.environ['COINGEST_SOURCE_DIR']}/sql
-flush_interval = 200ms
+migrations_dir = {SOURCE_DIR}/sql
+flush_interval = {flush_interval}
+{database_extra}
+"""
 
+
+def write_config(path, db, base_url, spool_dir, extra="", universe="ids = all",
+                 rate="6000/min", jobs=""):
+    text = daemon_sections(db, spool_dir) + f"""
 [source.coingecko]
 base_url = {base_url}
 plan = public

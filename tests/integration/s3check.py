@@ -26,6 +26,8 @@ import threading
 import time
 import urllib.parse
 
+import harness  # tests/integration is on sys.path: the tests put it there
+
 ACCESS_KEY = "S3RVER"  # s3rver's built-in credentials: it checks signatures too
 SECRET_KEY = "S3RVER"
 REGION = "us-east-1"
@@ -297,9 +299,5 @@ class S3:
 
     def close(self):
         self.proxy.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        harness.stop_process(self.proc)
         self.log.close()

@@ -16,7 +16,6 @@ SIGKILL once some windows are stored, then run again to completion with `--once`
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -33,21 +32,10 @@ def main():
     work = h.tempdir("cg-coinbase-")
     db = h.Database("cg_coinbase_backfill")
     products = ["C%05d-USD" % i for i in range(1, 21)] + ["DUPA-USD", "ZZZ-USD", "BTC-USD"]
-    fake_script = os.path.join(os.path.dirname(os.environ["FAKEAPI"]), "coinbase.py")
-    fake = h.FakeAPI.__new__(h.FakeAPI)
-    # FakeAPI starts $FAKEAPI; start coinbase.py the same way.
-    port_file = os.path.join(work, "fake.port")
-    log = open(os.path.join(work, "fake.log"), "w")
-    proc = subprocess.Popen([sys.executable, fake_script, "--port", "0", "--port-file", port_file,
-                             "--products", ",".join(products), "--gaps", "11",
-                             "--extra-candle"], stdout=log, stderr=subprocess.STDOUT)
-    fake.proc, fake.log = proc, log
-    h.wait_for(lambda: os.path.exists(port_file) and open(port_file).read().strip(), 30,
-               what="fake API port")
-    fake.port = int(open(port_file).read().strip())
-    base = f"http://127.0.0.1:{fake.port}"
+    fake = h.FakeAPI(work, "--products", ",".join(products), "--gaps", "11", "--extra-candle",
+                     script="coinbase.py", prefix="")
     try:
-        run(check, work, db, fake, base)
+        run(check, work, db, fake, fake.base_url)
     finally:
         fake.stop()
         db.drop()
@@ -57,22 +45,8 @@ def main():
 def run(check, work, db, fake, base):
     # Migrate, then the canonical universe: what CoinGecko's jobs would have stored.
     conf = os.path.join(work, "c.conf")
-    sock = f"socket = {db.socket}" if db.socket else f"host = 127.0.0.1\nport = {db.port}"
     with open(conf, "w") as f:
-        f.write(f"""[daemon]
-metrics_listen =
-spool_dir = {work}/spool
-shutdown_timeout = 20s
-
-[database]
-{sock}
-user = {db.user}
-password = {db.password}
-database = {db.name}
-migrations_dir = {os.environ['COINGEST_SOURCE_DIR']}/sql
-flush_interval = 100ms
-workers = 2
-
+        f.write(h.daemon_sections(db, f"{work}/spool", "100ms", "workers = 2") + f"""
 [source.coingecko]
 enabled = false
 

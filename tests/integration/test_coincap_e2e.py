@@ -91,22 +91,8 @@ HISTORY_H1 = "top = 12\ninterval = h1\ndays = 60"
 
 
 def write_conf(path, work, db, base, key=KEY, history=HISTORY_H1, assets="top = 26\nlimit = 3"):
-    sock = f"socket = {db.socket}" if db.socket else f"host = 127.0.0.1\nport = {db.port}"
     with open(path, "w") as f:
-        f.write(f"""[daemon]
-metrics_listen =
-spool_dir = {work}/spool
-shutdown_timeout = 20s
-
-[database]
-{sock}
-user = {db.user}
-password = {db.password}
-database = {db.name}
-migrations_dir = {os.environ['COINGEST_SOURCE_DIR']}/sql
-flush_interval = 100ms
-workers = 2
-
+        f.write(h.daemon_sections(db, f"{work}/spool", "100ms", "workers = 2") + f"""
 [source.coingecko]
 enabled = false
 

@@ -28,26 +28,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
-from exportcheck import (ASSETS, TABLES, check_day, closed_days, day_valid, seed,  # noqa: E402
-                         snapshot, write_conf as conf_for)
+from exportcheck import ASSETS, TABLES, check_day, day_valid, prepare, snapshot  # noqa: E402
 
 
 def main():
     h.need_env()
     c = h.Check()
-    work = h.tempdir("coingest-export-")
-    db = h.Database("coingest_it_export")
-    out = os.path.join(work, "out")
-    conf = os.path.join(work, "c.conf")
-
-    def write_conf(dir_, extra=""):
-        conf_for(h, conf, db, work, dir_, extra)
-
-    write_conf(out)
-    rc, _, err = h.run_daemon(conf, "--migrate")
-    c.eq(rc, 0, "migrate")
-    seed(db)
-    dates = closed_days(db)
+    work, db, out, conf, write_conf, dates = prepare(h, c, "coingest-export-", "coingest_it_export")
 
     # 1. The first export.
     t0 = time.time()

@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
 import s3check  # noqa: E402
-from exportcheck import TABLES, closed_days, day_valid, seed, write_conf as conf_for  # noqa: E402
+from exportcheck import TABLES, day_valid, prepare  # noqa: E402
 
 # A lower bound on pacing allows the loop clock's slack (tests/support/fakeapi_proc.h,
 # FAKEAPI_CLOCK_SLACK_S, 5 ms) plus what the proxy's arrival times add: each is taken after the
@@ -45,19 +45,8 @@ def main():
     c = h.Check()
     bad = s3check.self_test()
     c(not bad, f"the SigV4 verifier refuses what it must and accepts a correct request: {bad}")
-    work = h.tempdir("coingest-export-s3-")
-    db = h.Database("coingest_it_export_s3")
-    out = os.path.join(work, "out")
-    conf = os.path.join(work, "c.conf")
-
-    def write_conf(dir_, extra=""):
-        conf_for(h, conf, db, work, dir_, extra)
-
-    write_conf(out)
-    rc, _, err = h.run_daemon(conf, "--migrate")
-    c.eq(rc, 0, "migrate")
-    seed(db)
-    dates = closed_days(db)
+    work, db, out, conf, write_conf, dates = prepare(h, c, "coingest-export-s3-",
+                                                     "coingest_it_export_s3")
 
     s3 = s3check.S3(binary, work, "coingest-lake")
     env = {"AWS_ACCESS_KEY_ID": s3check.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3check.SECRET_KEY}

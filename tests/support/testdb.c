@@ -3,10 +3,15 @@
  */
 #include "testdb.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 static const char *env(const char *k, const char *dflt)
 {
@@ -144,5 +149,14 @@ char *testdb_read_fixture(const char *relpath, size_t *len)
         if (len)
             *len = (size_t)n;
     }
+    return buf;
+}
+
+char *testdb_fixture(const char *dir, const char *name, size_t *len)
+{
+    char rel[256];
+    snprintf(rel, sizeof(rel), "%s/%s", dir, name);
+    char *buf = testdb_read_fixture(rel, len);
+    assert_non_null(buf);
     return buf;
 }

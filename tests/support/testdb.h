@@ -44,4 +44,7 @@ int testdb_exec(MYSQL *conn, const char *sql);
  * buffer; NULL after printing why. */
 char *testdb_read_fixture(const char *relpath, size_t *len);
 
+/* The same for tests/fixtures/<dir>/<name>, failing the test (cmocka) when it cannot be read. */
+char *testdb_fixture(const char *dir, const char *name, size_t *len);
+
 #endif

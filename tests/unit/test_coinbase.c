@@ -34,6 +34,7 @@
 #include "coingest/timers.h"
 #include "fakeapi_proc.h"
 #include "memstore.h"
+#include "jobenv.h"
 #include "sources/coinbase/coinbase.h"
 
 #define WAIT_MS 60000
@@ -41,11 +42,7 @@
 /* A recorded Coinbase body from tests/fixtures/coinbase/ (testdb_read_fixture). */
 static char *load_fixture(const char *name, size_t *len)
 {
-    char rel[256];
-    snprintf(rel, sizeof(rel), "coinbase/%s", name);
-    char *buf = testdb_read_fixture(rel, len);
-    assert_non_null(buf);
-    return buf;
+    return testdb_fixture("coinbase", name, len);
 }
 
 /* ---- parsers ---------------------------------------------------------------------------- */
@@ -161,17 +158,8 @@ static void test_candles(void **state)
 /* ---- the job ------------------------------------------------------------------------------ */
 
 struct env {
-    struct fakeapi *fake;
-    uv_loop_t loop;
-    struct timers *timers;
-    struct fetcher *f;
-    struct api *apis[8];
-    struct config *cfg;
-    struct runner *rn;
+    struct jobenv j;
     struct memstore mem;
-    char conf[PATH_MAX];
-    bool done;
-    struct run_summary sum;
 };
 
 /* The canonical assets the store's universe read answers. */
@@ -183,59 +171,23 @@ static const char *const assets[] = {
     "ethereum", "eth", "Ethereum", NULL, "400000000000",
 };
 
-static void on_run_done(const struct run_summary *s, void *arg)
-{
-    struct env *e = arg;
-    e->sum = *s;
-    e->done = true;
-}
-
-static void deadline_cb(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
 static void do_run(struct env *e)
 {
-    int i = config_job_index(e->cfg, "coinbase_candles");
-    assert_true(i >= 0);
-    e->done = false;
-    assert_int_equal(runner_start(e->rn, (size_t)i, on_run_done, e), 0);
-    bool expired = false;
-    uv_timer_t t;
-    uv_timer_init(&e->loop, &t);
-    t.data = &expired;
-    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
-    while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    if (!e->done)
-        fail_msg("the run did not finish within %d ms", WAIT_MS);
+    jobenv_run(&e->j, "coinbase_candles", WAIT_MS);
 }
 
 static void start_runner(struct env *e)
 {
-    FILE *fp = fopen(e->conf, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "[source.coingecko]\nenabled = false\n"
-            "[source.coinbase]\nenabled = true\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
-            "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\n"
-            "products = BTC-USD, ETH-EUR, NOPE-USD\nquote_currencies = usd\n"
-            "[job.coinbase_candles]\ngranularity = 3600\ndays = 30\n"
-            "[aliases]\ncoinbase.ETH = ethereum\n",
-            fakeapi_base_url(e->fake));
-    fclose(fp);
-    char err[1024];
-    if (config_load(e->conf, &e->cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
-    assert_true(e->cfg->nsources <= 8);
-    for (size_t i = 0; i < e->cfg->nsources; i++)
-        if (e->cfg->sources[i].enabled)
-            assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
-    e->rn = runner_new(e->cfg, e->apis, memstore_store(&e->mem));
-    assert_non_null(e->rn);
+    jobenv_load(
+        &e->j,
+        "[source.coingecko]\nenabled = false\n"
+        "[source.coinbase]\nenabled = true\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
+        "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\n"
+        "products = BTC-USD, ETH-EUR, NOPE-USD\nquote_currencies = usd\n"
+        "[job.coinbase_candles]\ngranularity = 3600\ndays = 30\n"
+        "[aliases]\ncoinbase.ETH = ethereum\n",
+        fakeapi_base_url(e->j.fake));
+    jobenv_start(&e->j, memstore_store(&e->mem));
 }
 
 static int setup(void **state)
@@ -247,42 +199,22 @@ static int setup(void **state)
     static const char *const args[] = {"--products",     "BTC-USD,ETH-USD,ETH-EUR,DUP-USD,BTC-EUR",
                                        "--gaps",         "9",
                                        "--extra-candle", NULL};
-    e->fake = fakeapi_start_script("coinbase.py", "", args);
-    assert_non_null(e->fake);
-    assert_int_equal(uv_loop_init(&e->loop), 0);
-    e->timers = timers_new(&e->loop);
-    e->f = fetcher_new(&e->loop, e->timers);
-    assert_non_null(e->f);
-    e->mem.loop = &e->loop;
+    jobenv_init(&e->j, fakeapi_start_script("coinbase.py", "", args), "test_coinbase");
+    e->mem.loop = &e->j.loop;
     e->mem.can_read = true;
     e->mem.assets = assets;
     e->mem.nassets = sizeof(assets) / sizeof(assets[0]) / 5;
-    snprintf(e->conf, sizeof(e->conf), "/tmp/test_coinbase.%d.conf", (int)getpid());
     start_runner(e);
     *state = e;
     return 0;
 }
 
-static void fetcher_gone(void *arg)
-{
-    (void)arg;
-}
-
 static int teardown(void **state)
 {
     struct env *e = *state;
-    runner_free(e->rn);
-    for (size_t i = 0; i < 8; i++)
-        api_free(e->apis[i]);
-    fetcher_free(e->f, fetcher_gone, NULL);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&e->loop), 0);
-    config_free(e->cfg);
+    jobenv_stop(&e->j);
+    jobenv_close(&e->j);
     memstore_clear(&e->mem);
-    fakeapi_stop(e->fake);
-    unlink(e->conf);
     free(e);
     return 0;
 }
@@ -314,7 +246,7 @@ static size_t candles_of(const struct memstore *m, const char *product, int64_t 
 /* The fake's log: candle requests for `product`, each checked for a window of <= 300. */
 static size_t candle_requests(struct env *e, const char *product, long since)
 {
-    json_t *log = fakeapi_log(e->fake, since);
+    json_t *log = fakeapi_log(e->j.fake, since);
     assert_non_null(log);
     char path[128];
     snprintf(path, sizeof(path), "/products/%s/candles", product);
@@ -345,7 +277,7 @@ static size_t candle_requests(struct env *e, const char *product, long since)
 static long last_seq(struct env *e)
 {
     char *resp = NULL;
-    assert_int_equal(fakeapi_control(e->fake, "GET", "/_control/state", NULL, &resp), 200);
+    assert_int_equal(fakeapi_control(e->j.fake, "GET", "/_control/state", NULL, &resp), 200);
     json_t *st = json_loads(resp, 0, NULL);
     free(resp);
     long seq = (long)json_integer_value(json_object_get(st, "last_seq"));
@@ -357,13 +289,14 @@ static void test_job_maps_and_resumes(void **state)
 {
     struct env *e = *state;
     /* Run 1: ETH-USD fails for good on its second window (the first answer, then 500s). */
-    assert_int_equal(fakeapi_fault(e->fake, "{\"kind\":\"status\",\"status\":500,\"count\":3,"
-                                            "\"match\":\"/products/ETH-USD/candles\",\"skip\":1}"),
+    assert_int_equal(fakeapi_fault(e->j.fake,
+                                   "{\"kind\":\"status\",\"status\":500,\"count\":3,"
+                                   "\"match\":\"/products/ETH-USD/candles\",\"skip\":1}"),
                      0);
     do_run(e);
-    int64_t end_ms = (int64_t)(e->sum.started_wall_ms / 1000 - 120) / 3600 * 3600 * 1000;
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "ETH-USD"));
+    int64_t end_ms = (int64_t)(e->j.run.sum.started_wall_ms / 1000 - 120) / 3600 * 3600 * 1000;
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->j.run.sum.error, "ETH-USD"));
 
     /* Aliases: BTC by its dominant market cap, ETH by the override, DUP listed, not fetched. */
     const struct batch *al = e->mem.kept[BATCH_ASSET_ALIASES];
@@ -403,7 +336,7 @@ static void test_job_maps_and_resumes(void **state)
     /* Run 2 resumes ETH-USD where the store says it got; the others are current. */
     long since = last_seq(e);
     do_run(e);
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(candle_requests(e, "ETH-USD", since), 2);
     assert_true(candle_requests(e, "BTC-USD", since) <= 1); /* 1 only if an hour just closed */
     size_t eth_usd = candles_of(&e->mem, "ETH-USD", end_ms);
@@ -412,11 +345,11 @@ static void test_job_maps_and_resumes(void **state)
     struct memstore fresh = e->mem;
     memset(fresh.kept, 0, sizeof(fresh.kept));
     struct memstore keep = e->mem;
-    runner_free(e->rn);
+    runner_free(e->j.rn);
     e->mem = fresh;
-    e->rn = runner_new(e->cfg, e->apis, memstore_store(&e->mem));
+    e->j.rn = runner_new(e->j.cfg, e->j.apis, memstore_store(&e->mem));
     do_run(e);
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(candles_of(&e->mem, "ETH-USD", end_ms), eth_usd);
     assert_int_equal(candles_of(&e->mem, "BTC-USD", end_ms), btc);
     memstore_clear(&e->mem);

@@ -24,11 +24,7 @@
 /* A recorded CoinCap body from tests/fixtures/coincap/ (testdb_read_fixture). */
 static char *load_fixture(const char *name, size_t *len)
 {
-    char rel[256];
-    snprintf(rel, sizeof(rel), "coincap/%s", name);
-    char *buf = testdb_read_fixture(rel, len);
-    assert_non_null(buf);
-    return buf;
+    return testdb_fixture("coincap", name, len);
 }
 
 static void test_v3_asset(void **state)

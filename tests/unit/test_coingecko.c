@@ -38,11 +38,7 @@ static const struct coingecko_times times = {RUN_MS, FETCHED_MS};
 
 static char *fixture(const char *name, size_t *len)
 {
-    char rel[256];
-    snprintf(rel, sizeof(rel), "coingecko/%s", name);
-    char *buf = testdb_read_fixture(rel, len);
-    assert_non_null(buf);
-    return buf;
+    return testdb_fixture("coingecko", name, len);
 }
 
 /* --- value checks by column name -------------------------------------------------------- */

@@ -177,6 +177,34 @@ static int drop_submit(void *ctx, struct batch *b)
     return 0;
 }
 
+/* Writes printf(fmt, ...) to a new file made from the mkstemp template `path`. */
+static void write_tmp(char *path, const char *fmt, ...)
+{
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    fclose(f);
+}
+
+/* The config in `text` (through a temporary file, removed after); fails the test if it does
+ * not load. */
+static struct config *config_from(const char *text)
+{
+    char path[] = "/tmp/test_export.XXXXXX";
+    write_tmp(path, "%s", text);
+    struct config *cfg = NULL;
+    char err[1024];
+    if (config_load(path, &cfg, err, sizeof(err)) != 0)
+        fail_msg("config: %s", err);
+    unlink(path);
+    return cfg;
+}
+
 struct outcome {
     bool done;
     struct run_summary sum;
@@ -192,17 +220,10 @@ static void on_done(const struct run_summary *s, void *arg)
 /* Runs the export job once with `job_section` as [job.export]; returns the summary. */
 static struct run_summary run_with(const char *job_section, const char *env_key, bool enabled)
 {
-    char path[] = "/tmp/test_export.XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    fprintf(f, "[job.export]\nenabled = %s\n%s", enabled ? "true" : "false", job_section);
-    fclose(f);
-    struct config *cfg = NULL;
-    char err[1024];
-    if (config_load(path, &cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
-    unlink(path);
+    char text[2048];
+    snprintf(text, sizeof(text), "[job.export]\nenabled = %s\n%s", enabled ? "true" : "false",
+             job_section);
+    struct config *cfg = config_from(text);
     if (env_key) {
         setenv("AWS_ACCESS_KEY_ID", env_key, 1);
         setenv("AWS_SECRET_ACCESS_KEY", "secret-for-the-test", 1);
@@ -258,12 +279,8 @@ static void test_credentials_file(void **state)
 {
     (void)state;
     char path[] = "/tmp/test_export_creds.XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    fprintf(f, "[default]\naws_access_key_id = A1\n[lake]\naws_access_key_id = A2\n"
-               "aws_secret_access_key = S2\n");
-    fclose(f);
+    write_tmp(path, "[default]\naws_access_key_id = A1\n[lake]\naws_access_key_id = A2\n"
+                    "aws_secret_access_key = S2\n");
     char section[512];
     snprintf(section, sizeof(section), "dir = /tmp/x\ns3_bucket = b\ns3_credentials_file = %s\n",
              path);
@@ -316,18 +333,9 @@ static int pool_work(void *ctx, void (*fn)(void *), void (*done)(void *), void *
 static void test_work_without_database(void **state)
 {
     (void)state;
-    char path[] = "/tmp/test_export.XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    fprintf(f, "[database]\nsocket = /nonexistent/coingest-test.sock\nconnect_timeout = 1s\n"
-               "[job.export]\nenabled = true\ndir = /tmp/coingest-test-export-none\n");
-    fclose(f);
-    struct config *cfg = NULL;
-    char err[1024];
-    if (config_load(path, &cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
-    unlink(path);
+    struct config *cfg =
+        config_from("[database]\nsocket = /nonexistent/coingest-test.sock\nconnect_timeout = 1s\n"
+                    "[job.export]\nenabled = true\ndir = /tmp/coingest-test-export-none\n");
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
     struct store st = {.submit = drop_submit, .work = pool_work, .work_ctx = &loop};

@@ -33,6 +33,7 @@
 #include "coingest/util.h"
 #include "fakeapi_proc.h"
 #include "memstore.h"
+#include "jobenv.h"
 #include "sources/coingecko/history.h"
 #include "testdb.h"
 
@@ -109,16 +110,26 @@ static void test_windows(void **state)
 
 static char *fixture(const char *name, size_t *len)
 {
-    char rel[256];
-    snprintf(rel, sizeof(rel), "coingecko/%s", name);
-    char *buf = testdb_read_fixture(rel, len);
-    assert_non_null(buf);
-    return buf;
+    return testdb_fixture("coingecko", name, len);
 }
 
 static int64_t t_of(const struct batch *b, uint32_t i)
 {
     return batch_val(b, i, BATCH_PRICES_COL_SOURCE_UPDATED_AT)->u.i;
+}
+
+/* Parses the recorded chart `name` of coin/usd (fetched at 5) into b through window w, with
+ * st zeroed first. */
+static void parse_chart(const char *name, const char *coin, const struct cg_window *w,
+                        struct batch *b, struct cg_chart_stats *st)
+{
+    char err[256];
+    size_t len;
+    char *body = fixture(name, &len);
+    memset(st, 0, sizeof(*st));
+    assert_int_equal(
+        coingecko_parse_market_chart(body, len, coin, "usd", w, 5, b, st, err, sizeof(err)), 0);
+    free(body);
 }
 
 static void test_market_chart(void **state)
@@ -131,13 +142,10 @@ static void test_market_chart(void **state)
 
     /* days=90&interval=daily: 90 points at 00:00 and a trailing "now" (14:39:54) point. The
      * daily grid keeps the 00:00 points of the window and never "now". */
-    char *body = fixture("market_chart_bitcoin_usd_days90_daily_2021-05.json", &len);
     struct cg_window w = {
         .keep_from_ms = 1613347200000LL, .keep_to_ms = 1621036800000LL + DAY, .grid_ms = DAY};
-    struct cg_chart_stats st = {0};
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "bitcoin", "usd", &w, 5, b, &st, err, sizeof(err)),
-        0);
+    struct cg_chart_stats st;
+    parse_chart("market_chart_bitcoin_usd_days90_daily_2021-05.json", "bitcoin", &w, b, &st);
     assert_int_equal(st.points, 91);
     assert_int_equal(st.rows, 90);
     assert_int_equal(st.off_grid, 1);
@@ -148,43 +156,28 @@ static void test_market_chart(void **state)
     char s[64];
     assert_string_equal(memstore_str(b, 0, BATCH_PRICES_COL_SOURCE, s, sizeof(s)), "coingecko");
     assert_int_equal(batch_val(b, 0, BATCH_PRICES_COL_FETCHED_AT)->u.i, 5);
-    free(body);
 
     /* days=1, 5-minutely: the "now" point (…594000) precedes its neighbour (…594955); a window
      * ending before it keeps neither of the trailing pair's "now". */
-    body = fixture("market_chart_bitcoin_usd_days1_5min_2021-05.json", &len);
     uint32_t before = b->nrows;
     w = (struct cg_window){.keep_from_ms = 1621003519770LL, .keep_to_ms = 1621089594000LL};
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "bitcoin", "usd", &w, 5, b, &st, err, sizeof(err)),
-        0);
+    parse_chart("market_chart_bitcoin_usd_days1_5min_2021-05.json", "bitcoin", &w, b, &st);
     assert_int_equal(st.points, 288);
     assert_int_equal(st.rows, 286);
     assert_int_equal(st.outside, 2);
     for (uint32_t i = before + 1; i < b->nrows; i++)
         assert_true(t_of(b, i) > t_of(b, i - 1));
-    free(body);
 
     /* The one-year range: 365 daily points, no "now" point. */
-    body = fixture("market_chart_range_1y_daily_365rows_2020-02-20_tabs.json", &len);
     w = (struct cg_window){.keep_from_ms = 0, .keep_to_ms = INT64_MAX, .grid_ms = DAY};
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "ark", "usd", &w, 5, b, &st, err, sizeof(err)), 0);
+    parse_chart("market_chart_range_1y_daily_365rows_2020-02-20_tabs.json", "ark", &w, b, &st);
     assert_int_equal(st.rows, 365);
-    free(body);
 
     /* Hourly, not on the hour: every point of the window is kept. */
-    body = fixture("market_chart_bitcoin_usd_days30_hourly_2021-05.json", &len);
     w = (struct cg_window){.keep_from_ms = 1618499053863LL, .keep_to_ms = 1621087334184LL};
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(
-        coingecko_parse_market_chart(body, len, "bitcoin", "usd", &w, 5, b, &st, err, sizeof(err)),
-        0);
+    parse_chart("market_chart_bitcoin_usd_days30_hourly_2021-05.json", "bitcoin", &w, b, &st);
     assert_int_equal(st.rows, 720);
     assert_int_equal(st.outside, 2);
-    free(body);
 
     /* The refusal past 365 days: an error body, not a chart; nothing added. */
     const char *refusal =
@@ -198,7 +191,7 @@ static void test_market_chart(void **state)
     assert_non_null(strstr(err, "allowed time range"));
     assert_int_equal(b->nrows, before);
     assert_true(coingecko_range_refused(refusal, strlen(refusal)));
-    body = fixture("error_404_market_chart_incorrect_path_2022-04-26.json", &len);
+    char *body = fixture("error_404_market_chart_incorrect_path_2022-04-26.json", &len);
     assert_false(coingecko_range_refused(body, len));
     free(body);
     const char *nulls = "{\"prices\":[[1000,null],[2000,\"x\"],[3000,2.5]],\"market_caps\":[]}";
@@ -270,84 +263,27 @@ static void test_ohlc(void **state)
 /* ---- the jobs ----------------------------------------------------------------------------- */
 
 struct env {
-    struct fakeapi *fake;
-    uv_loop_t loop;
-    struct timers *timers;
-    struct fetcher *f;
-    struct api *apis[8];
-    struct config *cfg;
-    struct runner *rn;
+    struct jobenv j;
     struct memstore mem;
-    char conf[PATH_MAX];
-    bool done;
-    struct run_summary sum;
 };
-
-static void on_run_done(const struct run_summary *s, void *arg)
-{
-    struct env *e = arg;
-    e->sum = *s;
-    e->done = true;
-}
-
-static void deadline_cb(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
 
 static void do_run(struct env *e, const char *job)
 {
-    int i = config_job_index(e->cfg, job);
-    assert_true(i >= 0);
-    e->done = false;
-    assert_int_equal(runner_start(e->rn, (size_t)i, on_run_done, e), 0);
-    bool expired = false;
-    uv_timer_t t;
-    uv_timer_init(&e->loop, &t);
-    t.data = &expired;
-    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
-    while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    if (!e->done)
-        fail_msg("the run did not finish within %d ms", WAIT_MS);
-}
-
-static void stop_runner(struct env *e)
-{
-    runner_free(e->rn);
-    e->rn = NULL;
-    for (size_t i = 0; i < 8; i++) {
-        api_free(e->apis[i]);
-        e->apis[i] = NULL;
-    }
-    config_free(e->cfg);
-    e->cfg = NULL;
+    jobenv_run(&e->j, job, WAIT_MS);
 }
 
 /* A runner over the fake API with `extra` appended to the config. */
 static void start_runner(struct env *e, const char *extra)
 {
-    if (e->rn)
-        stop_runner(e);
-    FILE *fp = fopen(e->conf, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
-            "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\n"
-            "[source.analytics]\nenabled = false\n"
-            "[universe]\nids = coin-00001, coin-00002, coin-00017\nvs_currencies = usd, eur\n%s",
-            fakeapi_base_url(e->fake), extra);
-    fclose(fp);
-    char err[1024];
-    if (config_load(e->conf, &e->cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
-    for (size_t i = 0; i < e->cfg->nsources && i < 8; i++)
-        if (e->cfg->sources[i].enabled && e->cfg->sources[i].def->nplans)
-            assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
-    e->rn = runner_new(e->cfg, e->apis, memstore_store(&e->mem));
-    assert_non_null(e->rn);
+    jobenv_stop(&e->j);
+    jobenv_load(
+        &e->j,
+        "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
+        "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\n"
+        "[source.analytics]\nenabled = false\n"
+        "[universe]\nids = coin-00001, coin-00002, coin-00017\nvs_currencies = usd, eur\n%s",
+        fakeapi_base_url(e->j.fake), extra);
+    jobenv_start(&e->j, memstore_store(&e->mem));
 }
 
 static int setup(void **state)
@@ -357,36 +293,19 @@ static int setup(void **state)
     struct env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
     static const char *const args[] = {"--universe", "30", NULL};
-    e->fake = fakeapi_start(args);
-    assert_non_null(e->fake);
-    assert_int_equal(uv_loop_init(&e->loop), 0);
-    e->timers = timers_new(&e->loop);
-    e->f = fetcher_new(&e->loop, e->timers);
-    assert_non_null(e->f);
-    e->mem.loop = &e->loop;
+    jobenv_init(&e->j, fakeapi_start(args), "test_history");
+    e->mem.loop = &e->j.loop;
     e->mem.can_read = true;
-    snprintf(e->conf, sizeof(e->conf), "/tmp/test_history.%d.conf", (int)getpid());
     *state = e;
     return 0;
-}
-
-static void fetcher_gone(void *arg)
-{
-    (void)arg;
 }
 
 static int teardown(void **state)
 {
     struct env *e = *state;
-    stop_runner(e);
-    fetcher_free(e->f, fetcher_gone, NULL);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&e->loop), 0);
+    jobenv_stop(&e->j);
+    jobenv_close(&e->j);
     memstore_clear(&e->mem);
-    fakeapi_stop(e->fake);
-    unlink(e->conf);
     free(e);
     return 0;
 }
@@ -394,7 +313,7 @@ static int teardown(void **state)
 /* Requests the fake logged on `route_suffix` since seq `since`; *last gets the last seq. */
 static size_t requests(struct env *e, const char *route_suffix, long since, long *last)
 {
-    json_t *log = fakeapi_log(e->fake, since);
+    json_t *log = fakeapi_log(e->j.fake, since);
     assert_non_null(log);
     size_t n = 0, i;
     json_t *it;
@@ -436,7 +355,7 @@ static void test_daily_clamps_and_resumes(void **state)
     start_runner(e, "[job.history]\nenabled = true\ndays = 400\ngranularity = daily\n");
     long seq = 0;
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* One window refused past the reach, asked again from it; then one window per series. */
     assert_int_equal(requests(e, "/market_chart/range", 0, &seq), 1 + 6);
     int64_t now = (int64_t)util_wall_ms();
@@ -470,7 +389,7 @@ static void test_daily_clamps_and_resumes(void **state)
     /* A second pass resumes from the marks: nothing to ask for. */
     uint64_t rows = e->mem.kept[BATCH_PRICES]->nrows;
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, NULL), 0);
     assert_int_equal(e->mem.kept[BATCH_PRICES]->nrows, rows);
 }
@@ -481,7 +400,7 @@ static void test_hourly_and_auto(void **state)
     start_runner(e, "[job.history]\nenabled = true\nids = coin-00002\n"
                     "vs_currencies = usd\ndays = 3\ngranularity = hourly\n");
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     static int64_t t[2000];
     int64_t now = (int64_t)util_wall_ms();
     size_t n = series_times(&e->mem, "coin-00002", "usd", t, 2000);
@@ -510,7 +429,7 @@ static void test_ohlc_job(void **state)
     struct env *e = *state;
     start_runner(e, "[job.ohlc]\nenabled = true\ndays = 7\nvs_currencies = usd\n");
     do_run(e, "ohlc");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     const struct batch *b = e->mem.kept[BATCH_CANDLES];
     assert_non_null(b);
     int64_t now = (int64_t)util_wall_ms();
@@ -532,21 +451,21 @@ static void test_leaves_live_credits(void **state)
      * (unless it ends within 10 s), they are more than the 10 credits of this plan. */
     start_runner(e, "[job.history]\nenabled = true\ndays = 30\n[job.prices]\nevery = 1s\n"
                     "[job.assets]\nenabled = false\n[job.market_caps]\nenabled = false\n");
-    e->cfg->sources[0].monthly_credits = 10;
-    e->cfg->sources[0].credit_reserve = 0;
+    e->j.cfg->sources[0].monthly_credits = 10;
+    e->j.cfg->sources[0].credit_reserve = 0;
     long seq = 0;
     requests(e, "", 0, &seq);
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, &seq), 0);
 
     /* Without live jobs the same month has room. */
     start_runner(e, "[job.history]\nenabled = true\ndays = 30\n[job.prices]\nenabled = false\n"
                     "[job.assets]\nenabled = false\n[job.market_caps]\nenabled = false\n");
-    e->cfg->sources[0].monthly_credits = 10;
-    e->cfg->sources[0].credit_reserve = 0;
+    e->j.cfg->sources[0].monthly_credits = 10;
+    e->j.cfg->sources[0].credit_reserve = 0;
     do_run(e, "history");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(requests(e, "/market_chart/range", seq, NULL), 6);
 }
 

@@ -32,6 +32,7 @@
 #include "coingest/timers.h"
 #include "coingest/util.h"
 #include "fakeapi_proc.h"
+#include "jobenv.h"
 
 #define UNIVERSE 600
 #define WAIT_MS  30000
@@ -156,101 +157,46 @@ static int mem_submit(void *ctx, struct batch *b)
 /* ---- fixture ------------------------------------------------------------------------------- */
 
 struct env {
-    struct fakeapi *fake;
-    uv_loop_t loop;
-    struct timers *timers;
-    struct fetcher *f;
-    struct api *apis[8];
-    struct config *cfg;
-    struct runner *rn;
+    struct jobenv j; /* j.run: the last run started with runwait_cb */
     struct memstore mem;
-    char conf[PATH_MAX];
-
-    bool done;
-    bool waiting; /* inside wait_done: the run's end stops the loop */
-    struct run_summary sum;
 };
-
-static void on_run_done(const struct run_summary *s, void *arg)
-{
-    struct env *e = arg;
-    e->sum = *s;
-    e->done = true;
-    if (e->waiting)
-        uv_stop(&e->loop);
-}
-
-static void deadline_cb(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-    uv_stop(t->loop);
-}
 
 /* Runs the loop until the run is reported, failing after WAIT_MS. */
 static void wait_done(struct env *e)
 {
-    bool expired = false;
-    uv_timer_t t;
-    uv_timer_init(&e->loop, &t);
-    t.data = &expired;
-    uv_timer_start(&t, deadline_cb, WAIT_MS, 0);
-    /* The loop runs as the daemon runs it (UV_RUN_DEFAULT) until the run reports, which
-     * stops it, or the deadline does. */
-    e->waiting = true;
-    while (!e->done && !expired)
-        uv_run(&e->loop, UV_RUN_DEFAULT);
-    e->waiting = false;
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    if (!e->done)
-        fail_msg("the run did not finish within %d ms", WAIT_MS);
+    runwait_wait(&e->j.run, &e->j.loop, WAIT_MS);
 }
 
 static size_t job(const struct env *e, const char *name)
 {
-    int i = config_job_index(e->cfg, name);
+    int i = config_job_index(e->j.cfg, name);
     assert_true(i >= 0);
     return (size_t)i;
 }
 
 static void do_run(struct env *e, const char *name)
 {
-    e->done = false;
-    memset(&e->sum, 0, sizeof(e->sum));
-    assert_int_equal(runner_start(e->rn, job(e, name), on_run_done, e), 0);
-    wait_done(e);
+    jobenv_run(&e->j, name, WAIT_MS);
 }
 
 /* Loads a config whose [source.coingecko] points at the fake API, plus `extra` lines. */
 static void load_config(struct env *e, const char *extra)
 {
-    FILE *fp = fopen(e->conf, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
-            "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\nper_page = 100\n%s",
-            fakeapi_base_url(e->fake), extra ? extra : "");
-    fclose(fp);
-    char err[1024];
-    if (config_load(e->conf, &e->cfg, err, sizeof(err)) != 0)
-        fail_msg("config: %s", err);
+    jobenv_load(&e->j,
+                "[source.coingecko]\nbase_url = %s\nrate_limit = 1000/s\nburst = 100\n"
+                "backoff_base = 10ms\nbackoff_cap = 50ms\nmax_retries = 2\nper_page = 100\n%s",
+                fakeapi_base_url(e->j.fake), extra ? extra : "");
 }
 
 static void start_runner(struct env *e)
 {
-    memset(e->apis, 0, sizeof(e->apis));
-    assert_true(e->cfg->nsources <= sizeof(e->apis) / sizeof(e->apis[0]));
-    for (size_t i = 0; i < e->cfg->nsources; i++)
-        if (e->cfg->sources[i].enabled)
-            assert_non_null(e->apis[i] = api_new(e->f, &e->cfg->sources[i]));
     if (!e->mem.read_timer_init) {
-        assert_int_equal(uv_timer_init(&e->loop, &e->mem.read_timer), 0);
-        assert_int_equal(uv_timer_init(&e->loop, &e->mem.usage_timer), 0);
+        assert_int_equal(uv_timer_init(&e->j.loop, &e->mem.read_timer), 0);
+        assert_int_equal(uv_timer_init(&e->j.loop, &e->mem.usage_timer), 0);
         e->mem.read_timer_init = true;
     }
     struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
-    e->rn = runner_new(e->cfg, e->apis, store);
-    assert_non_null(e->rn);
+    jobenv_start(&e->j, store);
 }
 
 /* The fixture with the fake API started with `args` (NULL-terminated). */
@@ -258,13 +204,7 @@ static int setup_fake(void **state, const char *const *args, const char *extra)
 {
     struct env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
-    e->fake = fakeapi_start(args);
-    assert_non_null(e->fake);
-    assert_int_equal(uv_loop_init(&e->loop), 0);
-    e->timers = timers_new(&e->loop);
-    e->f = fetcher_new(&e->loop, e->timers);
-    assert_non_null(e->f);
-    snprintf(e->conf, sizeof(e->conf), "/tmp/test_jobs.%d.conf", (int)getpid());
+    jobenv_init(&e->j, fakeapi_start(args), "test_jobs");
     load_config(e, extra);
     start_runner(e);
     *state = e;
@@ -282,32 +222,18 @@ static int setup(void **state)
     return setup_with(state, "[universe]\nvs_currencies = usd, eur\n");
 }
 
-static void fetcher_gone(void *arg)
-{
-    (void)arg;
-}
-
 static int teardown(void **state)
 {
     struct env *e = *state;
-    runner_free(e->rn);
-    for (size_t i = 0; i < sizeof(e->apis) / sizeof(e->apis[0]); i++)
-        api_free(e->apis[i]);
-    fetcher_free(e->f, fetcher_gone, NULL);
+    jobenv_stop(&e->j);
     if (e->mem.read_timer_init) {
         uv_close((uv_handle_t *)&e->mem.read_timer, NULL);
         uv_close((uv_handle_t *)&e->mem.usage_timer, NULL);
     }
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    timers_free(e->timers);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&e->loop), 0);
-    config_free(e->cfg);
+    jobenv_close(&e->j);
     batch_free(e->mem.job_runs);
     batch_free(e->mem.delist);
     strlist_clear(&e->mem.snaps);
-    fakeapi_stop(e->fake);
-    unlink(e->conf);
     free(e);
     return 0;
 }
@@ -317,7 +243,7 @@ static int teardown(void **state)
 /* Requests the fake API served for a route, and how many of them carried `param=value`. */
 static size_t served(struct env *e, const char *route, const char *param, const char *value)
 {
-    json_t *log = fakeapi_log(e->fake, 0);
+    json_t *log = fakeapi_log(e->j.fake, 0);
     assert_non_null(log);
     size_t n = 0, i;
     json_t *entry;
@@ -377,7 +303,7 @@ static void fault_short_list(struct env *e, unsigned n)
                                 "%s{\"id\":\"coin-%05u\",\"symbol\":\"c%05u\",\"name\":\"C\"}",
                                 i > 1 ? "," : "", i, i);
     snprintf(json + len, cap - len, "]}");
-    assert_int_equal(fakeapi_fault(e->fake, json), 0);
+    assert_int_equal(fakeapi_fault(e->j.fake, json), 0);
     free(json);
 }
 
@@ -387,14 +313,14 @@ static void test_assets(void **state)
 {
     struct env *e = *state;
     do_run(e, "assets");
-    assert_int_equal(e->sum.status, RUN_OK);
-    assert_string_equal(e->sum.error, "");
-    assert_string_equal(e->sum.name, "assets");
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_string_equal(e->j.run.sum.error, "");
+    assert_string_equal(e->j.run.sum.name, "assets");
     assert_int_equal(e->mem.rows[BATCH_ASSETS_LIST], UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_CATEGORIES], 12);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1); /* after the whole list */
     /* the list, the supported currencies, the category list */
-    assert_int_equal(e->sum.requests, 3);
+    assert_int_equal(e->j.run.sum.requests, 3);
     assert_int_equal(served(e, "/coins/list", "include_platform", "true"), 1);
     assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
 
@@ -403,13 +329,13 @@ static void test_assets(void **state)
     assert_val_str(job_runs_val(e, 0, "job"), "assets");
     assert_val_str(job_runs_val(e, 0, "status"), "ok");
     assert_int_equal(job_runs_val(e, 0, "requests")->u.i, 3);
-    assert_int_equal(job_runs_val(e, 0, "rows_written")->u.i, (int64_t)e->sum.rows);
+    assert_int_equal(job_runs_val(e, 0, "rows_written")->u.i, (int64_t)e->j.run.sum.rows);
     assert_int_equal(job_runs_val(e, 0, "error")->type, VAL_NULL);
     assert_int_equal(job_runs_val(e, 0, "started_at")->type, VAL_TIME);
 
     /* The listed ids are the universe of the next prices run: no second /coins/list. */
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
 }
@@ -418,14 +344,14 @@ static void test_prices_resolves_on_demand(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* No assets run yet: the list is fetched on demand, then the prices in URL-sized parts. */
     assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
     size_t parts = served(e, "/simple/price", NULL, NULL);
     assert_true(parts >= 1);
     /* with the list, the supported currencies it is checked against */
     assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
-    assert_int_equal(e->sum.requests, 2 + parts);
+    assert_int_equal(e->j.run.sum.requests, 2 + parts);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_LIST], 0); /* the resolution stores nothing */
 }
@@ -434,7 +360,7 @@ static void test_market_caps_walk(void **state)
 {
     struct env *e = *state;
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* 600 coins at 100 a page: six full pages and a seventh, empty, that ends the walk, for
      * each currency; then /global. */
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 7);
@@ -442,7 +368,7 @@ static void test_market_caps_walk(void **state)
     assert_int_equal(served(e, "/coins/markets", "page", "7"), 2);
     assert_int_equal(served(e, "/coins/markets", "page", "8"), 0);
     assert_int_equal(served(e, "/global", NULL, NULL), 1);
-    assert_int_equal(e->sum.requests, 15);
+    assert_int_equal(e->j.run.sum.requests, 15);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * UNIVERSE);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_MARKET], UNIVERSE); /* rank, image: once */
     assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
@@ -470,7 +396,7 @@ static json_t *page_entry(json_t *log, const char *page)
 /* Did the request for usd page 2 arrive before page 1 was answered? */
 static bool page2_overlapped_page1(struct env *e)
 {
-    json_t *log = fakeapi_log(e->fake, 0);
+    json_t *log = fakeapi_log(e->j.fake, 0);
     assert_non_null(log);
     double done1 = json_number_value(json_object_get(page_entry(log, "1"), "t_done_mono"));
     double start2 = json_number_value(json_object_get(page_entry(log, "2"), "t_mono"));
@@ -485,35 +411,35 @@ static bool page2_overlapped_page1(struct env *e)
 static void test_walk_in_flight_keeps_order(void **state)
 {
     struct env *e = *state;
-    struct cfg_source *cg = (struct cfg_source *)config_source(e->cfg, "coingecko");
+    struct cfg_source *cg = (struct cfg_source *)config_source(e->j.cfg, "coingecko");
     assert_non_null(cg);
     do_run(e, "prices"); /* the coin list: the walk now knows how many pages to expect */
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(config_source_in_flight(cg), 4); /* 1000/s */
 
     const char *delay = "{\"match\":\"/coins/markets\",\"params\":{\"page\":\"1\","
                         "\"vs_currency\":\"usd\"},\"kind\":\"delay\",\"delay\":0.3}";
     cg->max_in_flight = 1;
-    assert_int_equal(fakeapi_reset(e->fake), 0);
-    assert_int_equal(fakeapi_fault(e->fake, delay), 0);
+    assert_int_equal(fakeapi_reset(e->j.fake), 0);
+    assert_int_equal(fakeapi_fault(e->j.fake, delay), 0);
     strlist_clear(&e->mem.snaps);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_false(page2_overlapped_page1(e));
     struct strlist one_at_a_time = e->mem.snaps;
     memset(&e->mem.snaps, 0, sizeof(e->mem.snaps));
     assert_int_equal(one_at_a_time.n, 2 * UNIVERSE);
 
     cg->max_in_flight = 0; /* the default: 4 at this rate limit */
-    assert_int_equal(fakeapi_reset(e->fake), 0);
-    assert_int_equal(fakeapi_fault(e->fake, delay), 0);
+    assert_int_equal(fakeapi_reset(e->j.fake), 0);
+    assert_int_equal(fakeapi_fault(e->j.fake, delay), 0);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_true(page2_overlapped_page1(e));
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 7);
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 7);
     assert_int_equal(served(e, "/coins/markets", "page", "8"), 0);
-    assert_int_equal(e->sum.requests, 15);
+    assert_int_equal(e->j.run.sum.requests, 15);
     assert_int_equal(e->mem.snaps.n, one_at_a_time.n);
     for (size_t i = 0; i < one_at_a_time.n; i++)
         if (strcmp(e->mem.snaps.items[i], one_at_a_time.items[i]) != 0)
@@ -529,15 +455,15 @@ static void test_walk_in_flight_stops_at_short_page(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
-    assert_int_equal(fakeapi_reset(e->fake), 0);
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"params\":{"
-                                            "\"page\":\"3\"},\"status\":200,\"count\":2,"
-                                            "\"body\":[]}"),
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_int_equal(fakeapi_reset(e->j.fake), 0);
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"params\":{"
+                                              "\"page\":\"3\"},\"status\":200,\"count\":2,"
+                                              "\"body\":[]}"),
                      0);
     strlist_clear(&e->mem.snaps);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* Pages 1 and 2 of each currency; page 3 (empty) ended each walk. */
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 200);
     assert_int_equal(e->mem.snaps.n, 2 * 200);
@@ -552,31 +478,31 @@ static void test_walk_in_flight_stops_at_short_page(void **state)
 static void test_429_resumes_the_walk(void **state)
 {
     struct env *e = *state;
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"params\":{\"page\":"
-                                            "\"3\",\"vs_currency\":\"usd\"},\"status\":429,"
-                                            "\"retry_after\":\"1\"}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"params\":{\"page\":"
+                                              "\"3\",\"vs_currency\":\"usd\"},\"status\":429,"
+                                              "\"retry_after\":\"1\"}"),
                      0);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/markets", "page", "3"), 3); /* usd twice, eur once */
     for (int p = 1; p <= 7; p++) {
         char page[8];
         snprintf(page, sizeof(page), "%d", p);
         assert_int_equal(served(e, "/coins/markets", "page", page), p == 3 ? 3 : 2);
     }
-    assert_int_equal(e->sum.requests, 16); /* the 429 counts as an attempt */
+    assert_int_equal(e->j.run.sum.requests, 16); /* the 429 counts as an attempt */
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * UNIVERSE);
 }
 
 static void test_failed_request_fails_the_run(void **state)
 {
     struct env *e = *state;
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/list\",\"status\":404,"
-                                            "\"body\":{\"error\":\"gone\"}}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/list\",\"status\":404,"
+                                              "\"body\":{\"error\":\"gone\"}}"),
                      0);
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_FAILED);
-    assert_string_equal(e->sum.error, "GET /coins/list: gone");
+    assert_int_equal(e->j.run.sum.status, RUN_FAILED);
+    assert_string_equal(e->j.run.sum.error, "GET /coins/list: gone");
     assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
     assert_val_str(job_runs_val(e, 0, "status"), "failed");
     assert_val_str(job_runs_val(e, 0, "error"), "GET /coins/list: gone");
@@ -586,12 +512,12 @@ static void test_failed_request_fails_the_run(void **state)
 static void test_partial_run(void **state)
 {
     struct env *e = *state;
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"params\":"
-                                            "{\"vs_currency\":\"eur\"},\"status\":400}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"params\":"
+                                              "{\"vs_currency\":\"eur\"},\"status\":400}"),
                      0);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "GET /coins/markets?vs_currency=eur"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->j.run.sum.error, "GET /coins/markets?vs_currency=eur"));
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], UNIVERSE); /* usd only */
     assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1);
 }
@@ -599,23 +525,23 @@ static void test_partial_run(void **state)
 static void test_busy_and_cancel(void **state)
 {
     struct env *e = *state;
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
-                                            "\"seconds\":5}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
+                                              "\"seconds\":5}"),
                      0);
-    e->done = false;
+    e->j.run.done = false;
     size_t id = job(e, "market_caps");
-    assert_int_equal(runner_start(e->rn, id, on_run_done, e), 0);
-    assert_true(runner_running(e->rn, id));
-    assert_true(runner_any_running(e->rn));
-    assert_int_equal(runner_start(e->rn, id, on_run_done, e), -EBUSY);
-    assert_int_equal(runner_start(e->rn, 999, on_run_done, e), -EINVAL);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    runner_cancel(e->rn);
+    assert_int_equal(runner_start(e->j.rn, id, runwait_cb, &e->j.run), 0);
+    assert_true(runner_running(e->j.rn, id));
+    assert_true(runner_any_running(e->j.rn));
+    assert_int_equal(runner_start(e->j.rn, id, runwait_cb, &e->j.run), -EBUSY);
+    assert_int_equal(runner_start(e->j.rn, 999, runwait_cb, &e->j.run), -EINVAL);
+    uv_run(&e->j.loop, UV_RUN_NOWAIT);
+    runner_cancel(e->j.rn);
     wait_done(e);
-    assert_false(runner_running(e->rn, id));
-    assert_int_equal(e->sum.status, RUN_FAILED);
-    assert_string_equal(e->sum.error, "run: cancelled by shutdown");
-    assert_int_equal(runner_last(e->rn, id)->status, RUN_FAILED);
+    assert_false(runner_running(e->j.rn, id));
+    assert_int_equal(e->j.run.sum.status, RUN_FAILED);
+    assert_string_equal(e->j.run.sum.error, "run: cancelled by shutdown");
+    assert_int_equal(runner_last(e->j.rn, id)->status, RUN_FAILED);
     assert_val_str(job_runs_val(e, 0, "job"), "market_caps");
 }
 
@@ -624,21 +550,21 @@ static void test_busy_and_cancel(void **state)
 static void test_cancel_one_job(void **state)
 {
     struct env *e = *state;
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
-                                            "\"seconds\":5}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
+                                              "\"seconds\":5}"),
                      0);
-    runner_set_instance(e->rn, "ingest-a");
-    e->done = false;
+    runner_set_instance(e->j.rn, "ingest-a");
+    e->j.run.done = false;
     size_t id = job(e, "market_caps");
-    assert_int_equal(runner_start(e->rn, id, on_run_done, e), 0);
-    uv_run(&e->loop, UV_RUN_NOWAIT);
-    runner_cancel_job(e->rn, job(e, "prices"), "not this one"); /* not running: nothing */
-    assert_true(runner_running(e->rn, id));
-    runner_cancel_job(e->rn, id, "lease lost: test");
+    assert_int_equal(runner_start(e->j.rn, id, runwait_cb, &e->j.run), 0);
+    uv_run(&e->j.loop, UV_RUN_NOWAIT);
+    runner_cancel_job(e->j.rn, job(e, "prices"), "not this one"); /* not running: nothing */
+    assert_true(runner_running(e->j.rn, id));
+    runner_cancel_job(e->j.rn, id, "lease lost: test");
     wait_done(e);
-    assert_false(runner_running(e->rn, id));
-    assert_int_equal(e->sum.status, RUN_FAILED);
-    assert_string_equal(e->sum.error, "run: lease lost: test");
+    assert_false(runner_running(e->j.rn, id));
+    assert_int_equal(e->j.run.sum.status, RUN_FAILED);
+    assert_string_equal(e->j.run.sum.error, "run: lease lost: test");
     assert_val_str(job_runs_val(e, 0, "instance"), "ingest-a");
 }
 
@@ -648,9 +574,9 @@ static void test_store_refuses(void **state)
     struct env *e = *state;
     e->mem.refuse = true;
     do_run(e, "assets");
-    assert_string_equal(e->sum.error, "sink: rows could not be stored or spooled");
-    assert_int_equal(e->sum.rows, 0);
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_string_equal(e->j.run.sum.error, "sink: rows could not be stored or spooled");
+    assert_int_equal(e->j.run.sum.rows, 0);
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
 }
 
 static int setup_top(void **state)
@@ -664,12 +590,12 @@ static void test_top_n(void **state)
 {
     struct env *e = *state;
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/markets", NULL, NULL), 2);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 150);
 
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* The walk market_caps just made is the cache: no new markets page. */
     assert_int_equal(served(e, "/coins/markets", NULL, NULL), 2);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 150);
@@ -684,14 +610,14 @@ static void test_explicit_ids(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* One coin list, to check the ids against; market_caps uses the same. */
     assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
     assert_int_equal(served(e, "/simple/price", "ids", "coin-00001,coin-00002,coin-00004"), 1);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 3);
 
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/markets", "ids", "coin-00001,coin-00002,coin-00004"), 1);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 3);
     assert_int_equal(served(e, "/coins/list", NULL, NULL), 1);
@@ -784,13 +710,13 @@ static void test_walk_ignoring_page_stops(void **state)
 {
     struct env *e = *state;
     double before = source_errors("market_caps", "walk_stalled");
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"kind\":\"rewrite\","
-                                            "\"set_params\":{\"page\":\"1\"},\"count\":100000}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"kind\":\"rewrite\","
+                                              "\"set_params\":{\"page\":\"1\"},\"count\":100000}"),
                      0);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "walk /coins/markets?vs_currency=usd"));
-    assert_non_null(strstr(e->sum.error, "page 2 brought no coin the walk had not seen"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->j.run.sum.error, "walk /coins/markets?vs_currency=usd"));
+    assert_non_null(strstr(e->j.run.sum.error, "page 2 brought no coin the walk had not seen"));
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 2);
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 2);
     assert_int_equal(served(e, "/coins/markets", "page", "3"), 0);
@@ -809,14 +735,14 @@ static void test_walk_is_bounded(void **state)
     struct env *e = *state;
     fault_short_list(e, 100);
     do_run(e, "prices"); /* resolves the universe: the 100-coin list */
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     /* coin-00003, -00012 and -00014 are not the universe's ids ("coin 00003", "_", "-2"). */
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * 97);
 
     double before = source_errors("market_caps", "walk_too_long");
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "still full pages after 3 pages (100 coins listed"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->j.run.sum.error, "still full pages after 3 pages (100 coins listed"));
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "usd"), 3);
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 3);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 300);
@@ -830,7 +756,7 @@ static void test_empty_list_delists_nothing(void **state)
 {
     struct env *e = *state;
     do_run(e, "assets");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
 
     static const char *const bodies[] = {"[]", "[{},{\"symbol\":\"x\"},{\"id\":\"\"},7]"};
@@ -838,18 +764,18 @@ static void test_empty_list_delists_nothing(void **state)
         char fault[256];
         snprintf(fault, sizeof(fault), "{\"match\":\"/coins/list\",\"status\":200,\"body\":%s}",
                  bodies[i]);
-        assert_int_equal(fakeapi_fault(e->fake, fault), 0);
+        assert_int_equal(fakeapi_fault(e->j.fake, fault), 0);
         double before = source_errors("assets", "list_gutted");
         do_run(e, "assets");
-        assert_int_equal(e->sum.status, RUN_PARTIAL);
-        assert_non_null(strstr(e->sum.error, "the list has no usable coin id"));
+        assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+        assert_non_null(strstr(e->j.run.sum.error, "the list has no usable coin id"));
         assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1); /* no second statement */
         assert_true(source_errors("assets", "list_gutted") == before + 1);
     }
 
     /* prices still tracks the 600 coins of the good list. */
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/list", NULL, NULL), 3);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
 }
@@ -864,18 +790,19 @@ static void test_gutted_list_delists_nothing(void **state)
 
     fault_short_list(e, 100);
     do_run(e, "assets");
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "of the 600 coins of the previous list are missing"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(
+        strstr(e->j.run.sum.error, "of the 600 coins of the previous list are missing"));
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
 
     /* 590 coins (13 of the 600 gone: 2%) is believable: they are delisted. */
     fault_short_list(e, 590);
     do_run(e, "assets");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 2);
 
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/simple/price", NULL, NULL) > 0, 1);
 }
 
@@ -890,14 +817,15 @@ static void test_gutted_list_first_run_checks_database(void **state)
     do_run(e, "assets");
     assert_int_equal(e->mem.reads, 1);
     assert_non_null(strstr(e->mem.read_sql, "FROM assets WHERE delisted_at IS NULL"));
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "100 coins listed against 600 listed in the database"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(
+        strstr(e->j.run.sum.error, "100 coins listed against 600 listed in the database"));
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 0);
 
     /* The whole list agrees with the database: delisting goes ahead. */
     do_run(e, "assets");
     assert_int_equal(e->mem.reads, 2);
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(e->mem.rows[BATCH_ASSETS_DELIST], 1);
 }
 
@@ -917,7 +845,7 @@ static void fault_extra_coin(struct env *e, const char *match, const char *param
     for (unsigned i = 0; i < n; i++)
         len += (size_t)snprintf(json + len, cap - len, "%s", rep);
     snprintf(json + len, cap - len, "\",\"symbol\":\"x\",\"name\":\"x\"}]}");
-    assert_int_equal(fakeapi_fault(e->fake, json), 0);
+    assert_int_equal(fakeapi_fault(e->j.fake, json), 0);
     free(json);
 }
 
@@ -930,18 +858,18 @@ static void test_long_id_skipped_prices(void **state)
     fault_extra_coin(e, "/coins/list", "{}", "\\u00e9", 3000);
     fault_extra_coin(e, "/coins/list", "{}", "x", 9000);
     do_run(e, "prices"); /* the first /coins/list: é */
-    assert_int_equal(e->sum.status, RUN_OK);
-    assert_string_equal(e->sum.error, "");
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_string_equal(e->j.run.sum.error, "");
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE);
-    assert_true(e->sum.counted >= 1);
+    assert_true(e->j.run.sum.counted >= 1);
 
     do_run(e, "assets"); /* the second: x */
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     uint64_t before = e->mem.rows[BATCH_PRICES];
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(e->mem.rows[BATCH_PRICES] - before, 2 * UNIVERSE);
-    assert_true(e->sum.counted >= 1);
+    assert_true(e->j.run.sum.counted >= 1);
 }
 
 static int setup_category(void **state)
@@ -956,12 +884,12 @@ static void test_long_id_skipped_markets(void **state)
     struct env *e = *state;
     fault_extra_coin(e, "/coins/markets", "{\"category\":\"layer-1\",\"page\":\"1\"}", "x", 9000);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
-    assert_string_equal(e->sum.error, "");
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_string_equal(e->j.run.sum.error, "");
     /* 300 members at 250 ids a request: two requests per currency. */
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "eur"), 2);
     assert_int_equal(e->mem.rows[BATCH_MARKET_SNAPSHOTS], 2 * 300);
-    assert_true(e->sum.counted >= 1);
+    assert_true(e->j.run.sum.counted >= 1);
 }
 
 /* /simple/price answering {} for every id is no success: the run is partial with a clear
@@ -973,25 +901,26 @@ static void test_no_rows_is_not_ok(void **state)
     const char *last = "job=\"prices\"";
     double before_ok = metrics_get("coingest_job_last_success_timestamp_seconds", last);
     double before = source_errors("prices", "no_rows");
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/simple/price\",\"status\":200,"
-                                            "\"body\":{},\"count\":1000}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/simple/price\",\"status\":200,"
+                                              "\"body\":{},\"count\":1000}"),
                      0);
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 0);
-    assert_non_null(strstr(e->sum.error, "/simple/price: "));
-    assert_non_null(strstr(e->sum.error, "successful answers, not one row, for 600 ids"));
+    assert_non_null(strstr(e->j.run.sum.error, "/simple/price: "));
+    assert_non_null(strstr(e->j.run.sum.error, "successful answers, not one row, for 600 ids"));
     assert_val_str(job_runs_val(e, 0, "status"), "partial");
     assert_true(source_errors("prices", "no_rows") == before + 1);
     assert_true(metrics_get("coingest_job_last_success_timestamp_seconds", last) == before_ok);
 
     before = source_errors("market_caps", "no_rows");
-    assert_int_equal(fakeapi_fault(e->fake, "{\"match\":\"/coins/markets\",\"status\":200,"
-                                            "\"body\":[],\"count\":1000}"),
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"status\":200,"
+                                              "\"body\":[],\"count\":1000}"),
                      0);
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "/coins/markets: 2 successful answers, not one row"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(
+        strstr(e->j.run.sum.error, "/coins/markets: 2 successful answers, not one row"));
     assert_int_equal(e->mem.rows[BATCH_GLOBAL_SNAPSHOTS], 1); /* /global still comes */
     assert_true(source_errors("market_caps", "no_rows") == before + 1);
 }
@@ -1009,7 +938,7 @@ static struct price_log price_log(struct env *e)
 {
     struct price_log pl = {0};
     struct strlist answered = {0};
-    json_t *log = fakeapi_log(e->fake, 0);
+    json_t *log = fakeapi_log(e->j.fake, 0);
     assert_non_null(log);
     size_t i;
     json_t *entry;
@@ -1059,7 +988,7 @@ static void test_prices_ids_cap(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     struct price_log pl = price_log(e);
     assert_int_equal(pl.max_ids, 500);
     assert_int_equal(pl.refused, 0);
@@ -1069,14 +998,14 @@ static void test_prices_ids_cap(void **state)
 
     /* The key lowers it. A reload hands the runner the new config while the old one still
      * exists (the sources compare the two), as the daemon does. */
-    struct config *old = e->cfg;
-    e->cfg = NULL;
+    struct config *old = e->j.cfg;
+    e->j.cfg = NULL;
     load_config(e, "max_ids_per_request = 200\n[universe]\nvs_currencies = usd\n");
-    runner_set_config(e->rn, e->cfg);
+    runner_set_config(e->j.rn, e->j.cfg);
     config_free(old);
-    assert_int_equal(fakeapi_reset(e->fake), 0);
+    assert_int_equal(fakeapi_reset(e->j.fake), 0);
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     pl = price_log(e);
     assert_int_equal(pl.max_ids, 200);
     assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
@@ -1094,14 +1023,14 @@ static void test_prices_414_splits(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
-    assert_string_equal(e->sum.error, "");
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_string_equal(e->j.run.sum.error, "");
     struct price_log pl = price_log(e);
     assert_true(pl.refused > 0);
     assert_true(pl.max_ids == 500); /* the first requests were refused, then halved */
     assert_int_equal(pl.answered_ids, BIG_UNIVERSE);
     assert_int_equal(pl.distinct_ids, BIG_UNIVERSE);
-    assert_int_equal(e->mem.rows[BATCH_PRICES], e->cfg->universe.vs_currencies.n * BIG_UNIVERSE);
+    assert_int_equal(e->mem.rows[BATCH_PRICES], e->j.cfg->universe.vs_currencies.n * BIG_UNIVERSE);
 }
 
 /* The same against an API whose own ids cap (70) is below the daemon's. */
@@ -1125,8 +1054,8 @@ static void test_prices_414_single_id_fails(void **state)
     struct env *e = *state;
     do_run(e, "prices");
     /* Partial: the coin list the ids are checked against came; not one price did. */
-    assert_int_equal(e->sum.status, RUN_PARTIAL);
-    assert_non_null(strstr(e->sum.error, "414"));
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+    assert_non_null(strstr(e->j.run.sum.error, "414"));
     struct price_log pl = price_log(e);
     assert_int_equal(pl.refused, 5); /* 3 ids, then 1 + 2, then the 2 as 1 + 1 */
     assert_int_equal(pl.answered_ids, 0);
@@ -1142,17 +1071,17 @@ static void test_registry_and_budget(void **state)
     size_t n = 0;
     for (size_t i = 0; i < source_count; i++)
         n += source_defs[i]->njobs;
-    assert_int_equal(e->cfg->njobs, n);
-    for (size_t i = 0; i < e->cfg->njobs; i++) {
-        assert_non_null(e->cfg->jobs[i].def);
-        assert_non_null(e->cfg->jobs[i].def->start);
-        assert_int_equal(config_job_index(e->cfg, e->cfg->jobs[i].name), (int)i);
+    assert_int_equal(e->j.cfg->njobs, n);
+    for (size_t i = 0; i < e->j.cfg->njobs; i++) {
+        assert_non_null(e->j.cfg->jobs[i].def);
+        assert_non_null(e->j.cfg->jobs[i].def->start);
+        assert_int_equal(config_job_index(e->j.cfg, e->j.cfg->jobs[i].name), (int)i);
     }
     char *text = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&text, &len);
     assert_non_null(mem);
-    assert_true(runner_print_budget(e->cfg, 600, mem));
+    assert_true(runner_print_budget(e->j.cfg, 600, mem));
     fclose(mem);
     /* assets 3, prices 1 part of 600 ids, market_caps 2 x 6 pages + /global. */
     assert_non_null(strstr(text, "job=assets requests_per_run=3 "));
@@ -1184,8 +1113,8 @@ static void test_unsupported_vs_currency(void **state)
 {
     struct env *e = *state;
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_OK);
-    assert_true(e->sum.counted >= 1);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_true(e->j.run.sum.counted >= 1);
     assert_int_equal(served(e, "/simple/supported_vs_currencies", NULL, NULL), 1);
     assert_int_equal(e->mem.rows[BATCH_PRICES], 2 * UNIVERSE); /* usd and eur */
     /* job_runs keeps the kind apart from the other counts. */
@@ -1195,8 +1124,8 @@ static void test_unsupported_vs_currency(void **state)
     assert_non_null(text);
     assert_non_null(strstr(text, "\"unsupported_vs_currencies\":1"));
     free(text);
-    assert_int_equal(job_runs_val(e, 0, "counted")->u.i, (int64_t)e->sum.counted);
-    json_t *log = fakeapi_log(e->fake, 0);
+    assert_int_equal(job_runs_val(e, 0, "counted")->u.i, (int64_t)e->j.run.sum.counted);
+    json_t *log = fakeapi_log(e->j.fake, 0);
     size_t i;
     json_t *entry;
     json_array_foreach(log, i, entry)
@@ -1209,7 +1138,7 @@ static void test_unsupported_vs_currency(void **state)
     json_decref(log);
     /* market_caps knows the codes now: no currency walk for "dollars". */
     do_run(e, "market_caps");
-    assert_int_equal(e->sum.status, RUN_OK);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
     assert_int_equal(served(e, "/coins/markets", "vs_currency", "dollars"), 0);
 }
 
@@ -1230,8 +1159,8 @@ static void test_monthly_credits_cap(void **state)
     uint64_t sent = 0;
     for (; runs < 100; runs++) {
         do_run(e, "prices");
-        sent += e->sum.requests;
-        if (strstr(e->sum.error, "monthly credits"))
+        sent += e->j.run.sum.requests;
+        if (strstr(e->j.run.sum.error, "monthly credits"))
             break;
     }
     assert_true(runs < 100);
@@ -1239,26 +1168,26 @@ static void test_monthly_credits_cap(void **state)
     assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL) +
                          served(e, "/simple/supported_vs_currencies", NULL, NULL),
                      50);
-    assert_non_null(strstr(e->sum.error, "monthly credits exhausted: 50 of 50 used; requests "
-                                         "resume on "));
+    assert_non_null(strstr(e->j.run.sum.error, "monthly credits exhausted: 50 of 50 used; requests "
+                                               "resume on "));
     assert_int_equal(e->mem.usage_calls, 50); /* written at the run's end */
     assert_int_equal(e->mem.usage_reads, 1);  /* read once, at first use */
 
     /* Another run refuses again, without sending. */
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_FAILED);
-    assert_int_equal(e->sum.requests, 0);
+    assert_int_equal(e->j.run.sum.status, RUN_FAILED);
+    assert_int_equal(e->j.run.sum.requests, 0);
 
     /* A restart: the count comes back from the store, nothing is sent. */
-    runner_free(e->rn);
-    e->rn = NULL;
+    runner_free(e->j.rn);
+    e->j.rn = NULL;
     struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
-    assert_non_null(e->rn = runner_new(e->cfg, e->apis, store));
+    assert_non_null(e->j.rn = runner_new(e->j.cfg, e->j.apis, store));
     do_run(e, "prices");
-    assert_int_equal(e->sum.status, RUN_FAILED);
-    assert_int_equal(e->sum.requests, 0);
+    assert_int_equal(e->j.run.sum.status, RUN_FAILED);
+    assert_int_equal(e->j.run.sum.requests, 0);
     assert_int_equal(e->mem.usage_reads, 2);
-    assert_non_null(strstr(e->sum.error, "50 of 50 used"));
+    assert_non_null(strstr(e->j.run.sum.error, "50 of 50 used"));
     assert_int_equal(served(e, "/simple/price", NULL, NULL) + served(e, "/coins/list", NULL, NULL) +
                          served(e, "/simple/supported_vs_currencies", NULL, NULL),
                      50);
@@ -1272,13 +1201,13 @@ static void test_monthly_credits_restored(void **state)
     uint64_t sent = 0;
     for (unsigned runs = 0; runs < 10; runs++) {
         do_run(e, "prices");
-        sent += e->sum.requests;
-        if (strstr(e->sum.error, "monthly credits"))
+        sent += e->j.run.sum.requests;
+        if (strstr(e->j.run.sum.error, "monthly credits"))
             break;
     }
     assert_int_equal(sent, 5);
     assert_int_equal(e->mem.usage_calls, 50);
-    assert_non_null(strstr(e->sum.error, "50 of 50 used"));
+    assert_non_null(strstr(e->j.run.sum.error, "50 of 50 used"));
 }
 
 /* Within the month, the month's turn changes nothing (the month stays spent) and says how
@@ -1288,7 +1217,7 @@ static void test_month_tick_within_the_month(void **state)
     struct env *e = *state;
     e->mem.usage_calls = 50;
     do_run(e, "prices");
-    assert_non_null(strstr(e->sum.error, "50 of 50 used"));
+    assert_non_null(strstr(e->j.run.sum.error, "50 of 50 used"));
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     time_t now = ts.tv_sec;
@@ -1298,13 +1227,13 @@ static void test_month_tick_within_the_month(void **state)
     tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
     tm.tm_mon += 1; /* timegm normalises December + 1 */
     int64_t to_next_s = (int64_t)timegm(&tm) - (int64_t)now;
-    uint64_t ms = runner_month_tick(e->rn);
+    uint64_t ms = runner_month_tick(e->j.rn);
     assert_true(ms > 0 && ms <= 31ull * 86400 * 1000);
     /* the same turn, up to the seconds between the two clock readings */
     assert_true(llabs((int64_t)(ms / 1000) - to_next_s) <= 2);
     do_run(e, "prices");
-    assert_int_equal(e->sum.requests, 0);
-    assert_non_null(strstr(e->sum.error, "monthly credits"));
+    assert_int_equal(e->j.run.sum.requests, 0);
+    assert_non_null(strstr(e->j.run.sum.error, "monthly credits"));
 }
 
 int main(void)

@@ -5,7 +5,8 @@
  * candle_fill (the largest filled_to per product written so far). Answers come on the next
  * loop iteration, never inline, as the sink's do.
  *
- * Header-only so that each test program includes it; the loop is the test's.
+ * Header-only: a test program includes it and hands memstore_store() to jobenv_start (jobenv.h);
+ * the loop is the test's.
  */
 #ifndef COINGEST_TEST_MEMSTORE_H
 #define COINGEST_TEST_MEMSTORE_H
