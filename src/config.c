@@ -723,6 +723,7 @@ struct config *config_defaults(void)
     struct config *cfg = calloc(1, sizeof(*cfg));
     if (!cfg)
         return NULL;
+    cfg->refs = 1;
     cfg->daemon.log_level = LOG_INFO;
     cfg->daemon.log_format = LOG_FORMAT_TEXT;
     cfg->daemon.shutdown_timeout_ms = 30 * MS_SECOND;
@@ -805,10 +806,20 @@ static void free_values(struct cfg_value *v, size_t n)
     free(v);
 }
 
+const struct config *config_hold(const struct config *cfg)
+{
+    ((struct config *)cfg)->refs++;
+    return cfg;
+}
+
 void config_free(struct config *cfg)
 {
     if (!cfg)
         return;
+    if (cfg->refs > 1) {
+        cfg->refs--;
+        return;
+    }
     free(cfg->path);
     free(cfg->daemon.metrics_listen);
     free(cfg->daemon.spool_dir);

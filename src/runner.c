@@ -500,6 +500,7 @@ static void run_free(struct run *r)
     if (r->def->cleanup)
         r->def->cleanup(r);
     free(r->state);
+    config_free((struct config *)r->cfg); /* the run's hold (run_start) */
     free(r);
 }
 
@@ -651,13 +652,14 @@ int runner_start(struct runner *rn, size_t job, runner_done_cb done, void *arg)
     r->rn = rn;
     r->job = job;
     r->def = cj->def;
-    r->cfg = rn->cfg;
+    r->cfg = config_hold(rn->cfg); /* a reload frees it only after this run */
     r->done = done;
     r->done_arg = arg;
     r->sum.job = job;
     r->sum.name = cj->name;
     r->sum.started_wall_ms = util_wall_ms();
     if (r->def->run_size && !(r->state = calloc(1, r->def->run_size))) {
+        config_free((struct config *)r->cfg);
         free(r);
         return -ENOMEM;
     }

@@ -120,6 +120,10 @@ struct cfg_source {
 
 struct config {
     char *path; /* the file it was read from */
+    /* Holders (config_hold; config_free drops one): a run keeps the configuration it started
+     * with, so a reload frees the old one only when the last run that holds it has ended.
+     * Loop thread only. */
+    unsigned refs;
 
     struct {
         enum log_level log_level;     /* default info */
@@ -198,8 +202,12 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 /* The built-in defaults with no file (for tests and --help). NULL on allocation failure. */
 struct config *config_defaults(void);
 
-/* Frees a config; NULL is a no-op. */
+/* Drops one holder of a config and frees it with the last; NULL is a no-op. */
 void config_free(struct config *cfg);
+
+/* One more holder of cfg (a run that keeps the configuration it started with); returns cfg.
+ * Each hold is ended by a config_free. Loop thread only. */
+const struct config *config_hold(const struct config *cfg);
 
 /* Prints the effective configuration as INI, secrets masked as "********". */
 void config_dump(const struct config *cfg, FILE *out);

@@ -568,6 +568,31 @@ static void test_cancel_one_job(void **state)
     assert_val_str(job_runs_val(e, 0, "instance"), "ingest-a");
 }
 
+/* A reload while a run is in flight frees the old configuration as the daemon does, at
+ * once; the run's own hold keeps it until the run ends (under ASan: no use after free, as
+ * test_daemon_ops's SIGHUPs found in the daemon). */
+static void test_reload_mid_run(void **state)
+{
+    struct env *e = *state;
+    assert_int_equal(fakeapi_fault(e->j.fake, "{\"match\":\"/coins/markets\",\"kind\":\"delay\","
+                                              "\"seconds\":1}"),
+                     0);
+    e->j.run.done = false;
+    size_t id = job(e, "market_caps");
+    assert_int_equal(runner_start(e->j.rn, id, runwait_cb, &e->j.run), 0);
+    uv_run(&e->j.loop, UV_RUN_NOWAIT);
+    assert_true(runner_running(e->j.rn, id));
+    struct config *old = e->j.cfg;
+    e->j.cfg = NULL;
+    load_config(e, "[universe]\nvs_currencies = eur\n");
+    runner_set_config(e->j.rn, e->j.cfg);
+    config_free(old); /* the run still holds it */
+    wait_done(e);
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    assert_string_equal(e->j.run.sum.name, "market_caps");
+    assert_true(e->mem.rows[BATCH_MARKET_SNAPSHOTS] > 0);
+}
+
 /* Rows the store refuses make the run record the loss. */
 static void test_store_refuses(void **state)
 {
@@ -1275,6 +1300,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unsupported_vs_currency, setup_bad_vs, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_cap, setup_credits, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_restored, setup_credits, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_mid_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_month_tick_within_the_month, setup_credits, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
