@@ -209,6 +209,43 @@ struct alias_universe *alias_universe_from_rows(const struct store_rows *rows)
     return u;
 }
 
+struct universe_call {
+    struct run *run;
+    alias_universe_cb done;
+};
+
+static void universe_read(int rc, const struct store_rows *rows, const char *err, void *arg)
+{
+    struct universe_call c = *(struct universe_call *)arg;
+    free(arg);
+    struct alias_universe *u = NULL;
+    if (rc == 0)
+        u = alias_universe_from_rows(rows);
+    else
+        log_warn("assets could not be read; only [aliases] overrides map",
+                 LOG_S("job", run_name(c.run)), LOG_S("error", err ? err : strerror(-rc)));
+    c.done(c.run, u);
+}
+
+int alias_read_universe(struct run *run, const char *canonical_source, alias_universe_cb done)
+{
+    struct universe_call *c = malloc(sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    *c = (struct universe_call){run, done};
+    const char *params[] = {canonical_source};
+    int rc =
+        run_read(run, ALIAS_UNIVERSE_SQL, params, 1, ALIAS_UNIVERSE_MAX_ROWS, universe_read, c);
+    if (rc == -ENOTSUP) { /* a store without a database: overrides only */
+        free(c);
+        done(run, NULL);
+        return 0;
+    }
+    if (rc != 0)
+        free(c);
+    return rc;
+}
+
 /* The range [*lo, *hi) of by_symbol whose folded symbol is `sym` (already folded). */
 static void symbol_range(const struct alias_universe *u, const char *sym, size_t *lo, size_t *hi)
 {

@@ -86,6 +86,19 @@ struct alias_universe *alias_universe_from_rows(const struct store_rows *rows);
 
 size_t alias_universe_size(const struct alias_universe *u);
 
+struct run;
+
+/* Called with the universe alias_read_universe read (the caller owns it), or NULL when there
+ * is no database, the read failed (warned) or memory ran out: then only [aliases] overrides
+ * map, and alias_map_keys is told the universe is not known. */
+typedef void (*alias_universe_cb)(struct run *run, struct alias_universe *u);
+
+/* Reads the universe for a run's job: ALIAS_UNIVERSE_SQL through run_read, same-symbol
+ * candidates ranked by `canonical_source`'s usd market caps. done runs once, on the loop
+ * thread, possibly before this returns (a store without a database). 0, or run_read's error
+ * (then done is not called). */
+int alias_read_universe(struct run *run, const char *canonical_source, alias_universe_cb done);
+
 /* What a source knows of one of its keys. */
 struct alias_key {
     const char *key;              /* the source's key: "BTC", "bitcoin" */

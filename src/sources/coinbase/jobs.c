@@ -64,8 +64,7 @@ struct cb_run {
     struct product *prods;
     const char **ids; /* prods[i].id, the candle_fill keys */
     size_t nprods;
-    struct alias_universe *universe;
-    bool universe_known;
+    struct alias_universe *universe; /* NULL: not known (only overrides map) */
 };
 
 static void advance(struct cb_run *r);
@@ -219,8 +218,8 @@ static void map_bases(struct cb_run *r)
                 .symbol = r->prods[i].base,
                 .override_id = config_alias(cfg, COINBASE_SOURCE, r->prods[i].base)};
     }
-    size_t unmapped = alias_map_keys(r->universe, r->universe_known, COINBASE_SOURCE, keys, n, res,
-                                     rows, (int64_t)run_started_ms(r->run));
+    size_t unmapped = alias_map_keys(r->universe, r->universe != NULL, COINBASE_SOURCE, keys, n,
+                                     res, rows, (int64_t)run_started_ms(r->run));
     for (size_t i = 0; i < r->nprods; i++)
         for (size_t k = 0; k < n; k++)
             if (strcmp(keys[k].key, r->prods[i].base) == 0 && res[k].asset_id)
@@ -236,16 +235,10 @@ done:
     r->universe = NULL;
 }
 
-static void universe_read(int rc, const struct store_rows *rows, const char *err, void *arg)
+static void universe_done(struct run *run, struct alias_universe *u)
 {
-    struct cb_run *r = run_state(arg);
-    if (rc == 0) {
-        r->universe = alias_universe_from_rows(rows);
-        r->universe_known = r->universe != NULL;
-    } else {
-        log_warn("assets could not be read; only [aliases] overrides map",
-                 LOG_S("job", run_name(r->run)), LOG_S("error", err ? err : strerror(-rc)));
-    }
+    struct cb_run *r = run_state(run);
+    r->universe = u;
     map_bases(r);
     r->step = ST_CANDLES;
     advance(r);
@@ -313,7 +306,7 @@ static const struct backfill_ops candles_ops = {
 };
 
 /* Coinbase's keys map onto CoinGecko's ids (assets.id), ranked by CoinGecko's market caps. */
-static const char *const canonical_source[] = {"coingecko"};
+#define CANONICAL_SOURCE "coingecko"
 
 static void advance(struct cb_run *r)
 {
@@ -325,14 +318,7 @@ static void advance(struct cb_run *r)
         rc = run_get_limited(r->run, "/products", PRODUCTS_MAX_BODY, products_parse, products_done);
         break;
     case ST_UNIVERSE:
-        rc = run_read(r->run, ALIAS_UNIVERSE_SQL, canonical_source, 1, ALIAS_UNIVERSE_MAX_ROWS,
-                      universe_read, r->run);
-        if (rc == -ENOTSUP) { /* a store without a database: overrides only */
-            map_bases(r);
-            r->step = ST_CANDLES;
-            advance(r);
-            return;
-        }
+        rc = alias_read_universe(r->run, CANONICAL_SOURCE, universe_done);
         break;
     case ST_CANDLES:
         r->ids = calloc(r->nprods + 1, sizeof(*r->ids));

@@ -51,7 +51,7 @@
 #define MAX_ID_LEN 64
 
 /* CoinCap's ids map onto CoinGecko's ids (assets.id), ranked by CoinGecko's market caps. */
-static const char *const canonical_source[] = {"coingecko"};
+#define CANONICAL_SOURCE "coingecko"
 
 /* Ids go into paths and queries as they are: lower-case letters, digits, '-', '.', '_'. */
 static bool plain_id(const char *s)
@@ -102,12 +102,11 @@ struct assets_run {
     struct run *run;
     enum a_step step;
     uint64_t top, limit, offset;
-    struct alias_universe *universe;
-    bool universe_known;
-    struct coincap_assets listed; /* every page's assets so far, in rank order */
-    int64_t *at;                  /* listed.items[i]'s envelope timestamp (ms; 0: none) */
-    size_t last_n;                /* assets the last page added */
-    struct strlist taken;         /* canonical ids given rows this run */
+    struct alias_universe *universe; /* NULL: not known (only overrides map) */
+    struct coincap_assets listed;    /* every page's assets so far, in rank order */
+    int64_t *at;                     /* listed.items[i]'s envelope timestamp (ms; 0: none) */
+    size_t last_n;                   /* assets the last page added */
+    struct strlist taken;            /* canonical ids given rows this run */
     char path[128];
 };
 
@@ -228,7 +227,7 @@ static void assets_store(struct assets_run *r)
     if (r->listed.n == 0)
         return;
     struct alias_result *ar = calloc(r->listed.n + 1, sizeof(*ar));
-    if (!ar || map_assets(r->run, r->universe, r->universe_known, &r->listed, ar) != 0 ||
+    if (!ar || map_assets(r->run, r->universe, r->universe != NULL, &r->listed, ar) != 0 ||
         asset_rows(r, ar) != 0)
         run_fail(r->run, "assets", "out of memory");
     free(ar);
@@ -250,16 +249,10 @@ static void page_done(const struct fetch_result *res, void *arg)
     assets_advance(r);
 }
 
-static void assets_universe_read(int rc, const struct store_rows *rows, const char *err, void *arg)
+static void assets_universe_done(struct run *run, struct alias_universe *u)
 {
-    struct assets_run *r = run_state(arg);
-    if (rc == 0) {
-        r->universe = alias_universe_from_rows(rows);
-        r->universe_known = r->universe != NULL;
-    } else {
-        log_warn("assets could not be read; only [aliases] overrides map",
-                 LOG_S("job", run_name(r->run)), LOG_S("error", err ? err : strerror(-rc)));
-    }
+    struct assets_run *r = run_state(run);
+    r->universe = u;
     r->step = A_PAGES;
     assets_advance(r);
 }
@@ -271,13 +264,7 @@ static void assets_advance(struct assets_run *r)
     int rc = 0;
     switch (r->step) {
     case A_UNIVERSE:
-        rc = run_read(r->run, ALIAS_UNIVERSE_SQL, canonical_source, 1, ALIAS_UNIVERSE_MAX_ROWS,
-                      assets_universe_read, r->run);
-        if (rc == -ENOTSUP) { /* a store without a database: overrides only */
-            r->step = A_PAGES;
-            assets_advance(r);
-            return;
-        }
+        rc = alias_read_universe(r->run, CANONICAL_SOURCE, assets_universe_done);
         break;
     case A_PAGES: {
         uint64_t n = r->top - r->offset < r->limit ? r->top - r->offset : r->limit;
@@ -362,9 +349,8 @@ struct hist_run {
     struct hist_asset *assets;
     const char **ids; /* assets[i].id, the candle_fill keys */
     size_t nassets;
-    struct alias_universe *universe;
-    bool universe_known;
-    struct sbuf path; /* the list request's path and query */
+    struct alias_universe *universe; /* NULL: not known (only overrides map) */
+    struct sbuf path;                /* the list request's path and query */
 };
 
 static void hist_advance(struct hist_run *r);
@@ -422,7 +408,7 @@ static int map_listed(struct hist_run *r)
     struct alias_result *res = calloc(r->listed.n + 1, sizeof(*res));
     r->assets = calloc(r->listed.n + 1, sizeof(*r->assets));
     if (!res || !r->assets ||
-        map_assets(r->run, r->universe, r->universe_known, &r->listed, res) != 0) {
+        map_assets(r->run, r->universe, r->universe != NULL, &r->listed, res) != 0) {
         free(res);
         return -ENOMEM;
     }
@@ -453,16 +439,10 @@ static int map_listed(struct hist_run *r)
     return rc;
 }
 
-static void hist_universe_read(int rc, const struct store_rows *rows, const char *err, void *arg)
+static void hist_universe_done(struct run *run, struct alias_universe *u)
 {
-    struct hist_run *r = run_state(arg);
-    if (rc == 0) {
-        r->universe = alias_universe_from_rows(rows);
-        r->universe_known = r->universe != NULL;
-    } else {
-        log_warn("assets could not be read; only [aliases] overrides map",
-                 LOG_S("job", run_name(r->run)), LOG_S("error", err ? err : strerror(-rc)));
-    }
+    struct hist_run *r = run_state(run);
+    r->universe = u;
     if (map_listed(r) != 0) {
         run_fail(r->run, "aliases", "out of memory");
         r->step = H_DONE;
@@ -563,12 +543,7 @@ static void hist_advance(struct hist_run *r)
             rc = run_get_limited(r->run, r->path.p, ASSETS_MAX_BODY, list_parse, list_done);
         break;
     case H_UNIVERSE:
-        rc = run_read(r->run, ALIAS_UNIVERSE_SQL, canonical_source, 1, ALIAS_UNIVERSE_MAX_ROWS,
-                      hist_universe_read, r->run);
-        if (rc == -ENOTSUP) {
-            hist_universe_read(-ENOTSUP, NULL, "no database", r->run);
-            return;
-        }
+        rc = alias_read_universe(r->run, CANONICAL_SOURCE, hist_universe_done);
         break;
     case H_POINTS:
         r->ids = calloc(r->nassets + 1, sizeof(*r->ids));
