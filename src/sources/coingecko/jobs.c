@@ -1372,6 +1372,23 @@ static int markets_step(struct cg_run *r)
 /* Moves the run to its next request, or finishes it. Called at the start and after each
  * request; each step function returns 0 (a request is under way), 1 (go on to the next
  * step now) or a negative code (the run cannot go on). */
+/* The coin list as a step of a run: asks for it (0, or the send's error) and, once answered,
+ * keeps it when it is believable and returns 1 (the step goes on, with or without it). */
+static int coin_list_step(struct cg_run *r)
+{
+    if (!r->sent) {
+        snprintf(r->path, sizeof(r->path), "/coins/list");
+        return send_request(r, BATCH_ASSETS_LIST, -1, -1);
+    }
+    if (r->last_ok) {
+        strlist_sort_uniq(&r->got_ids);
+        if (list_believable(r, &r->got_ids))
+            keep_list(r);
+    }
+    drop_batches(r);
+    return 1;
+}
+
 static void advance(struct cg_run *r)
 {
     struct cg_state *j = r->j;
@@ -1384,17 +1401,8 @@ static void advance(struct cg_run *r)
         int rc = 1;
         switch (r->step) {
         case ST_RESOLVE_LIST:
-            if (!r->sent) {
-                snprintf(r->path, sizeof(r->path), "/coins/list");
-                rc = send_request(r, BATCH_ASSETS_LIST, -1, -1);
+            if ((rc = coin_list_step(r)) != 1)
                 break;
-            }
-            if (r->last_ok) {
-                strlist_sort_uniq(&r->got_ids);
-                if (list_believable(r, &r->got_ids))
-                    keep_list(r);
-            }
-            drop_batches(r);
             if (!j->listed.n) {
                 set_error(r, "universe", "the coin list could not be fetched");
                 next_step(r, ST_DONE);
@@ -1406,17 +1414,8 @@ static void advance(struct cg_run *r)
             next_step(r, ST_VS_LIST);
             break;
         case ST_IDS_LIST:
-            if (!r->sent) {
-                snprintf(r->path, sizeof(r->path), "/coins/list");
-                rc = send_request(r, BATCH_ASSETS_LIST, -1, -1);
+            if ((rc = coin_list_step(r)) != 1)
                 break;
-            }
-            if (r->last_ok) {
-                strlist_sort_uniq(&r->got_ids);
-                if (list_believable(r, &r->got_ids))
-                    keep_list(r);
-            }
-            drop_batches(r);
             report_unknown_ids(r);
             r->after_vs = ST_RESOLVE_CATEGORIES;
             next_step(r, ST_VS_LIST);
