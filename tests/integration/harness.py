@@ -165,6 +165,7 @@ def stop_process(proc, timeout=10):
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()  # reaped: no zombie left for the rest of the test
 
 
 def daemon_sections(db, spool_dir, flush_interval="200ms", database_extra="",

@@ -270,13 +270,8 @@ def main():
         readme = open(os.path.join(HERE, "README.md")).read()
         check("docs/status-page.png" in readme, "the README shows docs/status-page.png")
     finally:
-        if d and d.poll() is None:
-            d.terminate()
-            try:
-                d.wait(30)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                d.wait()
+        if d:
+            h.stop_process(d, 30)
         if api:
             api.stop()
         if db:
