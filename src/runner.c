@@ -99,6 +99,9 @@ struct ledger {
     uint64_t api_credits;
     uint64_t api_used, own_at_api;
     uint64_t charged_flushed; /* api_used at the last write (api_usage.charged) */
+    /* The month's count this process knew before a re-read (runner_ledger_reread): the read
+     * may answer before this process's own last write has committed, and must not lower it. */
+    uint64_t floor;
     bool api_counted;
 };
 
@@ -353,6 +356,8 @@ static void ledger_read_done(int rc, const struct store_rows *rows, const char *
         l->base = 0;
         if (rows && rows->nrows > 0 && rows->ncols > 0 && rows->cells[0])
             l->base = strtoull(rows->cells[0], NULL, 10);
+        if (l->base < l->floor)
+            l->base = l->floor;
         l->state = LEDGER_READ;
         l->flushed = ledger_used(l) == l->base ? l->base : 0;
         ledger_metrics(rn, lr->source);
@@ -730,9 +735,11 @@ void runner_ledger_reread(struct runner *rn, size_t source)
         return; /* the read under way answers after the takeover */
     ledger_flush(rn, source);
     /* What this instance counted stays in the database (GREATEST never lowers it); the next
-     * read brings in what the other instances added. What the API said about the account
+     * read brings in what the other instances added, and never less than what this one knew
+     * (the flush just queued may commit after the read). What the API said about the account
      * (its size, and that the month is spent) holds for every instance: it stays. */
     *l = (struct ledger){.period_ms = l->period_ms,
+                         .floor = ledger_used(l),
                          .api_credits = l->api_credits,
                          .api_exhausted = l->api_exhausted,
                          .exhausted_logged = l->exhausted_logged};

@@ -1235,6 +1235,23 @@ static void test_monthly_credits_restored(void **state)
     assert_non_null(strstr(e->j.run.sum.error, "50 of 50 used"));
 }
 
+/* A takeover's re-read of the month (runner_ledger_reread) that answers before this process's
+ * own last write has committed does not lower its count: the next write carries on from
+ * what it knew. */
+static void test_ledger_reread_keeps_own_count(void **state)
+{
+    struct env *e = *state;
+    do_run(e, "prices");
+    uint64_t first = e->j.run.sum.requests;
+    assert_true(first > 0);
+    assert_int_equal(e->mem.usage_calls, first);
+    e->mem.usage_calls = 0; /* the write is not visible to the read yet */
+    runner_ledger_reread(e->j.rn, e->j.cfg->jobs[job(e, "prices")].source);
+    do_run(e, "prices");
+    assert_true(e->j.run.sum.requests > 0);
+    assert_int_equal(e->mem.usage_calls, first + e->j.run.sum.requests);
+}
+
 /* Within the month, the month's turn changes nothing (the month stays spent) and says how
  * long until the next one begins (the daemon's timer). */
 static void test_month_tick_within_the_month(void **state)
@@ -1301,6 +1318,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_monthly_credits_cap, setup_credits, teardown),
         cmocka_unit_test_setup_teardown(test_monthly_credits_restored, setup_credits, teardown),
         cmocka_unit_test_setup_teardown(test_reload_mid_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_reread_keeps_own_count, setup_credits,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_month_tick_within_the_month, setup_credits, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
