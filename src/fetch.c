@@ -7,11 +7,15 @@
  * (struct sock, attached to curl's socket with curl_multi_assign), started for the events curl
  * asks for and stopped when curl says CURL_POLL_REMOVE, which curl does before it closes the
  * socket, so a socket is never closed while polled. The uv_poll memory is freed in its close
- * callback. curl's single timeout (CURLMOPT_TIMERFUNCTION) is one non-repeating uv_timer: -1
- * stops it, 0 starts it with a zero timeout so that curl is entered from the loop and never
- * from inside its own callback. Readiness and timeouts are handed to curl_multi_socket_action
- * (a poll error as CURL_CSELECT_ERR); finished transfers are then collected with
- * curl_multi_info_read, outside any curl callback, and handed to their callbacks.
+ * callback. curl's single timeout (CURLMOPT_TIMERFUNCTION) is one non-repeating uv_timer (-1
+ * stops it) and, for a timeout of 0 ("now"), one uv_idle: curl is entered from the loop, never
+ * from inside its own callback, and each "now" waits for the next loop iteration, so the loop
+ * polls for I/O between two of them. (A zero uv_timer started from a timer callback runs in
+ * the same pass: against an API that answers at once, a walk of 70 pages then parsed every
+ * page in one pass, and the writers' completions, the signals and the listener waited ~150 ms
+ * for it.) Readiness and timeouts are handed to curl_multi_socket_action (a poll error as
+ * CURL_CSELECT_ERR); finished transfers are then collected with curl_multi_info_read, outside
+ * any curl callback, and handed to their callbacks.
  *
  * A request's life. api_get() creates a struct fetch_req and asks the API's bucket for a
  * token: granted at once (tbucket_try_take) or queued (tbucket_enqueue) and granted later by
@@ -117,8 +121,6 @@
 /* Bytes of response headers one response may have; curl's own limit for one header line
  * (CURL_MAX_HTTP_HEADER) is the same. */
 #define FETCH_HEADER_MAX (100u * 1024u)
-/* Zero-timeout re-arms of curl's timer in a row before a millisecond is given to I/O. */
-#define FETCH_TIMER_SPIN_MAX 64
 /* 429 answers one request may get before it ends: they do not use up max_retries (see the
  * retry budget above), this bounds them instead. */
 #define FETCH_RATE_LIMITED_MAX 50
@@ -135,8 +137,7 @@ struct fetcher {
     struct timers *timers;
     CURLM *multi;
     uv_timer_t curl_timer;
-    uint64_t spin_time; /* loop time of the last zero-timeout re-arm of curl_timer */
-    unsigned spin_count;
+    uv_idle_t curl_now; /* curl's timeout of 0: the next loop iteration */
     struct list_link apis;
     struct list_link socks; /* polled sockets */
     struct rng rng;
@@ -432,16 +433,28 @@ static void on_poll(uv_poll_t *h, int status, int events)
     leave(f);
 }
 
-static void on_curl_timeout(uv_timer_t *t)
+static void curl_timeout_now(struct fetcher *f)
 {
-    struct fetcher *f = t->data;
-    if (f->torn_down)
-        return;
     int running;
     enter(f);
     curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_multi_info(f);
     leave(f);
+}
+
+static void on_curl_timeout(uv_timer_t *t)
+{
+    struct fetcher *f = t->data;
+    if (!f->torn_down)
+        curl_timeout_now(f);
+}
+
+static void on_curl_now(uv_idle_t *h)
+{
+    struct fetcher *f = h->data;
+    uv_idle_stop(h);
+    if (!f->torn_down)
+        curl_timeout_now(f);
 }
 
 /* CURLMOPT_TIMERFUNCTION: only (re)arms curl_timer, never calls into curl. */
@@ -451,23 +464,13 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
     (void)multi;
     if (f->torn_down)
         return 0;
-    if (timeout_ms < 0) {
-        uv_timer_stop(&f->curl_timer);
-        return 0;
-    }
-    uint64_t timeout = (uint64_t)timeout_ms;
-    if (timeout == 0) {
-        /* libuv runs a zero timer started from a timer callback in the same pass; give I/O a
-         * turn if curl keeps asking for "now". */
-        uint64_t now = uv_now(f->loop);
-        if (f->spin_time != now) {
-            f->spin_time = now;
-            f->spin_count = 0;
-        }
-        if (++f->spin_count > FETCH_TIMER_SPIN_MAX)
-            timeout = 1;
-    }
-    uv_timer_start(&f->curl_timer, on_curl_timeout, timeout, 0);
+    uv_timer_stop(&f->curl_timer);
+    if (timeout_ms != 0)
+        uv_idle_stop(&f->curl_now);
+    if (timeout_ms == 0)
+        uv_idle_start(&f->curl_now, on_curl_now);
+    else if (timeout_ms > 0)
+        uv_timer_start(&f->curl_timer, on_curl_timeout, (uint64_t)timeout_ms, 0);
     return 0;
 }
 
@@ -1503,9 +1506,11 @@ struct fetcher *fetcher_new(uv_loop_t *loop, struct timers *timers)
     f->multi = curl_multi_init();
     if (!f->multi)
         goto fail_multi;
-    if (uv_timer_init(loop, &f->curl_timer) != 0)
+    /* Both only register the handle with the loop; libuv's return 0 always. */
+    if (uv_timer_init(loop, &f->curl_timer) != 0 || uv_idle_init(loop, &f->curl_now) != 0)
         goto fail_timer;
     f->curl_timer.data = f;
+    f->curl_now.data = f;
     curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
     curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
     curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
@@ -1523,11 +1528,13 @@ fail_multi:
 }
 
 /* Destroys the multi (curl closes its cached connections, telling us to stop polling their
- * sockets first) and closes the timer; the memory goes when the last close callback ran. */
+ * sockets first) and closes the timer and the idle handle; the memory goes when the last close
+ * callback ran. */
 static void teardown(struct fetcher *f)
 {
     f->torn_down = true;
     uv_timer_stop(&f->curl_timer);
+    uv_idle_stop(&f->curl_now);
     curl_multi_cleanup(f->multi);
     f->multi = NULL;
     /* curl removes every socket it watched before closing it; anything left is closed here
@@ -1535,8 +1542,9 @@ static void teardown(struct fetcher *f)
     struct list_link *l;
     while ((l = list_first(&f->socks)) != NULL)
         sock_close(f, LIST_CONTAINER_OF(l, struct sock, link));
-    f->closing_handles++;
+    f->closing_handles += 2;
     uv_close((uv_handle_t *)&f->curl_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&f->curl_now, on_handle_closed);
 }
 
 /* An API with a request that cancel_reqs would cancel (one not inside its parse callback). */
