@@ -265,11 +265,68 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Stable merge of the sorted ranges a[lo, mid) and a[mid, hi) into out[lo, hi). */
+static void merge_runs(char *const *a, char **out, size_t lo, size_t mid, size_t hi)
+{
+    size_t i = lo, j = mid, k = lo;
+    while (i < mid && j < hi)
+        out[k++] = strcmp(a[j], a[i]) < 0 ? a[j++] : a[i++];
+    while (i < mid)
+        out[k++] = a[i++];
+    while (j < hi)
+        out[k++] = a[j++];
+}
+
+/* Sorts n strings by strcmp as a natural merge sort: the ascending runs the input already has
+ * are merged pairwise, bottom up. Lists from the APIs come largely in order (CoinGecko's
+ * /coins/list in runs of about ten ids in byte order, a walk's page by id_asc in one run), so
+ * this compares less than qsort's merge sort, which splits blindly: an input in order costs one
+ * pass. False (nothing changed) when the scratch memory cannot be had. */
+static bool sort_runs(char **a, size_t n)
+{
+    size_t *start = malloc((n + 1) * sizeof(*start));
+    char **tmp = malloc(n * sizeof(*tmp));
+    if (!start || !tmp) {
+        free(start);
+        free(tmp);
+        return false;
+    }
+    size_t nr = 0;
+    start[nr++] = 0;
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(a[i - 1], a[i]) > 0)
+            start[nr++] = i;
+    start[nr] = n;
+    char **src = a, **dst = tmp;
+    while (nr > 1) {
+        size_t w = 0;
+        for (size_t r = 0; r < nr; r += 2) {
+            size_t lo = start[r], mid = start[r + 1], hi = r + 2 <= nr ? start[r + 2] : n;
+            if (r + 1 == nr)
+                memcpy(dst + lo, src + lo, (n - lo) * sizeof(*src)); /* the odd run out */
+            else
+                merge_runs(src, dst, lo, mid, hi);
+            start[w++] = lo;
+        }
+        start[w] = n;
+        nr = w;
+        char **t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, n * sizeof(*a));
+    free(start);
+    free(tmp);
+    return true;
+}
+
 void strlist_sort_uniq(struct strlist *l)
 {
     if (l->n < 2)
         return;
-    qsort(l->items, l->n, sizeof(char *), cmp_str);
+    if (!sort_runs(l->items, l->n))
+        qsort(l->items, l->n, sizeof(char *), cmp_str);
     size_t w = 1;
     for (size_t r = 1; r < l->n; r++) {
         if (strcmp(l->items[r], l->items[w - 1]) == 0)
