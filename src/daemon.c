@@ -651,6 +651,11 @@ static int store_submit(void *ctx, struct batch *b)
     return sink_submit(ctx, b);
 }
 
+static int store_submit_many(void *ctx, struct batch *const *bs, size_t n)
+{
+    return sink_submit_many(ctx, bs, n);
+}
+
 struct store_read_call {
     store_read_cb cb;
     void *arg;
@@ -1003,6 +1008,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
             goto fail_setup;
     }
     struct store store = {.submit = store_submit,
+                          .submit_many = store_submit_many,
                           .read = store_read,
                           .ctx = d->sink,
                           .work = store_work,

@@ -1150,6 +1150,34 @@ int run_emit(struct run *r, struct batch *b)
     return 0;
 }
 
+int run_emit_many(struct run *r, struct batch *const *bs, size_t n)
+{
+    if (!r->rn->store.submit_many) {
+        int rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            int e = run_emit(r, bs[i]);
+            if (e && !rc)
+                rc = e;
+        }
+        return rc;
+    }
+    uint64_t rows = 0;
+    for (size_t i = 0; i < n; i++)
+        rows += bs[i] ? bs[i]->nrows : 0;
+    if (rows == 0) {
+        for (size_t i = 0; i < n; i++)
+            batch_free(bs[i]);
+        return 0;
+    }
+    int rc = r->rn->store.submit_many(r->rn->store.ctx, bs, n);
+    if (rc != 0) {
+        run_fail(r, "sink", "rows could not be stored or spooled");
+        return rc;
+    }
+    r->sum.rows += rows;
+    return 0;
+}
+
 int run_read(struct run *r, const char *sql, const char *const *params, size_t nparams,
              size_t max_rows, store_read_cb cb, void *arg)
 {

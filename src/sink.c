@@ -76,6 +76,10 @@
 #define SINK_MEM_HARD_FACTOR 2
 /* Room left in a statement for the protocol header and our own slack. */
 #define PACKET_SLACK 1024
+/* Tasks handed to the writers per writer: one being written and one waiting in the work queue,
+ * so a writer that finishes takes its next task at once instead of waiting for the loop thread
+ * (busy parsing a page) to see the completion and dispatch again. */
+#define TASKS_PER_WRITER 2
 /* How far down the ready list dispatch looks for a task that may overtake blocked ones. */
 #define DISPATCH_LOOKAHEAD 64
 /* Writers' reconnect backoff. */
@@ -436,6 +440,9 @@ struct sink {
     struct tlist ready;
     struct task **inflight;
     unsigned ninflight, inflight_cap;
+    /* sink_submit_many: rows appended to the spool whose sync the next batch does */
+    uint64_t owed_rows;
+    bool sync_owed;
     bool barrier_inflight;
     uint64_t mem_rows;    /* rows of tasks not made by the replay, wherever they are */
     uint64_t bare_rows;   /* of those, rows in no spool record (the spool refused them) */
@@ -1682,8 +1689,8 @@ static void load_replay(struct sink *s)
 {
     if (!s->spool)
         return;
-    unsigned max_tasks = 2 * s->nworkers + 2;
-    uint64_t max_rows = (uint64_t)s->batch_rows * (s->nworkers + 1);
+    unsigned max_tasks = (TASKS_PER_WRITER + 1) * s->nworkers + 2;
+    uint64_t max_rows = (uint64_t)s->batch_rows * (TASKS_PER_WRITER * s->nworkers + 1);
     while (s->replay_tasks == 0 || (s->replay_tasks < max_tasks && s->replay_rows < max_rows)) {
         struct spool_rec *rec = spool_peek(s->spool);
         if (!rec)
@@ -1732,7 +1739,7 @@ static void dispatch(struct sink *s)
     struct task *skipped[DISPATCH_LOOKAHEAD];
     unsigned nskipped = 0, scanned = 0, sent = 0;
     struct task *t = tl_first(&s->ready);
-    while (t && s->ninflight < s->nworkers && scanned++ < DISPATCH_LOOKAHEAD) {
+    while (t && s->ninflight < s->nworkers * TASKS_PER_WRITER && scanned++ < DISPATCH_LOOKAHEAD) {
         struct task *next = tl_next(&s->ready, t);
         if (t->seq > min_unread)
             break;
@@ -2328,17 +2335,28 @@ static void spool_outcome(struct sink *s, int rc)
     }
 }
 
+/* The sync that covered the records sink_submit_many appended without one: their rows are
+ * accepted when it succeeded (when it failed they stay in memory, as sink_submit's do). */
+static void settle_owed(struct sink *s, int sync_rc)
+{
+    if (sync_rc == 0)
+        s->st.rows_accepted += s->owed_rows;
+    s->owed_rows = 0;
+    s->sync_owed = false;
+}
+
 /*
  * Every submitted batch is first written to the spool, whatever happens next: cut into pieces
  * of at most batch_rows rows (the first one sized to top up the spec's open task), each
  * appended as a record, then one fdatasync for the whole batch (group commit: one sync per
- * sink_submit, not per row). Only then is it accepted. Normally the records are "held": the
- * pieces also go into memory for the writers, and each record is marked committed once its
- * task commits, so a restart after a kill -9 or a power loss replays exactly the rows not
- * yet committed. When the rows must wait (database away, memory full, older records unread,
- * shutdown) the records are left unread for the replay and nothing stays in memory.
+ * sink_submit, not per row; sink_submit_many syncs once for all its batches). Only then is it
+ * accepted. Normally the records are "held": the pieces also go into memory for the writers,
+ * and each record is marked committed once its task commits, so a restart after a kill -9 or
+ * a power loss replays exactly the rows not yet committed. When the rows must wait (database
+ * away, memory full, older records unread, shutdown) the records are left unread for the
+ * replay and nothing stays in memory.
  */
-int sink_submit(struct sink *s, struct batch *b)
+static int submit_one(struct sink *s, struct batch *b, bool defer_sync)
 {
     if (!b)
         return -EINVAL;
@@ -2385,19 +2403,26 @@ int sink_submit(struct sink *s, struct batch *b)
             appended++;
     }
     uint64_t durable = 0;
-    if (appended) {
+    if (appended && defer_sync && !backlog && rc == 0) {
+        /* Held records go to memory whatever their sync does: the caller syncs them with
+         * the next batch (sink_submit_many). */
+        for (size_t i = 0; i < appended; i++)
+            s->owed_rows += pieces[i]->nrows;
+        s->sync_owed = true;
+    } else if (appended) {
         int src = spool_sync(s->spool);
         if (rc == 0)
             rc = src;
         for (size_t i = 0; src == 0 && i < appended; i++)
             durable += pieces[i]->nrows;
+        settle_owed(s, src);
         /* Unread records that did not sync may not be readable later: memory keeps them too
          * (a replay of the record then only writes the same rows again). Held ones are in
          * memory anyway. */
         if (src && backlog)
             appended = 0;
     }
-    if (s->spool)
+    if (s->spool && (rc || !s->sync_owed))
         spool_outcome(s, rc);
 
     /* Memory: held pieces with their records; the pieces the spool did not take as bare
@@ -2426,6 +2451,29 @@ int sink_submit(struct sink *s, struct batch *b)
     s->st.rows_accepted += durable;
     pump(s);
     return rc;
+}
+
+int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int r = bs[i] ? submit_one(s, bs[i], i + 1 < n) : 0;
+        if (r && !rc)
+            rc = r;
+    }
+    if (s->sync_owed) { /* the last batches were empty */
+        int src = spool_sync(s->spool);
+        settle_owed(s, src);
+        spool_outcome(s, src);
+        if (src && !rc)
+            rc = src;
+    }
+    return rc;
+}
+
+int sink_submit(struct sink *s, struct batch *b)
+{
+    return b ? sink_submit_many(s, &b, 1) : -EINVAL;
 }
 
 void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg)
@@ -2640,4 +2688,8 @@ void sink_get_stats(const struct sink *s, struct sink_stats *out)
     *out = s->st;
     pending_rows(s, &out->rows_pending, &out->rows_spooled, &out->spool_bytes);
     out->spool_failing = s->spool_failing;
+    struct spool_stats ss = {0};
+    if (s->spool)
+        spool_get_stats(s->spool, &ss);
+    out->spool_syncs = ss.syncs;
 }

@@ -790,6 +790,7 @@ out:
 int spool_sync(struct spool *sp)
 {
     if (sp->dirty) {
+        sp->st.syncs++;
         if (fdatasync(sp->active_fd) != 0)
             return -errno;
         sp->dirty = false;

@@ -92,6 +92,9 @@ typedef void (*store_read_cb)(int rc, const struct store_rows *rows, const char 
  * unit tests' stores); work_ctx is its ctx. */
 struct store {
     int (*submit)(void *ctx, struct batch *b);
+    /* Optional: n batches at once (NULL entries skipped), as one durable hand-over (the sink
+     * syncs its spool once for all of them). Without it, run_emit_many submits one by one. */
+    int (*submit_many)(void *ctx, struct batch *const *bs, size_t n);
     int (*read)(void *ctx, const char *sql, const char *const *params, size_t nparams,
                 size_t max_rows, store_read_cb cb, void *arg);
     void *ctx;
@@ -277,6 +280,10 @@ void run_handle_status(struct run *r, long status);
 /* Hands a batch to the store (which takes it); an empty batch is just freed. Counts the rows.
  * Returns 0, or -errno after recording an error when the store refused the rows. */
 int run_emit(struct run *r, struct batch *b);
+
+/* run_emit for n batches (NULL entries skipped) that belong together, e.g. the two tables one
+ * page fills: the store takes them in one hand-over. Returns 0, or the first -errno. */
+int run_emit_many(struct run *r, struct batch *const *bs, size_t n);
 
 /* Reads through the store (see struct store); -ENOTSUP when the store cannot read. */
 int run_read(struct run *r, const char *sql, const char *const *params, size_t nparams,

@@ -49,6 +49,7 @@ struct sink_stats {
                                        util_mono_ms); 0 while it is up or not known down */
     bool spool_failing;             /* the last spool write for a submitted batch failed (or a
                                        spill could not write): new rows are not accepted */
+    uint64_t spool_syncs;           /* fdatasyncs of the spool's data since the start */
 };
 
 /* Creates the sink; reads cfg->database and cfg->daemon.spool_dir (copied). No thread and no
@@ -73,6 +74,11 @@ int sink_start(struct sink *s);
  * (the rows stay in memory until it stops), -ESHUTDOWN after a stop of a sink that never
  * started (the rows are lost). */
 int sink_submit(struct sink *s, struct batch *b);
+
+/* sink_submit for n batches (NULL entries skipped) with one fdatasync for all of them: what a
+ * page that fills two tables hands over. Each batch is handled as sink_submit would, in order;
+ * returns 0 when every row of every batch is accepted, else the first error. */
+int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n);
 
 /* Calls cb once, the first time the database has been reached and the schema is current
  * (immediately on the next loop iteration if that already happened). For READY=1. */

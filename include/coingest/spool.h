@@ -57,6 +57,7 @@ struct spool_stats {
     uint64_t segments; /* segment files on disk */
     uint64_t corrupt;  /* records skipped as corrupt since open */
     uint64_t max_seq;  /* highest seq ever seen (0 when none) */
+    uint64_t syncs;    /* fdatasync calls of spool_sync since open */
 };
 
 /* Opens (creating it with mode 0700 if needed) the spool in `dir`, takes its lock and indexes

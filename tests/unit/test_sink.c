@@ -10,7 +10,9 @@
  * test follows the schema. Then: idempotent re-write (CHECKSUM TABLE unchanged), rejected
  * rows (the rest of the batch is written), the STATEMENT barrier with 4 writers and one row
  * per job, max_pending_rows overflow into the spool, a database that is down at startup, a
- * restart that replays the spool, and a hard shutdown that spools what is in flight.
+ * restart that replays the spool, and a hard shutdown that spools what is in flight;
+ * sink_submit_many: the batches of one call (two tables, an empty one among them) cost one
+ * spool fdatasync, are accepted together and all reach their tables.
  *
  * Failures: a spool that refuses writes (a "full disk": RLIMIT_FSIZE makes writes past a size
  * fail with EFBIG) keeps rows in memory up to twice max_pending_rows and refuses, and counts
@@ -1054,6 +1056,70 @@ static void test_last_write_wins(void **state)
     stop_sink(h, 5000);
 }
 
+/* A categories batch of n rows named "<prefix>-<i>". */
+static struct batch *categories_batch(const char *prefix, int n)
+{
+    struct batch *b = batch_new(BATCH_CATEGORIES, (uint32_t)n);
+    assert_non_null(b);
+    for (int i = 0; i < n; i++) {
+        int r = batch_add_row(b);
+        char id[32];
+        int len = snprintf(id, sizeof(id), "%s-%d", prefix, i);
+        assert_int_equal(batch_set_str(b, (uint32_t)r, 0, id, (size_t)len), 0);
+        assert_int_equal(batch_set_str(b, (uint32_t)r, 1, id, (size_t)len), 0);
+        batch_set_time(b, (uint32_t)r, 2, 1739122947000);
+    }
+    return b;
+}
+
+static void test_submit_many_one_sync(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    wait_idle(h);
+    struct sink_stats before, after;
+    sink_get_stats(h->s, &before);
+    /* Two tables and an empty batch between them: one hand-over, one sync. */
+    struct batch *asset = batch_new(BATCH_ASSETS_MARKET, 4);
+    assert_non_null(asset);
+    for (int i = 0; i < 4; i++) {
+        int r = batch_add_row(asset);
+        char id[32];
+        int len = snprintf(id, sizeof(id), "many-%d", i);
+        assert_int_equal(
+            batch_set_str(asset, (uint32_t)r, BATCH_ASSETS_MARKET_COL_ID, id, (size_t)len), 0);
+        batch_set_time(asset, (uint32_t)r, BATCH_ASSETS_MARKET_COL_FIRST_SEEN_AT, 1739122947000);
+        batch_set_time(asset, (uint32_t)r, BATCH_ASSETS_MARKET_COL_UPDATED_AT, 1739122947000);
+    }
+    struct batch *bs[] = {categories_batch("many", 5), batch_new(BATCH_PRICES, 1), NULL, asset};
+    assert_int_equal(sink_submit_many(h->s, bs, 4), 0);
+    sink_get_stats(h->s, &after);
+    assert_int_equal(after.spool_syncs - before.spool_syncs, 1);
+    assert_int_equal(after.rows_accepted - before.rows_accepted, 9);
+    /* A call whose last batch is empty still syncs what came before it. */
+    struct batch *tail[] = {categories_batch("tail", 3), batch_new(BATCH_PRICES, 1)};
+    assert_int_equal(sink_submit_many(h->s, tail, 2), 0);
+    struct sink_stats last;
+    sink_get_stats(h->s, &last);
+    assert_int_equal(last.spool_syncs - after.spool_syncs, 1);
+    assert_int_equal(last.rows_accepted - after.rows_accepted, 3);
+    /* sink_submit keeps one sync per batch. */
+    assert_int_equal(sink_submit(h->s, categories_batch("one", 2)), 0);
+    assert_int_equal(sink_submit(h->s, categories_batch("two", 2)), 0);
+    sink_get_stats(h->s, &after);
+    assert_int_equal(after.spool_syncs - last.spool_syncs, 2);
+    wait_idle(h);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM categories WHERE"
+                                             " id LIKE 'many-%'"),
+                     5);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM categories WHERE"
+                                             " id LIKE 'tail-%'"),
+                     3);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM assets WHERE id LIKE 'many-%'"),
+                     4);
+    stop_sink(h, 5000);
+}
+
 static void test_hard_shutdown_spools(void **state)
 {
     struct h *h = *state;
@@ -1638,6 +1704,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rejected_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_statement_barrier, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_submit_many_one_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_down_at_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters_exist_at_zero, setup, teardown),

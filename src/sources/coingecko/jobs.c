@@ -274,14 +274,13 @@ static bool submit(struct cg_run *r, struct batch *b)
     return run_emit(r->run, b) == 0;
 }
 
+/* Hands every batch the step filled to the runner at once (one spool sync for all). */
 static bool submit_all(struct cg_run *r)
 {
-    bool ok = true;
-    for (size_t i = 0; i < ARRAY_SIZE(r->b); i++) {
-        ok &= submit(r, r->b[i]);
+    int rc = run_emit_many(r->run, r->b, ARRAY_SIZE(r->b));
+    for (size_t i = 0; i < ARRAY_SIZE(r->b); i++)
         r->b[i] = NULL;
-    }
-    return ok;
+    return rc == 0;
 }
 
 /* --- request building --------------------------------------------------------------------- */
