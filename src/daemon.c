@@ -656,6 +656,12 @@ static int store_submit_many(void *ctx, struct batch *const *bs, size_t n)
     return sink_submit_many(ctx, bs, n);
 }
 
+static int store_submit_async(void *ctx, struct batch *const *bs, size_t n,
+                              void (*cb)(int rc, void *arg), void *arg)
+{
+    return sink_submit_async(ctx, bs, n, cb, arg);
+}
+
 struct store_read_call {
     store_read_cb cb;
     void *arg;
@@ -1009,6 +1015,7 @@ int daemon_run(struct config *cfg, const struct daemon_opts *opts)
     }
     struct store store = {.submit = store_submit,
                           .submit_many = store_submit_many,
+                          .submit_async = store_submit_async,
                           .read = store_read,
                           .ctx = d->sink,
                           .work = store_work,

@@ -59,8 +59,17 @@ struct run {
     bool credits_logged;    /* the run has said that the month's credits are used up */
     bool spare_logged;      /* the run has said that it pauses for the live jobs' credits */
     struct run_req *tagged; /* requests sent with run_get_tagged, in flight or waiting */
+    struct run_emit *emits; /* run_emit_many hand-overs the store has not accepted yet */
+    bool finish_due;        /* run_finish waits for them */
 
     void *state; /* def->run_size bytes */
+};
+
+/* One run_emit_many hand-over whose acceptance the store reports later (submit_async). */
+struct run_emit {
+    struct run_emit *next;
+    struct run *r; /* NULL once the run is gone */
+    uint64_t rows;
 };
 
 /* A request of run_get_tagged: one of several a run keeps in flight together. */
@@ -495,6 +504,8 @@ static void runner_detach_probes(struct runner *rn)
 
 static void run_free(struct run *r)
 {
+    for (struct run_emit *e = r->emits; e; e = e->next)
+        e->r = NULL;    /* freed by on_emitted when the store reports */
     while (r->tagged) { /* none when the job waited for its requests, as it must */
         struct run_req *q = r->tagged;
         r->tagged = q->next;
@@ -600,6 +611,10 @@ void run_finish(struct run *r)
     struct runner *rn = r->rn;
     if (r->finished)
         return;
+    if (r->emits) {
+        r->finish_due = true; /* on_emitted finishes it once the store accepted every row */
+        return;
+    }
     r->finished = true;
     r->sum.finished_wall_ms = util_wall_ms();
     if (r->cancelled)
@@ -1150,9 +1165,31 @@ int run_emit(struct run *r, struct batch *b)
     return 0;
 }
 
+static void on_emitted(int rc, void *arg)
+{
+    struct run_emit *e = arg;
+    struct run *r = e->r;
+    if (r) {
+        struct run_emit **p = &r->emits;
+        while (*p != e)
+            p = &(*p)->next;
+        *p = e->next;
+        if (rc)
+            run_fail(r, "sink", "rows could not be stored or spooled");
+        else
+            r->sum.rows += e->rows;
+    }
+    free(e);
+    if (r && !r->emits && r->finish_due) {
+        r->finish_due = false;
+        run_finish(r);
+    }
+}
+
 int run_emit_many(struct run *r, struct batch *const *bs, size_t n)
 {
-    if (!r->rn->store.submit_many) {
+    const struct store *st = &r->rn->store;
+    if (!st->submit_many && !st->submit_async) {
         int rc = 0;
         for (size_t i = 0; i < n; i++) {
             int e = run_emit(r, bs[i]);
@@ -1169,7 +1206,25 @@ int run_emit_many(struct run *r, struct batch *const *bs, size_t n)
             batch_free(bs[i]);
         return 0;
     }
-    int rc = r->rn->store.submit_many(r->rn->store.ctx, bs, n);
+    struct run_emit *e = st->submit_async ? calloc(1, sizeof(*e)) : NULL;
+    int rc;
+    if (e) {
+        e->r = r;
+        e->rows = rows;
+        rc = st->submit_async(st->ctx, bs, n, on_emitted, e);
+        if (rc == 0) { /* accepted later, in on_emitted */
+            e->next = r->emits;
+            r->emits = e;
+            return 0;
+        }
+        free(e);
+        rc = rc > 0 ? 0 : rc;
+    } else {
+        rc = st->submit_many ? st->submit_many(st->ctx, bs, n) : -ENOMEM;
+        if (!st->submit_many)
+            for (size_t i = 0; i < n; i++)
+                batch_free(bs[i]);
+    }
     if (rc != 0) {
         run_fail(r, "sink", "rows could not be stored or spooled");
         return rc;

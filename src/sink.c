@@ -443,6 +443,7 @@ struct sink {
     /* sink_submit_many: rows appended to the spool whose sync the next batch does */
     uint64_t owed_rows;
     bool sync_owed;
+    unsigned syncs_inflight; /* sink_submit_async: fdatasyncs on libuv's thread pool */
     bool barrier_inflight;
     uint64_t mem_rows;    /* rows of tasks not made by the replay, wherever they are */
     uint64_t bare_rows;   /* of those, rows in no spool record (the spool refused them) */
@@ -1803,7 +1804,7 @@ static bool is_idle(struct sink *s)
     struct spool_stats ss = {0};
     if (s->spool)
         spool_get_stats(s->spool, &ss);
-    return s->mem_rows == 0 && ss.records == 0 && s->ninflight == 0;
+    return s->mem_rows == 0 && ss.records == 0 && s->ninflight == 0 && s->syncs_inflight == 0;
 }
 
 static void stop_threads(struct sink *s)
@@ -2079,7 +2080,7 @@ static void on_async(uv_async_t *h)
     s->st.db_up = up;
     s->st.schema_ready = schema_ready;
     if (s->shut == SHUT_STOPPING) {
-        if (all_exited)
+        if (all_exited && s->syncs_inflight == 0)
             finish_shutdown(s);
         return;
     }
@@ -2474,6 +2475,87 @@ int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n)
 int sink_submit(struct sink *s, struct batch *b)
 {
     return b ? sink_submit_many(s, &b, 1) : -EINVAL;
+}
+
+/* sink_submit_async: the fdatasync runs on libuv's thread pool (on a descriptor of its own),
+ * and the rows are accepted when it reports back on the loop. */
+struct sync_req {
+    uv_work_t work;
+    struct sink *s;
+    int fd;
+    int rc;
+    uint64_t rows;
+    sink_accept_cb cb;
+    void *arg;
+};
+
+static void sync_work(uv_work_t *w)
+{
+    struct sync_req *q = w->data;
+    q->rc = fdatasync(q->fd) == 0 ? 0 : -errno;
+    close(q->fd);
+}
+
+static void sync_done(uv_work_t *w, int status)
+{
+    struct sync_req *q = w->data;
+    struct sink *s = q->s;
+    if (status != 0 && q->rc == 0)
+        q->rc = status; /* not run (the loop is closing): not durable */
+    s->syncs_inflight--;
+    if (q->rc == 0)
+        s->st.rows_accepted += q->rows;
+    spool_outcome(s, q->rc);
+    sink_accept_cb cb = q->cb;
+    void *arg = q->arg;
+    int rc = q->rc;
+    free(q);
+    cb(rc, arg);
+    if (s->shut == SHUT_STOPPING)
+        wake_loop(s); /* the shutdown waited for this sync */
+}
+
+int sink_submit_async(struct sink *s, struct batch *const *bs, size_t n, sink_accept_cb cb,
+                      void *arg)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int r = bs[i] ? submit_one(s, bs[i], true) : 0;
+        if (r && !rc)
+            rc = r;
+    }
+    if (!s->sync_owed)
+        return rc ? rc : 1; /* synced in place, or nothing to sync */
+    struct sync_req *q = rc ? NULL : calloc(1, sizeof(*q));
+    int fd = -1;
+    int src = q ? spool_sync_fd(s->spool, &fd) : rc ? rc : -ENOMEM;
+    if (src == 0 && fd < 0) {
+        free(q); /* already durable */
+        settle_owed(s, 0);
+        return 1;
+    }
+    if (src == 0) {
+        q->work.data = q;
+        q->s = s;
+        q->fd = fd;
+        q->rows = s->owed_rows;
+        q->cb = cb;
+        q->arg = arg;
+        src = uv_queue_work(s->loop, &q->work, sync_work, sync_done);
+        if (src == 0) {
+            s->owed_rows = 0;
+            s->sync_owed = false;
+            s->syncs_inflight++;
+            return 0;
+        }
+        close(fd);
+    }
+    /* Could not hand the sync over (or a batch failed): as sink_submit_many does. */
+    free(q);
+    src = spool_sync(s->spool);
+    settle_owed(s, src);
+    spool_outcome(s, src);
+    return rc ? rc : src ? src : 1;
 }
 
 void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg)

@@ -803,6 +803,23 @@ int spool_sync(struct spool *sp)
     return 0;
 }
 
+int spool_sync_fd(struct spool *sp, int *fd)
+{
+    *fd = -1;
+    if (sp->dir_dirty) {
+        if (fsync(sp->dirfd) != 0)
+            return -errno;
+        sp->dir_dirty = false;
+    }
+    if (!sp->dirty || sp->active_fd < 0)
+        return 0;
+    *fd = fcntl(sp->active_fd, F_DUPFD_CLOEXEC, 0);
+    if (*fd < 0)
+        return -errno;
+    sp->st.syncs++;
+    return 0;
+}
+
 /* --- replay ------------------------------------------------------------------------------- */
 
 struct spool_rec *spool_peek(struct spool *sp)

@@ -95,6 +95,12 @@ struct store {
     /* Optional: n batches at once (NULL entries skipped), as one durable hand-over (the sink
      * syncs its spool once for all of them). Without it, run_emit_many submits one by one. */
     int (*submit_many)(void *ctx, struct batch *const *bs, size_t n);
+    /* Optional: submit_many whose acceptance comes later: 0 when cb(rc, arg) will report it
+     * (once, on the loop thread), 1 when the rows are accepted already, -errno when not (cb is
+     * not called then). run_emit_many prefers it; a run then finishes only once every row it
+     * handed over is accepted. */
+    int (*submit_async)(void *ctx, struct batch *const *bs, size_t n, void (*cb)(int rc, void *arg),
+                        void *arg);
     int (*read)(void *ctx, const char *sql, const char *const *params, size_t nparams,
                 size_t max_rows, store_read_cb cb, void *arg);
     void *ctx;
@@ -282,7 +288,9 @@ void run_handle_status(struct run *r, long status);
 int run_emit(struct run *r, struct batch *b);
 
 /* run_emit for n batches (NULL entries skipped) that belong together, e.g. the two tables one
- * page fills: the store takes them in one hand-over. Returns 0, or the first -errno. */
+ * page fills: the store takes them in one hand-over. Returns 0, or the first -errno. With a
+ * store that accepts later (submit_async), the rows count (and a failure fails the run) when
+ * the store reports, and run_finish waits for that. */
 int run_emit_many(struct run *r, struct batch *const *bs, size_t n);
 
 /* Reads through the store (see struct store); -ENOTSUP when the store cannot read. */

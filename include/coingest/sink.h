@@ -80,6 +80,20 @@ int sink_submit(struct sink *s, struct batch *b);
  * returns 0 when every row of every batch is accepted, else the first error. */
 int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n);
 
+/* Called on the loop thread when the rows of a sink_submit_async call are durable (0) or
+ * could not be made so (-errno: they stay in memory, as with sink_submit's spool errors). */
+typedef void (*sink_accept_cb)(int rc, void *arg);
+
+/* sink_submit_many without waiting for the spool's fdatasync: the batches are appended and
+ * handed to the writers as sink_submit_many does, and the sync runs on libuv's thread pool
+ * while the loop goes on (the next page's parse need not wait for this page's disk flush).
+ * Returns 0 when the sync is under way: cb is called once, later, and the rows count as
+ * accepted only then. Returns 1 when every row is already durable (nothing was appended
+ * unsynced: the spool took the batches as a backlog, or they were empty), -errno like
+ * sink_submit_many; cb is not called then. The shutdown waits for syncs under way. */
+int sink_submit_async(struct sink *s, struct batch *const *bs, size_t n, sink_accept_cb cb,
+                      void *arg);
+
 /* Calls cb once, the first time the database has been reached and the schema is current
  * (immediately on the next loop iteration if that already happened). For READY=1. */
 void sink_on_ready(struct sink *s, void (*cb)(void *arg), void *arg);

@@ -86,6 +86,13 @@ int spool_append(struct spool *sp, uint64_t seq, const struct batch *b, struct s
  * when a segment was created). 0 or -errno. */
 int spool_sync(struct spool *sp);
 
+/* For an fdatasync off the loop thread: fsyncs the directory here when a segment was created,
+ * then sets *fd to a new descriptor of the active segment (the caller fdatasyncs and closes
+ * it; the segment may be closed or deleted meanwhile), or to -1 when nothing was appended
+ * since the last spool_sync. The appends stay marked unsynced, so the next spool_sync still
+ * syncs them itself. 0 or -errno. */
+int spool_sync_fd(struct spool *sp, int *fd);
+
 /* The unread record with the lowest seq, or NULL when none. */
 struct spool_rec *spool_peek(struct spool *sp);
 

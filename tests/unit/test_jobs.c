@@ -6,7 +6,9 @@
  * column name), failures, -EBUSY and cancellation; and the bad answers of issue 12: a cache
  * that ignores `page`, a walk past its bound, empty and gutted coin lists (against the
  * previous list and the database's count, which the in-memory store answers), ids too long
- * for any URL, and quote answers that are all empty.
+ * for any URL, and quote answers that are all empty. A store that accepts rows later
+ * (submit_async, as the sink does once the spool's sync reports): the run counts the rows and
+ * finishes only then, and a late refusal fails it.
  */
 #include <errno.h>
 #include <limits.h>
@@ -46,6 +48,12 @@ struct memstore {
     struct batch *delist;   /* the delisting statements */
     struct strlist snaps;   /* "asset_id/vs_currency" of every market_snapshots row, in order */
     bool refuse;            /* submit fails: rows cannot be kept */
+
+    /* submit_async (with `accept_later`): every hand-over is accepted on a later loop
+     * iteration, with -EIO when `refuse_later`. */
+    bool accept_later, refuse_later;
+    uv_loop_t *loop;
+    unsigned accepts_pending, accepts;
 
     /* Reads: with `answer_reads`, every SELECT is answered (later, on the loop, as the store
      * contract says) with one cell, `db_listed`; the last SQL is kept. Without, reads are not
@@ -154,6 +162,53 @@ static int mem_submit(void *ctx, struct batch *b)
     return rc;
 }
 
+struct mem_accept {
+    uv_timer_t t;
+    struct memstore *m;
+    int rc;
+    void (*cb)(int rc, void *arg);
+    void *arg;
+};
+
+static void mem_accept_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void mem_accept_fire(uv_timer_t *t)
+{
+    struct mem_accept *a = t->data;
+    a->m->accepts_pending--;
+    a->m->accepts++;
+    a->cb(a->rc, a->arg);
+    uv_close((uv_handle_t *)&a->t, mem_accept_closed);
+}
+
+static int mem_submit_async(void *ctx, struct batch *const *bs, size_t n,
+                            void (*cb)(int rc, void *arg), void *arg)
+{
+    struct memstore *m = ctx;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int e = bs[i] ? mem_submit(m, bs[i]) : 0;
+        if (e && !rc)
+            rc = e;
+    }
+    if (rc)
+        return rc;
+    struct mem_accept *a = calloc(1, sizeof(*a));
+    assert_non_null(a);
+    a->m = m;
+    a->rc = m->refuse_later ? -EIO : 0;
+    a->cb = cb;
+    a->arg = arg;
+    assert_int_equal(uv_timer_init(m->loop, &a->t), 0);
+    a->t.data = a;
+    assert_int_equal(uv_timer_start(&a->t, mem_accept_fire, 0, 0), 0);
+    m->accepts_pending++;
+    return 0;
+}
+
 /* ---- fixture ------------------------------------------------------------------------------- */
 
 struct env {
@@ -196,6 +251,9 @@ static void start_runner(struct env *e)
         e->mem.read_timer_init = true;
     }
     struct store store = {.submit = mem_submit, .read = mem_read, .ctx = &e->mem};
+    e->mem.loop = &e->j.loop;
+    if (e->mem.accept_later)
+        store.submit_async = mem_submit_async;
     jobenv_start(&e->j, store);
 }
 
@@ -600,6 +658,41 @@ static void test_store_refuses(void **state)
     e->mem.refuse = true;
     do_run(e, "assets");
     assert_string_equal(e->j.run.sum.error, "sink: rows could not be stored or spooled");
+    assert_int_equal(e->j.run.sum.rows, 0);
+    assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
+}
+
+/* Rows accepted later: the market walk hands every page over with run_emit_many, and the run
+ * is reported only once the store accepted them all, with every row counted. */
+static void test_rows_accepted_later(void **state)
+{
+    struct env *e = *state;
+    jobenv_stop(&e->j);
+    e->mem.accept_later = true;
+    load_config(e, "[universe]\nvs_currencies = usd, eur\n");
+    start_runner(e);
+    do_run(e, "market_caps");
+    assert_int_equal(e->j.run.sum.status, RUN_OK);
+    /* A hand-over per page with rows (6 per currency; the empty 7th has none) and /global. */
+    assert_int_equal(e->mem.accepts, 13);
+    assert_int_equal(e->mem.accepts_pending, 0);
+    /* 2 x 600 snapshots + 600 asset rows + the global snapshot, all counted on acceptance. */
+    assert_int_equal(e->j.run.sum.rows, 3 * UNIVERSE + 1);
+}
+
+/* A refusal that comes late fails the run as a refusal at once does. */
+static void test_rows_refused_later(void **state)
+{
+    struct env *e = *state;
+    jobenv_stop(&e->j);
+    e->mem.accept_later = true;
+    e->mem.refuse_later = true;
+    load_config(e, "[universe]\nvs_currencies = usd, eur\n");
+    start_runner(e);
+    do_run(e, "market_caps");
+    assert_string_equal(e->j.run.sum.error, "sink: rows could not be stored or spooled");
+    assert_int_equal(e->mem.accepts_pending, 0);
+    assert_int_equal(e->mem.accepts, 13);
     assert_int_equal(e->j.run.sum.rows, 0);
     assert_int_equal(e->j.run.sum.status, RUN_PARTIAL);
 }
@@ -1296,6 +1389,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_one_job, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rows_accepted_later, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rows_refused_later, setup, teardown),
         cmocka_unit_test_setup_teardown(test_top_n, setup_top, teardown),
         cmocka_unit_test_setup_teardown(test_explicit_ids, setup_ids, teardown),
         cmocka_unit_test_setup_teardown(test_walk_ignoring_page_stops, setup, teardown),

@@ -12,7 +12,9 @@
  * per job, max_pending_rows overflow into the spool, a database that is down at startup, a
  * restart that replays the spool, and a hard shutdown that spools what is in flight;
  * sink_submit_many: the batches of one call (two tables, an empty one among them) cost one
- * spool fdatasync, are accepted together and all reach their tables.
+ * spool fdatasync, are accepted together and all reach their tables; sink_submit_async: the
+ * rows count as accepted only when its callback reports the sync (once, from the loop, never
+ * inline), and a shutdown right after the call waits for that callback.
  *
  * Failures: a spool that refuses writes (a "full disk": RLIMIT_FSIZE makes writes past a size
  * fail with EFBIG) keeps rows in memory up to twice max_pending_rows and refuses, and counts
@@ -80,6 +82,7 @@ struct h {
     bool (*pred)(struct h *);
     bool idle, stopped, ready, pred_met;
     const bool *flag; /* for flag_set() */
+    void *user;       /* for a test's own predicate */
 };
 
 static void on_watchdog(uv_timer_t *t)
@@ -1120,6 +1123,65 @@ static void test_submit_many_one_sync(void **state)
     stop_sink(h, 5000);
 }
 
+struct accepted {
+    int calls, rc;
+    uint64_t accepted_then; /* rows_accepted when the callback ran */
+    struct sink *s;
+    bool stopped_first; /* the shutdown callback had run already */
+    const bool *stopped;
+};
+
+static void on_accepted(int rc, void *arg)
+{
+    struct accepted *a = arg;
+    a->calls++;
+    a->rc = rc;
+    struct sink_stats st;
+    sink_get_stats(a->s, &st);
+    a->accepted_then = st.rows_accepted;
+    a->stopped_first = a->stopped && *a->stopped;
+}
+
+static bool accepted_once(struct h *h)
+{
+    return ((struct accepted *)h->user)->calls > 0;
+}
+
+static void test_submit_async(void **state)
+{
+    struct h *h = *state;
+    start_sink(h, h->cfg);
+    wait_idle(h);
+    struct sink_stats before, now;
+    sink_get_stats(h->s, &before);
+    struct accepted a = {.s = h->s};
+    struct batch *bs[] = {categories_batch("async", 6), categories_batch("async2", 4)};
+    assert_int_equal(sink_submit_async(h->s, bs, 2, on_accepted, &a), 0);
+    sink_get_stats(h->s, &now);
+    assert_int_equal(a.calls, 0); /* never inline */
+    assert_int_equal(now.rows_accepted, before.rows_accepted);
+    h->user = &a;
+    wait_until(h, accepted_once, WAIT_MS, "the acceptance callback");
+    assert_int_equal(a.rc, 0);
+    assert_int_equal(a.accepted_then - before.rows_accepted, 10);
+    sink_get_stats(h->s, &now);
+    assert_int_equal(now.spool_syncs - before.spool_syncs, 1);
+    wait_idle(h);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM categories WHERE"
+                                             " id LIKE 'async%'"),
+                     10);
+    /* A shutdown asked for right after the call completes the sync first. */
+    struct accepted b = {.s = h->s, .stopped = &h->stopped};
+    struct batch *more[] = {categories_batch("late", 3)};
+    h->stopped = false;
+    assert_int_equal(sink_submit_async(h->s, more, 1, on_accepted, &b), 0);
+    stop_sink(h, 5000);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.rc, 0);
+    assert_false(b.stopped_first);
+}
+
 static void test_hard_shutdown_spools(void **state)
 {
     struct h *h = *state;
@@ -1705,6 +1767,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_statement_barrier, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_many_one_sync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_submit_async, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_down_at_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters_exist_at_zero, setup, teardown),
