@@ -1075,13 +1075,19 @@ static struct batch *categories_batch(const char *prefix, int n)
     return b;
 }
 
+/* Starts the sink on h->cfg, waits until the migrations' rows are in, and takes the stats. */
+static void start_settled(struct h *h, struct sink_stats *before)
+{
+    start_sink(h, h->cfg);
+    wait_idle(h);
+    sink_get_stats(h->s, before);
+}
+
 static void test_submit_many_one_sync(void **state)
 {
     struct h *h = *state;
-    start_sink(h, h->cfg);
-    wait_idle(h);
     struct sink_stats before, after;
-    sink_get_stats(h->s, &before);
+    start_settled(h, &before);
     /* Two tables and an empty batch between them: one hand-over, one sync. */
     struct batch *asset = batch_new(BATCH_ASSETS_MARKET, 4);
     assert_non_null(asset);
@@ -1150,10 +1156,8 @@ static bool accepted_once(struct h *h)
 static void test_submit_async(void **state)
 {
     struct h *h = *state;
-    start_sink(h, h->cfg);
-    wait_idle(h);
     struct sink_stats before, now;
-    sink_get_stats(h->s, &before);
+    start_settled(h, &before);
     struct accepted a = {.s = h->s};
     struct batch *bs[] = {categories_batch("async", 6), categories_batch("async2", 4)};
     assert_int_equal(sink_submit_async(h->s, bs, 2, on_accepted, &a), 0);
