@@ -651,15 +651,16 @@ static int store_submit(void *ctx, struct batch *b)
     return sink_submit(ctx, b);
 }
 
-static int store_submit_many(void *ctx, struct batch *const *bs, size_t n)
+static int store_submit_many(void *ctx, struct batch *const *bs, size_t n, uint64_t *accepted)
 {
-    return sink_submit_many(ctx, bs, n);
+    return sink_submit_many(ctx, bs, n, accepted);
 }
 
 static int store_submit_async(void *ctx, struct batch *const *bs, size_t n,
-                              void (*cb)(int rc, void *arg), void *arg)
+                              void (*cb)(int rc, uint64_t accepted, void *arg), void *arg,
+                              uint64_t *accepted)
 {
-    return sink_submit_async(ctx, bs, n, cb, arg);
+    return sink_submit_async(ctx, bs, n, cb, arg, accepted);
 }
 
 struct store_read_call {

@@ -69,7 +69,6 @@ struct run {
 struct run_emit {
     struct run_emit *next;
     struct run *r; /* NULL once the run is gone */
-    uint64_t rows;
 };
 
 /* A request of run_get_tagged: one of several a run keeps in flight together. */
@@ -1165,7 +1164,7 @@ int run_emit(struct run *r, struct batch *b)
     return 0;
 }
 
-static void on_emitted(int rc, void *arg)
+static void on_emitted(int rc, uint64_t accepted, void *arg)
 {
     struct run_emit *e = arg;
     struct run *r = e->r;
@@ -1174,10 +1173,9 @@ static void on_emitted(int rc, void *arg)
         while (*p != e)
             p = &(*p)->next;
         *p = e->next;
+        r->sum.rows += accepted;
         if (rc)
             run_fail(r, "sink", "rows could not be stored or spooled");
-        else
-            r->sum.rows += e->rows;
     }
     free(e);
     if (r && !r->emits && r->finish_due) {
@@ -1206,31 +1204,30 @@ int run_emit_many(struct run *r, struct batch *const *bs, size_t n)
             batch_free(bs[i]);
         return 0;
     }
+    uint64_t accepted = 0;
     struct run_emit *e = st->submit_async ? calloc(1, sizeof(*e)) : NULL;
     int rc;
     if (e) {
         e->r = r;
-        e->rows = rows;
-        rc = st->submit_async(st->ctx, bs, n, on_emitted, e);
-        if (rc == 0) { /* accepted later, in on_emitted */
+        rc = st->submit_async(st->ctx, bs, n, on_emitted, e, &accepted);
+        if (rc == 0) { /* counted in on_emitted */
             e->next = r->emits;
             r->emits = e;
             return 0;
         }
         free(e);
         rc = rc > 0 ? 0 : rc;
+    } else if (st->submit_many) {
+        rc = st->submit_many(st->ctx, bs, n, &accepted);
     } else {
-        rc = st->submit_many ? st->submit_many(st->ctx, bs, n) : -ENOMEM;
-        if (!st->submit_many)
-            for (size_t i = 0; i < n; i++)
-                batch_free(bs[i]);
+        for (size_t i = 0; i < n; i++)
+            batch_free(bs[i]);
+        rc = -ENOMEM;
     }
-    if (rc != 0) {
+    r->sum.rows += accepted;
+    if (rc != 0)
         run_fail(r, "sink", "rows could not be stored or spooled");
-        return rc;
-    }
-    r->sum.rows += rows;
-    return 0;
+    return rc;
 }
 
 int run_read(struct run *r, const char *sql, const char *const *params, size_t nparams,

@@ -444,6 +444,8 @@ struct sink {
     uint64_t owed_rows;
     bool sync_owed;
     unsigned syncs_inflight; /* sink_submit_async: fdatasyncs on libuv's thread pool */
+    uint64_t spool_failures; /* spool_outcome's failures so far: a sync that succeeds clears
+                                spool_failing only if none came after it was handed over */
     bool barrier_inflight;
     uint64_t mem_rows;    /* rows of tasks not made by the replay, wherever they are */
     uint64_t bare_rows;   /* of those, rows in no spool record (the spool refused them) */
@@ -2324,6 +2326,7 @@ static void place_piece(struct sink *s, struct batch *p, struct spool_rec *rec, 
 static void spool_outcome(struct sink *s, int rc)
 {
     if (rc) {
+        s->spool_failures++;
         metrics_add("coingest_write_errors_total", "reason=\"spool\"", 1);
         if (!s->spool_failing)
             log_error("spool write failed; rows are not accepted, but kept in memory and written "
@@ -2416,7 +2419,7 @@ static int submit_one(struct sink *s, struct batch *b, bool defer_sync)
             rc = src;
         for (size_t i = 0; src == 0 && i < appended; i++)
             durable += pieces[i]->nrows;
-        settle_owed(s, src);
+        settle_owed(s, rc); /* after a failed append, what came before is not trusted either */
         /* Unread records that did not sync may not be readable later: memory keeps them too
          * (a replay of the record then only writes the same rows again). Held ones are in
          * memory anyway. */
@@ -2454,8 +2457,21 @@ static int submit_one(struct sink *s, struct batch *b, bool defer_sync)
     return rc;
 }
 
-int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n)
+/* The end of a call that appended without syncing: one sync for what is owed. Its rows are
+ * accepted only when it succeeds and no batch of the call failed (rc); a failure of the call
+ * leaves spool_failing as the batch set it. Returns the sync's result. */
+static int sync_owed_now(struct sink *s, int rc)
 {
+    int src = spool_sync(s->spool);
+    settle_owed(s, rc ? rc : src);
+    if (src || !rc)
+        spool_outcome(s, src);
+    return src;
+}
+
+int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n, uint64_t *accepted)
+{
+    uint64_t before = s->st.rows_accepted;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         int r = bs[i] ? submit_one(s, bs[i], i + 1 < n) : 0;
@@ -2463,18 +2479,18 @@ int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n)
             rc = r;
     }
     if (s->sync_owed) { /* the last batches were empty */
-        int src = spool_sync(s->spool);
-        settle_owed(s, src);
-        spool_outcome(s, src);
+        int src = sync_owed_now(s, rc);
         if (src && !rc)
             rc = src;
     }
+    if (accepted)
+        *accepted = s->st.rows_accepted - before;
     return rc;
 }
 
 int sink_submit(struct sink *s, struct batch *b)
 {
-    return b ? sink_submit_many(s, &b, 1) : -EINVAL;
+    return b ? sink_submit_many(s, &b, 1, NULL) : -EINVAL;
 }
 
 /* sink_submit_async: the fdatasync runs on libuv's thread pool (on a descriptor of its own),
@@ -2484,7 +2500,9 @@ struct sync_req {
     struct sink *s;
     int fd;
     int rc;
-    uint64_t rows;
+    uint64_t rows;     /* accepted when the sync succeeds */
+    uint64_t early;    /* accepted during the call (batches synced in place) */
+    uint64_t failures; /* s->spool_failures when it was handed over */
     sink_accept_cb cb;
     void *arg;
 };
@@ -2505,56 +2523,59 @@ static void sync_done(uv_work_t *w, int status)
     s->syncs_inflight--;
     if (q->rc == 0)
         s->st.rows_accepted += q->rows;
-    spool_outcome(s, q->rc);
+    if (q->rc || q->failures == s->spool_failures)
+        spool_outcome(s, q->rc);
     sink_accept_cb cb = q->cb;
     void *arg = q->arg;
     int rc = q->rc;
+    uint64_t accepted = q->early + (rc == 0 ? q->rows : 0);
     free(q);
-    cb(rc, arg);
+    cb(rc, accepted, arg);
     if (s->shut == SHUT_STOPPING)
         wake_loop(s); /* the shutdown waited for this sync */
 }
 
 int sink_submit_async(struct sink *s, struct batch *const *bs, size_t n, sink_accept_cb cb,
-                      void *arg)
+                      void *arg, uint64_t *accepted)
 {
+    uint64_t before = s->st.rows_accepted;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         int r = bs[i] ? submit_one(s, bs[i], true) : 0;
         if (r && !rc)
             rc = r;
     }
-    if (!s->sync_owed)
-        return rc ? rc : 1; /* synced in place, or nothing to sync */
-    struct sync_req *q = rc ? NULL : calloc(1, sizeof(*q));
-    int fd = -1;
-    int src = q ? spool_sync_fd(s->spool, &fd) : rc ? rc : -ENOMEM;
-    if (src == 0 && fd < 0) {
-        free(q); /* already durable */
-        settle_owed(s, 0);
-        return 1;
-    }
-    if (src == 0) {
-        q->work.data = q;
-        q->s = s;
-        q->fd = fd;
-        q->rows = s->owed_rows;
-        q->cb = cb;
-        q->arg = arg;
-        src = uv_queue_work(s->loop, &q->work, sync_work, sync_done);
-        if (src == 0) {
-            s->owed_rows = 0;
-            s->sync_owed = false;
-            s->syncs_inflight++;
-            return 0;
+    int src = 0;
+    if (s->sync_owed) {
+        struct sync_req *q = rc ? NULL : calloc(1, sizeof(*q));
+        int fd = -1;
+        src = q ? spool_sync_fd(s->spool, &fd) : rc ? rc : -ENOMEM;
+        if (src == 0 && fd < 0) {
+            settle_owed(s, 0); /* nothing appended since the last sync: durable already */
+        } else if (src == 0) {
+            q->work.data = q;
+            q->s = s;
+            q->fd = fd;
+            q->rows = s->owed_rows;
+            q->early = s->st.rows_accepted - before;
+            q->failures = s->spool_failures;
+            q->cb = cb;
+            q->arg = arg;
+            src = uv_queue_work(s->loop, &q->work, sync_work, sync_done);
+            if (src == 0) {
+                s->owed_rows = 0;
+                s->sync_owed = false;
+                s->syncs_inflight++;
+                return 0;
+            }
+            close(fd);
         }
-        close(fd);
+        free(q);
+        if (s->sync_owed) /* the sync could not be handed over, or a batch failed */
+            src = sync_owed_now(s, rc);
     }
-    /* Could not hand the sync over (or a batch failed): as sink_submit_many does. */
-    free(q);
-    src = spool_sync(s->spool);
-    settle_owed(s, src);
-    spool_outcome(s, src);
+    if (accepted)
+        *accepted = s->st.rows_accepted - before;
     return rc ? rc : src ? src : 1;
 }
 

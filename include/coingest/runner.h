@@ -93,14 +93,17 @@ typedef void (*store_read_cb)(int rc, const struct store_rows *rows, const char 
 struct store {
     int (*submit)(void *ctx, struct batch *b);
     /* Optional: n batches at once (NULL entries skipped), as one durable hand-over (the sink
-     * syncs its spool once for all of them). Without it, run_emit_many submits one by one. */
-    int (*submit_many)(void *ctx, struct batch *const *bs, size_t n);
-    /* Optional: submit_many whose acceptance comes later: 0 when cb(rc, arg) will report it
-     * (once, on the loop thread), 1 when the rows are accepted already, -errno when not (cb is
-     * not called then). run_emit_many prefers it; a run then finishes only once every row it
-     * handed over is accepted. */
-    int (*submit_async)(void *ctx, struct batch *const *bs, size_t n, void (*cb)(int rc, void *arg),
-                        void *arg);
+     * syncs its spool once for all of them); *accepted: the rows that were accepted, also on
+     * error. Without it, run_emit_many submits one by one. */
+    int (*submit_many)(void *ctx, struct batch *const *bs, size_t n, uint64_t *accepted);
+    /* Optional: submit_many whose acceptance comes later: 0 when cb(rc, accepted, arg) will
+     * report it (once, on the loop thread), 1 when the rows are accepted already, -errno when
+     * not all are (cb is not called then). `accepted`: the rows of the call that were.
+     * run_emit_many prefers it; a run then finishes only once every row it handed over is
+     * accepted or refused. */
+    int (*submit_async)(void *ctx, struct batch *const *bs, size_t n,
+                        void (*cb)(int rc, uint64_t accepted, void *arg), void *arg,
+                        uint64_t *accepted);
     int (*read)(void *ctx, const char *sql, const char *const *params, size_t nparams,
                 size_t max_rows, store_read_cb cb, void *arg);
     void *ctx;

@@ -77,12 +77,14 @@ int sink_submit(struct sink *s, struct batch *b);
 
 /* sink_submit for n batches (NULL entries skipped) with one fdatasync for all of them: what a
  * page that fills two tables hands over. Each batch is handled as sink_submit would, in order;
- * returns 0 when every row of every batch is accepted, else the first error. */
-int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n);
+ * returns 0 when every row of every batch is accepted, else the first error. *accepted (may
+ * be NULL) gets the rows of the call that were accepted, also on error. */
+int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n, uint64_t *accepted);
 
 /* Called on the loop thread when the rows of a sink_submit_async call are durable (0) or
- * could not be made so (-errno: they stay in memory, as with sink_submit's spool errors). */
-typedef void (*sink_accept_cb)(int rc, void *arg);
+ * could not all be made so (-errno: they stay in memory, as with sink_submit's spool errors);
+ * `accepted` is the number of the call's rows that were accepted. */
+typedef void (*sink_accept_cb)(int rc, uint64_t accepted, void *arg);
 
 /* sink_submit_many without waiting for the spool's fdatasync: the batches are appended and
  * handed to the writers as sink_submit_many does, and the sync runs on libuv's thread pool
@@ -90,9 +92,10 @@ typedef void (*sink_accept_cb)(int rc, void *arg);
  * Returns 0 when the sync is under way: cb is called once, later, and the rows count as
  * accepted only then. Returns 1 when every row is already durable (nothing was appended
  * unsynced: the spool took the batches as a backlog, or they were empty), -errno like
- * sink_submit_many; cb is not called then. The shutdown waits for syncs under way. */
+ * sink_submit_many; cb is not called then, and *accepted (may be NULL) has the accepted rows.
+ * The shutdown waits for syncs under way. */
 int sink_submit_async(struct sink *s, struct batch *const *bs, size_t n, sink_accept_cb cb,
-                      void *arg);
+                      void *arg, uint64_t *accepted);
 
 /* Calls cb once, the first time the database has been reached and the schema is current
  * (immediately on the next loop iteration if that already happened). For READY=1. */

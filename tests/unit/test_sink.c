@@ -1101,13 +1101,16 @@ static void test_submit_many_one_sync(void **state)
         batch_set_time(asset, (uint32_t)r, BATCH_ASSETS_MARKET_COL_UPDATED_AT, 1739122947000);
     }
     struct batch *bs[] = {categories_batch("many", 5), batch_new(BATCH_PRICES, 1), NULL, asset};
-    assert_int_equal(sink_submit_many(h->s, bs, 4), 0);
+    uint64_t accepted = 0;
+    assert_int_equal(sink_submit_many(h->s, bs, 4, &accepted), 0);
+    assert_int_equal(accepted, 9);
     sink_get_stats(h->s, &after);
     assert_int_equal(after.spool_syncs - before.spool_syncs, 1);
     assert_int_equal(after.rows_accepted - before.rows_accepted, 9);
     /* A call whose last batch is empty still syncs what came before it. */
     struct batch *tail[] = {categories_batch("tail", 3), batch_new(BATCH_PRICES, 1)};
-    assert_int_equal(sink_submit_many(h->s, tail, 2), 0);
+    assert_int_equal(sink_submit_many(h->s, tail, 2, &accepted), 0);
+    assert_int_equal(accepted, 3);
     struct sink_stats last;
     sink_get_stats(h->s, &last);
     assert_int_equal(last.spool_syncs - after.spool_syncs, 1);
@@ -1131,17 +1134,19 @@ static void test_submit_many_one_sync(void **state)
 
 struct accepted {
     int calls, rc;
+    uint64_t rows;          /* the callback's count of accepted rows */
     uint64_t accepted_then; /* rows_accepted when the callback ran */
     struct sink *s;
     bool stopped_first; /* the shutdown callback had run already */
     const bool *stopped;
 };
 
-static void on_accepted(int rc, void *arg)
+static void on_accepted(int rc, uint64_t rows, void *arg)
 {
     struct accepted *a = arg;
     a->calls++;
     a->rc = rc;
+    a->rows = rows;
     struct sink_stats st;
     sink_get_stats(a->s, &st);
     a->accepted_then = st.rows_accepted;
@@ -1153,6 +1158,52 @@ static bool accepted_once(struct h *h)
     return ((struct accepted *)h->user)->calls > 0;
 }
 
+static bool late_rows_committed(struct h *h)
+{
+    struct sink_stats st;
+    sink_get_stats(h->s, &st);
+    return st.rows_committed >= ((struct sink_stats *)h->user)->rows_committed + 13;
+}
+
+static bool flag_never(struct h *h)
+{
+    (void)h;
+    return false;
+}
+
+/* Holds libuv's thread pool (one thread in this program) until released. */
+struct blocker {
+    uv_work_t w;
+    uv_sem_t sem;
+    bool done;
+};
+
+static void blocker_work(uv_work_t *w)
+{
+    uv_sem_wait(&((struct blocker *)w->data)->sem);
+}
+
+static void blocker_done(uv_work_t *w, int status)
+{
+    (void)status;
+    struct blocker *k = w->data;
+    uv_sem_destroy(&k->sem);
+    k->done = true;
+}
+
+static void blocker_start(struct h *h, struct blocker *k)
+{
+    k->done = false;
+    k->w.data = k;
+    assert_int_equal(uv_sem_init(&k->sem, 0), 0);
+    assert_int_equal(uv_queue_work(&h->loop, &k->w, blocker_work, blocker_done), 0);
+}
+
+static void blocker_release(struct blocker *k)
+{
+    uv_sem_post(&k->sem);
+}
+
 static void test_submit_async(void **state)
 {
     struct h *h = *state;
@@ -1160,13 +1211,14 @@ static void test_submit_async(void **state)
     start_settled(h, &before);
     struct accepted a = {.s = h->s};
     struct batch *bs[] = {categories_batch("async", 6), categories_batch("async2", 4)};
-    assert_int_equal(sink_submit_async(h->s, bs, 2, on_accepted, &a), 0);
+    assert_int_equal(sink_submit_async(h->s, bs, 2, on_accepted, &a, NULL), 0);
     sink_get_stats(h->s, &now);
     assert_int_equal(a.calls, 0); /* never inline */
     assert_int_equal(now.rows_accepted, before.rows_accepted);
     h->user = &a;
     wait_until(h, accepted_once, WAIT_MS, "the acceptance callback");
     assert_int_equal(a.rc, 0);
+    assert_int_equal(a.rows, 10);
     assert_int_equal(a.accepted_then - before.rows_accepted, 10);
     sink_get_stats(h->s, &now);
     assert_int_equal(now.spool_syncs - before.spool_syncs, 1);
@@ -1175,15 +1227,30 @@ static void test_submit_async(void **state)
     assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM categories WHERE"
                                              " id LIKE 'async%'"),
                      10);
-    /* A shutdown asked for right after the call completes the sync first. */
+    /* A shutdown waits for a sync under way. The pool's only thread (UV_THREADPOOL_SIZE=1,
+     * set in main) is held by a blocker, so the sync cannot run: the writers commit the rows
+     * and exit, and the shutdown still does not complete until the blocker lets the sync go. */
+    struct blocker k;
+    blocker_start(h, &k);
     struct accepted b = {.s = h->s, .stopped = &h->stopped};
     struct batch *more[] = {categories_batch("late", 3)};
+    assert_int_equal(sink_submit_async(h->s, more, 1, on_accepted, &b, NULL), 0);
     h->stopped = false;
-    assert_int_equal(sink_submit_async(h->s, more, 1, on_accepted, &b), 0);
-    stop_sink(h, 5000);
+    sink_shutdown(h->s, 5000, on_stopped, h);
+    h->user = &before;
+    wait_until(h, late_rows_committed, WAIT_MS, "the late rows to commit");
+    run_until(h, flag_never, 300); /* time for the writers to exit: the stop must not finish */
+    assert_false(h->stopped);
+    assert_int_equal(b.calls, 0);
+    blocker_release(&k);
+    wait_flag(h, &h->stopped, WAIT_MS, "the shutdown callback after the sync");
     assert_int_equal(b.calls, 1);
     assert_int_equal(b.rc, 0);
+    assert_int_equal(b.rows, 3);
     assert_false(b.stopped_first);
+    assert_true(k.done);
+    sink_free(h->s);
+    h->s = NULL;
 }
 
 static void test_hard_shutdown_spools(void **state)
@@ -1299,6 +1366,38 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     sink_get_stats(h->s, &st);
     assert_int_equal(st.rows_committed, 1000);
     assert_int_equal(st.rows_lost, 200);
+    stop_sink(h, 5000);
+}
+
+/* A submit_many whose second batch the spool refuses (a "full disk": the first batch's record
+ * fits, the second's does not): the call fails, the first batch's rows, appended without their
+ * sync, are not counted as accepted, and spool_failing stays set (the closing sync of the
+ * first batch's record must not clear it). */
+static void test_submit_many_spool_fails(void **state)
+{
+    struct h *h = *state;
+    h->cfg->database.batch_rows = 100;
+    start_sink(h, h->cfg);
+    wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
+    uint64_t before = spool_bytes(h);
+    assert_int_equal(sink_submit(h->s, snapshots("mfail", 0, 100)), 0);
+    uint64_t rec = spool_bytes(h) - before;
+    assert_true(rec > 0);
+    struct sink_stats st0, st;
+    sink_get_stats(h->s, &st0);
+    limit_file_size(spool_bytes(h) + rec + rec / 2);
+    struct batch *bs[] = {snapshots("mfail", 100, 100), snapshots("mfail", 200, 100)};
+    uint64_t accepted = 99;
+    assert_int_equal(sink_submit_many(h->s, bs, 2, &accepted), -EFBIG);
+    sink_get_stats(h->s, &st);
+    assert_int_equal(accepted, 0);
+    assert_int_equal(st.rows_accepted, st0.rows_accepted);
+    assert_true(st.spool_failing);
+    limit_file_size(RLIM_INFINITY);
+    wait_idle(h); /* kept in memory, written all the same */
+    assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
+                                             " asset_id LIKE 'mfail-%'"),
+                     300);
     stop_sink(h, 5000);
 }
 
@@ -1757,6 +1856,8 @@ int main(void)
     if (db_library_init())
         return 1;
     signal(SIGXFSZ, SIG_IGN); /* limit_file_size(): EFBIG instead of a signal */
+    /* One thread in libuv's pool, so test_submit_async can hold it (read at its first use). */
+    setenv("UV_THREADPOOL_SIZE", "1", 1);
     /* COINGEST_TEST_FILTER=pattern runs only the matching tests (cmocka's glob), for
      * debugging one of them. */
     if (getenv("COINGEST_TEST_FILTER"))
@@ -1772,6 +1873,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_last_write_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_many_one_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_async, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_submit_many_spool_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_down_at_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters_exist_at_zero, setup, teardown),
