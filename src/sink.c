@@ -1733,9 +1733,34 @@ static bool open_before(struct sink *s, uint64_t seq)
     return false;
 }
 
+/* Takes the tasks the writers finished since on_async last ran. The loop thread calls this
+ * whenever it dispatches (every submitted page does), so writers that finish while the loop
+ * is busy parsing (several answers can come in one loop iteration) get new tasks without
+ * waiting for the loop to come round to on_async. handle_done calls no user callback. */
+static void reap_done(struct sink *s)
+{
+    struct tlist done;
+    tl_init(&done);
+    pthread_mutex_lock(&s->mu);
+    while (!tl_empty(&s->done)) {
+        struct task *t = tl_first(&s->done);
+        tl_remove(&s->done, t);
+        tl_push(&done, t);
+    }
+    pthread_mutex_unlock(&s->mu);
+    struct task *t;
+    while ((t = tl_first(&done)) != NULL) {
+        tl_remove(&done, t);
+        handle_done(s, t);
+    }
+}
+
 static void dispatch(struct sink *s)
 {
-    if (!s->db_up || s->shut >= SHUT_HARD || s->barrier_inflight)
+    if (!s->db_up || s->shut >= SHUT_HARD)
+        return;
+    reap_done(s);
+    if (s->barrier_inflight)
         return;
     struct spool_rec *head = s->spool ? spool_peek(s->spool) : NULL;
     uint64_t min_unread = head ? spool_rec_seq(head) : UINT64_MAX;

@@ -1321,8 +1321,10 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     h->cfg->database.max_pending_rows = 300; /* hard cap in memory: 600 */
     start_sink(h, h->cfg);
     wait_flag(h, &h->ready, WAIT_MS, "the ready callback");
-    /* No loop iteration runs between the submits below, so no job completes and the memory
-     * figures are exact. */
+    /* The writers wait on a table lock until the disk has room again, so no task completes
+     * (the loop takes completions at every dispatch, not only in its async callback) and the
+     * memory figures are exact. */
+    assert_int_equal(testdb_exec(h->admin, "LOCK TABLES market_snapshots WRITE"), 0);
     assert_int_equal(sink_submit(h->s, snapshots("full", 0, 300)), 0); /* memory+spool: 300 */
     uint64_t before = spool_bytes(h);
     assert_int_equal(sink_submit(h->s, snapshots("full", 300, 100)), 0); /* spool: 1 record */
@@ -1354,6 +1356,7 @@ static void test_spool_full_keeps_rows_in_memory(void **state)
     assert_int_equal(sink_submit(h->s, snapshots_ranked("full", 400, 250, 1000000)), 0);
     sink_get_stats(h->s, &st);
     assert_false(st.spool_failing);
+    assert_int_equal(testdb_exec(h->admin, "UNLOCK TABLES"), 0);
     wait_idle(h);
     assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots"), 750);
     assert_int_equal(testdb_scalar(h->admin, "SELECT COUNT(*) FROM market_snapshots WHERE"
