@@ -1733,6 +1733,25 @@ static bool open_before(struct sink *s, uint64_t seq)
     return false;
 }
 
+/* Moves the writers' finished tasks to `out`; mu held. */
+static void take_done_locked(struct sink *s, struct tlist *out)
+{
+    while (!tl_empty(&s->done)) {
+        struct task *t = tl_first(&s->done);
+        tl_remove(&s->done, t);
+        tl_push(out, t);
+    }
+}
+
+static void handle_all_done(struct sink *s, struct tlist *done)
+{
+    struct task *t;
+    while ((t = tl_first(done)) != NULL) {
+        tl_remove(done, t);
+        handle_done(s, t);
+    }
+}
+
 /* Takes the tasks the writers finished since on_async last ran. The loop thread calls this
  * whenever it dispatches (every submitted page does), so writers that finish while the loop
  * is busy parsing (several answers can come in one loop iteration) get new tasks without
@@ -1742,17 +1761,9 @@ static void reap_done(struct sink *s)
     struct tlist done;
     tl_init(&done);
     pthread_mutex_lock(&s->mu);
-    while (!tl_empty(&s->done)) {
-        struct task *t = tl_first(&s->done);
-        tl_remove(&s->done, t);
-        tl_push(&done, t);
-    }
+    take_done_locked(s, &done);
     pthread_mutex_unlock(&s->mu);
-    struct task *t;
-    while ((t = tl_first(&done)) != NULL) {
-        tl_remove(&done, t);
-        handle_done(s, t);
-    }
+    handle_all_done(s, &done);
 }
 
 static void dispatch(struct sink *s)
@@ -2049,11 +2060,7 @@ static void on_async(uv_async_t *h)
     struct rqueue answered;
     rq_init(&answered);
     pthread_mutex_lock(&s->mu);
-    while (!tl_empty(&s->done)) {
-        struct task *t = tl_first(&s->done);
-        tl_remove(&s->done, t);
-        tl_push(&done, t);
-    }
+    take_done_locked(s, &done);
     bool up = s->connected > 0 && s->schema == SCHEMA_READY;
     bool down = s->connected == 0 && s->connect_failed;
     char err[sizeof(s->last_err)];
@@ -2074,12 +2081,7 @@ static void on_async(uv_async_t *h)
     /* Reads first: every read a writer answered before it exited is answered before
      * finish_shutdown below calls the shutdown callback. */
     answer_reads(&answered);
-
-    struct task *t;
-    while ((t = tl_first(&done)) != NULL) {
-        tl_remove(&done, t);
-        handle_done(s, t);
-    }
+    handle_all_done(s, &done);
     if (up && !s->db_up) {
         log_info("database reachable", LOG_U("spooled_rows", s->st.rows_spooled));
         metrics_set("coingest_db_up", "", 1);
