@@ -1146,6 +1146,12 @@ void run_handle_status(struct run *r, long status)
     r->handled_status = status;
 }
 
+/* The run's error when the store refused rows (tests and operators match this text). */
+static void run_fail_stored(struct run *r)
+{
+    run_fail(r, "sink", "rows could not be stored or spooled");
+}
+
 int run_emit(struct run *r, struct batch *b)
 {
     if (!b)
@@ -1157,7 +1163,7 @@ int run_emit(struct run *r, struct batch *b)
     uint64_t n = b->nrows;
     int rc = r->rn->store.submit(r->rn->store.ctx, b);
     if (rc != 0) {
-        run_fail(r, "sink", "rows could not be stored or spooled");
+        run_fail_stored(r);
         return rc;
     }
     r->sum.rows += n;
@@ -1175,7 +1181,7 @@ static void on_emitted(int rc, uint64_t accepted, void *arg)
         *p = e->next;
         r->sum.rows += accepted;
         if (rc)
-            run_fail(r, "sink", "rows could not be stored or spooled");
+            run_fail_stored(r);
     }
     free(e);
     if (r && !r->emits && r->finish_due) {
@@ -1226,7 +1232,7 @@ int run_emit_many(struct run *r, struct batch *const *bs, size_t n)
     }
     r->sum.rows += accepted;
     if (rc != 0)
-        run_fail(r, "sink", "rows could not be stored or spooled");
+        run_fail_stored(r);
     return rc;
 }
 

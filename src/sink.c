@@ -440,9 +440,6 @@ struct sink {
     struct tlist ready;
     struct task **inflight;
     unsigned ninflight, inflight_cap;
-    /* sink_submit_many: rows appended to the spool whose sync the next batch does */
-    uint64_t owed_rows;
-    bool sync_owed;
     unsigned syncs_inflight; /* sink_submit_async: fdatasyncs on libuv's thread pool */
     uint64_t spool_failures; /* spool_outcome's failures so far: a sync that succeeds clears
                                 spool_failing only if none came after it was handed over */
@@ -2366,14 +2363,14 @@ static void spool_outcome(struct sink *s, int rc)
     }
 }
 
-/* The sync that covered the records sink_submit_many appended without one: their rows are
- * accepted when it succeeded (when it failed they stay in memory, as sink_submit's do). */
-static void settle_owed(struct sink *s, int sync_rc)
+/* The sync that covered the records a sink_submit_many/async call appended without one
+ * (*owed rows): they are accepted when it succeeded (when it failed they stay in memory, as
+ * sink_submit's do). */
+static void settle_owed(struct sink *s, uint64_t *owed, int sync_rc)
 {
     if (sync_rc == 0)
-        s->st.rows_accepted += s->owed_rows;
-    s->owed_rows = 0;
-    s->sync_owed = false;
+        s->st.rows_accepted += *owed;
+    *owed = 0;
 }
 
 /*
@@ -2387,7 +2384,7 @@ static void settle_owed(struct sink *s, int sync_rc)
  * away, memory full, older records unread, shutdown) the records are left unread for the
  * replay and nothing stays in memory.
  */
-static int submit_one(struct sink *s, struct batch *b, bool defer_sync)
+static int submit_one(struct sink *s, struct batch *b, bool defer_sync, uint64_t *owed)
 {
     if (!b)
         return -EINVAL;
@@ -2438,22 +2435,21 @@ static int submit_one(struct sink *s, struct batch *b, bool defer_sync)
         /* Held records go to memory whatever their sync does: the caller syncs them with
          * the next batch (sink_submit_many). */
         for (size_t i = 0; i < appended; i++)
-            s->owed_rows += pieces[i]->nrows;
-        s->sync_owed = true;
+            *owed += pieces[i]->nrows;
     } else if (appended) {
         int src = spool_sync(s->spool);
         if (rc == 0)
             rc = src;
         for (size_t i = 0; src == 0 && i < appended; i++)
             durable += pieces[i]->nrows;
-        settle_owed(s, rc); /* after a failed append, what came before is not trusted either */
+        settle_owed(s, owed, rc); /* after a failed append, what came before is not trusted */
         /* Unread records that did not sync may not be readable later: memory keeps them too
          * (a replay of the record then only writes the same rows again). Held ones are in
          * memory anyway. */
         if (src && backlog)
             appended = 0;
     }
-    if (s->spool && (rc || !s->sync_owed))
+    if (s->spool && (rc || *owed == 0))
         spool_outcome(s, rc);
 
     /* Memory: held pieces with their records; the pieces the spool did not take as bare
@@ -2487,10 +2483,10 @@ static int submit_one(struct sink *s, struct batch *b, bool defer_sync)
 /* The end of a call that appended without syncing: one sync for what is owed. Its rows are
  * accepted only when it succeeds and no batch of the call failed (rc); a failure of the call
  * leaves spool_failing as the batch set it. Returns the sync's result. */
-static int sync_owed_now(struct sink *s, int rc)
+static int sync_owed_now(struct sink *s, uint64_t *owed, int rc)
 {
     int src = spool_sync(s->spool);
-    settle_owed(s, rc ? rc : src);
+    settle_owed(s, owed, rc ? rc : src);
     if (src || !rc)
         spool_outcome(s, src);
     return src;
@@ -2498,15 +2494,15 @@ static int sync_owed_now(struct sink *s, int rc)
 
 int sink_submit_many(struct sink *s, struct batch *const *bs, size_t n, uint64_t *accepted)
 {
-    uint64_t before = s->st.rows_accepted;
+    uint64_t before = s->st.rows_accepted, owed = 0;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
-        int r = bs[i] ? submit_one(s, bs[i], i + 1 < n) : 0;
+        int r = bs[i] ? submit_one(s, bs[i], i + 1 < n, &owed) : 0;
         if (r && !rc)
             rc = r;
     }
-    if (s->sync_owed) { /* the last batches were empty */
-        int src = sync_owed_now(s, rc);
+    if (owed) { /* the last batches were empty */
+        int src = sync_owed_now(s, &owed, rc);
         if (src && !rc)
             rc = src;
     }
@@ -2565,41 +2561,39 @@ static void sync_done(uv_work_t *w, int status)
 int sink_submit_async(struct sink *s, struct batch *const *bs, size_t n, sink_accept_cb cb,
                       void *arg, uint64_t *accepted)
 {
-    uint64_t before = s->st.rows_accepted;
+    uint64_t before = s->st.rows_accepted, owed = 0;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
-        int r = bs[i] ? submit_one(s, bs[i], true) : 0;
+        int r = bs[i] ? submit_one(s, bs[i], true, &owed) : 0;
         if (r && !rc)
             rc = r;
     }
     int src = 0;
-    if (s->sync_owed) {
+    if (owed) {
         struct sync_req *q = rc ? NULL : calloc(1, sizeof(*q));
         int fd = -1;
         src = q ? spool_sync_fd(s->spool, &fd) : rc ? rc : -ENOMEM;
         if (src == 0 && fd < 0) {
-            settle_owed(s, 0); /* nothing appended since the last sync: durable already */
+            settle_owed(s, &owed, 0); /* nothing appended since the last sync: durable */
         } else if (src == 0) {
             q->work.data = q;
             q->s = s;
             q->fd = fd;
-            q->rows = s->owed_rows;
+            q->rows = owed;
             q->early = s->st.rows_accepted - before;
             q->failures = s->spool_failures;
             q->cb = cb;
             q->arg = arg;
             src = uv_queue_work(s->loop, &q->work, sync_work, sync_done);
             if (src == 0) {
-                s->owed_rows = 0;
-                s->sync_owed = false;
                 s->syncs_inflight++;
                 return 0;
             }
             close(fd);
         }
         free(q);
-        if (s->sync_owed) /* the sync could not be handed over, or a batch failed */
-            src = sync_owed_now(s, rc);
+        if (owed) /* the sync could not be handed over, or a batch failed */
+            src = sync_owed_now(s, &owed, rc);
     }
     if (accepted)
         *accepted = s->st.rows_accepted - before;
