@@ -35,8 +35,8 @@ FIVE_MIN = 300
 LATE_LISTED_DAYS = 200
 
 
-def _h(i, t, k):
-    """Deterministic hash in [0, 1) of coin, time slot and channel."""
+def hash01(i, t, k):
+    """Deterministic hash in [0, 1) of coin, time slot and channel (fakeapi.unit uses it too)."""
     h = (i * 0x9E3779B1 + t * 0x85EBCA77 + k * 0xC2B2AE3D + 0x165667B1) & 0xFFFFFFFF
     h ^= h >> 15
     h = (h * 0x2C1B3C6D) & 0xFFFFFFFF
@@ -62,8 +62,8 @@ def point_ms(i, slot, g):
         return slot * 1000
     # Hourly points land 1-1200 s into the hour, 5-minute ones 1-200 s into their slot.
     spread = 1200 if g == HOUR else 200
-    off = 1 + int(_h(i, slot, 3) * spread)
-    return (slot + off) * 1000 + int(_h(i, slot, 4) * 1000)
+    off = 1 + int(hash01(i, slot, 3) * spread)
+    return (slot + off) * 1000 + int(hash01(i, slot, 4) * 1000)
 
 
 def listed_from(i):
@@ -94,7 +94,7 @@ def series_points(coin, frm, to, now):
     slot = (start // g) * g
     while slot <= end:
         t = point_ms(coin["i"], slot, g)
-        gap = _h(coin["i"], slot // g, 5) < 1.0 / 60
+        gap = hash01(coin["i"], slot // g, 5) < 1.0 / 60
         if not gap and start * 1000 <= t <= end * 1000:
             out.append(t)
         slot += g
@@ -159,8 +159,8 @@ def ohlc(u, coin_id, params, rates, api_error):
         upto = min(close, now)  # the open candle moves with the clock
         o = value(coin, (close - g) * 1000, rate)[0]
         c = value(coin, int(upto * 1000), rate)[0]
-        hi = max(o, c) * (1 + 0.01 * _h(coin["i"], close, 6))
-        lo = min(o, c) * (1 - 0.01 * _h(coin["i"], close, 7))
+        hi = max(o, c) * (1 + 0.01 * hash01(coin["i"], close, 6))
+        lo = min(o, c) * (1 - 0.01 * hash01(coin["i"], close, 7))
         out.append([close * 1000, o, hi, lo, c])
     return out
 

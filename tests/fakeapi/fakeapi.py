@@ -117,14 +117,9 @@ def iso_seconds(text):
 
 
 def unit(i, t, k):
-    """A deterministic pseudo-random number in [-1, 1) from coin, tick and channel."""
-    h = (i * 0x9E3779B1 + t * 0x85EBCA77 + k * 0xC2B2AE3D + 0x165667B1) & 0xFFFFFFFF
-    h ^= h >> 15
-    h = (h * 0x2C1B3C6D) & 0xFFFFFFFF
-    h ^= h >> 12
-    h = (h * 0x297A2D39) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h / 2147483648.0 - 1.0
+    """A deterministic pseudo-random number in [-1, 1) from coin, tick and channel (the same
+    hash as cg_history's, scaled: h / 2**31 - 1, exactly)."""
+    return 2.0 * cg_history.hash01(i, t, k) - 1.0
 
 
 class Universe:
