@@ -1808,13 +1808,24 @@ static void test_read_canceled_by_shutdown(void **state)
     migrate_now(h);
     start_sink(h, h->cfg);
     struct rd running = {0};
+    uv_update_time(&h->loop);
+    uint64_t t0 = uv_now(&h->loop);
     assert_int_equal(sink_read(h->s, "SELECT SLEEP(60)", NULL, 0, 1, on_read, &running), 0);
     wait_until(h, read_sleeping, 30000, "the read running on the server");
+    bool ended_first = running.done;
+    uint64_t asked = uv_now(&h->loop) - t0;
     h->stopped = false;
     sink_shutdown(h->s, 5000, on_stopped, h);
     wait_flag(h, &h->stopped, 20000, "the shutdown callback (the running read cut off)");
+    uint64_t stopped = uv_now(&h->loop) - t0;
     assert_true(running.done);
-    assert_int_equal(running.rc, -ECANCELED);
+    /* Said in full when it fails (seen once in a loaded CI run: -ENOTCONN after ~30 s, the
+     * client's read timeout): whether the read had ended before the stop was asked, when. */
+    if (running.rc != -ECANCELED)
+        fail_msg("the running read ended with %d (%s); ended before the stop: %s; stop asked "
+                 "after %llu ms, done after %llu ms",
+                 running.rc, running.err, ended_first ? "yes" : "no", (unsigned long long)asked,
+                 (unsigned long long)stopped);
     sink_free(h->s);
     h->s = NULL;
 }
